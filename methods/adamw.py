@@ -1,0 +1,89 @@
+"""AdamW with explicit control of what is stored in which dtype.
+
+``torch.optim.AdamW`` keeps its moments in the parameter dtype, so on bf16 weights it would keep bf16
+moments. The seed's "mixed precision" recipe keeps bf16 weights and grads but fp32 m and v, and some
+recipes keep an fp32 master copy; this optimiser does either. All arithmetic is fp32.
+
+Where the result lands in a bf16 parameter without a master copy, it is rounded either to nearest
+(the default cast) or stochastically (unbiased; see ``methods.rounding``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from methods.rounding import stochastic_round_bf16
+
+
+class AdamW(torch.optim.Optimizer):
+    def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
+                 state_dtype: torch.dtype = torch.float32, master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int = 0):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.state_dtype = state_dtype
+        self.master_weights = master_weights
+        self.stochastic_rounding = stochastic_rounding
+        self._seed = seed
+        self._gen: torch.Generator | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None:
+            self._gen = torch.Generator(device=device).manual_seed(self._seed)
+        return self._gen
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        st = self.state[p]
+        st["step"] = torch.zeros((), dtype=torch.float32)
+        st["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype)
+        st["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype)
+        if self.master_weights and p.dtype != torch.float32:
+            st["master"] = p.detach().float().clone()
+        return st
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p] if self.state[p] else self._init_state(p)
+                st["step"] += 1
+                t = float(st["step"])
+                g = p.grad.float()
+                w = st["master"] if "master" in st else p.float()
+                m, v = st["exp_avg"].float(), st["exp_avg_sq"].float()
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                if wd:
+                    w.mul_(1 - lr * wd)
+                denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
+                w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+                st["exp_avg"].copy_(m)
+                st["exp_avg_sq"].copy_(v)
+                self._write_param(p, w, st)
+        return loss
+
+    def _write_param(self, p: torch.Tensor, w: torch.Tensor, st: dict) -> None:
+        if w is st.get("master") or p.dtype == torch.float32:
+            if w.data_ptr() != p.data_ptr():
+                p.copy_(w)
+        elif self.stochastic_rounding and p.dtype == torch.bfloat16:
+            p.copy_(stochastic_round_bf16(w, self._generator(p.device)))
+        else:
+            p.copy_(w)
+
+    def state_dict(self):
+        sd = super().state_dict()
+        if self._gen is not None:
+            sd["sr_generator"] = self._gen.get_state()
+        return sd
+
+    def load_state_dict(self, state_dict):
+        gen = state_dict.pop("sr_generator", None)
+        super().load_state_dict(state_dict)
+        if gen is not None:
+            self._generator(torch.device("cpu")).set_state(gen)

@@ -1,0 +1,199 @@
+"""What a precision recipe is: a small frozen object the one training loop drives.
+
+The loop never asks which method it runs. It calls ``method.build(model, hp, ctx)`` on an fp32
+model that was seeded before any conversion and gets back a :class:`Trainee` that knows how to take
+one step, evaluate, and report its memory. Most methods only override ``convert_model``,
+``build_optimizer`` and ``autocast``; engines that own the step (DeepSpeed, fused optimizers) override
+``build`` or subclass :class:`Trainee`.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from methods.ledger import ledger
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One precondition of a method; ``reason`` says what is missing when ``met`` is False."""
+
+    what: str
+    met: bool
+    reason: str = ""
+
+
+def needs_module(module: str, install_hint: str = "") -> Requirement:
+    ok = importlib.util.find_spec(module) is not None
+    hint = f" ({install_hint})" if install_hint else ""
+    return Requirement(f"python module {module}", ok, "" if ok else f"{module} is not installed{hint}")
+
+
+def needs_cuda(min_cc: tuple[int, int] | None = None, what: str = "") -> Requirement:
+    label = f"CUDA device{f' with compute capability >= {min_cc[0]}.{min_cc[1]}' if min_cc else ''}"
+    if not torch.cuda.is_available():
+        return Requirement(label, False, f"no CUDA device{f' ({what})' if what else ''}")
+    if min_cc is not None:
+        cc = torch.cuda.get_device_capability()
+        if cc < min_cc:
+            return Requirement(
+                label, False, f"compute capability {cc[0]}.{cc[1]} < {min_cc[0]}.{min_cc[1]}"
+                f"{f' ({what})' if what else ''}")
+    return Requirement(label, True)
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Optimiser hyperparameters every method receives unchanged."""
+
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+    @classmethod
+    def from_train(cls, train: dict) -> "HParams":
+        return cls(lr=train["lr"], beta1=train["beta1"], beta2=train["beta2"], eps=train["eps"],
+                   weight_decay=train["weight_decay"], grad_clip=train["grad_clip"])
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    seed: int
+    threads: int = 1
+    compile: bool = False
+    rank: int = 0
+    world_size: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float  # global L2 norm before clipping; NaN where a method cannot know it
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (linears, embedding), not norm gains: the same split for every method."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def clip_grads(params: list[torch.Tensor], max_norm: float) -> float:
+    """Global-norm clipping with the norm accumulated in fp32 whatever the grad dtype."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = torch.sqrt(sum(torch.linalg.vector_norm(g, dtype=torch.float32) ** 2 for g in grads))
+    norm = float(total)
+    if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
+        coef = max_norm / (norm + 1e-6)
+        for g in grads:
+            g.mul_(coef)
+    return norm
+
+
+class Trainee:
+    """A model + optimizer under one method. The loop only uses this interface."""
+
+    def __init__(self, method: "Method", model: nn.Module, optimizer: torch.optim.Optimizer,
+                 hp: HParams, ctx: RunContext):
+        self.method, self.model, self.optimizer, self.hp, self.ctx = method, model, optimizer, hp, ctx
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.method.autocast(self.ctx):
+            return self.model(x, y)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:
+        # zero at the start, not the end: the grads of the last step stay alive, as they do in any
+        # real loop between backward and the next step, and the memory ledger sees them.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.set_lr(lr)
+        self.model.train()
+        loss = self.forward_loss(x, y)
+        loss.backward()
+        grad_norm = clip_grads(self.params, self.hp.grad_clip)
+        if math.isfinite(grad_norm):  # a non-finite step is reported, never applied
+            self.optimizer.step()
+        return StepResult(float(loss.detach()), grad_norm)
+
+    @torch.no_grad()
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.eval()
+        return float(self.forward_loss(x, y))
+
+    def memory(self) -> dict[str, int]:
+        """Persistent bytes by component, walked from the live tensors."""
+        return ledger(self.model, self.optimizer)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def telemetry(self) -> list[dict]:
+        """Per-layer FP8 statistics (amax, scale, saturated fraction); none for non-FP8 methods."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Method:
+    """A precision recipe. Subclasses are frozen dataclasses; their fields are the options."""
+
+    name: ClassVar[str] = ""
+    #: one line for ``python -m methods`` and the report's glossary
+    summary: ClassVar[str] = ""
+    #: dtype of each persistent component, for the glossary (weights, master, grads, m, v, compute)
+    stores: ClassVar[dict[str, str]] = {}
+    #: grouping for listings and the report (``methods.registry.FAMILIES``)
+    family: ClassVar[str] = "baseline"
+    #: processes one run of this method uses (ZeRO runs as several ranks)
+    world_size: ClassVar[int] = 1
+
+    def requirements(self) -> list[Requirement]:
+        return []
+
+    def unmet(self) -> list[str]:
+        return [r.reason for r in self.requirements() if not r.met]
+
+    def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        return model
+
+    def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr,
+                                 betas=(hp.beta1, hp.beta2), eps=hp.eps, foreach=True)
+
+    def autocast(self, ctx: RunContext):
+        return contextlib.nullcontext()
+
+    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        model = self.convert_model(model, ctx)
+        return Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
+
+    def options(self) -> dict:
+        import dataclasses
+
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
