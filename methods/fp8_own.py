@@ -19,6 +19,7 @@ from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee
 from methods.fp8.linear import DEFAULT_KEEP, FP8Recipe, convert_to_fp8
+from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
 from methods.fp8.trainee import FP8Trainee
 from methods.registry import register
 
@@ -105,3 +106,27 @@ class FP8OwnDelayedSmooth(FP8Own):
     scaling: str = "delayed"
     smooth_swiglu: bool = True
     summary = "fp8-own-delayed + Smooth-SwiGLU (per-channel scaling before the FP8 down-projection)"
+
+
+@register("fp8-naive")
+@dataclass(frozen=True, kw_only=True)
+class FP8Naive(Method):
+    """Negative control: no high-precision weight copy, FP8 weights and grads, per-tensor scales."""
+
+    keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
+    backend: str = "auto"
+
+    family = "fp8-own"
+    summary = "negative control: weights stored e4m3 + grads stored e5m2 (per-tensor scale), no hp copy; fp32 Adam"
+    stores = {"weights": "fp8-e4m3 (+scale)", "master": "-", "grads": "fp8-e5m2 (+scale)", "m": "fp32", "v": "fp32",
+              "compute": "fp8 linears, bf16 elsewhere"}
+
+    def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        return convert_to_fp8_stored(model, tuple(self.keep_high_precision), self.backend)
+
+    def autocast(self, ctx: RunContext):
+        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+
+    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        model = self.convert_model(model, ctx)
+        return NaiveTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

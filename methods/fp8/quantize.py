@@ -104,4 +104,4 @@ def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow
         q = q.view(xv.shape[0] * br, xv.shape[2] * bc)
         if q.shape != (R, C):
             q = q[:R, :C].contiguous()
-    return Quantized(q, scale, 1.0 / scale, blocks, fmt, amax, n_sat)
+    return Quantized(q, scale, torch.ones_like(scale) / scale, blocks, fmt, amax, n_sat)

@@ -78,11 +78,12 @@ def scale_from_amax(amax: torch.Tensor, fmt: FP8Format, margin: int = 0, pow2: b
     a = amax.float()
     finite = torch.isfinite(a)
     a = torch.where(finite, a, torch.ones_like(a)).clamp_min(AMAX_FLOOR)
-    s = fmt.max / a
+    # tensor / tensor is IEEE division; ``fmt.max / a`` is ``a.reciprocal() * fmt.max`` (two roundings)
+    s = torch.full_like(a, fmt.max) / a
     if margin:
         s = s * (2.0 ** -margin)
-    if pow2:
-        s = torch.exp2(torch.floor(torch.log2(s)))
+    if pow2:  # 2**floor(log2 s), exactly: keep the exponent bits, clear the mantissa
+        s = (s.view(torch.int32) & 0x7F800000).view(torch.float32)
     else:
         s = torch.where(a * s > fmt.max, torch.nextafter(s, torch.zeros_like(s)), s)
     return s
@@ -154,6 +155,12 @@ class DelayedScaler(nn.Module):
         self.register_buffer("amax_history", torch.zeros(history_len))
         self.register_buffer("scale", torch.zeros(()))
         self.register_buffer("pos", torch.zeros((), dtype=torch.int64))
+        self._seen = False  # host-side cache of "pos > 0", so the GPU path syncs at most once
+
+    def has_history(self) -> bool:
+        if not self._seen:
+            self._seen = bool(self.pos.item() > 0)
+        return self._seen
 
     def scale_for(self, amax_now: torch.Tensor) -> torch.Tensor:
         """The scale to use for the tensor being quantized (history's; its own amax only at first use)."""
@@ -171,6 +178,7 @@ class DelayedScaler(nn.Module):
         h = self.amax_history
         h.index_copy_(0, (self.pos % h.numel()).reshape(1), a.reshape(1))
         self.pos += 1
+        self._seen = True
         ref = a if self.algo == "most_recent" else h.max()
         self.scale.copy_(scale_from_amax(ref, self.fmt, self.margin, self.pow2))
 
