@@ -43,6 +43,16 @@ class FP8Format:
         return 2.0 ** (self.min_exponent - self.mantissa_bits)
 
     @property
+    def overflow_threshold(self) -> float:
+        """Values beyond this would round past ``max`` even in an unbounded format (max + half its ulp:
+        464 for E4M3, 61440 for E5M2); only they are *saturated*: clamping anything smaller to ±max is
+        ordinary rounding."""
+        import math
+
+        e = math.floor(math.log2(self.max))
+        return self.max + 2.0 ** (e - self.mantissa_bits) / 2
+
+    @property
     def max_rel_error(self) -> float:
         """Worst relative rounding error for normal values: half an ulp at mantissa 1.0."""
         return 2.0 ** -(self.mantissa_bits + 1)

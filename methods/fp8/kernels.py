@@ -103,7 +103,7 @@ def _tensorwise(k, x, q, qt, fmt, blocks, scaler, consts, write_t):
     if scaler is not None and scaler.has_history():
         scale = scaler.scale.reshape(1).clone()
         k.cast_tensorwise_kernel[grid](x, q, qt, scale, amax, sat, R, C, x.stride(0), x.stride(1),
-                                       CURRENT=False, WRITE_T=write_t, BR=BR, BC=BC, **consts)
+                                       SAT=fmt.overflow_threshold, CURRENT=False, WRITE_T=write_t, BR=BR, BC=BC, **consts)
         n_sat = sat
     else:  # current scaling (also a delayed scaler's very first use)
         xc = x if x.is_contiguous() else x.contiguous()
@@ -111,7 +111,7 @@ def _tensorwise(k, x, q, qt, fmt, blocks, scaler, consts, write_t):
         k.amax_kernel[(-(-xc.numel() // BLOCK),)](xc, amax, xc.numel(), BLOCK=BLOCK)
         scale = torch.empty(1, dtype=torch.float32, device=dev)
         k.cast_tensorwise_kernel[grid](x, q, qt, scale, amax, sat, R, C, x.stride(0), x.stride(1),
-                                       CURRENT=True, WRITE_T=write_t, BR=BR, BC=BC, **consts)
+                                       SAT=fmt.overflow_threshold, CURRENT=True, WRITE_T=write_t, BR=BR, BC=BC, **consts)
         n_sat = 0
     scale = scale.reshape(1, 1)
     resolved = Blocks(*blocks.resolve((R, C)))

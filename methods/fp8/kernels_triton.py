@@ -8,6 +8,8 @@ instead of adding it (31.07 → 16 instead of 32; measured with triton 3.9). :fu
 to the FP8 grid in fp32 arithmetic first (same trick as ``formats.round_to_format``: IEEE fp32
 addition does the round-to-nearest-even), so the cast only ever sees representable values and is exact
 in the interpreter and on the GPU alike. Quantization is therefore bit-exact against the PyTorch path.
+The same holds for the GEMM's bf16 output: the interpreter truncates fp32→bf16 casts, so
+:func:`_round_bf16` rounds to nearest even first.
 """
 from __future__ import annotations
 
@@ -29,6 +31,15 @@ def _round_fp8(y, FMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr):
     r = (a + c) - c  # the fp32 add rounds |y| onto the FP8 grid of its binade (RNE); the sub is exact
     sign = (y.to(tl.int32, bitcast=True) >> 31) << 31
     return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round_bf16(x):
+    """fp32 → nearest bf16 (ties to even), still fp32 with the low 16 bits zero, so the cast that
+    follows is exact: the interpreter truncates fp32→bf16 casts (the GPU rounds to nearest even)."""
+    b = x.to(tl.int32, bitcast=True)
+    b = (b + (0x7FFF + ((b >> 16) & 1))) & -65536
+    return b.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -59,7 +70,7 @@ def amax_kernel(x_ptr, amax_ptr, n, BLOCK: tl.constexpr):
 @triton.jit
 def cast_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, amax_ptr, sat_ptr, R, C, sxr, sxc,
                            FMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-                           MARGIN_MUL: tl.constexpr, POW2: tl.constexpr, FLOOR: tl.constexpr,
+                           MARGIN_MUL: tl.constexpr, POW2: tl.constexpr, FLOOR: tl.constexpr, SAT: tl.constexpr,
                            CURRENT: tl.constexpr, WRITE_T: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     """One per-tensor scale for all of x (R, C).
 
@@ -84,7 +95,7 @@ def cast_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, amax_ptr, sat_ptr, R
         tl.atomic_max(amax_ptr, tl.max(tl.max(a, axis=1), axis=0))
     y = x * s
     if not CURRENT:
-        over = ((tl.abs(y) > FMAX) & m).to(tl.int32)
+        over = ((tl.abs(y) > SAT) & m).to(tl.int32)
         tl.atomic_add(sat_ptr, tl.sum(tl.sum(over, axis=1), axis=0))
     q = _round_fp8(y, FMAX, MBITS, EMIN).to(q_ptr.dtype.element_ty)
     tl.store(q_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], q, mask=m)
@@ -207,5 +218,7 @@ def scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, M, N, K,
         sa = tl.load(sa_ptr + sa_rows, mask=mm, other=0.0)
         sb = tl.load(sb_ptr + sb_cols, mask=nm, other=0.0)
         acc = acc * sa[:, None] * sb[None, :]
+    if c_ptr.dtype.element_ty == tl.bfloat16:
+        acc = _round_bf16(acc)
     tl.store(c_ptr + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn, acc.to(c_ptr.dtype.element_ty),
              mask=mm[:, None] & nm[None, :])

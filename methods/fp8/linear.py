@@ -19,8 +19,8 @@ blockwise   1×128 / 128×128      the forward W (blocks are    x in 128×1 tile
 ==========  ===================  ==========================  ======================================
 
 Smooth-SwiGLU (Fishman et al. 2024) is the ``smooth`` option: before quantizing, the input is divided
-per channel by s_k (its channel amax rounded to a power of two) and the weight's column k multiplied by
-s_k. ``x Wᵀ = (x/s)(W s)ᵀ`` exactly (powers of two), but the FP8 input no longer has a few outlier
+per channel by s_k (its channel amax rounded up to a power of two) and the weight's column k multiplied
+by s_k. ``x Wᵀ = (x/s)(W s)ᵀ`` exactly (powers of two), but the FP8 input no longer has a few outlier
 channels setting the per-tensor scale for all. Used on ``mlp.w2``, whose input ``silu(w1 x) * w3 x`` is
 where SwiGLU amplifies outliers.
 """
@@ -36,7 +36,7 @@ from methods.fp8.formats import get_format
 from methods.fp8.gemm import fp8_mm
 from methods.fp8.quantize import Quantized, quantize
 from methods.fp8.scaling import (BLOCK_128x128, COLWISE, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1,
-                                 Blocks, DelayedScaler, absmax, describe_scales, pow2_round)
+                                 Blocks, DelayedScaler, absmax, describe_scales, pow2_ceil)
 
 #: group shapes per granularity and operand role; None: reuse the forward quantization, transposed
 GRANULARITIES: dict[str, dict[str, Blocks | None]] = {
@@ -158,8 +158,9 @@ class FP8Linear(nn.Module):
         w = w.detach()
         s_inv = None
         if self.smooth:
-            # per-input-channel power-of-two factors: x/s and W*s are exact, x Wᵀ is unchanged
-            s = pow2_round(absmax(x2.detach(), 0).float())
+            # per-input-channel power-of-two factors >= the channel amax: x/s and W*s are exact, x Wᵀ is
+            # unchanged, and |x/s| <= 1 whatever the channels do, so a per-tensor (delayed) scale fits
+            s = pow2_ceil(absmax(x2.detach(), 0).float())
             s_inv = 1.0 / s
             x2 = x2 * s_inv
             w = w * s
@@ -246,3 +247,22 @@ def fp8_telemetry(model: nn.Module) -> list[dict]:
         if isinstance(m, FP8Linear):
             rows.extend(m.telemetry_rows(name))
     return rows
+
+
+def saved_activation_bytes(fn, *params: torch.Tensor) -> dict[str, int]:
+    """Bytes autograd keeps for backward while ``fn()`` runs, by dtype, each storage once; tensors that
+    share storage with ``params`` (the weights themselves, which exist anyway) are left out."""
+    seen = {p.untyped_storage().data_ptr() for p in params}
+    out: dict[str, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            out[str(t.dtype).replace("torch.", "")] = out.get(str(t.dtype).replace("torch.", ""), 0) + st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    out["total"] = sum(out.values())
+    return out

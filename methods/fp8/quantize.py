@@ -30,7 +30,7 @@ class Quantized:
     blocks: Blocks  # group shape resolved to this orientation's (rows, cols)
     fmt: FP8Format
     amax: torch.Tensor  # (Rb, Cb) largest |x| per group, before scaling
-    n_sat: torch.Tensor | int = 0  # values that were clamped to ±fmt.max
+    n_sat: torch.Tensor | int = 0  # values beyond fmt.overflow_threshold, clamped to ±fmt.max
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -97,11 +97,11 @@ def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow
     n_sat: torch.Tensor | int = 0
     if scaler is not None:  # a delayed scale may be too large for this tensor: clamp and count
         if y.device.type != "cpu" or float(amax.max()) * float(scale.max()) > fmt.max:
-            n_sat = (y.abs() > fmt.max).sum()
+            n_sat = (y.abs() > fmt.overflow_threshold).sum()
             y = y.clamp_(-fmt.max, fmt.max)
     q = y.to(fmt.dtype)  # round to nearest even; current scaling needs no clamp (amax*scale <= max)
     if grouped:
         q = q.view(xv.shape[0] * br, xv.shape[2] * bc)
-        if q.shape != (R, C):
-            q = q[:R, :C].contiguous()
+        if q.shape != (R, C):  # drop the padding (a copy: a view would keep the padded storage alive)
+            q = q[:R, :C].clone(memory_format=torch.contiguous_format)
     return Quantized(q, scale, torch.ones_like(scale) / scale, blocks, fmt, amax, n_sat)

@@ -187,11 +187,13 @@ class DelayedScaler(nn.Module):
                 f"pow2={self.pow2}")
 
 
-def pow2_round(x: torch.Tensor) -> torch.Tensor:
-    """Nearest power of two (in log space) of positive x; 1 where x is 0 or not finite."""
-    ok = torch.isfinite(x) & (x > 0)
-    return torch.where(ok, torch.exp2(torch.round(torch.log2(torch.where(ok, x, torch.ones_like(x))))),
-                       torch.ones_like(x))
+def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
+    """Smallest power of two >= x, exactly (bit arithmetic on fp32); 1 where x is 0, tiny or not finite."""
+    x = x.float()
+    ok = torch.isfinite(x) & (x >= 2.0 ** -126)
+    bits = torch.where(ok, x, torch.ones_like(x)).view(torch.int32)
+    up = (bits & 0x7FFFFF) != 0  # any mantissa bit: round the exponent up
+    return ((bits & 0x7F800000) + (up.int() << 23)).view(torch.float32)
 
 
 def describe_scales(scale: torch.Tensor) -> dict:
