@@ -5,7 +5,8 @@ length) under ``fp8-own-tensorwise``, torchao's tensorwise float8 training and `
 this one process, on the same initial weights and the same batch. The methods take turns, a few steps
 each, for several rounds, so load from other processes hits all of them alike; the median step time
 per method gives tokens/s, reported as ratios. A second table times the FP8 linears alone (the seven
-projections of one block, forward + backward, no bf16 head around them), where the methods differ.
+projections of one block, forward + backward, no bf16 head around them), where the methods differ;
+and the bytes autograd saves for backward in one forward of the model, per method.
 
 GPU section (only with a CUDA device and Triton; otherwise recorded as skipped with the reason): own
 Triton FP8 GEMM (tensorwise and 1×128/128×128 block scaling) vs ``torch._scaled_mm`` vs bf16
@@ -100,6 +101,46 @@ def bench_cpu_step(rounds: int = 6, steps_per_round: int = 3, threads: int = 1) 
         if own and ref in res:
             out[f"fp8-own-tensorwise_vs_{ref}"] = own / res[ref]["tokens_per_s"]
     return out
+
+
+def activation_memory() -> dict:
+    """Bytes autograd saves for backward in one forward of the tiny model (cpu-profile batch), by
+    method: the FP8 linears keep FP8 copies, the reference keeps bf16 ones. Measured with the CPU bf16
+    GEMM emulation off (``FP8BENCH_CPU_BF16=native``): the emulation saves fp32 copies of bf16 operands,
+    which a GPU (and a CPU with native bf16) would not."""
+    import os
+    from methods.base import RunContext
+    from models import get_model_config
+
+    batch, seq = _train_shape()
+    cfg = get_model_config("tiny").with_vocab(4096)
+    ctx = RunContext(device=torch.device("cpu"), seed=0)
+    tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
+    out = {}
+    before = os.environ.get("FP8BENCH_CPU_BF16")
+    os.environ["FP8BENCH_CPU_BF16"] = "native"
+    try:
+        _saved_per_method(cfg, ctx, tokens, out)
+    finally:
+        if before is None:
+            os.environ.pop("FP8BENCH_CPU_BF16", None)
+        else:
+            os.environ["FP8BENCH_CPU_BF16"] = before
+    return {"batch_size": batch, "seq_len": seq, "bf16_emulation": "off", "saved_bytes": out,
+            "fp8-own-tensorwise_vs_bf16-amp": out["fp8-own-tensorwise"]["total"] / out["bf16-amp"]["total"]}
+
+
+def _saved_per_method(cfg, ctx, tokens, out):
+    from methods.base import HParams
+    from methods.fp8.linear import saved_activation_bytes
+    from methods.registry import get_method
+    from models import build_model
+
+    for name in ("bf16-amp", "fp8-own-tensorwise", "fp8-own-rowwise", "fp8-own-blockwise", "fp8-own-delayed-smooth",
+                 "fp8-naive"):
+        tr = get_method(name).build(build_model(cfg, 0), HParams(lr=1e-3), ctx)
+        out[name] = saved_activation_bytes(lambda: tr.forward_loss(tokens[:, :-1], tokens[:, 1:]),
+                                           *tr.model.parameters())
 
 
 def _block_linears() -> nn.ModuleDict:
@@ -229,6 +270,7 @@ def main(argv=None) -> int:
     if not args.skip_cpu:
         res["cpu_step"] = bench_cpu_step(rounds=args.rounds, threads=args.threads)
         res["cpu_linears"] = bench_cpu_linears()
+        res["activation_memory"] = activation_memory()
     res["gpu"] = bench_gpu()
     print(json.dumps(res, indent=2))
     if "gpu" in res and "skipped" in res["gpu"]:
