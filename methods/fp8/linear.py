@@ -111,6 +111,7 @@ class FP8Linear(nn.Module):
         else:
             self.scalers = None
         self._stats: dict[str, tuple] = {}  # role → (amax, scale, n_sat, numel) of the last quantization
+        self._window: dict[str, list] = {}  # role → [saturated, numel] since the last telemetry read
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, recipe: FP8Recipe, smooth: bool = False) -> "FP8Linear":
@@ -151,6 +152,10 @@ class FP8Linear(nn.Module):
                      margin=r.margin, backend=r.backend)
         if stat:
             self._stats[role] = (q.amax, q.scale, q.n_sat, t.numel())
+            w = self._window.setdefault(role, [0, 0])
+            if not isinstance(q.n_sat, int) or q.n_sat:
+                w[0] = w[0] + q.n_sat  # a device tensor on the GPU: no sync per step
+            w[1] += t.numel()
         return q
 
     def _forward(self, x2: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype, need_backward: bool):
@@ -206,14 +211,20 @@ class FP8Linear(nn.Module):
 
     # -- telemetry ------------------------------------------------------------------------------
     def telemetry_rows(self, name: str) -> list[dict]:
+        """The last quantization of each tensor (amax, scale, saturated fraction), plus the saturated
+        fraction over every quantization since the previous call (``saturated_frac_window``), so that
+        saturation between two telemetry steps is not missed."""
         rows = []
         for role, (amax, scale, n_sat, numel) in self._stats.items():
-            sat = int(n_sat) if isinstance(n_sat, int) else int(n_sat.item())
+            sat = int(n_sat)
+            win_sat, win_n = self._window.get(role, (0, 0))
             row = {"layer": name, "tensor": role, "amax": float(amax.float().max()), **describe_scales(scale),
-                   "saturated_frac": sat / max(1, numel), "saturated": sat, "granularity": self.recipe.granularity,
-                   "scaling": self.recipe.scaling,
+                   "saturated_frac": sat / max(1, numel), "saturated": sat,
+                   "saturated_frac_window": int(win_sat) / max(1, win_n), "quantized_window": win_n,
+                   "granularity": self.recipe.granularity, "scaling": self.recipe.scaling,
                    "format": (self.grad_fmt if role == "grad_output" else self.fwd_fmt).name}
             rows.append(row)
+        self._window = {}
         return rows
 
 

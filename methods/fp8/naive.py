@@ -71,6 +71,7 @@ class FP8StoredLinear(nn.Module):
         self.register_buffer("grad_codes", None, persistent=False)
         self.register_buffer("grad_scale_inv", None, persistent=False)
         self._stats: dict[str, tuple] = {}
+        self._window: dict[str, list] = {}
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, weight=e4m3 stored, grad=e5m2 stored"
@@ -80,8 +81,14 @@ class FP8StoredLinear(nn.Module):
 
     def _quant(self, t: torch.Tensor, role: str, fmt: FP8Format) -> Quantized:
         q = quantize(t.reshape(-1, t.shape[-1]), fmt, TENSORWISE, backend=self.backend)
-        self._stats[role] = (q.amax, q.scale, q.n_sat, t.numel())
+        self._note(role, q, t.numel())
         return q
+
+    def _note(self, role: str, q: Quantized, numel: int) -> None:
+        self._stats[role] = (q.amax, q.scale, q.n_sat, numel)
+        w = self._window.setdefault(role, [0, 0])
+        w[0] = w[0] + q.n_sat
+        w[1] += numel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device.type
@@ -109,17 +116,21 @@ class FP8StoredLinear(nn.Module):
     @torch.no_grad()
     def store_weight(self, w: torch.Tensor) -> None:
         q = quantize(w, E4M3, TENSORWISE, backend=self.backend)
-        self._stats["weight"] = (q.amax, q.scale, q.n_sat, w.numel())
+        self._note("weight", q, w.numel())
         self.weight.data.copy_(q.data)
         self.weight_scale_inv.copy_(q.scale_inv.reshape(()))
 
     def telemetry_rows(self, name: str) -> list[dict]:
         rows = []
         for role, (amax, scale, n_sat, numel) in self._stats.items():
-            sat = int(n_sat) if isinstance(n_sat, int) else int(n_sat.item())
+            sat = int(n_sat)
+            win_sat, win_n = self._window.get(role, (0, 0))
             rows.append({"layer": name, "tensor": role, "amax": float(amax.float().max()), **describe_scales(scale),
-                         "saturated_frac": sat / max(1, numel), "saturated": sat, "granularity": "tensorwise",
-                         "scaling": "current", "format": "e5m2" if role in ("grad_output", "weight_grad") else "e4m3"})
+                         "saturated_frac": sat / max(1, numel), "saturated": sat,
+                         "saturated_frac_window": int(win_sat) / max(1, win_n), "quantized_window": win_n,
+                         "granularity": "tensorwise", "scaling": "current",
+                         "format": "e5m2" if role in ("grad_output", "weight_grad") else "e4m3"})
+        self._window = {}
         return rows
 
 

@@ -49,7 +49,7 @@ def test_short_training_run_learns_and_reports_telemetry(name, corpus):
     rows = trainee.telemetry()
     assert {r["layer"] for r in rows} == set(converted)
     for r in rows:
-        assert {"layer", "tensor", "amax", "scale", "saturated_frac"} <= set(r)
+        assert {"layer", "tensor", "amax", "scale", "saturated_frac", "saturated_frac_window"} <= set(r)
         assert math.isfinite(r["amax"]) and r["scale"] > 0 and 0 <= r["saturated_frac"] <= 1
     tensors = {r["tensor"] for r in rows}
     assert {"input", "weight", "grad_output"} <= tensors

@@ -88,8 +88,11 @@ def test_smooth_swiglu_keeps_delayed_scaling_from_saturating_on_an_outlier_burst
         y.backward(dy)
         xd = x.detach().double()
         ref = xd @ lin.weight.detach().double().t()
-        sat = {r["tensor"]: r["saturated"] for r in lin.telemetry_rows("l")}
-        results[smooth] = (sqnr(ref, y), sat["input"])
+        rows = {r["tensor"]: r for r in lin.telemetry_rows("l")}
+        sat = rows["input"]["saturated"]
+        assert rows["input"]["saturated_frac_window"] == sat / (4 * M * K)  # the window: 4 forward passes
+        assert lin.telemetry_rows("l")[0]["quantized_window"] == 0  # reading the window resets it
+        results[smooth] = (sqnr(ref, y), sat)
         dx_ref = dy.double() @ lin.weight.detach().double()
         assert sqnr(dx_ref, x.grad) >= 20
     (plain_sqnr, plain_sat), (smooth_sqnr, smooth_sat) = results[False], results[True]
