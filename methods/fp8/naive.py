@@ -11,7 +11,9 @@ Per converted linear:
 - update: Adam with fp32 m and v (as ``bf16-amp``: only weight and gradient storage differ). The step
   decodes weight and gradient, does the fp32 arithmetic in a temporary, and re-quantizes the new weight
   to E4M3 with a fresh per-tensor scale. An update smaller than half an E4M3 ulp of its weight (1/16 to
-  1/8 of the weight's magnitude) is lost: that, not overflow, is what the control exposes.
+  1/8 of the weight's magnitude) is lost: that, not overflow, is what the control exposes. Telemetry
+  reports it per layer as ``tensor="weight_update"``, ``unchanged_frac``: the fraction of weights the
+  last step left exactly where they were.
 
 Embeddings, norms and the head stay fp32 (same filter as the other FP8 methods) with ``torch.optim.AdamW``.
 """
@@ -72,6 +74,7 @@ class FP8StoredLinear(nn.Module):
         self.register_buffer("grad_scale_inv", None, persistent=False)
         self._stats: dict[str, tuple] = {}
         self._window: dict[str, list] = {}
+        self.unchanged: torch.Tensor | None = None  # fraction of weights the last update did not move
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, weight=e4m3 stored, grad=e5m2 stored"
@@ -131,6 +134,12 @@ class FP8StoredLinear(nn.Module):
                          "granularity": "tensorwise", "scaling": "current",
                          "format": "e5m2" if role in ("grad_output", "weight_grad") else "e4m3"})
         self._window = {}
+        if self.unchanged is not None:
+            wq = self._stats.get("weight")
+            rows.append({"layer": name, "tensor": "weight_update", "unchanged_frac": float(self.unchanged),
+                         "amax": float(wq[0].float().max()) if wq else float("nan"),
+                         "scale": float(wq[1].reshape(-1)[0]) if wq else float("nan"), "saturated_frac": 0.0,
+                         "saturated_frac_window": 0.0, "format": "e4m3"})
         return rows
 
 
@@ -222,12 +231,15 @@ class NaiveTrainee(Trainee):
             t = float(st["step"])
             g = m.grad().dequantize_fast()
             w = dequantize_fast(m.weight_q())  # a temporary: the only stored weight is the FP8 one
+            before = w.clone()
             st["exp_avg"].lerp_(g, 1 - b1)
             st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
             w.mul_(1 - lr * hp.weight_decay)
             denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2 ** t)).add_(hp.eps)
             w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
             m.store_weight(w)
+            # what the control exposes: how many weights the FP8 rounding left exactly where they were
+            m.unchanged = (dequantize_fast(m.weight_q()) == before).float().mean()
 
     def memory(self) -> dict[str, int]:
         return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state)

@@ -85,13 +85,15 @@ def test_fp8_naive_memory_is_what_it_stores(corpus):
 def test_naive_update_really_lands_in_fp8():
     """No high-precision copy: after a step the weight is exactly an E4M3 code times one scale."""
     tr = build_micro("fp8-naive", vocab=512)
-    x = torch.randint(0, 512, (2, 17))
+    x = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
     tr.train_step(x[:, :-1], x[:, 1:], lr=1e-2)
     m = tr.model.layers[0].mlp.w1
     w = m.weight.float() * m.weight_scale_inv
     assert float(m.weight.float().abs().max()) == 448.0  # re-quantized with a fresh current scale
     assert not any(p.dtype == torch.float32 and p.shape == m.weight.shape for p in tr.model.parameters())
     assert torch.isfinite(w).all()
+    rows = [r for r in tr.telemetry() if r["tensor"] == "weight_update"]
+    assert len(rows) == 14 and all(0 <= r["unchanged_frac"] < 1 for r in rows)
 
 
 @pytest.mark.parametrize("name", ["fp8-own-delayed", "fp8-naive"])
