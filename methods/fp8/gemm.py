@@ -44,7 +44,8 @@ def k_chunk(a: Quantized, b: Quantized) -> int:
     return chunk
 
 
-def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, backend: str = "auto",
+           keep_a: bool = False) -> torch.Tensor:
     if backend == "reference":
         return mm_reference(a, b, out_dtype)
     if use_triton(backend, a.data):
@@ -52,7 +53,7 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
 
         return scaled_mm_triton(a, b, out_dtype)
     if backend == "dequant" or (backend == "auto" and a.data.device.type == "cpu"):
-        return mm_dequant(a, b, out_dtype)
+        return mm_dequant(a, b, out_dtype, keep_a)
     if backend == "auto":
         try:
             return mm_scaled(a, b, out_dtype)
@@ -69,8 +70,18 @@ def mm_reference(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.floa
     return (a.dequantize(acc_dtype) @ b.dequantize(acc_dtype)).to(out_dtype)
 
 
-def dequantize_fast(q: Quantized) -> torch.Tensor:
-    """fp32 values of q: one table gather (+ one multiply by the group scales unless tensorwise)."""
+def dequantize_fast(q: Quantized, keep: bool = False) -> torch.Tensor:
+    """fp32 values of q: one table gather (+ one multiply by the group scales unless tensorwise).
+    ``keep`` stores them on q (``q.decoded``) for a second GEMM reading the same tensor."""
+    if q.decoded is not None:
+        return q.decoded
+    x = _dequantize_fast(q)
+    if keep:
+        q.decoded = x
+    return x
+
+
+def _dequantize_fast(q: Quantized) -> torch.Tensor:
     if q.scale_inv.numel() == 1:
         return decode(q.data, q.fmt, decode_table(q.fmt, q.data.device) * q.scale_inv.reshape(()))
     x = decode(q.data, q.fmt)
@@ -85,9 +96,9 @@ def dequantize_fast(q: Quantized) -> torch.Tensor:
     return x.mul_(expand_scales(q.scale_inv, q.blocks, (R, C)))
 
 
-def mm_dequant(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def mm_dequant(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, keep_a: bool = False) -> torch.Tensor:
     k_chunk(a, b)
-    out = dequantize_fast(a) @ dequantize_fast(b)
+    out = dequantize_fast(a, keep_a) @ dequantize_fast(b)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
 

@@ -193,7 +193,8 @@ class FP8Linear(nn.Module):
         wq = _rebuild(w_data, w_sinv, b["w_dgrad"] or b["w"], self.fwd_fmt)
         dyq = self._q(dy2, "grad_output", self.grad_fmt, b["dy"])
         dx_dtype = torch.float32 if self.smooth else x_dtype
-        dx = fp8_mm(dyq, wq, dx_dtype, r.backend)  # (M, N) @ (N, K)
+        # (M, N) @ (N, K); when wgrad reads the same quantized dy, the CPU path decodes it once
+        dx = fp8_mm(dyq, wq, dx_dtype, r.backend, keep_a=r.wgrad_fp8 and b["dy_wgrad"] is None)
         if r.wgrad_fp8:
             x_data, x_sinv = rest
             xq = _rebuild(x_data, x_sinv, b["x_wgrad"] or b["x"], self.fwd_fmt)

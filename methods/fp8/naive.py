@@ -53,7 +53,7 @@ class _NaiveFn(torch.autograd.Function):
         x_data, x_sinv = ctx.saved_tensors
         xq = _tensorwise(x_data, x_sinv, E4M3)
         dyq = mod._quant(dy, "grad_output", E5M2)
-        dx = fp8_mm(dyq, mod.weight_q(), ctx.x_dtype, mod.backend)
+        dx = fp8_mm(dyq, mod.weight_q(), ctx.x_dtype, mod.backend, keep_a=True)  # dy decoded once
         dw = fp8_mm(dyq.t(), xq, torch.float32, mod.backend)
         mod.store_grad(dw)
         return dx, None, None

@@ -36,9 +36,13 @@ class Quantized:
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)
 
+    #: fp32 values, once a CPU GEMM has decoded them (``gemm.dequantize_fast``); shared with ``t()``, so
+    #: a tensor used by two GEMMs (grad_output in dgrad and wgrad) is decoded once. Lives as long as this.
+    decoded: torch.Tensor | None = None
+
     def t(self) -> "Quantized":
         return Quantized(self.data.t(), self.scale.t(), self.scale_inv.t(), self.blocks.t(), self.fmt,
-                         self.amax.t(), self.n_sat)
+                         self.amax.t(), self.n_sat, None if self.decoded is None else self.decoded.t())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         from methods.fp8.scaling import expand_scales
