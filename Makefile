@@ -23,10 +23,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/snakemake --cores all $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --workflow-profile pipelines/profiles/default --cores all $(SNAKEMAKE_ARGS)
 
 smoke: $(STAMP)
-	$(BIN)/snakemake --cores all --config profile=smoke $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --workflow-profile pipelines/profiles/default --cores all --config profile=smoke $(SNAKEMAKE_ARGS)
 
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 report

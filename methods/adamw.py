@@ -83,7 +83,16 @@ class AdamW(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
         gen = state_dict.pop("sr_generator", None)
         super().load_state_dict(state_dict)
+        # torch's loader casts floating state to the parameter's dtype: fp32 moments of a bf16 parameter
+        # would come back as bf16. Put the saved tensors back as they were stored.
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for k, v in state_dict["state"].get(i, {}).items():
+                if isinstance(v, torch.Tensor):
+                    self.state[p][k] = v.detach().clone().to(p.device)
         if gen is not None:
             self._generator(torch.device("cpu")).set_state(gen)

@@ -32,15 +32,28 @@ def _clean(v):
 
 
 class RunWriter:
-    def __init__(self, out_dir: str | Path, resume_events: list[dict] | None = None):
+    """Appends events; ``resume_offset`` reopens a partial log cut back to a checkpoint's length."""
+
+    def __init__(self, out_dir: str | Path, resume_offset: int | None = None):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in (FINAL, SUMMARY):  # a rerun must not leave the previous result readable
             (self.dir / stale).unlink(missing_ok=True)
         self.path = self.dir / PARTIAL
-        self._f = self.path.open("w", encoding="utf-8")
-        for ev in resume_events or []:
-            self._write(ev)
+        if resume_offset is not None:
+            if not self.path.is_file() or self.path.stat().st_size < resume_offset:
+                raise ValueError("event log is shorter than the checkpoint says")
+            self._f = self.path.open("r+", encoding="utf-8")
+            self._f.truncate(resume_offset)  # drop events of steps after the checkpoint
+            self._f.seek(resume_offset)
+        else:
+            self._f = self.path.open("w", encoding="utf-8")
+
+    def offset(self) -> int:
+        """Bytes written so far, flushed to disk (a checkpoint records it)."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        return self._f.tell()
 
     def _write(self, ev: dict) -> None:
         self._f.write(json.dumps(_clean(ev), allow_nan=False) + "\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines import checkpoint
 from pipelines import config as config_mod
 from pipelines.atomic import write_json
 from pipelines.config import ConfigError
@@ -71,11 +72,12 @@ class Run:
         self.rc, self.out, self.train = rc, out, rc["train"]
         self.events_train: list[dict] = []
         self.evals: list[dict] = []
+        self.first_loss: float | None = None
         self.summary: dict = {k: rc[k] for k in ("profile", "model", "method", "seed")}
         self.summary.update(status="ok", reason="", run_dir=str(out), lr=rc["train"]["lr"])
 
     # -- pieces -------------------------------------------------------------------------------
-    def setup(self, writer: RunWriter):
+    def setup(self, writer: RunWriter, resumed: bool = False):
         from methods.base import HParams, RunContext
         from methods.registry import get_method
         from models.config import get_model_config
@@ -87,8 +89,11 @@ class Run:
         torch.manual_seed(rc["seed"])
         self.env = environment(self.device)
         self.summary["device"] = self.env["device_name"]
-        writer.event("run_start", config=rc, environment=self.env, method_options=self.method.options(),
-                     world_size=self.method.world_size)
+        if resumed:
+            writer.event("resume", environment=self.env)
+        else:
+            writer.event("run_start", config=rc, environment=self.env, method_options=self.method.options(),
+                         world_size=self.method.world_size)
         unmet = self.method.unmet()
         if unmet:
             return "; ".join(unmet)
@@ -103,7 +108,8 @@ class Run:
         self.batches = Batches(self.corpus, train["batch_size"], train["seq_len"], train["data_seed"])
         self.val = [(x.to(self.device), y.to(self.device)) for x, y in self.batches.val_batches(train["eval_batches"])]
         self.summary["n_params"] = self.trainee.n_params()
-        writer.event("model", model_config=mcfg.to_dict(), n_params=self.summary["n_params"])
+        if not resumed:
+            writer.event("model", model_config=mcfg.to_dict(), n_params=self.summary["n_params"])
         return None
 
     def evaluate(self, writer: RunWriter, step: int) -> float:
@@ -124,15 +130,29 @@ class Run:
                      n_params=n)
 
     # -- the loop -----------------------------------------------------------------------------
-    def loop(self, writer: RunWriter) -> None:
+    def loop_state(self) -> dict:
+        return {"events_train": self.events_train, "evals": self.evals, "summary": self.summary,
+                "first_loss": self.first_loss}
+
+    def restore(self, ck: dict) -> int:
+        """Load a checkpoint into the built trainee; returns the step to continue from."""
+        self.trainee.load_state_dict(ck["trainee"])
+        loop = ck["loop"]
+        self.events_train, self.evals, self.first_loss = loop["events_train"], loop["evals"], loop["first_loss"]
+        self.summary.update({k: v for k, v in loop["summary"].items() if k not in ("device",)})
+        checkpoint.set_rng_states(ck["rng"])
+        return ck["step"]
+
+    def loop(self, writer: RunWriter, start: int = 0) -> None:
         train = self.train
         tokens_per_step = train["batch_size"] * train["seq_len"]
-        first_loss = None
-        self.evaluate(writer, 0)
+        every = train.get("checkpoint_every", 0)
+        if start == 0:
+            self.evaluate(writer, 0)
         try:
             from tqdm import tqdm
-            bar = tqdm(range(train["steps"]), desc=f"{self.rc['method']} s{self.rc['seed']}", file=sys.stderr,
-                       mininterval=10, disable=None)
+            bar = tqdm(range(start, train["steps"]), desc=f"{self.rc['method']} s{self.rc['seed']}", file=sys.stderr,
+                       mininterval=10, disable=None, initial=start, total=train["steps"])
         except ImportError:  # pragma: no cover - tqdm is a dependency; progress is cosmetic
             bar = range(train["steps"])
         for step in bar:
@@ -151,12 +171,12 @@ class Run:
             self.events_train.append(ev)
             if step == 0:
                 self.record_memory(writer)
-                first_loss = res.loss
+                self.first_loss = res.loss
             if step % train["telemetry_every"] == 0 or step == train["steps"] - 1:
                 rows = self.trainee.telemetry()
                 if rows:
                     writer.event("telemetry", step=step, layers=rows)
-            why = self.divergence(res, first_loss)
+            why = self.divergence(res, self.first_loss)
             if why:
                 self.summary.update(status="diverged", reason=f"step {step}: {why}", diverged_step=step)
                 break
@@ -169,6 +189,9 @@ class Run:
                     self.summary.update(status="diverged", reason=f"step {step}: non-finite val loss",
                                         diverged_step=step)
                     break
+            if every and done % every == 0 and done < train["steps"]:
+                checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(),
+                                writer.offset())
 
     def divergence(self, res, first_loss: float | None) -> str:
         if not math.isfinite(res.loss):
@@ -203,15 +226,30 @@ class Run:
                 s["final_val_loss"] = self.evals[-1]["val_loss"]
         return s
 
+    def open_writer(self) -> tuple[RunWriter, dict | None]:
+        ck, note = checkpoint.load(self.out, self.rc)
+        if ck is not None:
+            try:
+                return RunWriter(self.out, resume_offset=ck["metrics_offset"]), ck
+            except ValueError as e:
+                note = f"{e}; starting over"
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        checkpoint.remove(self.out)
+        return RunWriter(self.out), None
+
     def execute(self) -> dict:
         t_start = time.perf_counter()
-        writer = RunWriter(self.out)
+        writer, ck = self.open_writer()
         try:
-            unmet = self.setup(writer)
+            unmet = self.setup(writer, resumed=ck is not None)
             if unmet:
                 self.summary.update(status="skipped", reason=unmet)
             else:
-                self.loop(writer)
+                start = self.restore(ck) if ck is not None else 0
+                if ck is not None:
+                    print(f"note: resuming after step {start}", file=sys.stderr)
+                self.loop(writer, start)
         except (ConfigError, CorpusError):
             writer.event("run_stop", status="failed", reason="bad input")
             raise
@@ -226,6 +264,7 @@ class Run:
         writer.event("run_stop", status=self.summary["status"], reason=self.summary["reason"],
                      steps=self.summary.get("steps", 0))
         writer.finish(self.summary)
+        checkpoint.remove(self.out)
         return self.summary
 
 

@@ -37,8 +37,10 @@ rule train:
     input:
         cfg=f"{RUN_DIR}/config.json",
         data=f"{DATA_DIR}/meta.json",
+    # One output, written last and atomically (after metrics.jsonl is renamed into place): its presence
+    # means the run is complete. A killed run leaves no output, so rerunning the workflow reruns it,
+    # and the training command resumes from the run's last checkpoint.
     output:
-        metrics=f"{RUN_DIR}/metrics.jsonl",
         summary=f"{RUN_DIR}/summary.json",
     threads: run_threads
     conda:

@@ -121,3 +121,31 @@ def test_bf16_emulation_leaves_fp32_alone():
     with _Bf16Matmul():
         y = F.linear(x, w)
     assert y.dtype == torch.float32 and torch.equal(y, F.linear(x, w))
+
+
+def test_own_adamw_state_dict_round_trip_keeps_dtypes_and_continues_identically():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(64, generator=g) for _ in range(6)]
+
+    def make():
+        p = torch.nn.Parameter(torch.randn(64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16))
+        return p, AdamW([p], lr=1e-2, stochastic_rounding=True, seed=5)
+
+    p1, o1 = make()
+    for gr in grads:
+        p1.grad = gr.to(torch.bfloat16)
+        o1.step()
+    p2, o2 = make()
+    for gr in grads[:3]:
+        p2.grad = gr.to(torch.bfloat16)
+        o2.step()
+    sd = o2.state_dict()
+    p3, o3 = make()
+    with torch.no_grad():
+        p3.copy_(p2)
+    o3.load_state_dict(sd)
+    assert o3.state[p3]["exp_avg"].dtype == torch.float32  # not cast to the bf16 parameter dtype
+    for gr in grads[3:]:
+        p3.grad = gr.to(torch.bfloat16)
+        o3.step()
+    assert torch.equal(p1, p3)
