@@ -49,11 +49,11 @@ def awkward(shape, gen, dtype):
                          ids=lambda b: b.label)
 def test_quantize_kernels_bit_exact(blocks):
     gen = torch.Generator().manual_seed(0)
-    cases = [((40, 300), E4M3, torch.float32, False), ((129, 130), E5M2, torch.bfloat16, True)]
-    for shape, fmt, dtype, pow2 in cases:
+    cases = [((40, 300), E4M3, torch.float32, False, 0), ((129, 130), E5M2, torch.bfloat16, True, 1)]
+    for shape, fmt, dtype, pow2, margin in cases:
         x = awkward(shape, gen, dtype)
-        q, qt = quantize_triton_t(x, fmt, Blocks(*blocks.resolve(shape)), pow2=pow2)
-        r = quantize(x, fmt, blocks, pow2=pow2, backend="torch")
+        q, qt = quantize_triton_t(x, fmt, Blocks(*blocks.resolve(shape)), pow2=pow2, margin=margin)
+        r = quantize(x, fmt, blocks, pow2=pow2, margin=margin, backend="torch")
         assert same_codes(q.data, r.data), (shape, fmt, dtype)
         assert same_codes(qt, r.data.t()), (shape, fmt, dtype)
         assert torch.equal(q.scale, r.scale.reshape(q.scale.shape))
