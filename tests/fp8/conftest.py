@@ -1,7 +1,20 @@
 """Fixtures for the FP8 tests: one torch thread (these are small ops; on a shared 2-core box a second
-OpenMP thread made a training step ~10x slower, not faster) and a micro model builder."""
-import pytest
+OpenMP thread made a training step ~10x slower, not faster) and a micro model builder.
+
+Without a GPU, Triton kernels can only run in Triton's interpreter, and ``TRITON_INTERPRET=1`` must be
+set before Triton is first imported (Triton's own ``tl.max``/``tl.sum`` are ``@triton.jit`` functions
+defined at import). So on a CPU-only machine this conftest sets it as early as pytest allows; it changes
+nothing else there. ``test_kernels.py`` checks that it took effect and otherwise reruns itself in a
+fresh process.
+"""
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
