@@ -12,8 +12,8 @@ Per converted linear:
   decodes weight and gradient, does the fp32 arithmetic in a temporary, and re-quantizes the new weight
   to E4M3 with a fresh per-tensor scale. An update smaller than half an E4M3 ulp of its weight (1/16 to
   1/8 of the weight's magnitude) is lost: that, not overflow, is what the control exposes. Telemetry
-  reports it per layer as ``tensor="weight_update"``, ``unchanged_frac``: the fraction of weights the
-  last step left exactly where they were.
+  reports it per layer as ``tensor="weight_update"``, ``unchanged_frac``: the fraction of weights whose
+  FP8 code the last step did not change.
 
 Embeddings, norms and the head stay fp32 (same filter as the other FP8 methods) with ``torch.optim.AdamW``.
 """
@@ -231,15 +231,16 @@ class NaiveTrainee(Trainee):
             t = float(st["step"])
             g = m.grad().dequantize_fast()
             w = dequantize_fast(m.weight_q())  # a temporary: the only stored weight is the FP8 one
-            before = w.clone()
+            before = m.weight.detach().view(torch.uint8).clone()
             st["exp_avg"].lerp_(g, 1 - b1)
             st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
             w.mul_(1 - lr * hp.weight_decay)
             denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2 ** t)).add_(hp.eps)
             w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
             m.store_weight(w)
-            # what the control exposes: how many weights the FP8 rounding left exactly where they were
-            m.unchanged = (dequantize_fast(m.weight_q()) == before).float().mean()
+            # what the control exposes: how many weights kept their FP8 code through the update (they
+            # moved at most by the common rescaling of the whole tensor: the update itself was lost)
+            m.unchanged = (m.weight.detach().view(torch.uint8) == before).float().mean()
 
     def memory(self) -> dict[str, int]:
         return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state)
