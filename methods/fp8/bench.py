@@ -164,9 +164,11 @@ def bench_cpu_linears(tokens: int = 512, rounds: int = 8) -> dict:
     torch.manual_seed(0)
     base = _block_linears()
     variants = {"fp8-own-tensorwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(), keep_high_precision=()),
-                "fp8-own-rowwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(granularity="rowwise", pow2_scales=True),
+                "fp8-own-rowwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(granularity="rowwise",
+                                                                                  pow2_scales=True),
                                                   keep_high_precision=()),
-                "fp8-own-blockwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(granularity="blockwise", grad_format="e4m3"),
+                "fp8-own-blockwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(granularity="blockwise",
+                                                                                    grad_format="e4m3"),
                                                     keep_high_precision=()),
                 "nn.Linear bf16-autocast": copy.deepcopy(base)}
     try:
@@ -225,12 +227,13 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
         b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
         flop = 2 * n ** 3
         row = {"bf16 torch.mm": flop / _cuda_time(lambda: a @ b.t()) / 1e12}
-        for label, ga, gb in (("tensorwise", TENSORWISE, TENSORWISE), ("blockwise 1x128 x 128x128", TILE_1x128, BLOCK_128x128),
-                              ("rowwise", ROWWISE, ROWWISE)):
+        for label, ga, gb in (("tensorwise", TENSORWISE, TENSORWISE), ("rowwise", ROWWISE, ROWWISE),
+                              ("blockwise 1x128 x 128x128", TILE_1x128, BLOCK_128x128)):
             qa = quantize(a, E4M3, ga, backend="triton")
             qb = quantize(b, E4M3, gb, backend="triton")
             try:
-                row[f"own triton {label}"] = flop / _cuda_time(lambda: scaled_mm_triton(qa, qb.t(), torch.bfloat16)) / 1e12
+                t = _cuda_time(lambda: scaled_mm_triton(qa, qb.t(), torch.bfloat16))
+                row[f"own triton {label}"] = flop / t / 1e12
             except Exception as e:  # noqa: BLE001
                 row[f"own triton {label}"] = f"failed: {type(e).__name__}: {e}"
             if label in ("tensorwise", "rowwise"):
@@ -249,7 +252,8 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
                           ("128x1", TILE_128x1), ("128x128", BLOCK_128x128)):
         for write_t in (False, True):
             nbytes = x.numel() * (x.element_size() + (2 if write_t else 1))
-            fn = (lambda bl=blocks, wt=write_t: quantize_triton_t(x, E4M3, type(bl)(*bl.resolve(tuple(x.shape))), write_t=wt))
+            resolved = type(blocks)(*blocks.resolve(tuple(x.shape)))
+            fn = (lambda bl=resolved, wt=write_t: quantize_triton_t(x, E4M3, bl, write_t=wt))
             try:
                 qrow[f"{label}{' +transpose' if write_t else ''}"] = nbytes / _cuda_time(fn) / 1e9
             except Exception as e:  # noqa: BLE001

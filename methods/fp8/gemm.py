@@ -96,7 +96,8 @@ def _dequantize_fast(q: Quantized) -> torch.Tensor:
     return x.mul_(expand_scales(q.scale_inv, q.blocks, (R, C)))
 
 
-def mm_dequant(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, keep_a: bool = False) -> torch.Tensor:
+def mm_dequant(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32,
+               keep_a: bool = False) -> torch.Tensor:
     k_chunk(a, b)
     out = dequantize_fast(a, keep_a) @ dequantize_fast(b)
     return out if out_dtype == torch.float32 else out.to(out_dtype)

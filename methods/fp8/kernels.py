@@ -60,7 +60,8 @@ def quantize_triton(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, *, scaler: 
 
 
 def quantize_triton_t(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, *, scaler: DelayedScaler | None = None,
-                      pow2: bool = False, margin: int = 0, write_t: bool = True) -> tuple[Quantized, torch.Tensor | None]:
+                      pow2: bool = False, margin: int = 0,
+                      write_t: bool = True) -> tuple[Quantized, torch.Tensor | None]:
     """Quantize x (R, C); with ``write_t`` also return the codes transposed, (C, R) contiguous, written
     by the same pass (what a GEMM that wants the other operand layout reads)."""
     k = _k()
@@ -103,7 +104,8 @@ def _tensorwise(k, x, q, qt, fmt, blocks, scaler, consts, write_t):
     if scaler is not None and scaler.has_history():
         scale = scaler.scale.reshape(1).clone()
         k.cast_tensorwise_kernel[grid](x, q, qt, scale, amax, sat, R, C, x.stride(0), x.stride(1),
-                                       SAT=fmt.overflow_threshold, CURRENT=False, WRITE_T=write_t, BR=BR, BC=BC, **consts)
+                                       SAT=fmt.overflow_threshold, CURRENT=False, WRITE_T=write_t, BR=BR, BC=BC,
+                                       **consts)
         n_sat = sat
     else:  # current scaling (also a delayed scaler's very first use)
         xc = x if x.is_contiguous() else x.contiguous()
@@ -111,11 +113,13 @@ def _tensorwise(k, x, q, qt, fmt, blocks, scaler, consts, write_t):
         k.amax_kernel[(-(-xc.numel() // BLOCK),)](xc, amax, xc.numel(), BLOCK=BLOCK)
         scale = torch.empty(1, dtype=torch.float32, device=dev)
         k.cast_tensorwise_kernel[grid](x, q, qt, scale, amax, sat, R, C, x.stride(0), x.stride(1),
-                                       SAT=fmt.overflow_threshold, CURRENT=True, WRITE_T=write_t, BR=BR, BC=BC, **consts)
+                                       SAT=fmt.overflow_threshold, CURRENT=True, WRITE_T=write_t, BR=BR, BC=BC,
+                                       **consts)
         n_sat = 0
     scale = scale.reshape(1, 1)
     resolved = Blocks(*blocks.resolve((R, C)))
-    return Quantized(q, scale, torch.ones_like(scale) / scale, resolved, fmt, amax.reshape(1, 1), n_sat), (qt if write_t else None)
+    q8 = Quantized(q, scale, torch.ones_like(scale) / scale, resolved, fmt, amax.reshape(1, 1), n_sat)
+    return q8, (qt if write_t else None)
 
 
 def scaled_mm_triton(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -178,7 +178,8 @@ class FP8Linear(nn.Module):
         if not r.wgrad_fp8:
             x_keep = (x2.detach(),)
         else:
-            xw = xq if b["x_wgrad"] is None else self._q(x2.detach(), "input_wgrad", self.fwd_fmt, b["x_wgrad"], stat=False)
+            xw = xq if b["x_wgrad"] is None else self._q(x2.detach(), "input_wgrad", self.fwd_fmt, b["x_wgrad"],
+                                                          stat=False)
             x_keep = (xw.data, xw.scale_inv)
         ww = wq if b["w_dgrad"] is None else self._q(w, "weight_dgrad", self.fwd_fmt, b["w_dgrad"], stat=False)
         extra = (s_inv,) if s_inv is not None else ()

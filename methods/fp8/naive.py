@@ -35,7 +35,8 @@ from methods.fp8.scaling import TENSORWISE, Blocks, describe_scales
 
 def _tensorwise(codes: torch.Tensor, scale_inv: torch.Tensor, fmt: FP8Format) -> Quantized:
     s = scale_inv.reshape(1, 1)
-    return Quantized(codes, s.reciprocal(), s, Blocks(*TENSORWISE.resolve(tuple(codes.shape))), fmt, s.new_zeros(1, 1), 0)
+    blocks = Blocks(*TENSORWISE.resolve(tuple(codes.shape)))
+    return Quantized(codes, s.reciprocal(), s, blocks, fmt, s.new_zeros(1, 1), 0)
 
 
 class _NaiveFn(torch.autograd.Function):
@@ -203,7 +204,8 @@ class NaiveTrainee(Trainee):
     @torch.no_grad()
     def _clip(self) -> float:
         sq = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) ** 2 for p in self.params if p.grad is not None]
-        sq += [torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2 for _, m in self.fp8 if m.grad_codes is not None]
+        sq += [torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2
+               for _, m in self.fp8 if m.grad_codes is not None]
         norm = float(torch.sqrt(sum(sq))) if sq else 0.0
         clip = self.hp.grad_clip
         if clip > 0 and math.isfinite(norm) and norm > clip:
@@ -225,8 +227,9 @@ class NaiveTrainee(Trainee):
                 continue
             st = self.fp8_state.get(name)
             if st is None:
-                st = self.fp8_state[name] = {"step": torch.zeros(()), "exp_avg": torch.zeros(m.weight.shape, device=m.weight.device),
-                                             "exp_avg_sq": torch.zeros(m.weight.shape, device=m.weight.device)}
+                zeros = dict(size=m.weight.shape, device=m.weight.device)
+                st = self.fp8_state[name] = {"step": torch.zeros(()), "exp_avg": torch.zeros(**zeros),
+                                             "exp_avg_sq": torch.zeros(**zeros)}
             st["step"] += 1
             t = float(st["step"])
             g = m.grad().dequantize_fast()
