@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 _BF16 = torch.bfloat16
+#: tensor types the mode rounds; wrapper subclasses (torchao's Float8TrainingTensor, ...) carry their own
+#: numerics and dispatch, and rounding them to bf16 would be wrong (or unsupported), so they pass through
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _MATMULS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm,
             torch.bmm, torch.Tensor.bmm, F.scaled_dot_product_attention}
 
@@ -57,6 +60,8 @@ class _Bf16Matmul(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _MATMULS:
             tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if any(type(t) not in _PLAIN for t in tensors):
+                return func(*args, **kwargs)
             autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16
             if tensors and all(t.device.type == "cpu" for t in tensors) and (
                     autocast_bf16 or any(t.dtype == _BF16 for t in tensors)):
