@@ -402,19 +402,16 @@ class Zero3FP8(_ZeroFP8):
 
 
 # ---- FP8 optimizer states --------------------------------------------------------------------------
-@register("zero2-fp8-optim")
 @dataclass(frozen=True, kw_only=True)
-class Zero2FP8Optim(_Zero):
+class _ZeroFP8Optim(_Zero):
     """torchao ``AdamWFp8`` as DeepSpeed's client optimizer. ZeRO hands it one flat fp32 partition per
     parameter group; torchao quantises a state to FP8 (E4M3, one scale per ``block_size`` values) when it
     has >= 4096 values and a whole number of blocks, so the large decay group's m and v are FP8 and the
     small no-decay group (norm gains) keeps fp32 states. torchao compiles its step with torch.compile;
-    where ``train.compile`` is off (the CPU profile) the step runs eagerly instead, so nothing is built."""
+    where ``train.compile`` is off (the CPU profile) the step runs eagerly instead, so nothing is built.
+    DeepSpeed 0.19.8 accepts this client optimizer at stages 1, 2 and 3 (checked); stage 2 is registered."""
 
-    stage = 2
     block_size: int = 256
-    summary = "DeepSpeed ZeRO-2, bf16, client optimizer torchao AdamWFp8: FP8 Adam states (1/N per rank)"
-    stores = _stores(2, "bf16", m="fp8-e4m3 (+scale/256)", v="fp8-e4m3 (+scale/256)")
 
     def requirements(self) -> list[Requirement]:
         return super().requirements() + [needs_module("torchao", "pip install torchao==0.18.0")]
@@ -427,3 +424,11 @@ class Zero2FP8Optim(_Zero):
 
     def optimizer_context(self, ctx: RunContext):
         return contextlib.nullcontext() if ctx.compile else torch.compiler.set_stance("force_eager")
+
+
+@register("zero2-fp8-optim")
+@dataclass(frozen=True, kw_only=True)
+class Zero2FP8Optim(_ZeroFP8Optim):
+    stage = 2
+    summary = "DeepSpeed ZeRO-2, bf16, client optimizer torchao AdamWFp8: FP8 Adam states (1/N per rank)"
+    stores = _stores(2, "bf16", m="fp8-e4m3 (+scale/256)", v="fp8-e4m3 (+scale/256)")

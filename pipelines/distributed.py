@@ -17,6 +17,7 @@ summary if rank 0 could not.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,7 +108,21 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     env = {**os.environ, LAUNCHED: "1", "OMP_NUM_THREADS": str(per_rank)}
     t0 = time.perf_counter()
     print(f"launching {world_size} ranks x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
-    code = subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env)
+    stopped: list[int] = []
+
+    def forward(signum, _frame):  # stop the ranks with us; a stopped run leaves no summary, so it reruns
+        stopped.append(signum)
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        return 128 + stopped[0]
     finish_after_ranks(rc, out, code, world_size, time.perf_counter() - t0)
     return 0
 

@@ -80,7 +80,7 @@ def test_float8_linear_under_cpu_autocast_vs_float64(recipe, shape):
     """The converted linear in the reference's setting (fp32 weight, bf16 CPU autocast, emulated GEMMs):
     output and both gradients track a float64 reference with a random grad_output, and the backward
     does not trip on dtypes (torchao casts its input only under CUDA autocast; the method adds the CPU cast)."""
-    from methods.torchao_float8 import EmulatedBackwardTrainee, convert_torchao_float8  # noqa: F401
+    from methods.torchao_float8 import convert_torchao_float8
 
     b, t, k, n = shape
     g = torch.Generator().manual_seed(sum(shape))
