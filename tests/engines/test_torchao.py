@@ -6,7 +6,6 @@ from torch import nn
 
 from methods.__main__ import availability
 from methods._bf16_backward import bf16_backward_mode
-from pipelines.data import Batches
 from tests.conftest import build_trainee
 
 TORCHAO = ["fp8-torchao-tensorwise", "fp8-torchao-rowwise", "fp8-torchao-rowwise-gw-hp"]
@@ -35,21 +34,11 @@ def test_python_m_methods_lists_torchao_available_and_te_unavailable_with_reason
     assert "9.0" in rows["fp8-te-block"]["reason"] and "8.9" in rows["fp8-te-delayed"]["reason"]
 
 
-@pytest.fixture(scope="module")
-def reference(corpus):
-    """bf16-amp's initial weights and step-0 result on the global batch of step 0."""
-    x, y = Batches(corpus, 4, 64, seed=0).get(0)
-    ref = build_trainee("bf16-amp", vocab=corpus.vocab_size)
-    weights = {n: p.detach().clone() for n, p in ref.model.named_parameters()}
-    linears = {n for n, m in ref.model.named_modules() if type(m) is nn.Linear}
-    return x, y, weights, linears, ref.train_step(x, y, 1e-3)
-
-
 @pytest.mark.parametrize("name", TORCHAO)
-def test_step0_loss_equals_bf16_amp_and_only_block_linears_are_fp8(name, corpus, reference):
+def test_step0_loss_equals_bf16_amp_and_only_block_linears_are_fp8(name, corpus, bf16_amp_step0):
     from torchao.float8.float8_linear import Float8Linear
 
-    x, y, weights, plain, r_ref = reference
+    x, y, weights, plain, r_ref, _ = bf16_amp_step0
     tr = build_trainee(name, vocab=corpus.vocab_size)
     # same initial weights: conversion keeps the seeded parameters
     params = dict(tr.model.named_parameters())

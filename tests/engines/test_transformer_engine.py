@@ -100,21 +100,18 @@ def fake_te(monkeypatch):
     ("fp8-te-current", "Float8CurrentScaling", {"fp8_format": "HYBRID"}),
     ("fp8-te-block", "Float8BlockScaling", {"fp8_format": "E4M3"}),
 ])
-def test_te_code_path_with_a_stand_in(fake_te, name, recipe_type, fields, corpus):
-    from pipelines.data import Batches
-
+def test_te_code_path_with_a_stand_in(fake_te, name, recipe_type, fields, corpus, bf16_amp_step0):
+    x, y, weights, plain, r_ref, _ = bf16_amp_step0
     opts = {"amax_history_len": 16} if name == "fp8-te-delayed" else {}
-    x, y = Batches(corpus, 2, 32, seed=0).get(0)
-    ref = build_trainee("bf16-amp", vocab=corpus.vocab_size)
     tr = build_trainee(name, vocab=corpus.vocab_size, **opts)
     te_linear = sys.modules["transformer_engine.pytorch"].Linear
     converted = {n for n, m in tr.model.named_modules() if isinstance(m, te_linear)}
-    assert converted == {n for n, m in ref.model.named_modules() if type(m) is nn.Linear and n.startswith("layers.")}
+    assert converted == {n for n in plain if n.startswith("layers.")}
     assert all(c == dict(c, bias=False, params_dtype=torch.float32, device=torch.device("cpu"))
                for c in fake_te["linears"])
-    for (n1, p1), (n2, p2) in zip(ref.model.named_parameters(), tr.model.named_parameters()):
-        assert n1 == n2 and torch.equal(p1, p2)  # the seeded weights, copied into te.Linear
-    r_ref, r = ref.train_step(x, y, 1e-3), tr.train_step(x, y, 1e-3)
+    params = dict(tr.model.named_parameters())  # the seeded weights, copied into te.Linear
+    assert params.keys() == weights.keys() and all(torch.equal(params[n], w) for n, w in weights.items())
+    r = tr.train_step(x, y, 1e-3)
     assert abs(r.loss - r_ref.loss) <= 0.01 * r_ref.loss
     recipe = fake_te["autocast"][-1]
     assert type(recipe).__name__ == recipe_type

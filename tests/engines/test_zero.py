@@ -15,15 +15,6 @@ from tests.conftest import ROOT, build_trainee, run_cli
 ZERO = [m for m in method_names() if get_method(m).family == "zero"]
 
 
-def bf16_amp_step0(corpus_dir):
-    """bf16-amp, one process, step 0 of the same global batch: the reference loss and optimizer bytes."""
-    corpus = Corpus.open(corpus_dir)
-    x, y = Batches(corpus, 4, 64, seed=0).get(0)
-    tr = build_trainee("bf16-amp", vocab=corpus.vocab_size)
-    loss = tr.train_step(x, y, 1e-3).loss
-    return loss, tr.memory()
-
-
 @pytest.fixture(scope="module")
 def ranks_result(corpus_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero") / "ranks.json"
@@ -40,8 +31,9 @@ def test_at_least_six_zero_methods_are_registered_and_available_here():
     assert all(get_method(m).world_size == 2 for m in ZERO)  # no GPU here: 2 CPU ranks
 
 
-def test_zero_step0_loss_equals_bf16_amp_and_state_is_partitioned(ranks_result, corpus_dir):
-    ref_loss, ref_mem = bf16_amp_step0(corpus_dir)
+def test_zero_step0_loss_equals_bf16_amp_and_state_is_partitioned(ranks_result, bf16_amp_step0):
+    *_, ref_step, ref_mem = bf16_amp_step0
+    ref_loss = ref_step.loss
     assert set(ZERO) <= set(ranks_result)
     for name in ZERO:
         res = ranks_result[name]
