@@ -10,8 +10,8 @@ What DeepSpeed keeps with ``bf16: {enabled: true}`` (measured per rank from its 
   rank's partition, gathered per layer when used);
 - master: an fp32 copy of this rank's 1/N partition (``single_partition_of_fp32_groups`` or
   ``fp32_partitioned_groups_flat``);
-- grads: bf16 (stage 1: the full gradients until reduced; stage 2/3: this rank's partition plus the
-  reduce bucket);
+- grads: bf16, measured between backward and step: this rank's partition (stage 1 holds the full
+  gradients during backward and reduces them at its end; stage 2/3 reduce them in buckets as they come);
 - optim: the client optimizer's state over the fp32 partition, i.e. 1/N of Adam's m and v.
 
 The client optimizer is ``torch.optim.AdamW`` (fp32 m, v) with the same hyperparameters, weight-decay
@@ -289,7 +289,9 @@ def _stores(stage: int, compute: str, m: str = "fp32", v: str = "fp32") -> dict[
     part = "1/N"
     return {"weights": "bf16" + (f" ({part})" if stage == 3 else " (full)"),
             "master": f"fp32 ({part})",
-            "grads": "bf16" + (f" ({part})" if stage >= 2 else " (full)"),
+            # measured between backward and step: stage 1 has reduced its full gradients into the rank's
+            # partition by then (it holds them all during backward), stage 2/3 reduce in buckets as they come
+            "grads": f"bf16 ({part})" + (" (full during backward)" if stage == 1 else ""),
             "m": f"{m} ({part})", "v": f"{v} ({part})", "compute": compute}
 
 
