@@ -19,5 +19,6 @@ rule all:
     default_target: True
     input:
         SUMMARY_CSV,
+        f"{RESULTS}/comparison.md",
         REPORT_MD,
         FIGURE_PNGS,

@@ -19,9 +19,34 @@ try:
     PSET = fp8cfg.profile_settings(config, PROFILE)
 except fp8cfg.ConfigError as e:
     raise WorkflowError(str(e))
+
+
+def _check_runs_fit():
+    """Refuse the workflow up front if a run cannot fit here (analytic memory model; pipelines/fit.py).
+    Skipped for CUDA profiles on a machine without CUDA (e.g. a cluster's submit node)."""
+    import torch
+
+    from methods.registry import get_method
+    from models.config import get_model_config
+    from pipelines.fit import check_fits
+
+    train = PSET["train"]
+    if train["device"] == "cuda" and not torch.cuda.is_available():
+        return
+    for model, method, rid in RUNS:
+        base = PSET["variants"].get(method, {})
+        m = get_method(base.get("method", method), **base.get("options", {}))
+        if not m.unmet():
+            try:
+                check_fits(m, model, get_model_config(model).with_vocab(PSET["data"]["vocab_size"]), train)
+            except fp8cfg.ConfigError as e:
+                raise WorkflowError(str(e))
+
+
+_check_runs_fit()
 DATA_JSON = json.dumps(PSET["data"], sort_keys=True)
-DATA_DIR = str(fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], RUNS[0][2])["data"]["dir"])
-RUN_DIR = f"{RESULTS}/runs/{{profile}}/{{model}}/{{method}}/seed{{seed}}"
+DATA_DIR = str(fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], 0)["data"]["dir"])
+RUN_DIR = f"{RESULTS}/runs/{{profile}}/{{model}}/{{method}}/{{run}}"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 REPORT_MD = "reports/REPORT.md"
 FIGURE_PNGS = [f"reports/figures/{name}.png" for name in FIGURES]
@@ -31,20 +56,41 @@ wildcard_constraints:
     profile=r"[A-Za-z0-9_]+",
     model=r"[A-Za-z0-9_]+",
     method=r"[A-Za-z0-9_.\-]+",
-    seed=r"\d+",
+    run=r"seed\d+(_lr[0-9.e+-]+)?",
+    name="|".join(FIGURES),
 
 
 def run_summaries(wildcards=None):
-    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/seed{s}/summary.json" for m, me, s in RUNS]
+    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in RUNS]
 
 
 def run_config(wildcards):
     """The resolved config of one run; a change to it reruns that run (params are a rerun trigger)."""
-    return fp8cfg.resolve_run(config, wildcards.profile, wildcards.model, wildcards.method, int(wildcards.seed))
+    seed, lr = fp8cfg.parse_run_id(wildcards.run)
+    return fp8cfg.resolve_run(config, wildcards.profile, wildcards.model, wildcards.method, seed, lr=lr)
 
 
 def run_threads(wildcards):
     """Cores one run occupies: torch threads per rank times ranks (ZeRO runs several ranks)."""
     from methods.registry import get_method
 
-    return PSET["train"]["threads"] * get_method(wildcards.method).world_size
+    return PSET["train"]["threads"] * get_method(base_method(wildcards.method)).world_size
+
+
+def figure_caption(wildcards):
+    """The caption of one figure (pipelines/captions/<name>.rst), shown in the HTML report."""
+    return FIGURES[wildcards.name][1]
+
+
+def run_gpus(wildcards):
+    """GPUs one run needs: one per rank when the profile trains on CUDA, none otherwise."""
+    from methods.registry import get_method
+
+    if PSET["train"]["device"] == "cpu":
+        return 0
+    return get_method(base_method(wildcards.method)).world_size
+
+
+def base_method(name):
+    """The registered method behind a run name (a profile's variant or the method itself)."""
+    return PSET["variants"].get(name, {}).get("method", name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -78,33 +79,54 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         check_choice("model", m, SIZES)
     for m in cfg.get("method_options", {}):
         check_choice("method", m, registered)
+    variants = dict(p.get("variants", {}))
+    for name, v in variants.items():
+        check_choice("method", v["method"], registered)
+        if name in registered:
+            raise ConfigError(f"variant {name!r} of profile {profile} shadows a registered method; rename it")
     return {
         "models": list(p["models"]),
-        "methods": [m for m in methods if m not in exclude],
+        "methods": [m for m in methods if m not in exclude] + list(variants),
+        "variants": variants,
         "seeds": list(p["seeds"]),
         "seeds_for": dict(p.get("seeds_for", {})),
+        "lrs": list(p.get("lrs", [])),
         "train": deep_merge(cfg["train"], p.get("train")),
         "data": deep_merge(cfg["data"], p.get("data")),
     }
 
 
-def runs(cfg: dict, profile: str) -> list[tuple[str, str, int]]:
-    """Every (model, method, seed) the profile asks for, in a stable order."""
+def run_id(seed: int, lr: float | None = None) -> str:
+    """Folder name of one run under ``<profile>/<model>/<method>/``: ``seed0``, or ``seed0_lr0.003`` in
+    profiles that sweep the learning rate."""
+    return f"seed{seed}" if lr is None else f"seed{seed}_lr{lr:g}"
+
+
+def parse_run_id(rid: str) -> tuple[int, float | None]:
+    m = re.fullmatch(r"seed(\d+)(?:_lr([0-9.e+-]+))?", rid)
+    if not m:
+        raise ConfigError(f"bad run folder name {rid!r}; expected seed<N> or seed<N>_lr<LR>")
+    return int(m.group(1)), (float(m.group(2)) if m.group(2) else None)
+
+
+def runs(cfg: dict, profile: str) -> list[tuple[str, str, str]]:
+    """Every (model, method, run id) the profile asks for, in a stable order."""
     ps = profile_settings(cfg, profile)
     out = []
     for model in ps["models"]:
         for method in ps["methods"]:
             for seed in ps["seeds_for"].get(method, ps["seeds"]):
-                out.append((model, method, seed))
+                for lr in ps["lrs"] or [None]:
+                    out.append((model, method, run_id(seed, lr)))
     return out
 
 
-def run_dir(cfg: dict, profile: str, model: str, method: str, seed: int) -> Path:
-    return Path(cfg["results_dir"]) / "runs" / profile / model / method / f"seed{seed}"
+def run_dir(cfg: dict, profile: str, model: str, method: str, seed: int, lr: float | None = None) -> Path:
+    return Path(cfg["results_dir"]) / "runs" / profile / model / method / run_id(seed, lr)
 
 
 def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
-                train_overrides: dict | None = None) -> dict:
+                train_overrides: dict | None = None, lr: float | None = None) -> dict:
     """The fully resolved config of one run (what ``config.json`` holds)."""
     from pipelines.data import data_dir_for
 
@@ -112,9 +134,13 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
     from methods.registry import method_names
     from models.config import SIZES
 
-    check_choice("method", method, method_names())
+    variant = ps["variants"].get(method)
+    base = variant["method"] if variant else method
+    check_choice("method", base, method_names())
     check_choice("model", model, SIZES)
     train = deep_merge(ps["train"], train_overrides)
+    if lr is not None:
+        train["lr"] = lr
     if train.get("data_seed") is None:
         train["data_seed"] = seed
     data = dict(ps["data"])
@@ -123,8 +149,10 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
         "schema_version": RUN_SCHEMA_VERSION,
         "profile": profile,
         "model": model,
-        "method": method,
-        "method_options": dict(cfg.get("method_options", {}).get(method, {})),
+        "method": base,
+        # a variant is a registered method with other options, run and reported under its own name
+        "variant": method if variant else None,
+        "method_options": {**cfg.get("method_options", {}).get(base, {}), **(variant or {}).get("options", {})},
         "seed": seed,
         "train": train,
         "data": data,
@@ -132,7 +160,8 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
     }
 
 
-RUN_KEYS = {"schema_version", "profile", "model", "method", "method_options", "seed", "train", "data", "results_dir"}
+RUN_KEYS = {"schema_version", "profile", "model", "method", "variant", "method_options", "seed", "train", "data",
+            "results_dir"}
 
 
 def load_run_config(path: str | Path) -> dict:
@@ -145,6 +174,7 @@ def load_run_config(path: str | Path) -> dict:
         raise ConfigError(f"run config {path} is not valid JSON: {e}") from None
     if not isinstance(rc, dict):
         raise ConfigError(f"run config {path} must hold a JSON object")
+    rc.setdefault("variant", None)
     unknown, missing = set(rc) - RUN_KEYS, RUN_KEYS - set(rc)
     if unknown:
         raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")

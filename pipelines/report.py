@@ -1,12 +1,17 @@
-"""``reports/REPORT.md`` from ``results/summary.csv`` and the figures. Every number printed here is
-read from the results files; nothing is typed in by hand.
+"""``reports/REPORT.md`` from the results tables and figures. Every number printed comes from a CSV under
+``results/`` (summary, comparison, claims, memory model, GPU reference), formatted by :func:`fmt`.
 
-    python -m pipelines.report --summary results/summary.csv --figures reports/figures --out reports/REPORT.md
+    python -m pipelines.report --results results --figures reports/figures --out reports/REPORT.md
+    python -m pipelines.report --from-disk --profile cpu      # collect + compare + figures + report
+
+``--from-disk`` is what ``snakemake --cores 1 report`` runs: it rebuilds everything from the run
+folders already on disk and never trains.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
 import math
 import os
@@ -15,104 +20,284 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.atomic import write_text
-from pipelines.figures import FIGURES
 from pipelines.metrics import read_events
 
 REFERENCE = "bf16-amp"
 
 
-def fmt(v, digits: int = 3) -> str:
-    """One formatting rule for every number in the report (the tests re-read numbers with it)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+def digits_for(col: str) -> int:
+    """Decimal places per kind of column: one rule for the tables, the prose and the tests."""
+    c = col.lower()
+    if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "diverged_step"):
+        return 0
+    if "gb" in c:
+        return 1
+    if "val_loss" in c or c.endswith("_loss"):
+        return 3
+    return 2
+
+
+def fmt(v, digits: int = 2) -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    if isinstance(v, (int,)) and not isinstance(v, bool):
+    if isinstance(v, bool):
         return str(v)
+    if isinstance(v, int) or (isinstance(v, float) and digits == 0):
+        return f"{v:.0f}"
     if isinstance(v, float):
+        if v != 0 and abs(v) < 10 ** -digits:
+            return f"{v:.{digits}e}"  # a small number is not printed as 0.00
         return f"{v:.{digits}f}"
     return str(v)
 
 
-def md_table(df: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
-    digits = digits or {}
+def cell(col: str, v) -> str:
+    if hasattr(v, "item") and not isinstance(v, str):  # numpy scalar → Python number
+        v = v.item()
+    if col == "lr" and isinstance(v, float) and not math.isnan(v):
+        return f"{v:g}"
+    if isinstance(v, str):
+        return v.replace("|", "/").replace("\n", " ")
+    return fmt(v, digits_for(col))
+
+
+def md_table(df: pd.DataFrame, source: str | None = None) -> str:
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [f"<!-- source: {source} -->"] if source else []
+    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in df.itertuples(index=False):
-        cells = [fmt(v, digits.get(c, 3)) if not isinstance(v, str) else v.replace("|", "/") for c, v in zip(cols, row)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(cols, row)) + " |")
     return "\n".join(lines)
 
 
-def environment_section(summary: pd.DataFrame) -> str:
-    env = {}
+# ------------------------------------------------------------------------------------------ sections
+
+def environment(summary: pd.DataFrame) -> dict:
     for run_dir in summary["run_dir"]:
         path = Path(str(run_dir)) / "metrics.jsonl"
         if path.is_file():
             for ev in read_events(path):
                 if ev["event"] == "run_start":
-                    env = ev.get("environment", {})
-                    break
-        if env:
-            break
+                    return ev.get("environment", {})
+    return {}
+
+
+def environment_section(summary: pd.DataFrame) -> str:
+    env = environment(summary)
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
-    profiles = ", ".join(sorted(summary["profile"].astype(str).unique()))
     return "\n".join([
         "## Environment",
         "",
         f"- Generated: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Profile(s): {profiles}",
+        f"- Profile(s): {', '.join(sorted(summary['profile'].astype(str).unique()))}",
         f"- Device: {env.get('device_name', '?')} ({env.get('cpu_count', '?')} CPUs visible, "
-        f"{env.get('torch_threads', '?')} torch thread(s) per run)",
+        f"{env.get('torch_threads', '?')} torch thread(s) per process)",
         f"- Git revision: {env.get('git_revision', '?')}",
         f"- Python {env.get('python', '?')}; {versions}",
+        "- Throughput on a CPU measures emulated FP8 and says nothing about GPU speed; speedups are ratios "
+        "within this workflow run.",
     ])
 
 
-def runs_section(summary: pd.DataFrame) -> str:
-    cols = ["method", "seed", "status", "final_val_loss", "loss_gap_pct", "tokens_per_s", "speedup",
-            "state_bytes_per_param", "peak_mem_bytes", "reason"]
-    t = summary[cols].copy()
-    t["peak_mem_bytes"] = t["peak_mem_bytes"] / 2**20
-    t = t.rename(columns={"peak_mem_bytes": "peak_MiB"})
-    return "## Runs\n\nOne row per run (`results/summary.csv`). Gap and speedup are against `bf16-amp` at the " \
-           "same seed.\n\n" + md_table(t, {"tokens_per_s": 0, "peak_MiB": 0, "loss_gap_pct": 2, "speedup": 2,
-                                           "state_bytes_per_param": 2})
+def claims_section(claims: pd.DataFrame) -> str:
+    view = claims[["claim", "seed_value", "measured", "verdict", "rule", "basis"]]
+    notes = [f"- {n}" for n in claims["note"].fillna("") if n]
+    return "\n".join(["## The seed's claims", "", md_table(view, "results/claims.csv"), "", *notes])
+
+
+def comparison_section(comp: pd.DataFrame) -> str:
+    from pipelines.compare import comparison_view
+
+    band = comp.dropna(subset=["ref_band_lo"]).drop_duplicates(["profile", "model", "lr"])
+    lines = ["## Per-method comparison", "",
+             f"Aggregated over seeds (`results/comparison.csv`). `loss_gap_pct_mean`: mean over seeds of the final "
+             f"val-loss gap against `{REFERENCE}` at the same seed. `vs_seed_band`: where the method's mean val loss "
+             f"lies relative to the range of `{REFERENCE}` over its seeds."]
+    for r in band.itertuples():
+        lines.append(f"- {REFERENCE} seed band ({r.profile}, {r.model}, lr {r.lr:g}): "
+                     f"{fmt(r.ref_band_lo, 3)} – {fmt(r.ref_band_hi, 3)} over {fmt(int(r.ref_seeds), 0)} seeds "
+                     f"(width {fmt(r.seed_band_pct, 2)}% of the mean)")
+    lines += ["", md_table(comparison_view(comp), "results/comparison.csv")]
+    return "\n".join(lines)
+
+
+def finding(r) -> str:
+    name = f"**{r.method}**"
+    if r.status == "not run":
+        return f"- {name}: not run ({r.reason})."
+    if r.status in ("skipped", "failed"):
+        return f"- {name}: {r.status}: {r.reason}."
+    if r.status == "diverged":
+        return f"- {name}: diverged at step {fmt(r.diverged_step, 0)} ({r.reason})."
+    parts = [f"final val loss {fmt(r.val_loss_mean, 3)}"]
+    if not pd.isna(r.loss_gap_pct_mean) and r.method != REFERENCE:
+        parts.append(f"{fmt(r.loss_gap_pct_mean, 2)}% vs {REFERENCE}, {r.vs_seed_band} its seed band")
+    if not pd.isna(r.speedup_median) and r.method != REFERENCE:
+        parts.append(f"{fmt(r.speedup_median, 2)}x {REFERENCE}'s tokens/s")
+    if not pd.isna(r.state_bytes_per_param):
+        parts.append(f"{fmt(r.state_bytes_per_param, 2)} B/param of persistent state")
+    status = r.status if r.status == "ok" else f"{r.status}: {r.reason}"
+    return f"- {name} ({status}, seeds {r.seeds}): " + "; ".join(parts) + "."
+
+
+def findings_section(comp: pd.DataFrame) -> str:
+    main = comp[comp["profile"] == comp["profile"].mode().iloc[0]]
+    lr_mode = main["lr"].mode()
+    if len(lr_mode):
+        main = main[(main["lr"] == lr_mode.iloc[0]) | main["lr"].isna()]
+    return "\n".join(["## Findings per method", "", *[finding(r) for r in main.itertuples()]])
+
+
+def memory_section(mm: pd.DataFrame) -> str:
+    n = mm["n_params"].iloc[0]
+    comp_cols = ["weights_bpp", "master_bpp", "grads_bpp", "optim_bpp", "meta_bpp"]
+    seed = mm[mm["kind"] == "seed"][["row", *comp_cols, "analytic_bpp", "gb_at_n"]]
+    meth = mm[mm["kind"] == "method"][["row", *comp_cols, "analytic_bpp", "gb_at_n", "measured_bpp", "measured_gb_at_n"]]
+    ref = mm[mm["kind"] == "reference"][["row", "analytic_bpp", "gb_at_n", "note"]]
+    return "\n".join([
+        f"## Memory at {n / 1e9:g}B parameters",
+        "",
+        "(a) The seed's accounting (no master copy, no scales):",
+        "",
+        md_table(seed, "results/memory_model.csv"),
+        "",
+        "(b) Every method: the analytic model (`python -m methods.memory`) next to the bytes/param measured "
+        "from live tensors on this run's model, scaled to the same size. ZeRO rows are per rank.",
+        "",
+        md_table(meth, "results/memory_model.csv"),
+        "",
+        "Reference recipes the seed's numbers are usually compared with (not run here):",
+        "",
+        md_table(ref, "results/memory_model.csv"),
+    ])
 
 
 def figures_section(fig_dir: Path, report_dir: Path) -> str:
+    from pipelines.figures import FIGURES, empty_note
+
     out = ["## Figures", ""]
     for name, (_fn, caption) in FIGURES.items():
         png = fig_dir / f"{name}.png"
-        if png.is_file():
-            out += [f"![{name}]({os.path.relpath(png, report_dir)})", "", f"*{caption}*", ""]
+        if not png.is_file():
+            continue
+        note = empty_note(fig_dir, name)
+        out += [f"### {name}", "", f"![{name}]({os.path.relpath(png, report_dir)})", "", f"*{caption}*", ""]
+        if note.is_file():
+            out += [f"Nothing to plot: {note.read_text().strip()}.", ""]
     return "\n".join(out)
 
 
-def build_report(summary_csv: str | Path, fig_dir: str | Path, out: str | Path) -> str:
-    summary = pd.read_csv(summary_csv)
-    out = Path(out)
+def glossary_section() -> str:
+    from pipelines.compare import registry_rows
+
+    reg = registry_rows()
+    cols = ["method", "family"] + [c for c in reg.columns if c.startswith("stores_")] + ["available_here", "unavailable_reason"]
+    view = reg[cols].rename(columns=lambda c: c.removeprefix("stores_")).fillna("–")
+    return "\n".join(["## Glossary: what each method stores", "",
+                      "Dtype of each persistent component and of the matrix products (`python -m methods` lists "
+                      "the same with availability).", "", md_table(view)])
+
+
+def reference_section(reference_glob: str) -> str:
+    dirs = sorted({Path(p).parent for p in glob.glob(reference_glob)})
+    out = ["## GPU reference results", ""]
+    if not dirs:
+        return "\n".join(out + ["No GPU reference results are committed yet (`results/reference/<device>/`); "
+                                "`pipelines/gpu/h200.sh` produces them on an H200."])
+    for d in dirs:
+        meta_path = d / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        df = pd.read_csv(d / "summary.csv")
+        cols = [c for c in ["model", "method", "status", "n_params", "tokens_per_s", "speedup", "state_bytes_per_param",
+                            "peak_mem_bytes", "final_train_loss", "reason"] if c in df]
+        out += [f"### {meta.get('device', d.name)} — {meta.get('date', 'date not recorded')}", "",
+                f"From `{d}`; versions: {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}", "",
+                md_table(df[cols], str(d / "summary.csv")), ""]
+    return "\n".join(out)
+
+
+def runs_section(summary: pd.DataFrame) -> str:
+    cols = ["profile", "method", "seed", "lr", "status", "final_val_loss", "loss_gap_pct", "tokens_per_s", "speedup",
+            "state_bytes_per_param", "reason"]
+    return "## All runs\n\nOne row per run (`results/summary.csv`).\n\n" + md_table(summary[cols], "results/summary.csv")
+
+
+def lean_section(comp: pd.DataFrame) -> str:
+    r = comp[(comp["method"] == "fp8-lean") & (comp["status"] != "not run")]
+    if r.empty:
+        return ""
+    r = r.iloc[0]
+    o = comp[(comp["method"] == "fp8-optim") & (comp["profile"] == r["profile"]) & (comp["status"] == "ok")]
+    cost = ""
+    if r["status"] == "ok" and len(o):
+        cost = (f" Measured here: fp8-lean's final val loss {fmt(r['val_loss_mean'], 3)} against fp8-optim's "
+                f"{fmt(o.iloc[0]['val_loss_mean'], 3)}, at {fmt(r['state_bytes_per_param'], 2)} instead of "
+                f"{fmt(o.iloc[0]['state_bytes_per_param'], 2)} B/param.")
+    return ("## What fp8-lean gives up\n\nfp8-lean steps each parameter inside backward (a post-accumulate-grad "
+            "hook) and frees its gradient at once, so a full set of gradients never exists. It cannot clip by the "
+            "global gradient norm (the norm is known only after the last gradient, when the other parameters have "
+            "already moved) and cannot accumulate gradients over micro-batches." + cost)
+
+
+def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
+                 reference_glob: str = "results/reference/*/summary.csv") -> str:
+    results, out = Path(results), Path(out)
+    summary = pd.read_csv(results / "summary.csv")
+    comp = pd.read_csv(results / "comparison.csv")
+    claims = pd.read_csv(results / "claims.csv")
+    mm = pd.read_csv(results / "memory_model.csv")
     parts = [
         "# fp8bench report",
         "",
-        "Generated by the workflow from `results/`; do not edit by hand (`snakemake --cores 1 report` rebuilds it).",
+        "Generated by the workflow from `results/`; do not edit by hand (`snakemake --cores 1 report` rebuilds it "
+        "from the results on disk).",
         "",
-        environment_section(summary),
-        "",
+        environment_section(summary), "",
+        claims_section(claims), "",
+        comparison_section(comp), "",
+        findings_section(comp), "",
+        lean_section(comp), "",
+        memory_section(mm), "",
+        figures_section(Path(fig_dir), out.parent), "",
+        glossary_section(), "",
+        reference_section(reference_glob), "",
         runs_section(summary),
-        "",
-        figures_section(Path(fig_dir), out.parent),
     ]
-    text = "\n".join(parts).rstrip() + "\n"
+    text = "\n".join(p for p in parts if p is not None).rstrip() + "\n"
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
     write_text(out, text)
     return text
 
 
+def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> None:
+    """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
+    from pipelines.collect import collect, write_csv
+    from pipelines.compare import write_outputs
+    from pipelines.figures import FigureData, build
+
+    pattern = f"{results}/runs/{profile or '*'}/*/*/*/summary.json"
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise SystemExit(f"no finished runs under {pattern}; run the workflow first")
+    write_csv(collect(paths), results / "summary.csv")
+    write_outputs(results / "summary.csv", results)
+    build(FigureData.load(results / "summary.csv"), fig_dir)
+    build_report(results, fig_dir, out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--summary", default="results/summary.csv")
+    ap.add_argument("--results", default="results")
     ap.add_argument("--figures", default="reports/figures")
     ap.add_argument("--out", default="reports/REPORT.md")
+    ap.add_argument("--from-disk", action="store_true", help="collect, compare and draw first (no training)")
+    ap.add_argument("--profile", help="with --from-disk: only this profile's runs")
     args = ap.parse_args(argv)
-    build_report(args.summary, args.figures, args.out)
+    if args.from_disk:
+        from_disk(args.profile, Path(args.results), Path(args.figures), Path(args.out))
+    else:
+        build_report(args.results, args.figures, args.out)
     print(f"wrote {args.out}")
     return 0
 

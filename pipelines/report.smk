@@ -1,4 +1,5 @@
-# Results tables, figures and the report, rebuilt from the run outputs alone.
+# Results tables, figures and the report. `rule all` reaches them through the runs; `rule report`
+# rebuilds them from the runs already on disk and never trains.
 
 
 rule collect:
@@ -9,39 +10,66 @@ rule collect:
     conda:
         "../environment.yml"
     log:
-        f"{RESULTS}/collect.log",
+        f"{RESULTS}/logs/collect.log",
     shell:
         "python -m pipelines.collect --out {output:q} {input:q} > {log:q} 2>&1"
 
 
-rule figures:
+rule compare:
     input:
         SUMMARY_CSV,
     output:
-        report(FIGURE_PNGS, category="Figures"),
+        comparison=f"{RESULTS}/comparison.csv",
+        comparison_md=f"{RESULTS}/comparison.md",
+        claims=f"{RESULTS}/claims.csv",
+        memory=f"{RESULTS}/memory_model.csv",
     conda:
         "../environment.yml"
     log:
-        f"{RESULTS}/figures.log",
+        f"{RESULTS}/logs/compare.log",
     shell:
-        "python -m pipelines.figures --summary {input:q} --out reports/figures > {log:q} 2>&1"
+        'python -m pipelines.compare --summary {input:q} --out-dir "$(dirname {output.comparison:q})" > {log:q} 2>&1'
+
+
+rule figure:
+    input:
+        summary=SUMMARY_CSV,
+        caption="pipelines/captions/{name}.rst",
+    output:
+        png=report("reports/figures/{name}.png", caption="captions/figure.rst", category="Figures", subcategory="{name}"),
+        svg="reports/figures/{name}.svg",
+    params:
+        caption=figure_caption,
+    conda:
+        "../environment.yml"
+    log:
+        f"{RESULTS}/logs/figure_{{name}}.log",
+    shell:
+        'python -m pipelines.figures --summary {input.summary:q} --out "$(dirname {output.png:q})" --only {wildcards.name} > {log:q} 2>&1'
 
 
 rule report_md:
     input:
-        summary=SUMMARY_CSV,
+        tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/claims.csv", f"{RESULTS}/memory_model.csv"],
         figures=FIGURE_PNGS,
     output:
         REPORT_MD,
     conda:
         "../environment.yml"
     log:
-        f"{RESULTS}/report.log",
+        f"{RESULTS}/logs/report.log",
     shell:
-        "python -m pipelines.report --summary {input.summary:q} --figures reports/figures --out {output:q} > {log:q} 2>&1"
+        'python -m pipelines.report --results "$(dirname {input.tables[0]:q})" --figures "$(dirname {input.figures[0]:q})" --out {output:q} > {log:q} 2>&1'
 
 
 rule report:
-    input:
-        REPORT_MD,
-        FIGURE_PNGS,
+    localrule: True
+    params:
+        profile=PROFILE,
+        results=RESULTS,
+    conda:
+        "../environment.yml"
+    log:
+        f"{RESULTS}/logs/report_from_disk.log",
+    shell:
+        "python -m pipelines.report --from-disk --profile {params.profile} --results {params.results:q} > {log:q} 2>&1"

@@ -75,6 +75,8 @@ class Run:
         self.first_loss: float | None = None
         self.rank, self.world = distributed.rank_info()  # (0, 1) unless one of a multi-rank run's ranks
         self.summary: dict = {k: rc[k] for k in ("profile", "model", "method", "seed")}
+        if rc.get("variant"):  # reported under the variant's name; the registered method is kept beside it
+            self.summary.update(method=rc["variant"], base_method=rc["method"], method_options=rc["method_options"])
         self.summary.update(status="ok", reason="", run_dir=str(out), lr=rc["train"]["lr"])
 
     # -- pieces -------------------------------------------------------------------------------
@@ -331,11 +333,20 @@ def resolve(args) -> tuple[dict, Path]:
 
     config_mod.check_choice("method", rc["method"], method_names())
     config_mod.check_choice("model", rc["model"], SIZES)
-    get_method(rc["method"], **rc["method_options"])
-    unknown = set(rc["train"]) - set(config_mod.load()["train"]) - {"data_seed"}
+    method = get_method(rc["method"], **rc["method_options"])
+    valid_train = set(config_mod.load()["train"]) | {"data_seed"}
+    unknown = set(rc["train"]) - valid_train
     if unknown:
-        raise ConfigError(f"unknown train key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(config_mod.load()['train']))}")
+        raise ConfigError(f"unknown train key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(valid_train))}")
+    # A run that cannot fit is refused here, before the corpus is prepared or a tensor allocated.
+    from models.config import get_model_config
+    from pipelines.fit import check_fits
+
+    if not method.unmet():
+        mcfg = get_model_config(rc["model"]).with_vocab(rc["data"]["vocab_size"])
+        check_fits(method, rc["model"], mcfg, rc["train"])
     out = Path(args.out) if args.out else config_mod.run_dir(rc, rc["profile"], rc["model"], rc["method"], rc["seed"])
+    # (a sweep run's folder name carries its lr: pass --out, as the workflow does)
     return rc, out
 
 
@@ -357,7 +368,7 @@ def main(argv=None) -> int:
     except (ConfigError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{rc['method']} seed {rc['seed']}: {summary['status']}"
+    print(f"{rc.get('variant') or rc['method']} seed {rc['seed']}: {summary['status']}"
           f"{' (' + summary['reason'] + ')' if summary['reason'] else ''}"
           f"; final val loss {summary.get('final_val_loss')}; {summary.get('tokens_per_s', 0):.0f} tokens/s",
           file=sys.stderr)

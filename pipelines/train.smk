@@ -43,6 +43,8 @@ rule train:
     output:
         summary=f"{RUN_DIR}/summary.json",
     threads: run_threads
+    resources:
+        gpu=run_gpus,
     conda:
         "../environment.yml"
     log:

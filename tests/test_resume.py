@@ -57,7 +57,11 @@ def val_losses(out: Path):
     return [(e["step"], e["val_loss"]) for e in read_events(out / "metrics.jsonl") if e["event"] == "eval"]
 
 
-@pytest.mark.parametrize("method,extra", [("fp32", []), ("bf16-pure", ["--method-option", "stochastic_rounding=true"])])
+@pytest.mark.parametrize("method,extra", [
+    ("fp32", []),
+    ("fp8-own-delayed", []),  # amax histories and scales live in module buffers
+    ("bf16-pure", ["--method-option", "stochastic_rounding=true"]),  # stochastic-rounding generator state
+])
 def test_sigkill_then_rerun_equals_uninterrupted(configfile, tmp_path, method, extra):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     r = subprocess.run(command(configfile, method, ref, *extra), env=env(), capture_output=True, text=True, timeout=300)

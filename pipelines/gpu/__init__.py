@@ -1,0 +1,1 @@
+"""GPU reference runs (one prepared script for a briefly lent GPU)."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-shot GPU reference on a lent H200 (no internet, ~10 minutes): installs the wheels carried in .whl/,
+# runs the kernel and optimizer benchmarks and short training runs of the main methods on a >=1B model,
+# and writes results in the formats the report reads.
+#
+#   pipelines/gpu/h200.sh OUT_DIR            # on the GPU machine; then copy OUT_DIR to results/reference/h200/
+#   pipelines/gpu/h200.sh --dry OUT_DIR      # the same code path on the CPU: tiny model, a few steps
+#
+# Wheels: torchao (abi3), deepspeed (+ hjson, pydantic, ...) built here with `pip wheel --no-deps` for
+# cp312 manylinux x86-64, put in .whl/ at the repository root (ignored by git) and carried with the
+# command. TransformerEngine's core wheel (276 MB) is over what one command can carry; without it the TE
+# methods are recorded as skipped with that reason.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DRY=()
+if [[ "${1:-}" == "--dry" ]]; then DRY=(--dry); shift; fi
+OUT="${1:?usage: pipelines/gpu/h200.sh [--dry] OUT_DIR}"
+shift || true
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fp8bench-site .whl/*.whl
+  export PYTHONPATH="/tmp/fp8bench-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! python3 -c "import transformer_engine" 2>/dev/null; then
+  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (its 276 MB core wheel is over the 64 MiB a command can carry to the lent H200, and it has no internet)}"
+fi
+export PYTHONUNBUFFERED=1
+python3 -m pipelines.gpu.reference --out "$OUT" "${DRY[@]}" "$@" 2>&1 | tee "$OUT/log.txt"

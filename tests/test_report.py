@@ -1,0 +1,209 @@
+"""Tables, figures and REPORT.md from fixture runs (ok, diverged, skipped, failed): every number the report
+prints must be the one in the CSV it came from."""
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.collect import collect, write_csv
+from pipelines.compare import write_outputs
+from pipelines.figures import FIGURES, FigureData, build
+from pipelines.metrics import RunWriter
+from pipelines.report import build_report, cell, fmt
+
+N_PARAMS = 5_261_568
+STEPS = 40
+
+
+def fake_run(root: Path, method: str, seed: int, status: str = "ok", *, profile="cpu", lr=3e-3, offset=0.0,
+             bpp=(4, 0, 4, 8, 0), diverge_at=None, reason="", telemetry=False, tps=2000.0):
+    out = root / "runs" / profile / "tiny" / method / (f"seed{seed}" if profile != "sweep" else f"seed{seed}_lr{lr:g}")
+    w = RunWriter(out)
+    rng = np.random.default_rng(hash((method, seed, lr)) % 2**32)
+    w.event("run_start", config={"method": method, "seed": seed},
+            environment={"device_name": "cpu:test", "versions": {"torch": "2.13.0"}, "python": "3.11"})
+    summary = {"profile": profile, "model": "tiny", "method": method, "seed": seed, "lr": lr, "device": "cpu:test",
+               "status": status, "reason": reason, "run_dir": str(out), "world_size": 1, "n_params": N_PARAMS}
+    if status == "skipped":
+        w.finish(summary)
+        return
+    mem = dict(zip(["weights", "master", "grads", "optim", "meta"], [int(b * N_PARAMS) for b in bpp]))
+    summary.update({f"{k}_bytes": v for k, v in mem.items()}, state_bytes=sum(mem.values()),
+                   state_bytes_per_param=sum(mem.values()) / N_PARAMS, peak_mem_bytes=800 * 2**20,
+                   peak_mem_kind="cpu_peak_rss")
+    losses, last = [], STEPS if status != "failed" else 7
+    for step in range(STEPS + 1):
+        if step % 10 == 0:
+            w.event("eval", step=step, val_loss=8.3 - 3.3 * (1 - math.exp(-step / 15)) + offset + rng.normal(0, 0.01))
+        if step == STEPS or step >= last:
+            break
+        loss = 8.3 - 3.5 * (1 - math.exp(-step / 15)) + offset + rng.normal(0, 0.05)
+        if diverge_at is not None and step >= diverge_at - 3:
+            loss *= 1.5 ** (step - diverge_at + 4)
+        losses.append(loss)
+        w.event("train_step", step=step, loss=loss, lr=lr, grad_norm=1.0, step_time_s=0.25,
+                tokens_per_s=tps * (1 + rng.normal(0, 0.02)), batch_hash=f"{step:016x}")
+        if telemetry and step % 10 == 0:
+            w.event("telemetry", step=step, layers=[{"layer": f"layers.{i}.mlp.w2", "tensor": "input",
+                                                     "amax": float(10 + i + step), "scale": 448 / (10 + i + step),
+                                                     "saturated_frac": 0.001 * i} for i in range(4)])
+        if diverge_at is not None and step == diverge_at:
+            summary.update(status="diverged", reason=f"step {step}: loss above 3 x step-0 loss", diverged_step=step)
+            break
+    summary.update(steps=len(losses), tokens=len(losses) * 512, final_train_loss=float(np.mean(losses[-10:])),
+                   tokens_per_s=tps, step_time_s=0.25, initial_val_loss=8.3, wall_time_s=10.0)
+    if summary["status"] == "ok":
+        summary["final_val_loss"] = 8.3 - 3.3 * (1 - math.exp(-STEPS / 15)) + offset
+    w.finish(summary)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    res = root / "results"
+    for seed, off in ((0, 0.0), (1, 0.02), (2, -0.015)):
+        fake_run(res, "bf16-amp", seed, offset=off)
+    fake_run(res, "fp32", 0, offset=-0.005, tps=2500.0)
+    fake_run(res, "bf16-pure", 0, "failed", bpp=(2, 0, 2, 8, 0), reason="RuntimeError: simulated kernel failure")
+    fake_run(res, "fp8-optim", 0, offset=0.01, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0)
+    fake_run(res, "fp8-naive", 0, bpp=(1, 0, 1, 8, 0.001), diverge_at=25, telemetry=True)
+    fake_run(res, "fp8-te-delayed", 0, "skipped", reason="transformer_engine is not installed; no CUDA device")
+    for lr in (1e-3, 1e-2):
+        for m, off in (("bf16-amp", 0.0), ("fp8-optim", 0.03)):
+            fake_run(res, m, 0, profile="sweep", lr=lr, offset=off)
+    summaries = sorted(res.glob("runs/*/*/*/*/summary.json"))
+    write_csv(collect(summaries), res / "summary.csv")
+    write_outputs(res / "summary.csv", res)
+    fig_dir = root / "reports" / "figures"
+    notes = build(FigureData.load(res / "summary.csv", str(root / "none" / "*.csv")), fig_dir)
+    text = build_report(res, fig_dir, root / "reports" / "REPORT.md", str(root / "none" / "*.csv"))
+    return {"root": root, "res": res, "figs": fig_dir, "notes": notes, "text": text}
+
+
+def test_statuses_reach_the_tables(built):
+    s = pd.read_csv(built["res"] / "summary.csv")
+    st = dict(zip(s[s["profile"] == "cpu"]["method"], s[s["profile"] == "cpu"]["status"]))
+    assert st["fp8-naive"] == "diverged" and st["fp8-te-delayed"] == "skipped" and st["bf16-pure"] == "failed"
+    comp = pd.read_csv(built["res"] / "comparison.csv")
+    cpu = comp[comp["profile"] == "cpu"].set_index("method")
+    from methods.registry import method_names
+
+    assert set(method_names()) <= set(cpu.index)  # every registered method has a row
+    assert cpu.loc["fp8-te-delayed", "status"] == "skipped" and "transformer_engine" in cpu.loc["fp8-te-delayed", "reason"]
+    assert cpu.loc["fp8-naive", "diverged_step"] == 25
+    assert cpu.loc["bf16-amp", "runs"] == 3 and cpu.loc["bf16-amp", "vs_seed_band"] == "inside"
+    assert cpu.loc["fp8-optim", "vs_seed_band"] == "inside"
+    assert cpu.loc["fp32", "vs_seed_band"] in ("inside", "below")
+    md = (built["res"] / "comparison.md").read_text()
+    for m in method_names():
+        assert f"| {m} |" in md
+
+
+def test_claims_have_measured_values_and_verdicts(built):
+    cl = pd.read_csv(built["res"] / "claims.csv")
+    assert len(cl) == 4 and cl["verdict"].notna().all()
+    assert cl.loc[2, "verdict"] == "holds"  # fp8-naive diverged
+    assert cl.loc[0, "measured"].startswith("16.00 / ")
+    text = built["text"]
+    for claim in cl["claim"]:
+        assert claim in text
+
+
+def test_at_least_six_figures_exist_and_are_referenced(built):
+    pngs = sorted(built["figs"].glob("*.png"))
+    assert len(pngs) == len(FIGURES) >= 6
+    drawn = [n for n, note in built["notes"].items() if note is None]
+    assert {"loss_curves", "loss_gap", "memory", "throughput", "memory_scaling", "divergence", "lr_sweep",
+            "fp8_telemetry"} <= set(drawn)
+    for p in pngs:
+        assert p.stat().st_size > 2000 and p.with_suffix(".svg").is_file()
+        assert f"figures/{p.name}" in built["text"]
+    assert "no GPU reference results committed" in built["text"]
+
+
+TOKEN = re.compile(r"(?<![\w.\-/])[+-]?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w.])")
+
+
+def numbers_in(text: str) -> list[str]:
+    return [t.lstrip("+-") for t in TOKEN.findall(text)]
+
+
+def csv_strings(paths) -> set[str]:
+    """Every way a CSV value may be printed: fmt at the report's precisions, and numbers inside strings."""
+    out = set()
+    for p in paths:
+        df = pd.read_csv(p)
+        for col in df.columns:
+            for v in df[col].dropna():
+                if isinstance(v, str):
+                    out.update(numbers_in(v))
+                else:
+                    v = float(v)
+                    out.update(fmt(abs(v), d) for d in range(0, 5))
+                    out.add(f"{abs(v):g}")
+                    if v.is_integer():
+                        out.add(str(int(abs(v))))
+    return out
+
+
+def test_every_number_in_the_report_comes_from_a_csv(built):
+    text = built["text"]
+    body = text.split("## The seed's claims", 1)[1]  # the environment section holds versions and dates
+    body = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", body)  # figure links
+    body = re.sub(r"^#+ .*$", "", body, flags=re.M)  # headings (e.g. 'Memory at 10B parameters')
+    from pipelines.figures import FIGURES as F
+
+    for _fn, caption in F.values():
+        body = body.replace(caption, "")
+    allowed = csv_strings(sorted(built["res"].glob("*.csv")))
+    stray = [t for t in numbers_in(body) if t not in allowed]
+    assert not stray, f"numbers in REPORT.md not found in any results CSV: {stray[:20]}"
+
+
+def parse_tables(text: str):
+    """(source, header, rows) for every markdown table preceded by a source marker."""
+    out, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"<!-- source: (.*) -->", line)
+        if m:
+            header = [c.strip() for c in lines[i + 1].strip("|").split("|")]
+            rows = []
+            for row in lines[i + 3:]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip("|").split("|")])
+            out.append((m.group(1), header, rows))
+    return out
+
+
+def test_comparison_table_cells_equal_the_csv(built):
+    comp = pd.read_csv(built["res"] / "comparison.csv")
+    tables = [t for t in parse_tables(built["text"]) if t[0] == "results/comparison.csv"]
+    assert tables
+    src, header, rows = tables[0]
+    checked = 0
+    for row in rows:
+        rec = dict(zip(header, row))
+        match = comp[comp["method"] == rec["method"]]
+        if "profile" in rec:
+            match = match[match["profile"] == rec["profile"]]
+        if "lr" in rec and rec["lr"] != "–":
+            match = match[np.isclose(match["lr"].astype(float), float(rec["lr"]))]
+        assert len(match) == 1, rec
+        csv_row = match.iloc[0]
+        for col, printed in rec.items():
+            assert printed == cell(col, csv_row[col]), (rec["method"], col, printed, csv_row[col])
+            checked += 1
+    assert checked > 20
+
+
+def test_summary_table_cells_equal_the_csv(built):
+    s = pd.read_csv(built["res"] / "summary.csv")
+    src, header, rows = next(t for t in parse_tables(built["text"]) if t[0] == "results/summary.csv")
+    assert len(rows) == len(s)
+    for row, (_, rec) in zip(rows, s.iterrows()):
+        for col, printed in zip(header, row):
+            assert printed == cell(col, rec[col]), (col, printed, rec[col])
