@@ -22,9 +22,6 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 _BF16 = torch.bfloat16
-#: tensor types the mode rounds; wrapper subclasses (torchao's Float8TrainingTensor, ...) carry their own
-#: numerics and dispatch, and rounding them to bf16 would be wrong (or unsupported), so they pass through
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _MATMULS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm,
             torch.bmm, torch.Tensor.bmm, F.scaled_dot_product_attention}
 
@@ -60,8 +57,6 @@ class _Bf16Matmul(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _MATMULS:
             tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            if any(type(t) not in _PLAIN for t in tensors):
-                return func(*args, **kwargs)
             autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16
             # Tensor subclasses (torchao's Float8TrainingTensor) run their own GEMM: leave them alone.
             plain = all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)

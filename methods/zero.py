@@ -236,6 +236,22 @@ class _Zero(Method):
     def requirements(self) -> list[Requirement]:
         return [needs_module("deepspeed", DEEPSPEED_HINT)]
 
+    def analytic_bytes(self, cfg) -> dict[str, float]:
+        """Rank 0's persistent bytes by component (what ``memory()`` measures) for a Transformer(cfg) at
+        ``world_size`` ranks; the analytic twin used by the memory model and the fit check."""
+        ws, d = self.world_size, cfg.dim
+        n = cfg.n_params()
+        norms = (2 * cfg.n_layers + 1) * d  # norm gains: the no-decay parameter group, and ZeRO-3's
+        part = n / ws                       # "persistent" parameters (< 10 dim values), which every rank
+        weights = 2.0 * (part + norms if self.stage == 3 else n)  # holds whole beside their partition
+        bucket = 2.0 * (self.bucket_elems or d * d) if self.stage == 3 else 0.0  # ZeRO-3 keeps its bucket
+        return {"weights": weights, "master": 4.0 * part, "grads": 2.0 * part + bucket,
+                "optim": self.optim_state_bytes((n - norms) / ws, norms / ws), "meta": 0.0}
+
+    def optim_state_bytes(self, decay_numel: float, no_decay_numel: float) -> float:
+        """Client optimizer state over the two flat fp32 partitions: Adam m, v in fp32 and a step each."""
+        return 8.0 * (decay_numel + no_decay_numel) + 2 * 4
+
     # -- the pieces a variant changes ------------------------------------------------------------
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return model
@@ -426,6 +442,12 @@ class _ZeroFP8Optim(_Zero):
 
     def optimizer_context(self, ctx: RunContext):
         return contextlib.nullcontext() if ctx.compile else torch.compiler.set_stance("force_eager")
+
+    def optim_state_bytes(self, decay_numel: float, no_decay_numel: float) -> float:
+        # torchao quantises a state of >= 4096 values (whole blocks): 1 B codes + an fp32 scale per block
+        quant = decay_numel >= 4096
+        decay = 2 * decay_numel * ((1 + 4 / self.block_size) if quant else 4)
+        return decay + 8.0 * no_decay_numel + 2 * 4
 
 
 @register("zero2-fp8-optim")

@@ -150,6 +150,8 @@ def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: 
     partial = Path(out) / PARTIAL
     writer = RunWriter(out, resume_offset=partial.stat().st_size) if partial.is_file() else RunWriter(out)
     summary = {k: rc[k] for k in ("profile", "model", "method", "seed")}
+    if rc.get("variant"):  # as the loop reports a variant: under its own name
+        summary.update(method=rc["variant"], base_method=rc["method"], method_options=rc["method_options"])
     summary.update(status="failed", reason=reason, run_dir=str(out), world_size=world_size, wall_time_s=wall_s,
                    steps=0)
     writer.event("run_stop", status="failed", reason=reason, steps=0)

@@ -48,7 +48,7 @@ def main(corpus_dir: str, out: str, methods: list[str]) -> None:
         mem = trainee.memory()
         per_rank = [None] * ws
         dist.all_gather_object(per_rank, mem)
-        results[name] = {"loss0": first.loss, "loss1": second.loss, "grad_norm0": first.grad_norm,
+        results[name] = {"analytic": method.analytic_bytes(cfg), "loss0": first.loss, "loss1": second.loss, "grad_norm0": first.grad_norm,
                          "memory_by_rank": per_rank, "n_params": trainee.n_params(),
                          "client_optimizer": type(trainee.engine.optimizer.optimizer).__name__,
                          "exp_avg_types": sorted({type(st["exp_avg"]).__name__
