@@ -106,6 +106,7 @@ def test_a_dead_rank_ends_the_run_as_failed_not_hung(engine_configfile, tmp_path
         victim, deadline = None, time.time() + 120
         while victim is None and time.time() < deadline:  # wait until the ranks are training
             time.sleep(0.5)
+            assert proc.poll() is None, f"the run ended before training: {proc.stderr.read()[-3000:]}"
             partial = out / "metrics.partial.jsonl"
             if partial.is_file() and '"train_step"' in partial.read_text():
                 ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
