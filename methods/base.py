@@ -123,6 +123,11 @@ class Trainee:
         with self.method.autocast(self.ctx), bf16_matmul_mode(self.ctx.device):
             return self.model(x, y)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Engines whose backward runs Python-level GEMMs (custom autograd functions) override this,
+        e.g. to put them under the same bf16 GEMM emulation as the forward."""
+        loss.backward()
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:
         # zero at the start, not the end: the grads of the last step stay alive, as they do in any
         # real loop between backward and the next step, and the memory ledger sees them.
@@ -130,7 +135,7 @@ class Trainee:
         self.set_lr(lr)
         self.model.train()
         loss = self.forward_loss(x, y)
-        loss.backward()
+        self.backward(loss)
         grad_norm = clip_grads(self.params, self.hp.grad_clip)
         if math.isfinite(grad_norm):  # a non-finite step is reported, never applied
             self.optimizer.step()

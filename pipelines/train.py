@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import checkpoint
+from pipelines import checkpoint, distributed
 from pipelines import config as config_mod
 from pipelines.atomic import write_json
 from pipelines.config import ConfigError
@@ -73,6 +73,7 @@ class Run:
         self.events_train: list[dict] = []
         self.evals: list[dict] = []
         self.first_loss: float | None = None
+        self.rank, self.world = distributed.rank_info()  # (0, 1) unless one of a multi-rank run's ranks
         self.summary: dict = {k: rc[k] for k in ("profile", "model", "method", "seed")}
         if rc.get("variant"):  # reported under the variant's name; the registered method is kept beside it
             self.summary.update(method=rc["variant"], base_method=rc["method"], method_options=rc["method_options"])
@@ -87,7 +88,7 @@ class Run:
 
         rc, train = self.rc, self.train
         self.method = get_method(rc["method"], **rc["method_options"])
-        self.device = pick_device(train["device"])
+        self.device = distributed.rank_device(pick_device(train["device"]))
         torch.manual_seed(rc["seed"])
         self.env = environment(self.device)
         self.summary["device"] = self.env["device_name"]
@@ -105,7 +106,8 @@ class Run:
             raise ConfigError(f"train.seq_len {train['seq_len']} exceeds {rc['model']}'s max_seq_len {mcfg.max_seq_len}")
         self.model_cfg = mcfg
         model = build_model(mcfg, seed=rc["seed"], device=self.device)  # fp32, before any conversion
-        ctx = RunContext(device=self.device, seed=rc["seed"], threads=train["threads"], compile=train["compile"])
+        ctx = RunContext(device=self.device, seed=rc["seed"], threads=train["threads"], compile=train["compile"],
+                         rank=self.rank, world_size=self.world, extra={"batch_size": train["batch_size"]})
         self.trainee = self.method.build(model, HParams.from_train(train), ctx)
         self.batches = Batches(self.corpus, train["batch_size"], train["seq_len"], train["data_seed"])
         self.val = [(x.to(self.device), y.to(self.device)) for x, y in self.batches.val_batches(train["eval_batches"])]
@@ -148,7 +150,8 @@ class Run:
     def loop(self, writer: RunWriter, start: int = 0) -> None:
         train = self.train
         tokens_per_step = train["batch_size"] * train["seq_len"]
-        every = train.get("checkpoint_every", 0)
+        # Engines whose state is partitioned over ranks (ZeRO) have no single-file checkpoint: they restart.
+        every = train.get("checkpoint_every", 0) if getattr(self.trainee, "checkpointable", True) else 0
         if start == 0:
             self.evaluate(writer, 0)
         try:
@@ -229,6 +232,8 @@ class Run:
         return s
 
     def open_writer(self) -> tuple[RunWriter, dict | None]:
+        if self.world > 1:  # only rank 0 writes
+            return distributed.rank_writer(self.out, self.rank), None
         ck, note = checkpoint.load(self.out, self.rc)
         if ck is not None:
             try:
@@ -354,8 +359,10 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(rc["train"]["threads"])
     out.mkdir(parents=True, exist_ok=True)
-    if not args.config or Path(args.config).resolve() != (out / "config.json").resolve():
+    if distributed.writes_config() and (not args.config or Path(args.config).resolve() != (out / "config.json").resolve()):
         write_json(out / "config.json", rc)
+    if ranks := distributed.ranks_to_launch(rc):  # a multi-rank method: start its ranks, which run the loop
+        return distributed.launch(sys.argv[1:] if argv is None else list(argv), rc, out, ranks)
     try:
         summary = Run(rc, out).execute()
     except (ConfigError, CorpusError) as e:
@@ -365,7 +372,7 @@ def main(argv=None) -> int:
           f"{' (' + summary['reason'] + ')' if summary['reason'] else ''}"
           f"; final val loss {summary.get('final_val_loss')}; {summary.get('tokens_per_s', 0):.0f} tokens/s",
           file=sys.stderr)
-    return 0
+    return distributed.exit_code(out, summary)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""Multi-rank runs (DeepSpeed ZeRO): one training run as N processes, recorded as one run.
+
+``python -m pipelines.train`` for a method with ``world_size > 1`` re-launches itself under torchrun
+(``torch.distributed.run --standalone``: the rendezvous binds a free port, so several multi-rank runs can
+share a machine). Inside, every rank runs the same loop on the same *global* batch; the method's trainee
+takes the rank's rows and reports the global-batch loss, so the logged losses, batch hashes and step
+counts are those a single process would log. Only rank 0 writes ``metrics.jsonl`` and ``summary.json``;
+its memory ledger is the per-rank one.
+
+Threads: ``train.threads`` is the run's budget (Snakemake passes threads x ranks); each rank gets its share.
+
+Failures end as ``failed`` with a reason, never as a hang: a rank that fails writes ``rank<r>.error`` and
+exits non-zero, torchrun then stops the others, collectives time out after ``FP8BENCH_DIST_TIMEOUT_S``
+(default 600 s; set where the method makes its process group), and the launcher writes the failed
+summary if rank 0 could not.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: set by the launcher in the ranks it starts (torchrun adds RANK, WORLD_SIZE, MASTER_ADDR/PORT, ...)
+LAUNCHED = "FP8BENCH_LAUNCHED"
+ERROR_FILE = "rank{rank}.error"
+
+
+def rank_info() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a launched multi-rank run."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def in_rank() -> bool:
+    return rank_info()[1] > 1 or LAUNCHED in os.environ
+
+
+def rank_device(device):
+    """Each rank of a multi-GPU run on its own GPU (torchrun's LOCAL_RANK); CPU ranks share the CPU."""
+    import torch
+
+    if device.type != "cuda" or rank_info()[1] == 1:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+class NullWriter:
+    """The event writer of ranks other than 0: they log nothing."""
+
+    def event(self, kind: str, **fields) -> None:
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def finish(self, summary: dict) -> None:
+        pass
+
+
+def rank_writer(out: Path, rank: int):
+    from pipelines.metrics import RunWriter
+
+    return RunWriter(out) if rank == 0 else NullWriter()
+
+
+def writes_config() -> bool:
+    """The launcher (or a single process) writes config.json; the ranks it starts do not."""
+    return LAUNCHED not in os.environ and rank_info()[0] == 0
+
+
+def ranks_to_launch(rc: dict) -> int:
+    """Ranks this process must start for the run (0: run it here)."""
+    from methods.registry import get_method
+
+    if in_rank():
+        return 0
+    method = get_method(rc["method"], **rc["method_options"])
+    # an unmet requirement is recorded as skipped by a single process, without starting ranks
+    return method.world_size if method.world_size > 1 and not method.unmet() else 0
+
+
+def exit_code(out: Path, summary: dict) -> int:
+    """A failed rank other than 0 leaves its reason and exits non-zero, so torchrun stops the others."""
+    rank = rank_info()[0]
+    if rank > 0 and summary.get("status") == "failed":
+        (Path(out) / ERROR_FILE.format(rank=rank)).write_text(summary.get("reason", "") + "\n", encoding="utf-8")
+        return 1
+    return 0
+
+
+def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
+    """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks; returns the exit code for main."""
+    from pipelines.data import prepare
+
+    out = Path(out)
+    prepare(rc["data"], rc["data"]["dir"])  # once, here, rather than racing in every rank
+    for stale in out.glob(ERROR_FILE.format(rank="*")):
+        stale.unlink()
+    per_rank = max(1, int(rc["train"]["threads"]) // world_size)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
+           "--monitor-interval=0.5", "-m", "pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)]
+    env = {**os.environ, LAUNCHED: "1", "OMP_NUM_THREADS": str(per_rank)}
+    t0 = time.perf_counter()
+    print(f"launching {world_size} ranks x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    stopped: list[int] = []
+
+    def forward(signum, _frame):  # stop the ranks with us; a stopped run leaves no summary, so it reruns
+        stopped.append(signum)
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        return 128 + stopped[0]
+    finish_after_ranks(rc, out, code, world_size, time.perf_counter() - t0)
+    return 0
+
+
+def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: float) -> dict:
+    """Make sure the run ends with a summary: rank 0's, amended with other ranks' errors, or a failed one."""
+    import json
+
+    from pipelines.atomic import write_json
+    from pipelines.metrics import PARTIAL, SUMMARY, RunWriter
+
+    errors = {int(p.stem[4:]): p.read_text(encoding="utf-8").strip()
+              for p in sorted(Path(out).glob(ERROR_FILE.format(rank="*")))}
+    rank_notes = "; ".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
+    if code and not rank_notes:  # a rank killed by a signal leaves no error file
+        rank_notes = f"torchrun exited with code {code} (a rank died; see the run's log)"
+    path = Path(out) / SUMMARY
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        if rank_notes and summary.get("status") != "ok":
+            summary["reason"] = f"rank 0: {summary.get('reason', '')}; {rank_notes}"
+            write_json(path, summary)
+        return summary
+    reason = rank_notes or f"ranks exited with code {code} before rank 0 wrote a summary"
+    partial = Path(out) / PARTIAL
+    writer = RunWriter(out, resume_offset=partial.stat().st_size) if partial.is_file() else RunWriter(out)
+    summary = {k: rc[k] for k in ("profile", "model", "method", "seed")}
+    if rc.get("variant"):  # as the loop reports a variant: under its own name
+        summary.update(method=rc["variant"], base_method=rc["method"], method_options=rc["method_options"])
+    summary.update(status="failed", reason=reason, run_dir=str(out), world_size=world_size, wall_time_s=wall_s,
+                   steps=0)
+    writer.event("run_stop", status="failed", reason=reason, steps=0)
+    writer.finish(summary)
+    return summary
