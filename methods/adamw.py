@@ -113,5 +113,14 @@ class AdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         gen = state_dict.pop("sr_generator", None)
         super().load_state_dict(state_dict)
+        # torch.optim casts every floating-point state tensor to its parameter's dtype on load, which
+        # would turn fp32 moments of bf16 weights into bf16 (and FP8 codes or fp32 scales into bf16):
+        # put back the tensors as saved, moved to the parameter's device only.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            for k, v in state_dict["state"].get(pid, {}).items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    self.state[p][k] = v.to(device=p.device, copy=True)
         if gen is not None:
             self._generator(torch.device("cpu")).set_state(gen)

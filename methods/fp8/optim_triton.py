@@ -70,13 +70,15 @@ def _bf16_bits_to_f32(b):
 
 @triton.jit
 def _f32_to_bf16_bits(x, noise, SR: tl.constexpr):
-    """fp32 -> bf16 bits (int16): nearest-even, or stochastic with 16-bit ``noise``."""
+    """fp32 -> bf16 bits (int16): nearest-even, or stochastic with 16-bit ``noise``.
+
+    inf and the canonical NaN come through both integer adds unchanged (see
+    ``optim_codec.round_bf16_stochastic``)."""
     b = x.to(tl.uint32, bitcast=True)
     if SR:
         r = (b + noise) & 0xFFFF0000
     else:
         r = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-    r = tl.where((b & 0x7F800000) == 0x7F800000, b, r)  # inf/nan pass through
     return (r >> 16).to(tl.uint16).to(tl.int16, bitcast=True)
 
 
