@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from methods.bf16_emulation import bf16_matmul_mode
 from methods.ledger import ledger
 
 
@@ -119,7 +120,7 @@ class Trainee:
             g["lr"] = lr
 
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self.method.autocast(self.ctx):
+        with self.method.autocast(self.ctx), bf16_matmul_mode(self.ctx.device):
             return self.model(x, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:

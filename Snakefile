@@ -1,0 +1,23 @@
+# fp8bench: identical LLM pre-training runs under many precision recipes.
+#   snakemake --cores all                         # the default profile (cpu)
+#   snakemake --cores all --config profile=smoke  # quick look
+#   snakemake --cores 1 report                    # rebuild tables, figures, REPORT.md from results on disk
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "pipelines/config.yaml"
+
+
+include: "pipelines/common.smk"
+include: "pipelines/train.smk"
+include: "pipelines/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        SUMMARY_CSV,
+        REPORT_MD,
+        FIGURE_PNGS,

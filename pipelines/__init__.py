@@ -1,0 +1,1 @@
+"""The workflow: configuration, data, the one training loop, collection and reporting."""

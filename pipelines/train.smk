@@ -1,0 +1,49 @@
+# Data preparation and one rule per training run.
+
+
+rule prepare_data:
+    output:
+        meta=f"{DATA_DIR}/meta.json",
+        tokenizer=f"{DATA_DIR}/tokenizer.json",
+        train=f"{DATA_DIR}/train.bin",
+        val=f"{DATA_DIR}/val.bin",
+    params:
+        data=DATA_JSON,
+    conda:
+        "../environment.yml"
+    log:
+        f"{DATA_DIR}.log",
+    shell:
+        'python -m pipelines.data --out "$(dirname {output.meta:q})" --settings {params.data:q} > {log:q} 2>&1'
+
+
+rule run_config:
+    output:
+        f"{RUN_DIR}/config.json",
+    params:
+        cfg=run_config,
+    conda:
+        "../environment.yml"
+    log:
+        f"{RUN_DIR}/config.log",
+    run:
+        from pipelines.atomic import write_json, write_text
+
+        write_json(output[0], params.cfg)
+        write_text(log[0], f"resolved run config written to {output[0]}\n")
+
+
+rule train:
+    input:
+        cfg=f"{RUN_DIR}/config.json",
+        data=f"{DATA_DIR}/meta.json",
+    output:
+        metrics=f"{RUN_DIR}/metrics.jsonl",
+        summary=f"{RUN_DIR}/summary.json",
+    threads: run_threads
+    conda:
+        "../environment.yml"
+    log:
+        f"{RUN_DIR}/train.log",
+    shell:
+        "python -m pipelines.train --config {input.cfg:q} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small corpus generated from text CPython ships (no downloads, a few hundred KB),
+and helpers to build a model + method quickly."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def small_text(n_chars: int = 150_000) -> str:
+    """English technical prose from CPython's own docs (pydoc_data), cut to ``n_chars``."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    return text[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A prepared corpus (vocab 512) from ``small_text``."""
+    from pipelines.data import prepare
+
+    root = tmp_path_factory.mktemp("corpus")
+    src = root / "text.txt"
+    src.write_text(small_text(), encoding="utf-8")
+    data = {"corpus": "files", "files": [str(src)], "hf_dataset": None, "text_field": "text",
+            "vocab_size": 512, "val_fraction": 0.1}
+    return prepare(data, root / "prepared")
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_dir):
+    from pipelines.data import Corpus
+
+    return Corpus.open(corpus_dir)
+
+
+def build_trainee(method_name: str, seed: int = 0, vocab: int = 512, **options):
+    from methods.base import HParams, RunContext
+    from methods.registry import get_method
+    from models import build_model, get_model_config
+
+    cfg = get_model_config("tiny").with_vocab(vocab)
+    method = get_method(method_name, **options)
+    ctx = RunContext(device=torch.device("cpu"), seed=seed)
+    return method.build(build_model(cfg, seed), HParams(lr=1e-3), ctx)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run ``python -m ...`` with the repository importable, return the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)

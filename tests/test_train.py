@@ -1,0 +1,145 @@
+"""The one training loop through its CLI: determinism, identical batches, statuses, bad input."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import CONFIG_PATH
+from pipelines.metrics import read_events
+from tests.conftest import run_cli, small_text
+
+
+@pytest.fixture(scope="module")
+def configfile(tmp_path_factory) -> Path:
+    """The real config with a small corpus, a small vocabulary and results in a temp folder."""
+    root = tmp_path_factory.mktemp("train")
+    (root / "text.txt").write_text(small_text(), encoding="utf-8")
+    cfg = yaml.safe_load(CONFIG_PATH.read_text())
+    cfg["results_dir"] = str(root / "results")
+    cfg["data"].update(corpus="files", files=[str(root / "text.txt")], vocab_size=512)
+    cfg["train"].update(steps=6, eval_every=3, eval_batches=2, warmup_steps=2, timing_warmup_steps=1)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(configfile, out, method="fp32", seed=0, *extra):
+    r = run_cli("-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method", method,
+                "--seed", str(seed), "--out", str(out), *extra)
+    return r
+
+
+def steps(out):
+    return [e for e in read_events(Path(out) / "metrics.jsonl") if e["event"] == "train_step"]
+
+
+def summary(out):
+    return json.loads((Path(out) / "summary.json").read_text())
+
+
+def test_same_method_same_seed_is_bit_identical(configfile, tmp_path):
+    for name in ("a", "b"):
+        r = train(configfile, tmp_path / name)
+        assert r.returncode == 0, r.stderr
+    la = [e["loss"] for e in steps(tmp_path / "a")]
+    lb = [e["loss"] for e in steps(tmp_path / "b")]
+    assert len(la) == 6 and la == lb
+    s = summary(tmp_path / "a")
+    assert s["status"] == "ok" and s["final_val_loss"] < s["initial_val_loss"]
+    assert {"config.json", "metrics.jsonl", "summary.json"} <= {p.name for p in (tmp_path / "a").iterdir()}
+
+
+def test_every_method_sees_the_same_batches(configfile, tmp_path):
+    hashes = {}
+    for m in ("fp32", "bf16-amp", "bf16-pure"):
+        r = train(configfile, tmp_path / m, m)
+        assert r.returncode == 0, r.stderr
+        hashes[m] = [e["batch_hash"] for e in steps(tmp_path / m)]
+    assert hashes["fp32"] == hashes["bf16-amp"] == hashes["bf16-pure"]
+    assert len(set(hashes["fp32"])) == 6  # and they differ from step to step
+    s = {m: summary(tmp_path / m) for m in hashes}
+    assert s["bf16-pure"]["state_bytes_per_param"] == pytest.approx(12.0, abs=0.1)
+
+
+def test_events_are_complete(configfile, tmp_path):
+    r = train(configfile, tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    events = read_events(tmp_path / "r" / "metrics.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_stop"
+    start = events[0]
+    assert start["config"]["method"] == "fp32" and start["environment"]["versions"]["torch"]
+    assert "nvte_env" in start["environment"]
+    mem = next(e for e in events if e["event"] == "memory")
+    assert set(mem["bytes"]) == {"weights", "master", "grads", "optim", "meta"}
+    st = steps(tmp_path / "r")[0]
+    assert {"step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "batch_hash"} <= set(st)
+    assert [e["step"] for e in events if e["event"] == "eval"] == [0, 3, 6]
+    s = summary(tmp_path / "r")
+    assert s["peak_mem_kind"] == "cpu_peak_rss" and s["peak_mem_bytes"] > 0
+    assert not (tmp_path / "r" / "metrics.partial.jsonl").exists()
+
+
+def test_diverging_run_is_recorded_and_exits_zero(configfile, tmp_path):
+    r = train(configfile, tmp_path / "d", "fp32", 0, "--lr", "300", "--set", "grad_clip=0")
+    assert r.returncode == 0, r.stderr
+    s = summary(tmp_path / "d")
+    assert s["status"] == "diverged", s
+    assert s["reason"].startswith(f"step {s['diverged_step']}:")
+    assert "final_val_loss" not in s or s["final_val_loss"] is None
+
+
+def test_failing_run_is_recorded(configfile, tmp_path, monkeypatch):
+    from methods.base import Trainee
+    from pipelines import train as T
+
+    def boom(self, x, y, lr):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(Trainee, "train_step", boom)
+    rc = T.main(["--configfile", str(configfile), "--model", "tiny", "--method", "fp32", "--seed", "0",
+                 "--out", str(tmp_path / "f")])
+    assert rc == 0
+    s = summary(tmp_path / "f")
+    assert s["status"] == "failed" and "simulated kernel failure" in s["reason"]
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--method", "fp33", "unknown method 'fp33'; valid methods: "),
+    ("--model", "huge", "unknown model 'huge'; valid models: tiny, small"),
+    ("--profile", "cpux", "unknown profile 'cpux'; valid profiles: "),
+])
+def test_unknown_names_fail_before_work(configfile, tmp_path, flag, value, message):
+    args = {"--method": "fp32", "--model": "tiny", "--profile": "cpu", flag: value}
+    r = run_cli("-m", "pipelines.train", "--configfile", str(configfile), "--seed", "0", "--out", str(tmp_path / "x"),
+                *[a for kv in args.items() for a in kv])
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert not (tmp_path / "x" / "metrics.partial.jsonl").exists()
+
+
+def test_malformed_config_names_the_bad_key(configfile, tmp_path):
+    cfg = yaml.safe_load(configfile.read_text())
+    cfg["train"]["stepz"] = 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = run_cli("-m", "pipelines.train", "--configfile", str(bad), "--model", "tiny", "--method", "fp32", "--seed", "0",
+                "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "config key train" in r.stderr and "'stepz' was unexpected" in r.stderr
+    cfg["train"].pop("stepz")
+    cfg["train"]["lr"] = "fast"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = run_cli("-m", "pipelines.train", "--configfile", str(bad), "--model", "tiny", "--method", "fp32", "--seed", "0",
+                "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "config key train.lr" in r.stderr
+
+
+def test_bad_run_config_json_names_the_key(tmp_path, configfile):
+    r = train(configfile, tmp_path / "ok")
+    rc = json.loads((tmp_path / "ok" / "config.json").read_text())
+    rc["train"]["batchsize"] = 3
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(rc))
+    r = run_cli("-m", "pipelines.train", "--config", str(p), "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "run config key train" in r.stderr and "batchsize" in r.stderr
