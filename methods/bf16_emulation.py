@@ -58,7 +58,9 @@ class _Bf16Matmul(TorchFunctionMode):
         if func in _MATMULS:
             tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
             autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16
-            if tensors and all(t.device.type == "cpu" for t in tensors) and (
+            # Tensor subclasses (torchao's Float8TrainingTensor) run their own GEMM: leave them alone.
+            plain = all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+            if tensors and plain and all(t.device.type == "cpu" for t in tensors) and (
                     autocast_bf16 or any(t.dtype == _BF16 for t in tensors)):
                 with torch.autocast("cpu", enabled=False):
                     out = func(*[_round(a) for a in args], **{k: _round(v) for k, v in kwargs.items()})

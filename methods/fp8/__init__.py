@@ -1,0 +1,14 @@
+"""fp8bench's own FP8 training numerics, one concern per module.
+
+- ``formats``: E4M3 / E5M2, saturating round-to-nearest-even casts;
+- ``scaling``: scale selection (current, delayed with amax history; tensor, row, 1×128, 128×128 groups);
+- ``quantize``: tensor → FP8 codes + scales (PyTorch path; dispatches to Triton on a GPU);
+- ``gemm``: FP8 GEMM backends (``torch._scaled_mm``, pure-PyTorch reference, Triton) with fp32 accumulation;
+- ``kernels``: the Triton kernels (imported lazily; this package imports without Triton);
+- ``linear``: the FP8 linear layer (autograd Function + module), model conversion, telemetry;
+- ``naive``: the negative control, weights and grads *stored* in FP8 without a high-precision copy;
+- ``trainee``: the Trainee that exposes per-layer telemetry;
+- ``bench``: ``python -m methods.fp8.bench``.
+
+Methods using them are registered in ``methods/fp8_own.py``.
+"""

@@ -1,0 +1,237 @@
+"""The negative control ``fp8-naive``: weights and gradients *stored* in FP8, one per-tensor scale each,
+and no high-precision copy anywhere — the configuration the seed calls unstable. It is built to be
+measured, not tuned.
+
+Per converted linear:
+
+- weight: E4M3 codes (an ``nn.Parameter`` of dtype float8_e4m3fn that autograd does not track) and one
+  fp32 scale. The forward GEMM uses the stored codes directly; nothing is re-quantized.
+- gradient: the weight-gradient GEMM's fp32 result is quantized to E5M2 (per-tensor current scale) and
+  only those codes + scale are kept until the optimizer step (accumulation, if any, re-quantizes).
+- update: Adam with fp32 m and v (as ``bf16-amp``: only weight and gradient storage differ). The step
+  decodes weight and gradient, does the fp32 arithmetic in a temporary, and re-quantizes the new weight
+  to E4M3 with a fresh per-tensor scale. An update smaller than half an E4M3 ulp of its weight (1/16 to
+  1/8 of the weight's magnitude) is lost: that, not overflow, is what the control exposes.
+
+Embeddings, norms and the head stay fp32 (same filter as the other FP8 methods) with ``torch.optim.AdamW``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+from torch import nn
+
+from methods.base import StepResult, Trainee
+from methods.ledger import ledger, tensor_bytes
+from methods.fp8.formats import E4M3, E5M2, FP8Format
+from methods.fp8.gemm import dequantize_fast, fp8_mm
+from methods.fp8.quantize import Quantized, quantize
+from methods.fp8.scaling import TENSORWISE, Blocks, describe_scales
+
+
+def _tensorwise(codes: torch.Tensor, scale_inv: torch.Tensor, fmt: FP8Format) -> Quantized:
+    s = scale_inv.reshape(1, 1)
+    return Quantized(codes, s.reciprocal(), s, Blocks(*TENSORWISE.resolve(tuple(codes.shape))), fmt, s.new_zeros(1, 1), 0)
+
+
+class _NaiveFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2: torch.Tensor, mod: "FP8StoredLinear", out_dtype: torch.dtype):
+        xq = mod._quant(x2.detach(), "input", E4M3)
+        y = fp8_mm(xq, mod.weight_q().t(), out_dtype, mod.backend)
+        ctx.mod, ctx.x_dtype = mod, x2.dtype
+        ctx.save_for_backward(xq.data, xq.scale_inv)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        mod = ctx.mod
+        x_data, x_sinv = ctx.saved_tensors
+        xq = _tensorwise(x_data, x_sinv, E4M3)
+        dyq = mod._quant(dy, "grad_output", E5M2)
+        dx = fp8_mm(dyq, mod.weight_q(), ctx.x_dtype, mod.backend)
+        dw = fp8_mm(dyq.t(), xq, torch.float32, mod.backend)
+        mod.store_grad(dw)
+        return dx, None, None
+
+
+class FP8StoredLinear(nn.Module):
+    def __init__(self, lin: nn.Linear, backend: str = "auto"):
+        super().__init__()
+        if lin.bias is not None:
+            raise ValueError("fp8-naive converts bias-free linears only")
+        self.in_features, self.out_features, self.backend = lin.in_features, lin.out_features, backend
+        q = quantize(lin.weight.detach().float(), E4M3, TENSORWISE, backend=backend)
+        # Codes as a Parameter (the ledger counts parameters as weights); autograd cannot track FP8.
+        self.weight = nn.Parameter(q.data, requires_grad=False)
+        self.register_buffer("weight_scale_inv", q.scale_inv.reshape(()).clone())
+        # Gradient storage; not checkpointed (grads never are), counted as grads by fp8_stored_memory.
+        self.register_buffer("grad_codes", None, persistent=False)
+        self.register_buffer("grad_scale_inv", None, persistent=False)
+        self._stats: dict[str, tuple] = {}
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, weight=e4m3 stored, grad=e5m2 stored"
+
+    def weight_q(self) -> Quantized:
+        return _tensorwise(self.weight, self.weight_scale_inv, E4M3)
+
+    def _quant(self, t: torch.Tensor, role: str, fmt: FP8Format) -> Quantized:
+        q = quantize(t.reshape(-1, t.shape[-1]), fmt, TENSORWISE, backend=self.backend)
+        self._stats[role] = (q.amax, q.scale, q.n_sat, t.numel())
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device.type
+        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        x2 = x.reshape(-1, x.shape[-1])
+        with torch.autocast(dev, enabled=False):
+            if torch.is_grad_enabled() and self.training:
+                if not x2.requires_grad:  # the weight gradient is produced in backward: make one run
+                    x2 = x2.detach().requires_grad_(True)
+                y2 = _NaiveFn.apply(x2, self, out_dtype)
+            else:
+                y2 = fp8_mm(self._quant(x2, "input", E4M3), self.weight_q().t(), out_dtype, self.backend)
+        return y2.reshape(*x.shape[:-1], self.out_features)
+
+    @torch.no_grad()
+    def store_grad(self, dw: torch.Tensor) -> None:
+        if self.grad_codes is not None:  # accumulation: decode, add, re-quantize
+            dw = dw + self.grad().dequantize_fast()
+        q = self._quant(dw, "weight_grad", E5M2)
+        self.grad_codes, self.grad_scale_inv = q.data, q.scale_inv.reshape(())
+
+    def grad(self) -> "_Grad | None":
+        return None if self.grad_codes is None else _Grad(self)
+
+    @torch.no_grad()
+    def store_weight(self, w: torch.Tensor) -> None:
+        q = quantize(w, E4M3, TENSORWISE, backend=self.backend)
+        self._stats["weight"] = (q.amax, q.scale, q.n_sat, w.numel())
+        self.weight.data.copy_(q.data)
+        self.weight_scale_inv.copy_(q.scale_inv.reshape(()))
+
+    def telemetry_rows(self, name: str) -> list[dict]:
+        rows = []
+        for role, (amax, scale, n_sat, numel) in self._stats.items():
+            sat = int(n_sat) if isinstance(n_sat, int) else int(n_sat.item())
+            rows.append({"layer": name, "tensor": role, "amax": float(amax.float().max()), **describe_scales(scale),
+                         "saturated_frac": sat / max(1, numel), "saturated": sat, "granularity": "tensorwise",
+                         "scaling": "current", "format": "e5m2" if role in ("grad_output", "weight_grad") else "e4m3"})
+        return rows
+
+
+class _Grad:
+    """View of a module's stored FP8 gradient."""
+
+    def __init__(self, mod: FP8StoredLinear):
+        self.mod = mod
+
+    def q(self) -> Quantized:
+        return _tensorwise(self.mod.grad_codes, self.mod.grad_scale_inv, E5M2)
+
+    def dequantize_fast(self) -> torch.Tensor:
+        return dequantize_fast(self.q())
+
+
+def convert_to_fp8_stored(model: nn.Module, keep_high_precision: tuple[str, ...], backend: str = "auto") -> nn.Module:
+    targets = [(n, m) for n, m in model.named_modules()
+               if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(n, p) for p in keep_high_precision)]
+    for name, lin in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, FP8StoredLinear(lin, backend))
+    return model
+
+
+def fp8_stored_memory(model: nn.Module, optimizer, mods: list[FP8StoredLinear], fp8_state: dict) -> dict[str, int]:
+    """The ledger, with what fp8-naive really stores put where it belongs: FP8 weight codes are
+    parameters (``weights``) and their scales join them; FP8 gradient codes + scales are ``grads``;
+    the Adam moments of the FP8 weights are ``optim``."""
+    grads = [t for m in mods for t in (m.grad_codes, m.grad_scale_inv) if t is not None]
+    out = ledger(model, optimizer, extra={"grads": grads, "optim": fp8_state})
+    moved = sum(tensor_bytes(m.weight_scale_inv, set()) for m in mods)  # counted as meta (a buffer)
+    out["meta"] -= moved
+    out["weights"] += moved
+    return out
+
+
+class NaiveTrainee(Trainee):
+    """Adam over FP8-stored weights and gradients (plus torch AdamW for the high-precision rest)."""
+
+    def __init__(self, method, model, optimizer, hp, ctx):
+        super().__init__(method, model, optimizer, hp, ctx)
+        self.fp8 = [(n, m) for n, m in model.named_modules() if isinstance(m, FP8StoredLinear)]
+        self.fp8_state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:
+        self.optimizer.zero_grad(set_to_none=True)
+        for _, m in self.fp8:
+            m.grad_codes = m.grad_scale_inv = None
+        self.set_lr(lr)
+        self.model.train()
+        loss = self.forward_loss(x, y)
+        loss.backward()
+        grad_norm = self._clip()
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self._fp8_step(lr)
+        return StepResult(float(loss.detach()), grad_norm)
+
+    @torch.no_grad()
+    def _clip(self) -> float:
+        sq = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) ** 2 for p in self.params if p.grad is not None]
+        sq += [torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2 for _, m in self.fp8 if m.grad_codes is not None]
+        norm = float(torch.sqrt(sum(sq))) if sq else 0.0
+        clip = self.hp.grad_clip
+        if clip > 0 and math.isfinite(norm) and norm > clip:
+            coef = clip / (norm + 1e-6)
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+            for _, m in self.fp8:  # an FP8 gradient is clipped by its scale alone: codes unchanged
+                if m.grad_codes is not None:
+                    m.grad_scale_inv.mul_(coef)
+        return norm
+
+    @torch.no_grad()
+    def _fp8_step(self, lr: float) -> None:
+        hp = self.hp
+        b1, b2 = hp.beta1, hp.beta2
+        for name, m in self.fp8:
+            if m.grad_codes is None:
+                continue
+            st = self.fp8_state.get(name)
+            if st is None:
+                st = self.fp8_state[name] = {"step": torch.zeros(()), "exp_avg": torch.zeros(m.weight.shape, device=m.weight.device),
+                                             "exp_avg_sq": torch.zeros(m.weight.shape, device=m.weight.device)}
+            st["step"] += 1
+            t = float(st["step"])
+            g = m.grad().dequantize_fast()
+            w = dequantize_fast(m.weight_q())  # a temporary: the only stored weight is the FP8 one
+            st["exp_avg"].lerp_(g, 1 - b1)
+            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+            w.mul_(1 - lr * hp.weight_decay)
+            denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2 ** t)).add_(hp.eps)
+            w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
+            m.store_weight(w)
+
+    def memory(self) -> dict[str, int]:
+        return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state)
+
+    def telemetry(self) -> list[dict]:
+        rows = []
+        for name, m in self.fp8:
+            rows.extend(m.telemetry_rows(name))
+        return rows
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["fp8_optimizer"] = self.fp8_state
+        return sd
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.fp8_state = state.get("fp8_optimizer", {})

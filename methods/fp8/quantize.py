@@ -1,0 +1,107 @@
+"""Quantize a 2-D tensor to FP8 codes + scales, at any granularity: the PyTorch path and the dispatch.
+
+``quantize(x, fmt, blocks)`` returns a :class:`Quantized`: the FP8 codes, the fp32 scale of every
+group, the groups' amax (for telemetry and delayed-scaling history) and the number of values that
+saturated. ``Quantized.t()`` is free (a view of codes and scales), which is why the linear layer can
+reuse a tensorwise or 128×128-block quantization for the transposed GEMM of the backward pass.
+
+The PyTorch path reads x twice (amax, then scale-and-cast) and writes fp32 once in between; the Triton
+path (``methods.fp8.kernels``) does amax, scale and cast in one kernel for group granularities (two
+launches for tensorwise, whose amax is a global reduction). Both round with saturate-then-RNE and agree
+bit for bit (``tests/fp8/test_kernels.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.fp8.formats import FP8Format, get_format
+from methods.fp8.scaling import Blocks, DelayedScaler, _padded_view, block_amax, group_amax, scale_from_amax
+
+
+@dataclass
+class Quantized:
+    """FP8 codes of a 2-D tensor and the scales that dequantize them: ``x ≈ data / scale`` per group."""
+
+    data: torch.Tensor  # float8 (R, C); may be a transposed view
+    scale: torch.Tensor  # fp32 (Rb, Cb): multiplier applied before the cast
+    scale_inv: torch.Tensor  # fp32 (Rb, Cb): 1/scale, what the GEMM multiplies back
+    blocks: Blocks  # group shape resolved to this orientation's (rows, cols)
+    fmt: FP8Format
+    amax: torch.Tensor  # (Rb, Cb) largest |x| per group, before scaling
+    n_sat: torch.Tensor | int = 0  # values that were clamped to ±fmt.max
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)
+
+    def t(self) -> "Quantized":
+        return Quantized(self.data.t(), self.scale.t(), self.scale_inv.t(), self.blocks.t(), self.fmt,
+                         self.amax.t(), self.n_sat)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        from methods.fp8.scaling import expand_scales
+
+        return self.data.to(dtype) * expand_scales(self.scale_inv.to(dtype), self.blocks, self.shape)
+
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size() + self.scale_inv.numel() * 4
+
+
+def use_triton(backend: str, x: torch.Tensor) -> bool:
+    if backend == "triton":
+        return True
+    if backend == "auto" and x.is_cuda:
+        from methods.fp8.kernels import triton_available
+
+        return triton_available()
+    return False
+
+
+def quantize(x: torch.Tensor, fmt: str | FP8Format, blocks: Blocks, *, scaler: DelayedScaler | None = None,
+             record: bool = True, pow2: bool = False, margin: int = 0, backend: str = "auto") -> Quantized:
+    """x (R, C) → :class:`Quantized`. Current scaling unless a ``scaler`` (delayed, tensorwise) is given;
+    ``record`` pushes this tensor's amax into the scaler's history."""
+    fmt = get_format(fmt)
+    if x.dim() != 2:
+        raise ValueError(f"quantize expects a 2-D tensor, got shape {tuple(x.shape)}")
+    br, bc = blocks.resolve(tuple(x.shape))
+    resolved = Blocks(br, bc)
+    if scaler is not None and (br < x.shape[0] or bc < x.shape[1]):
+        raise ValueError("delayed scaling is per-tensor; use current scaling for row/block granularities")
+    if use_triton(backend, x):
+        from methods.fp8.kernels import quantize_triton
+
+        q = quantize_triton(x, fmt, resolved, scaler=scaler, pow2=pow2, margin=margin)
+    else:
+        q = _quantize_torch(x, fmt, resolved, scaler, pow2, margin)
+    if scaler is not None and record:
+        scaler.record(q.amax)
+    return q
+
+
+def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow2: bool, margin: int) -> Quantized:
+    R, C = x.shape
+    br, bc = blocks.rows, blocks.cols
+    grouped = not ((br >= R and bc >= C) or (br == 1 and bc >= C) or (bc == 1 and br >= R))
+    if grouped:  # 2-D blocks: one zero-padded (Rb, br, Cb, bc) view serves amax and scaling
+        xv = _padded_view(x, br, bc)
+        amax = block_amax(xv)
+    else:
+        amax = group_amax(x, blocks)
+    scale = scaler.scale_for(amax) if scaler is not None else scale_from_amax(amax, fmt, margin, pow2)
+    scale = scale.reshape(amax.shape)
+    # x (bf16 or fp32) times a dimensioned fp32 tensor promotes to fp32: one rounding, at the cast.
+    y = (xv * scale[:, None, :, None]) if grouped else x * scale
+    n_sat: torch.Tensor | int = 0
+    if scaler is not None:  # a delayed scale may be too large for this tensor: clamp and count
+        if y.device.type != "cpu" or float(amax.max()) * float(scale.max()) > fmt.max:
+            n_sat = (y.abs() > fmt.max).sum()
+            y = y.clamp_(-fmt.max, fmt.max)
+    q = y.to(fmt.dtype)  # round to nearest even; current scaling needs no clamp (amax*scale <= max)
+    if grouped:
+        q = q.view(xv.shape[0] * br, xv.shape[2] * bc)
+        if q.shape != (R, C):
+            q = q[:R, :C].contiguous()
+    return Quantized(q, scale, torch.ones_like(scale) / scale, blocks, fmt, amax, n_sat)

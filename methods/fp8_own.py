@@ -1,0 +1,132 @@
+"""fp8bench's own end-to-end FP8 recipes (``methods/fp8/``): every linear of the transformer blocks runs
+its three GEMMs in FP8; the rest of the model runs as in ``bf16-amp`` (bf16 autocast, fp32 master
+weights, grads and Adam states), so only the linears differ from the reference.
+
+- ``fp8-own-tensorwise``: per-tensor current scaling (TE Float8CurrentScaling, torchao tensorwise);
+- ``fp8-own-delayed``: per-tensor delayed scaling from an amax history (TE DelayedScaling, Nanotron);
+- ``fp8-own-rowwise``: one scale per row / output channel, power-of-two scales (torchao rowwise);
+- ``fp8-own-blockwise``: 1×128 activation/gradient tiles, 128×128 weight blocks, E4M3 in both passes,
+  fp32 accumulation per 128-chunk of K (DeepSeek-V3, TE Float8BlockScaling);
+- ``fp8-own-delayed-smooth``: delayed scaling plus Smooth-SwiGLU on the down-projection (Fishman et al.);
+- ``fp8-naive`` (``methods.fp8.naive``): weights and grads *stored* in FP8 without a high-precision copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from methods.base import HParams, Method, RunContext, Trainee
+from methods.fp8.linear import DEFAULT_KEEP, FP8Recipe, convert_to_fp8
+from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
+from methods.fp8.trainee import FP8Trainee
+from methods.registry import register
+
+_STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32",
+           "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FP8Own(Method):
+    """Options are the recipe's (``methods.fp8.linear.FP8Recipe``) plus which layers to convert."""
+
+    granularity: str = "tensorwise"
+    scaling: str = "current"
+    fwd_format: str = "e4m3"
+    grad_format: str = "e5m2"
+    pow2_scales: bool = False
+    margin: int = 0
+    amax_history_len: int = 16
+    amax_compute_algo: str = "max"
+    wgrad_fp8: bool = True
+    smooth_swiglu: bool = False
+    #: fnmatch patterns of modules kept in high precision (only nn.Linear layers are ever converted)
+    keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
+    #: where Smooth-SwiGLU applies when smooth_swiglu is on: the SwiGLU down-projection
+    smooth_modules: tuple[str, ...] = ("*mlp.w2",)
+    backend: str = "auto"
+
+    family = "fp8-own"
+    stores = _STORES
+
+    def recipe(self) -> FP8Recipe:
+        return FP8Recipe(granularity=self.granularity, scaling=self.scaling, fwd_format=self.fwd_format,
+                         grad_format=self.grad_format, pow2_scales=self.pow2_scales, margin=self.margin,
+                         amax_history_len=self.amax_history_len, amax_compute_algo=self.amax_compute_algo,
+                         wgrad_fp8=self.wgrad_fp8, backend=self.backend)
+
+    def __post_init__(self):
+        self.recipe()  # bad option combinations fail at construction, before any work
+
+    def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        return convert_to_fp8(model, self.recipe(), tuple(self.keep_high_precision),
+                              smooth=tuple(self.smooth_modules) if self.smooth_swiglu else ())
+
+    def autocast(self, ctx: RunContext):
+        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+
+    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        model = self.convert_model(model, ctx)
+        return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
+
+
+@register("fp8-own-tensorwise")
+@dataclass(frozen=True, kw_only=True)
+class FP8OwnTensorwise(FP8Own):
+    summary = "own FP8 linears, per-tensor current scaling, e4m3 fwd / e5m2 grad; fp32 master, bf16 elsewhere"
+
+
+@register("fp8-own-delayed")
+@dataclass(frozen=True, kw_only=True)
+class FP8OwnDelayed(FP8Own):
+    scaling: str = "delayed"
+    summary = "own FP8 linears, per-tensor delayed scaling (amax history 16), e4m3 / e5m2; fp32 master"
+
+
+@register("fp8-own-rowwise")
+@dataclass(frozen=True, kw_only=True)
+class FP8OwnRowwise(FP8Own):
+    granularity: str = "rowwise"
+    pow2_scales: bool = True
+    summary = "own FP8 linears, row-wise power-of-two scales (torchao rowwise), e4m3 / e5m2; fp32 master"
+
+
+@register("fp8-own-blockwise")
+@dataclass(frozen=True, kw_only=True)
+class FP8OwnBlockwise(FP8Own):
+    granularity: str = "blockwise"
+    grad_format: str = "e4m3"
+    summary = "own FP8 linears, 1x128 act/grad tiles + 128x128 weight blocks, e4m3 (DeepSeek-V3); fp32 master"
+
+
+@register("fp8-own-delayed-smooth")
+@dataclass(frozen=True, kw_only=True)
+class FP8OwnDelayedSmooth(FP8Own):
+    scaling: str = "delayed"
+    smooth_swiglu: bool = True
+    summary = "fp8-own-delayed + Smooth-SwiGLU (per-channel scaling before the FP8 down-projection)"
+
+
+@register("fp8-naive")
+@dataclass(frozen=True, kw_only=True)
+class FP8Naive(Method):
+    """Negative control: no high-precision weight copy, FP8 weights and grads, per-tensor scales."""
+
+    keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
+    backend: str = "auto"
+
+    family = "fp8-own"
+    summary = "negative control: weights stored e4m3 + grads stored e5m2 (per-tensor scale), no hp copy; fp32 Adam"
+    stores = {"weights": "fp8-e4m3 (+scale)", "master": "-", "grads": "fp8-e5m2 (+scale)", "m": "fp32", "v": "fp32",
+              "compute": "fp8 linears, bf16 elsewhere"}
+
+    def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        return convert_to_fp8_stored(model, tuple(self.keep_high_precision), self.backend)
+
+    def autocast(self, ctx: RunContext):
+        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+
+    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        model = self.convert_model(model, ctx)
+        return NaiveTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
