@@ -21,6 +21,7 @@ from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee, needs_module, param_groups
 from methods.fp8 import optim_codec
+from methods.fp8_own import FP8Own
 from methods.registry import register
 
 
@@ -62,7 +63,7 @@ class FP8Optim(Method):
         return sum(optim_codec.n_blocks(n, self.block_size) * per_block + STEP_BYTES for n in numels)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
-        from methods.memory import COMPONENTS, param_numels
+        from methods.memory import COMPONENTS, converted_buffer_bytes, param_numels
 
         numels = param_numels(cfg)
         n = sum(numels)
@@ -71,6 +72,7 @@ class FP8Optim(Method):
         out["master"] = 4.0 * n if self.master_weights else 0.0
         out["grads"] = 2.0 * n
         out["optim"] = float(self.optim_state_bytes(numels))
+        out["meta"] = converted_buffer_bytes(self, cfg)
         return out
 
 
@@ -186,3 +188,29 @@ class TorchaoAdamW8bit(_TorchaoLowBit):
         from torchao.optim import AdamW8bit
 
         return AdamW8bit
+
+
+# ---- the seed's end-to-end FP8 recipe --------------------------------------------------------------
+@register("fp8-e2e")
+@dataclass(frozen=True, kw_only=True)
+class FP8EndToEnd(FP8Optim, FP8Own):
+    """Own FP8 linears (``fp8-own``'s recipe options: granularity, scaling, formats, ...) on a bf16 model,
+    plus the FP8-state AdamW of ``fp8-optim`` (its options too). Norms, embedding and head stay bf16."""
+
+    family = "fp8-optim"
+    summary = ("the seed's end-to-end FP8: own FP8 linears (tensorwise e4m3/e5m2) + FP8 Adam m, v; "
+               "bf16 weights and grads, no master")
+    stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
+              "v": "fp8-e4m3 (sqrt, +scale/256)", "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+
+    def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        return FP8Own.convert_model(self, model.to(torch.bfloat16), ctx)
+
+    def autocast(self, ctx: RunContext):
+        return FP8Own.autocast(self, ctx)
+
+    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        from methods.fp8.trainee import FP8Trainee
+
+        model = self.convert_model(model, ctx)
+        return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
