@@ -54,6 +54,12 @@ class FP8Optim(Method):
                         master_weights=self.master_weights, stochastic_rounding=self.stochastic_rounding,
                         seed=ctx.seed, impl=self.impl)
 
+    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        from methods.fp8.optim_lean import FP8OptimTrainee
+
+        model = self.convert_model(model, ctx)
+        return FP8OptimTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
+
     def optim_state_bytes(self, numels) -> float:
         """FP8 m and v (codes, scales, DRE exponents) and the step counter, for these tensors."""
         from methods.memory import STEP_BYTES
@@ -210,7 +216,12 @@ class FP8EndToEnd(FP8Optim, FP8Own):
         return FP8Own.autocast(self, ctx)
 
     def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        from methods.fp8.optim_lean import optimizer_telemetry
         from methods.fp8.trainee import FP8Trainee
 
+        class _Trainee(FP8Trainee):  # FP8 linear telemetry, then the optimizer states'
+            def telemetry(self) -> list[dict]:
+                return super().telemetry() + optimizer_telemetry(self.model, self.optimizer)
+
         model = self.convert_model(model, ctx)
-        return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
+        return _Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

@@ -46,6 +46,13 @@ class FP8AdamW(AdamW):
         # a stable index per parameter salts its stochastic-rounding hash
         self._index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
 
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        index = getattr(self, "_index", None)
+        if index is not None:  # groups added after construction get the next indices
+            for p in self.param_groups[-1]["params"]:
+                index.setdefault(p, len(index))
+
     # -- state --------------------------------------------------------------------------------
     def _init_state(self, p: torch.Tensor) -> dict:
         st = self.state[p]
@@ -107,6 +114,22 @@ class FP8AdamW(AdamW):
         st = self.state[p] if self.state[p] else self._init_state(p)
         st["step"] += 1
         optim_triton.fused_step(self, p, group, st)
+
+    @torch.no_grad()
+    def state_stats(self, p: torch.Tensor) -> dict[str, float]:
+        """How the stored moments of ``p`` look (for telemetry): ``v_flush_frac``, the fraction of values
+        whose v is stored as 0 while m is not (there the next update is m / eps unless a fresh gradient
+        refills v: the failure FP8-LM reports for an FP8 second moment); ``m_zero_frac``; and
+        ``max_m_over_sqrt_v``, the largest stored |m| / (sqrt(v) + eps), i.e. the largest step in units
+        of lr before bias correction (~1 for steady gradients, large where v collapsed)."""
+        st = self.state.get(p)
+        if not st:
+            return {}
+        m, v = self._load_moments(st, p)
+        m_nz = m != 0
+        return {"v_flush_frac": float(((v == 0) & m_nz).float().mean()),
+                "m_zero_frac": float((~m_nz).float().mean()),
+                "max_m_over_sqrt_v": float((m.abs() / (v.sqrt() + self.defaults["eps"])).max())}
 
     def state_bytes_per_block(self) -> int:
         """Bytes of one block of m plus one of v (codes, scales, DRE exponents)."""

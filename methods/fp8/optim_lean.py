@@ -60,7 +60,30 @@ class FusedBackwardTrainee(Trainee):
         grad_norm = math.sqrt(float(torch.stack(self._sq).sum())) if self._sq else 0.0
         return StepResult(float(loss.detach()), grad_norm)
 
+    def telemetry(self) -> list[dict]:
+        return optimizer_telemetry(self.model, self.optimizer)
+
     @property
     def skipped_params(self) -> int:
         """Parameter updates skipped so far because their gradient was not finite."""
         return self._skipped
+
+
+def optimizer_telemetry(model, optimizer) -> list[dict]:
+    """One row per parameter from ``optimizer.state_stats(p)`` (FP8 optimizer states), if it has one."""
+    stats = getattr(optimizer, "state_stats", None)
+    if stats is None:
+        return []
+    rows = []
+    for name, p in model.named_parameters():
+        row = stats(p)
+        if row:
+            rows.append({"layer": name, "tensor": "adam_state", **row})
+    return rows
+
+
+class FP8OptimTrainee(Trainee):
+    """The base training step, plus FP8 optimizer-state telemetry."""
+
+    def telemetry(self) -> list[dict]:
+        return optimizer_telemetry(self.model, self.optimizer)
