@@ -35,6 +35,8 @@ VARIANTS = [
     ("torchao AdamWFp8 (v E4M3 plain)", "fp8-optim-torchao", {}),
     ("fp8-optim-master (fp32 master)", "fp8-optim-master", {}),
     ("fp8-lean (step in backward)", "fp8-lean", {}),
+    ("int8 m, v (torchao AdamW8bit)", "int8-optim-torchao", {}),
+    ("fp8-e2e (FP8 linears + FP8 m, v)", "fp8-e2e", {}),
 ]
 
 

@@ -23,7 +23,7 @@ def test_fused_backward_equals_step_after_backward_without_clipping():
     hp = HParams(lr=3e-3, grad_clip=0.0)
     lean = get_method("fp8-lean", impl="torch").build(build_model(CFG, 0), hp, CTX)
     ref = get_method("fp8-optim", impl="torch").build(build_model(CFG, 0), hp, CTX)
-    for step in range(3):
+    for step in range(2):
         x, y = batch(step)
         a, b = lean.train_step(x, y, 3e-3), ref.train_step(x, y, 3e-3)
         assert a.loss == b.loss

@@ -75,8 +75,8 @@ def _run(impl, dtype, steps, **opts):
     (torch.float32, dict(v_transform="dre")),
 ])
 def test_fused_step_matches_pytorch_path(dtype, opts):
-    ref, ropt = _run("torch", dtype, 3, **opts)
-    out, oopt = _run("triton", dtype, 3, **opts)
+    ref, ropt = _run("torch", dtype, 2, **opts)
+    out, oopt = _run("triton", dtype, 2, **opts)
     for r, o in zip(ref, out):
         assert torch.isfinite(o).all()
         rs, os_ = ropt.state[r], oopt.state[o]
