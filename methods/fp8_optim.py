@@ -32,7 +32,7 @@ class FP8Optim(Method):
     m_format: str = "e4m3"
     v_format: str = "e4m3"
     m_transform: str = "none"
-    v_transform: str = "sqrt"
+    v_transform: str = "dre"  # chosen by experiment: methods/fp8/OPTIM_ABLATION.md
     master_weights: bool = False
     stochastic_rounding: bool = True
     impl: str = "auto"  # "torch" | "triton" | "auto" (Triton on CUDA tensors)
@@ -40,7 +40,7 @@ class FP8Optim(Method):
     family = "fp8-optim"
     summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (seed's 6 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (sqrt, +scale/256)", "compute": "bf16"}
+              "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return model.to(torch.bfloat16)
@@ -90,7 +90,7 @@ class FP8OptimMaster(FP8Optim):
 
     summary = "bf16 weights and grads, fp32 master copy, FP8 Adam m and v with per-block scales"
     stores = {"weights": "bf16", "master": "fp32", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (sqrt, +scale/256)", "compute": "bf16"}
+              "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
 
 @register("fp8-lean")
@@ -99,7 +99,7 @@ class FP8Lean(FP8Optim):
     summary = ("bf16 weights, FP8 Adam m and v, step fused into backward: no gradients held "
                "(no global clipping, no accumulation)")
     stores = {"weights": "bf16", "master": "-", "grads": "- (bf16, one tensor at a time)",
-              "m": "fp8-e4m3 (+scale/256)", "v": "fp8-e4m3 (sqrt, +scale/256)", "compute": "bf16"}
+              "m": "fp8-e4m3 (+scale/256)", "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
     def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import FusedBackwardTrainee
@@ -207,7 +207,7 @@ class FP8EndToEnd(FP8Optim, FP8Own):
     summary = ("the seed's end-to-end FP8: own FP8 linears (tensorwise e4m3/e5m2) + FP8 Adam m, v; "
                "bf16 weights and grads, no master")
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (sqrt, +scale/256)", "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+              "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return FP8Own.convert_model(self, model.to(torch.bfloat16), ctx)

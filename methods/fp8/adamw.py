@@ -1,9 +1,10 @@
 """AdamW whose first and second moments live in FP8 with one fp32 scale per block.
 
 Per parameter of ``N`` values and block size ``B`` it keeps ``ceil(N/B)`` blocks of FP8 codes for m
-and for v plus their fp32 scales: ``2 + 8/B`` bytes per parameter (2.031 at B = 256), against 8 for
-fp32 moments. The update itself runs in fp32 through the same arithmetic as ``methods.adamw``: decode
-both moments, apply :func:`methods.adamw.adamw_update_` with this step's gradient, encode again. The
+and for v plus their fp32 scales (and, for a DRE-transformed moment, a bf16 exponent per block):
+``2 + 8/B`` bytes per parameter (2.031 at B = 256), ``2 + 10/B`` with the default DRE on v (2.039),
+against 8 for fp32 moments. The update itself runs in fp32 through the same arithmetic as
+``methods.adamw``: decode both moments, apply :func:`methods.adamw.adamw_update_` with this step's gradient, encode again. The
 step therefore uses the exact fp32 moments; quantisation error only reaches the next step.
 
 Parameters are either bf16 with stochastic rounding and no master copy (the seed's 6 B/param) or bf16
@@ -11,9 +12,11 @@ with an fp32 master copy (``master_weights=True``). On CUDA tensors the whole st
 kernel per parameter (``methods.fp8.optim_triton``); elsewhere the PyTorch path in this file runs, and
 the two are tested against each other under ``TRITON_INTERPRET=1``.
 
-Formats: m is E4M3 by default; for v the choice between E4M3 and E5M2 and a transform (``sqrt``,
-COAT's ``dre``) was made by the experiment in ``methods/fp8/OPTIM_ABLATION.md``; the other variants
-stay available as options.
+Formats (chosen by the experiment in ``methods/fp8/OPTIM_ABLATION.md``): m in E4M3 with a plain
+per-block absmax scale; v in E4M3 with COAT's dynamic range expansion (``v_transform="dre"``). v
+stored plainly in E4M3 (torchao's AdamWFp8) spans the square of the gradient's range and flushes small
+values to zero under a nonzero m, so some steps become m / eps (measured: up to 600x the normal step);
+``sqrt`` and E5M2 avoid that at ~2.4x the update error of DRE. All of them stay available as options.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ IMPLS = ("auto", "torch", "triton")
 class FP8AdamW(AdamW):
     def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0, *,
                  block_size: int = 256, m_format: str = "e4m3", v_format: str = "e4m3",
-                 m_transform: str = "none", v_transform: str = "sqrt", master_weights: bool = False,
+                 m_transform: str = "none", v_transform: str = "dre", master_weights: bool = False,
                  stochastic_rounding: bool = True, seed: int = 0, impl: str = "auto"):
         for name, val, ok in (("m_format", m_format, codec.FORMATS), ("v_format", v_format, codec.FORMATS),
                               ("m_transform", m_transform, ("none", "dre")),
