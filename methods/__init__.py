@@ -7,8 +7,12 @@ whether each can run here.
 import importlib
 import pkgutil
 
+#: modules that define no method and are run with ``python -m`` (importing them here first would make
+#: runpy warn); they are imported where used
+_NOT_METHODS = {"memory"}
+
 for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.ispkg and not _mod.name.startswith("_"):
+    if not _mod.ispkg and not _mod.name.startswith("_") and _mod.name not in _NOT_METHODS:
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 from methods.base import HParams, Method, RunContext, StepResult, Trainee  # noqa: E402

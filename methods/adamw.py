@@ -16,6 +16,22 @@ import torch
 from methods.rounding import stochastic_round_bf16
 
 
+def adamw_update_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float,
+                  betas: tuple[float, float], eps: float, weight_decay: float, step: float) -> None:
+    """One decoupled-weight-decay Adam step on fp32 tensors, in place on ``w``, ``m`` and ``v``.
+
+    The one copy of the AdamW arithmetic: the fp32-state optimiser below and the FP8-state one in
+    ``methods.fp8.adamw`` both call it on fp32 values (the latter after decoding its FP8 moments).
+    """
+    b1, b2 = betas
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    if weight_decay:
+        w.mul_(1 - lr * weight_decay)
+    denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps)
+    w.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
+
+
 class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  state_dtype: torch.dtype = torch.float32, master_weights: bool = False,
@@ -46,26 +62,38 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p] if self.state[p] else self._init_state(p)
-                st["step"] += 1
-                t = float(st["step"])
-                g = p.grad.float()
-                w = st["master"] if "master" in st else p.float()
-                m, v = st["exp_avg"].float(), st["exp_avg_sq"].float()
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                if wd:
-                    w.mul_(1 - lr * wd)
-                denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
-                w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
-                st["exp_avg"].copy_(m)
-                st["exp_avg_sq"].copy_(v)
-                self._write_param(p, w, st)
+                if p.grad is not None:
+                    self.step_param(p, group)
         return loss
+
+    @torch.no_grad()
+    def step_param(self, p: torch.Tensor, group: dict | None = None) -> None:
+        """Update one parameter from its ``.grad``. ``step()`` is this over every parameter; recipes
+        that step inside backward (per-parameter hooks) call it directly."""
+        group = group if group is not None else self.group_of(p)
+        st = self.state[p] if self.state[p] else self._init_state(p)
+        st["step"] += 1
+        w = st["master"] if "master" in st else p.float()
+        m, v = self._load_moments(st, p)
+        adamw_update_(w, p.grad.float(), m, v, lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                      weight_decay=group["weight_decay"], step=float(st["step"]))
+        self._store_moments(st, m, v)
+        self._write_param(p, w, st)
+
+    def group_of(self, p: torch.Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise KeyError("parameter is not managed by this optimizer")
+
+    def _load_moments(self, st: dict, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 m and v shaped like ``p``; updated in place, then handed to ``_store_moments``."""
+        return st["exp_avg"].float(), st["exp_avg_sq"].float()
+
+    def _store_moments(self, st: dict, m: torch.Tensor, v: torch.Tensor) -> None:
+        st["exp_avg"].copy_(m)
+        st["exp_avg_sq"].copy_(v)
 
     def _write_param(self, p: torch.Tensor, w: torch.Tensor, st: dict) -> None:
         if w is st.get("master") or p.dtype == torch.float32:
@@ -86,13 +114,14 @@ class AdamW(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         gen = state_dict.pop("sr_generator", None)
         super().load_state_dict(state_dict)
-        # torch's loader casts floating state to the parameter's dtype: fp32 moments of a bf16 parameter
-        # would come back as bf16. Put the saved tensors back as they were stored.
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        # torch.optim casts every floating-point state tensor to its parameter's dtype on load, which
+        # would turn fp32 moments of bf16 weights into bf16 (and FP8 codes or fp32 scales into bf16):
+        # put back the tensors as saved, moved to the parameter's device only.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(ids, params):
-            for k, v in state_dict["state"].get(i, {}).items():
-                if isinstance(v, torch.Tensor):
-                    self.state[p][k] = v.detach().clone().to(p.device)
+        for pid, p in zip(saved_ids, params):
+            for k, v in state_dict["state"].get(pid, {}).items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    self.state[p][k] = v.to(device=p.device, copy=True)
         if gen is not None:
             self._generator(torch.device("cpu")).set_state(gen)

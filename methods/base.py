@@ -199,6 +199,16 @@ class Method:
         model = self.convert_model(model, ctx)
         return Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
+    def analytic_bytes(self, cfg) -> dict[str, float]:
+        """Persistent bytes per ledger component (weights, master, grads, optim, meta) this method
+        holds after one step on a ``models.Transformer(cfg)``: the analytic twin of
+        ``Trainee.memory()``. The default reads the dtypes in ``stores``; override it where a method
+        keeps more (scales, quantized states, FP8 weight copies, amax histories). See ``methods.memory``.
+        """
+        from methods.memory import default_analytic_bytes
+
+        return default_analytic_bytes(self, cfg)
+
     def options(self) -> dict:
         import dataclasses
 
