@@ -95,6 +95,11 @@ class MultiRank(Method):
     #: ranks of one run; 0: one per visible GPU, 2 on a CPU
     ranks: int = 0
 
+    def __post_init__(self):
+        if isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 0:
+            raise ValueError(f"option ranks must be a whole number >= 0 (0: one per GPU, 2 on a CPU), "
+                             f"got {self.ranks!r}")
+
     @property
     def world_size(self) -> int:  # type: ignore[override]
         return self.ranks or default_world_size()

@@ -67,6 +67,8 @@ def test_methods_are_registered_multi_rank_and_only_in_the_gpu_profile():
     assert set(DP) <= set(method_names())
     assert all(get_method(m).family == "dp" and get_method(m).world_size == 2 for m in DP)  # no GPU: 2 CPU ranks
     assert get_method("fsdp2-bf16", ranks=4).world_size == 4
+    with pytest.raises(ValueError, match="ranks must be a whole number"):
+        get_method("ddp-bf16", ranks="4")
     cfg = config_mod.load()
     assert not set(DP) & set(config_mod.profile_settings(cfg, "cpu")["methods"])
     assert set(DP) <= set(config_mod.profile_settings(cfg, "gpu")["methods"])
@@ -183,7 +185,8 @@ def test_fsdp2_global_norm_clipping_matches_a_plain_model(monkeypatch):
 
 def test_slurm_dry_runs_and_gpu_jobs_request_one_gpu_per_rank(tmp_path):
     """`snakemake --profile pipelines/profiles/slurm -n`, for the cpu and the gpu profile; every train job of
-    the gpu profile asks for as many GPUs as its method has ranks (no GPU here: 2 for multi-rank methods)."""
+    the gpu profile asks for as many GPUs as its method has ranks (no GPU here: 2 for multi-rank methods,
+    unless its `ranks` option says otherwise)."""
     import shutil
 
     pytest.importorskip("snakemake_executor_plugin_slurm")
@@ -201,7 +204,9 @@ def test_slurm_dry_runs_and_gpu_jobs_request_one_gpu_per_rank(tmp_path):
         return r.stdout + r.stderr
 
     dry("--quiet")
-    text = dry("--config", "profile=gpu")
+    # a `ranks` option sizes the job as it sizes the run
+    (tmp_path / "ranks.yaml").write_text("method_options: {fsdp2-bf16: {ranks: 4}}\n")
+    text = dry("--configfile", "pipelines/config.yaml", "ranks.yaml", "--config", "profile=gpu")
     gpus = {}
     for block in text.split("rule train:")[1:]:
         wildcards = next(line for line in block.splitlines() if "wildcards:" in line)
@@ -211,5 +216,5 @@ def test_slurm_dry_runs_and_gpu_jobs_request_one_gpu_per_rank(tmp_path):
     gpu_profile = config_mod.profile_settings(yaml.safe_load((ROOT / "pipelines" / "config.yaml").read_text()), "gpu")
     assert set(gpus) == set(gpu_profile["methods"])
     for method, n in gpus.items():
-        assert n == get_method(method).world_size, (method, n)
-    assert {gpus[m] for m in DP} == {2} and gpus["bf16-amp"] == 1
+        assert n == get_method(method, **({"ranks": 4} if method == "fsdp2-bf16" else {})).world_size, (method, n)
+    assert gpus["ddp-bf16"] == gpus["fsdp2-fp8-torchao"] == 2 and gpus["fsdp2-bf16"] == 4 and gpus["bf16-amp"] == 1
