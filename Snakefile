@@ -15,6 +15,17 @@ include: "pipelines/train.smk"
 include: "pipelines/report.smk"
 
 
+# On a cluster (pipelines/profiles/slurm) only data preparation and training are jobs; the rest is light.
+localrules:
+    all,
+    run_config,
+    collect,
+    compare,
+    figure,
+    report_md,
+    report,
+
+
 rule all:
     default_target: True
     input:

@@ -21,7 +21,7 @@ def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
 
 
 #: display order of method families (``Method.family``); unknown families sort last
-FAMILIES = ("baseline", "fp8-own", "fp8-optim", "torchao", "te", "zero")
+FAMILIES = ("baseline", "fp8-own", "fp8-optim", "torchao", "te", "zero", "dp")
 
 
 def method_names() -> list[str]:

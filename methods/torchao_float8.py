@@ -49,12 +49,15 @@ def _cast_input_under_cpu_autocast(module: nn.Module, args):
     return None
 
 
-def convert_torchao_float8(model: nn.Module, recipe: str, keep_high_precision, emulate: bool) -> nn.Module:
-    """Swap the selected ``nn.Linear`` for torchao ``Float8Linear`` (in place); returns the model."""
+def convert_torchao_float8(model: nn.Module, recipe: str, keep_high_precision, emulate: bool,
+                           fsdp_float8_all_gather: bool = False) -> nn.Module:
+    """Swap the selected ``nn.Linear`` for torchao ``Float8Linear`` (in place); returns the model.
+    ``fsdp_float8_all_gather`` (tensorwise only) wraps their weights so FSDP2 all-gathers them in FP8."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
-    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate,
+                                 enable_fsdp_float8_all_gather=fsdp_float8_all_gather)
     convert_to_float8_training(
         model, config=config,
         module_filter_fn=lambda mod, fqn: not keeps_high_precision(fqn, keep_high_precision))

@@ -26,7 +26,6 @@ states in FP8 with torchao's ``AdamWFp8`` as the client optimizer over DeepSpeed
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import os
@@ -38,44 +37,27 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from methods import _ranks
 from methods._bf16_backward import bf16_backward_mode
 from methods._linears import DEFAULT_KEEP
-from methods.base import HParams, Method, Requirement, RunContext, StepResult, Trainee, needs_module, param_groups
+from methods.base import HParams, Requirement, RunContext, StepResult, Trainee, needs_module, param_groups
 from methods.bf16_emulation import bf16_matmul_mode
 from methods.ledger import COMPONENTS, nested_bytes
 from methods.registry import register
 
 DEEPSPEED_HINT = "pip install --no-build-isolation deepspeed==0.19.8"
-#: seconds a collective may wait for a peer before the rank fails (a dead or stuck rank must not hang a run)
-TIMEOUT_ENV = "FP8BENCH_DIST_TIMEOUT_S"
 
 
-def default_world_size() -> int:
-    """One rank per GPU where there are GPUs, else 2 CPU ranks."""
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return n if n >= 1 else 2
-
-
-def init_process_group(device: torch.device) -> None:
-    """This rank's process group: torchrun's environment, or a group of one on a free port."""
+def init_process_group(device: torch.device, ctx: RunContext) -> None:
+    """This rank's process group, made by DeepSpeed (``deepspeed.comm`` keeps its own handle on it)."""
     import deepspeed
-    import torch.distributed as dist
 
-    if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                             LOCAL_RANK="0").items():
-                os.environ.setdefault(k, v)
+    def ds_init(backend: str, timeout) -> None:
         # DeepSpeed's CPU accelerator counts devices by running `numactl` on every call unless told
         os.environ["LOCAL_SIZE"] = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))
-        timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout,
-                                   auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout, auto_mpi_discovery=False)
+
+    _ranks.init_process_group(device, ctx, init=ds_init)
 
 
 def forbid_op_builds() -> None:
@@ -94,7 +76,7 @@ def quiet_deepspeed() -> None:
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated")
 
 
-class ZeroTrainee(Trainee):
+class ZeroTrainee(_ranks.RankShare, Trainee):
     """A DeepSpeed engine behind the loop's interface. The loop hands every rank the global batch."""
 
     #: ZeRO's state is partitioned over ranks: the loop's single-file checkpoint does not apply
@@ -105,23 +87,6 @@ class ZeroTrainee(Trainee):
         super().__init__(method, engine.module, engine.optimizer, hp, ctx)
         self.params = list(engine.module.parameters())
         self._grads_bytes: int | None = None
-
-    # -- data parallel plumbing -----------------------------------------------------------------
-    def shard(self, t: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a global batch (equal shares, so the mean of rank means is the global mean)."""
-        n, ws, r = t.shape[0], self.ctx.world_size, self.ctx.rank
-        if n % ws:
-            raise ValueError(f"batch of {n} rows does not split evenly over {ws} ranks; use a batch_size "
-                             f"divisible by {ws}")
-        k = n // ws
-        return t[r * k:(r + 1) * k]
-
-    def global_mean(self, value: torch.Tensor) -> float:
-        import torch.distributed as dist
-
-        t = value.detach().float().reshape(1).clone()
-        dist.all_reduce(t)
-        return float(t) / self.ctx.world_size
 
     # -- the step -------------------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -220,18 +185,12 @@ def zero_ledger(engine) -> dict[str, int]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Zero(Method):
+class _Zero(_ranks.MultiRank):
     family = "zero"
     stage: ClassVar[int] = 0
-    #: ranks of one run; 0: one per GPU, 2 on a CPU
-    ranks: int = 0
     #: DeepSpeed bucket sizes in elements; 0: Hugging Face Accelerate's "auto" rule (dim^2; ZeRO-3 prefetch
     #: 0.9 dim^2, parameters below 10 dim stay whole). DeepSpeed's defaults (5e8) are sized for large models.
     bucket_elems: int = 0
-
-    @property
-    def world_size(self) -> int:  # type: ignore[override]
-        return self.ranks or default_world_size()
 
     def requirements(self) -> list[Requirement]:
         return [needs_module("deepspeed", DEEPSPEED_HINT)]
@@ -289,12 +248,7 @@ class _Zero(Method):
         import deepspeed
 
         quiet_deepspeed()
-        init_process_group(ctx.device)
-        import torch.distributed as dist
-
-        if (dist.get_world_size(), dist.get_rank()) != (ctx.world_size, ctx.rank):
-            raise RuntimeError(f"process group is rank {dist.get_rank()} of {dist.get_world_size()}, the run "
-                               f"expects rank {ctx.rank} of {ctx.world_size}")
+        init_process_group(ctx.device, ctx)
         model = self.convert_model(model, ctx)
         optimizer = self.build_optimizer(model, hp, ctx)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config(model, hp, ctx))

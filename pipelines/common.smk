@@ -21,12 +21,26 @@ except fp8cfg.ConfigError as e:
     raise WorkflowError(str(e))
 
 
+def base_method(name):
+    """The registered method behind a run name (a profile's variant or the method itself)."""
+    return PSET["variants"].get(name, {}).get("method", name)
+
+
+def run_method(name):
+    """The method a run uses, with its options (the experiment's method_options, then the variant's), so
+    that e.g. a `ranks` option sizes the job as it sizes the run."""
+    from methods.registry import get_method
+
+    base = base_method(name)
+    options = {**config.get("method_options", {}).get(base, {}), **PSET["variants"].get(name, {}).get("options", {})}
+    return get_method(base, **options)
+
+
 def _check_runs_fit():
     """Refuse the workflow up front if a run cannot fit here (analytic memory model; pipelines/fit.py).
     Skipped for CUDA profiles on a machine without CUDA (e.g. a cluster's submit node)."""
     import torch
 
-    from methods.registry import get_method
     from models.config import get_model_config
     from pipelines.fit import check_fits
 
@@ -34,8 +48,7 @@ def _check_runs_fit():
     if train["device"] == "cuda" and not torch.cuda.is_available():
         return
     for model, method, rid in RUNS:
-        base = PSET["variants"].get(method, {})
-        m = get_method(base.get("method", method), **base.get("options", {}))
+        m = run_method(method)
         if not m.unmet():
             try:
                 check_fits(m, model, get_model_config(model).with_vocab(PSET["data"]["vocab_size"]), train)
@@ -71,10 +84,8 @@ def run_config(wildcards):
 
 
 def run_threads(wildcards):
-    """Cores one run occupies: torch threads per rank times ranks (ZeRO runs several ranks)."""
-    from methods.registry import get_method
-
-    return PSET["train"]["threads"] * get_method(base_method(wildcards.method)).world_size
+    """Cores one run occupies: torch threads per rank times ranks (ZeRO, DDP, FSDP2 run several ranks)."""
+    return PSET["train"]["threads"] * run_method(wildcards.method).world_size
 
 
 def figure_caption(wildcards):
@@ -84,13 +95,7 @@ def figure_caption(wildcards):
 
 def run_gpus(wildcards):
     """GPUs one run needs: one per rank when the profile trains on CUDA, none otherwise."""
-    from methods.registry import get_method
-
     if PSET["train"]["device"] == "cpu":
         return 0
-    return get_method(base_method(wildcards.method)).world_size
+    return run_method(wildcards.method).world_size
 
-
-def base_method(name):
-    """The registered method behind a run name (a profile's variant or the method itself)."""
-    return PSET["variants"].get(name, {}).get("method", name)

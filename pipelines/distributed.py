@@ -1,8 +1,17 @@
-"""Multi-rank runs (DeepSpeed ZeRO): one training run as N processes, recorded as one run.
+"""Multi-rank runs (DeepSpeed ZeRO, torch DDP / FSDP2): one training run as N processes, recorded as one run.
 
-``python -m pipelines.train`` for a method with ``world_size > 1`` re-launches itself under torchrun
-(``torch.distributed.run --standalone``: the rendezvous binds a free port, so several multi-rank runs can
-share a machine). Inside, every rank runs the same loop on the same *global* batch; the method's trainee
+``python -m pipelines.train`` for a method with ``world_size > 1`` re-launches itself under a launcher,
+chosen by ``FP8BENCH_LAUNCHER``:
+
+- ``torchrun`` (default): ``torch.distributed.run --standalone`` (the rendezvous binds a free port, so
+  several multi-rank runs can share a machine);
+- ``deepspeed``: DeepSpeed's launcher on this node, ``deepspeed --num_nodes 1 --num_gpus N --master_port
+  <free> --no_local_rank --module pipelines.train ...`` (with ``--include localhost:<ids>`` instead of
+  ``--num_gpus`` where ``CUDA_VISIBLE_DEVICES`` names the GPUs, e.g. in a SLURM job, so the ranks use
+  those). It runs on CPU ranks too (gloo, no pdsh: single node), and gives the ranks the same
+  environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so any multi-rank method runs under it.
+
+Inside, every rank runs the same loop on the same *global* batch; the method's trainee
 takes the rank's rows and reports the global-batch loss, so the logged losses, batch hashes and step
 counts are those a single process would log. Only rank 0 writes ``metrics.jsonl`` and ``summary.json``;
 its memory ledger is the per-rank one.
@@ -17,6 +26,7 @@ summary if rank 0 could not.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +36,10 @@ from pathlib import Path
 #: set by the launcher in the ranks it starts (torchrun adds RANK, WORLD_SIZE, MASTER_ADDR/PORT, ...)
 LAUNCHED = "FP8BENCH_LAUNCHED"
 ERROR_FILE = "rank{rank}.error"
+#: which launcher starts the ranks (LAUNCHERS); extra arguments for it in FP8BENCH_LAUNCHER_ARGS
+LAUNCHER_ENV = "FP8BENCH_LAUNCHER"
+LAUNCHER_ARGS_ENV = "FP8BENCH_LAUNCHER_ARGS"
+LAUNCHERS = ("torchrun", "deepspeed")
 
 
 def rank_info() -> tuple[int, int]:
@@ -94,26 +108,65 @@ def exit_code(out: Path, summary: dict) -> int:
     return 0
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launcher_command(world_size: int, script: list[str], env: dict | None = None) -> list[str]:
+    """The command that starts ``python -m <script...>`` as ``world_size`` ranks on this node."""
+    env = os.environ if env is None else env
+    name = env.get(LAUNCHER_ENV, "torchrun") or "torchrun"
+    extra = shlex.split(env.get(LAUNCHER_ARGS_ENV, ""))
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
+                "--monitor-interval=0.5", *extra, "-m", *script]
+    if name == "deepspeed":
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if visible:  # the GPUs this job was given (DeepSpeed's --num_gpus would renumber from 0)
+            if len(visible) < world_size:
+                raise ValueError(f"{world_size} ranks but CUDA_VISIBLE_DEVICES names {len(visible)} GPUs")
+            where = [f"--include=localhost:{','.join(visible[:world_size])}"]
+        else:
+            where = ["--num_nodes=1", f"--num_gpus={world_size}"]
+        return [sys.executable, "-m", "deepspeed.launcher.runner", *where, f"--master_port={free_port()}",
+                "--no_local_rank", *extra, "--module", *script]
+    raise ValueError(f"{LAUNCHER_ENV}={name!r}; valid: {', '.join(LAUNCHERS)}")
+
+
 def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks; returns the exit code for main."""
     from pipelines.data import prepare
 
     out = Path(out)
+    per_rank = max(1, int(rc["train"]["threads"]) // world_size)
+    try:
+        cmd = launcher_command(world_size, ["pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     prepare(rc["data"], rc["data"]["dir"])  # once, here, rather than racing in every rank
     for stale in out.glob(ERROR_FILE.format(rank="*")):
         stale.unlink()
-    per_rank = max(1, int(rc["train"]["threads"]) // world_size)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
-           "--monitor-interval=0.5", "-m", "pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)]
     env = {**os.environ, LAUNCHED: "1", "OMP_NUM_THREADS": str(per_rank)}
+    # DeepSpeed's launcher counts CPU "devices" with numactl unless told; its ranks get LOCAL_SIZE anew
+    env.setdefault("LOCAL_SIZE", str(world_size))
     t0 = time.perf_counter()
     print(f"launching {world_size} ranks x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env=env)
+    # Its own process group: DeepSpeed's single-node runner does not pass signals on to the ranks'
+    # launcher, so a stop is sent to the whole group (torchrun's ranks get it from torchrun as well).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     stopped: list[int] = []
 
     def forward(signum, _frame):  # stop the ranks with us; a stopped run leaves no summary, so it reruns
         stopped.append(signum)
-        proc.send_signal(signum)
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -138,7 +191,7 @@ def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: 
               for p in sorted(Path(out).glob(ERROR_FILE.format(rank="*")))}
     rank_notes = "; ".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
     if code and not rank_notes:  # a rank killed by a signal leaves no error file
-        rank_notes = f"torchrun exited with code {code} (a rank died; see the run's log)"
+        rank_notes = f"the launcher exited with code {code} (a rank died; see the run's log)"
     path = Path(out) / SUMMARY
     if path.is_file():
         summary = json.loads(path.read_text())
