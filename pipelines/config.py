@@ -138,7 +138,8 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
     base = variant["method"] if variant else method
     check_choice("method", base, method_names())
     check_choice("model", model, SIZES)
-    train = deep_merge(ps["train"], train_overrides)
+    # profile < variant < command line < the sweep's lr
+    train = deep_merge(deep_merge(ps["train"], (variant or {}).get("train")), train_overrides)
     if lr is not None:
         train["lr"] = lr
     if train.get("data_seed") is None:

@@ -169,10 +169,12 @@ def fig_throughput(d: FigureData):
 
 def fig_memory_scaling(d: FigureData):
     from methods.memory import analytic_table
+    from methods.registry import method_names
 
     sizes = np.logspace(math.log10(125e6), math.log10(175e9), 24)
     measured = _per_method_bpp(d.summary)
-    methods = [m for m in measured.index] or None
+    # lines for registered methods; a variant (other options or train settings) is shown by its measured point
+    methods = [m for m in measured.index if m in method_names()] or None
     rows = []
     for n in sizes:
         for r in analytic_table(n, methods=methods, include_reference=False, include_seed=False):

@@ -316,8 +316,6 @@ def resolve(args) -> tuple[dict, Path]:
         for k in ("model", "method", "seed"):
             if getattr(args, k) is not None:
                 rc[k] = getattr(args, k)
-        if args.model or args.method:
-            config_mod.load_run_config  # names re-checked below
         rc["train"] = config_mod.deep_merge(rc["train"], train_over)
     else:
         missing = [f"--{k}" for k in ("model", "method", "seed") if getattr(args, k) is None]
@@ -345,8 +343,12 @@ def resolve(args) -> tuple[dict, Path]:
     if not method.unmet():
         mcfg = get_model_config(rc["model"]).with_vocab(rc["data"]["vocab_size"])
         check_fits(method, rc["model"], mcfg, rc["train"])
-    out = Path(args.out) if args.out else config_mod.run_dir(rc, rc["profile"], rc["model"], rc["method"], rc["seed"])
-    # (a sweep run's folder name carries its lr: pass --out, as the workflow does)
+    if args.out:
+        out = Path(args.out)
+    elif args.config:  # a resolved run config lives in its run's folder (a sweep's folder name carries the lr)
+        out = Path(args.config).parent
+    else:
+        out = config_mod.run_dir(rc, rc["profile"], rc["model"], rc.get("variant") or rc["method"], rc["seed"])
     return rc, out
 
 

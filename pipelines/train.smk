@@ -50,4 +50,4 @@ rule train:
     log:
         f"{RUN_DIR}/train.log",
     shell:
-        "python -m pipelines.train --config {input.cfg:q} --threads {threads} > {log:q} 2>&1"
+        'python -m pipelines.train --config {input.cfg:q} --out "$(dirname {output.summary:q})" --threads {threads} > {log:q} 2>&1'

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_cli
 
@@ -39,11 +40,26 @@ def test_unknown_profile_is_refused(workdir):
     assert r.returncode != 0 and "valid profiles: " in (r.stdout + r.stderr)
 
 
+# One run configured to diverge (a variant of fp32 at an absurd peak lr) rides along with the smoke profile:
+# it must end `diverged` with its step while the workflow still exits 0 and the report lists it.
+DIVERGING = {"profiles": {"smoke": {"variants": {"fp32-lr300": {
+    "method": "fp32", "train": {"lr": 300.0, "grad_clip": 0.0}, "note": "configured to diverge (test)"}}}}}
+
+
 def test_smoke_workflow_end_to_end(workdir):
-    r = snakemake(workdir, "--config", "profile=smoke")
+    (workdir / "diverging.yaml").write_text(yaml.safe_dump(DIVERGING))
+    args = ("--configfile", "pipelines/config.yaml", "diverging.yaml", "--config", "profile=smoke")
+    r = snakemake(workdir, *args)
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     df = pd.read_csv(workdir / "results" / "summary.csv")
-    assert set(df["method"]) == {"fp32", "bf16-amp", "bf16-pure"}
+    assert set(df["method"]) == {"fp32", "bf16-amp", "bf16-pure", "fp32-lr300"}
+    hot = df[df["method"] == "fp32-lr300"].iloc[0]
+    assert hot["status"] == "diverged" and str(hot["reason"]).startswith("step "), hot
+    step = int(str(hot["reason"]).split()[1].rstrip(":"))
+    assert 0 <= step < 20
+    report = (workdir / "reports" / "REPORT.md").read_text()
+    assert any("fp32-lr300" in ln and "diverged" in ln and f"step {step}" in ln for ln in report.splitlines())
+    df = df[df["method"] != "fp32-lr300"]
     assert (df["status"] == "ok").all(), df[["method", "status", "reason"]]
     required = ["profile", "model", "method", "seed", "device", "n_params", "steps", "tokens", "status", "reason",
                 "final_train_loss", "final_val_loss", "loss_gap_pct", "tokens_per_s", "speedup",
@@ -59,5 +75,5 @@ def test_smoke_workflow_end_to_end(workdir):
     report = (workdir / "reports" / "REPORT.md").read_text()
     assert "bf16-pure" in report and "figures/loss_curves.png" in report
     # a second invocation has nothing to do: outputs are complete and up to date
-    r = snakemake(workdir, "--config", "profile=smoke", "-n")
+    r = snakemake(workdir, *args, "-n")
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)

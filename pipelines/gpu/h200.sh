@@ -18,11 +18,12 @@ OUT="${1:?usage: pipelines/gpu/h200.sh [--dry] OUT_DIR}"
 shift || true
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fp8bench-site .whl/*.whl
+  "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fp8bench-site .whl/*.whl
   export PYTHONPATH="/tmp/fp8bench-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! python3 -c "import transformer_engine" 2>/dev/null; then
+if ! "${PYTHON:-python3}" -c "import transformer_engine" 2>/dev/null; then
   export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (its 276 MB core wheel is over the 64 MiB a command can carry to the lent H200, and it has no internet)}"
 fi
 export PYTHONUNBUFFERED=1
-python3 -m pipelines.gpu.reference --out "$OUT" "${DRY[@]}" "$@" 2>&1 | tee "$OUT/log.txt"
+PY="${PYTHON:-python3}"   # the interpreter with the project's dependencies (tests pass theirs)
+"$PY" -m pipelines.gpu.reference --out "$OUT" "${DRY[@]}" "$@" 2>&1 | tee "$OUT/log.txt"

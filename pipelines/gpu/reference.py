@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="*", default=GPU_METHODS)
     ap.add_argument("--steps", type=int, help="training steps per run (default 40; dry 3)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the models (slow to warm up)")
+    ap.add_argument("--configfile", help="experiment config passed to every run (default: pipelines/config.yaml)")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -73,12 +74,11 @@ def main(argv=None) -> int:
     log = (out / "driver.log").open("w")
     py = sys.executable
 
-    # 1. kernel and optimizer benchmarks (GPU sections; the CPU sections only in dry mode, kept short)
-    bench = [py, "-m", "methods.fp8.bench", "--out", str(out / "fp8_bench.json")]
-    bench += ["--rounds", "1"] if dry else ["--skip-cpu"]
+    # 1. kernel and optimizer benchmarks, GPU sections only (the same commands in dry mode, where they
+    #    record that there is no CUDA device; the CPU sections belong to the CPU benchmarks)
+    bench = [py, "-m", "methods.fp8.bench", "--out", str(out / "fp8_bench.json"), "--skip-cpu"]
     run(bench, min(120, left() * 0.2), log)
-    obench = [py, "-m", "methods.fp8.optim_bench", "--out", str(out / "optim_bench.json")]
-    obench += ["--steps", "2", "--warmup", "1"] if dry else ["--no-cpu"]
+    obench = [py, "-m", "methods.fp8.optim_bench", "--out", str(out / "optim_bench.json"), "--no-cpu"]
     run(obench, min(90, left() * 0.2), log)
 
     # 2. short training runs, one process each, the same batches and initial weights for every method
@@ -87,10 +87,15 @@ def main(argv=None) -> int:
     for i, (model, method) in enumerate(plan):
         rdir = out / "runs" / model / method / "seed0"
         share = left() / max(1, len(plan) - i)
-        cmd = [py, "-m", "pipelines.train", "--profile", "smoke" if dry else "gpu", "--model", model, "--method", method,
+        # The gpu profile's settings in both modes; the dry mode only shrinks the batch to fit a CPU.
+        cmd = [py, "-m", "pipelines.train", "--profile", "gpu", "--model", model, "--method", method,
                "--seed", "0", "--out", str(rdir), "--steps", str(steps), "--set", f"device={device}",
                "--set", f"compile={'true' if args.compile else 'false'}", "--set", f"eval_every={steps}",
                "--set", "checkpoint_every=0", "--set", f"timing_warmup_steps={max(1, steps // 4)}"]
+        if dry:
+            cmd += ["--set", "batch_size=2", "--set", "seq_len=64", "--set", "eval_batches=1", "--set", "threads=1"]
+        if args.configfile:
+            cmd += ["--configfile", args.configfile]
         if share < (10 if dry else 45):
             from pipelines.metrics import RunWriter
 
