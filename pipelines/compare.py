@@ -2,7 +2,7 @@
 
     python -m pipelines.compare --summary results/summary.csv --out-dir results
 
-writes ``comparison.csv`` + ``comparison.md`` and ``claims.csv``. Every registered method gets a
+writes ``comparison.csv`` + ``comparison.md``, ``claims.csv``, ``memory_model.csv`` and ``optim_ablation.csv``. Every registered method gets a
 comparison row, also when it did not run (status ``not run``) or was skipped; the numbers the report
 prints are these files' numbers.
 
@@ -243,6 +243,69 @@ def memory_model(comp: pd.DataFrame, n_params: float = 10e9) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------ FP8 optimizer-state ablation
+
+OPTIM_ANCHORS = ("fp8-optim-torchao", "int8-optim-torchao")
+
+
+def _options(v) -> dict:
+    """A run's method options as read back from summary.csv (a dict written as its repr), or {}."""
+    import ast
+
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, str) and v.startswith("{"):
+        return ast.literal_eval(v)
+    return {}
+
+
+def optim_state_format(method: str, options: dict) -> str:
+    """How Adam's m and v are stored, e.g. ``m e4m3, v e4m3 dre, block 256``."""
+    from methods.registry import get_method
+
+    m = get_method(method, **options)
+    if not hasattr(m, "v_transform"):
+        return f"m {m.stores.get('m', '?')}, v {m.stores.get('v', '?')}"
+
+    def one(fmt, tr):
+        return f"{fmt}" + ("" if tr == "none" else f" {tr}")
+
+    return f"m {one(m.m_format, m.m_transform)}, v {one(m.v_format, m.v_transform)}, block {m.block_size}"
+
+
+def optim_ablation(summary: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
+    """``fp8-optim`` (its default), every profile variant of it (other m/v formats and transforms) and the
+    torchao low-bit optimizers, with loss gap, seed band, optimizer bytes and what the stored moments looked
+    like (the worst ``v_flush_frac``, the fraction of v stored as 0 under a nonzero m, and the worst
+    ``max_m_over_sqrt_v``, the largest step in units of lr, over layers and logged steps)."""
+    s = summary.copy()
+    base = s["base_method"] if "base_method" in s else pd.Series(np.nan, index=s.index)
+    s["_base"] = base.where(base.notna(), s["method"])
+    picked = s[(s["_base"] == "fp8-optim") | s["method"].isin(OPTIM_ANCHORS)]
+    methods = list(dict.fromkeys([*picked["method"], *[m for m in OPTIM_ANCHORS if m in set(comp["method"])]]))
+    rows = []
+    for method in methods:
+        g = picked[picked["method"] == method]
+        first = g.iloc[0] if len(g) else {"_base": method, "method": method}
+        opts = _options(first.get("method_options")) if first["_base"] != first["method"] else {}
+        fmt = optim_state_format(first["_base"], opts)
+        for r in comp[comp["method"] == method].itertuples():
+            gg = g[(g["profile"] == r.profile) & (g["model"] == r.model)]
+
+            def worst(col):
+                return gg[col].max() if col in gg and gg[col].notna().any() else np.nan
+
+            rows.append({"profile": r.profile, "model": r.model, "method": method, "lr": r.lr,
+                         "optimizer_state": fmt, "status": r.status,
+                         "seeds": r.seeds, "val_loss_mean": r.val_loss_mean, "loss_gap_pct_mean": r.loss_gap_pct_mean,
+                         "vs_seed_band": r.vs_seed_band, "optim_bpp": r.optim_bpp,
+                         "v_flush_frac_max": worst("telemetry_max_v_flush_frac"),
+                         "max_m_over_sqrt_v": worst("telemetry_max_max_m_over_sqrt_v"), "reason": r.reason})
+    cols = ["profile", "model", "method", "lr", "optimizer_state", "status", "seeds", "val_loss_mean", "loss_gap_pct_mean",
+            "vs_seed_band", "optim_bpp", "v_flush_frac_max", "max_m_over_sqrt_v", "reason"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["profile", "model", "lr"], kind="stable").reset_index(drop=True)
+
+
 def write_outputs(summary_csv: str | Path, out_dir: str | Path) -> dict[str, Path]:
     from pipelines.report import md_table  # one table renderer for every markdown table
 
@@ -251,9 +314,11 @@ def write_outputs(summary_csv: str | Path, out_dir: str | Path) -> dict[str, Pat
     comp = comparison(summary)
     cl = claims(comp)
     mm = memory_model(comp)
+    ab = optim_ablation(summary, comp)
     paths = {"comparison": out_dir / "comparison.csv", "comparison_md": out_dir / "comparison.md",
-             "claims": out_dir / "claims.csv", "memory_model": out_dir / "memory_model.csv"}
-    for key, df in (("comparison", comp), ("claims", cl), ("memory_model", mm)):
+             "claims": out_dir / "claims.csv", "memory_model": out_dir / "memory_model.csv",
+             "optim_ablation": out_dir / "optim_ablation.csv"}
+    for key, df in (("comparison", comp), ("claims", cl), ("memory_model", mm), ("optim_ablation", ab)):
         with atomic_path(paths[key], suffix=".csv") as tmp:
             df.to_csv(tmp, index=False)
     write_text(paths["comparison_md"], "# Per-method comparison\n\n" + md_table(comparison_view(comp)) + "\n")

@@ -28,10 +28,12 @@ REFERENCE = "bf16-amp"
 def digits_for(col: str) -> int:
     """Decimal places per kind of column: one rule for the tables, the prose and the tests."""
     c = col.lower()
-    if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "diverged_step"):
+    if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "seeds", "diverged_step"):
         return 0
     if "gb" in c:
         return 1
+    if "frac" in c:
+        return 4
     if "val_loss" in c or c.endswith("_loss"):
         return 3
     return 2
@@ -239,6 +241,24 @@ def lean_section(comp: pd.DataFrame) -> str:
             "already moved) and cannot accumulate gradients over micro-batches." + cost)
 
 
+def optim_ablation_section(ab: pd.DataFrame) -> str:
+    if ab.empty:
+        return ""
+    view = ab.drop(columns=[c for c in ("profile", "model", "lr") if ab[c].nunique(dropna=True) <= 1])
+    return "\n".join([
+        "## FP8 second moment: which format (ablation)", "",
+        "FP8-LM reports that Adam's second moment v diverges when stored in FP8: v spans the square of the "
+        "gradients' range, more than E4M3's. `fp8-optim` stores m in E4M3 and v in E4M3 after COAT's dynamic range "
+        "expansion (`dre`), with one fp32 scale per block; the rows below are the same training run with v stored "
+        "plainly in E4M3 (as torchao's `AdamWFp8` does) or E5M2, or as sqrt(v), next to torchao's FP8 and int8 "
+        "optimizers. `v_flush_frac_max` is the largest fraction of a tensor's v stored as 0 under a nonzero m "
+        "(such elements step by |m|/eps), `max_m_over_sqrt_v` the largest stored |m|/sqrt(v), i.e. the largest "
+        "step in units of lr, both over the logged steps. The seed band is `bf16-amp`'s spread over its seeds; "
+        "one seed of a variant inside or near it is not a difference. The update error of each format against "
+        "exact Adam on the same gradients, free of trajectory noise, is in `methods/fp8/OPTIM_ABLATION.md`.", "",
+        md_table(view, "results/optim_ablation.csv")])
+
+
 def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
                  reference_glob: str = "results/reference/*/summary.csv") -> str:
     results, out = Path(results), Path(out)
@@ -246,6 +266,8 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
     comp = pd.read_csv(results / "comparison.csv")
     claims = pd.read_csv(results / "claims.csv")
     mm = pd.read_csv(results / "memory_model.csv")
+    ab_path = results / "optim_ablation.csv"
+    ab = pd.read_csv(ab_path) if ab_path.is_file() else pd.DataFrame()
     parts = [
         "# fp8bench report",
         "",
@@ -256,6 +278,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         claims_section(claims), "",
         comparison_section(comp), "",
         findings_section(comp), "",
+        optim_ablation_section(ab), "",
         lean_section(comp), "",
         memory_section(mm), "",
         figures_section(Path(fig_dir), out.parent), "",

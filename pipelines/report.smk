@@ -23,6 +23,7 @@ rule compare:
         comparison_md=f"{RESULTS}/comparison.md",
         claims=f"{RESULTS}/claims.csv",
         memory=f"{RESULTS}/memory_model.csv",
+        optim_ablation=f"{RESULTS}/optim_ablation.csv",
     conda:
         "../environment.yml"
     log:
@@ -50,7 +51,8 @@ rule figure:
 
 rule report_md:
     input:
-        tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/claims.csv", f"{RESULTS}/memory_model.csv"],
+        tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/claims.csv", f"{RESULTS}/memory_model.csv",
+                f"{RESULTS}/optim_ablation.csv"],
         figures=FIGURE_PNGS,
     output:
         REPORT_MD,

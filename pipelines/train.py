@@ -181,6 +181,7 @@ class Run:
                 rows = self.trainee.telemetry()
                 if rows:
                     writer.event("telemetry", step=step, layers=rows)
+                    self.digest_telemetry(rows)
             why = self.divergence(res, self.first_loss)
             if why:
                 self.summary.update(status="diverged", reason=f"step {step}: {why}", diverged_step=step)
@@ -197,6 +198,16 @@ class Run:
             if every and done % every == 0 and done < train["steps"]:
                 checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(),
                                 writer.offset())
+
+    def digest_telemetry(self, rows: list[dict]) -> None:
+        """Keep the worst value of each numeric telemetry field over layers and steps in the summary
+        (``telemetry_max_<field>``), so tables can show e.g. how many v values an FP8 optimizer flushed
+        without reading every run's event log. Lives in the summary, hence in checkpoints too."""
+        for row in rows:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    key = f"telemetry_max_{k}"
+                    self.summary[key] = max(self.summary.get(key, v), v)
 
     def divergence(self, res, first_loss: float | None) -> str:
         if not math.isfinite(res.loss):

@@ -19,14 +19,15 @@ STEPS = 40
 
 
 def fake_run(root: Path, method: str, seed: int, status: str = "ok", *, profile="cpu", lr=3e-3, offset=0.0,
-             bpp=(4, 0, 4, 8, 0), diverge_at=None, reason="", telemetry=False, tps=2000.0):
+             bpp=(4, 0, 4, 8, 0), diverge_at=None, reason="", telemetry=False, tps=2000.0, extra=None):
     out = root / "runs" / profile / "tiny" / method / (f"seed{seed}" if profile != "sweep" else f"seed{seed}_lr{lr:g}")
     w = RunWriter(out)
     rng = np.random.default_rng(hash((method, seed, lr)) % 2**32)
     w.event("run_start", config={"method": method, "seed": seed},
             environment={"device_name": "cpu:test", "versions": {"torch": "2.13.0"}, "python": "3.11"})
     summary = {"profile": profile, "model": "tiny", "method": method, "seed": seed, "lr": lr, "device": "cpu:test",
-               "status": status, "reason": reason, "run_dir": str(out), "world_size": 1, "n_params": N_PARAMS}
+               "status": status, "reason": reason, "run_dir": str(out), "world_size": 1, "n_params": N_PARAMS,
+               **(extra or {})}
     if status == "skipped":
         w.finish(summary)
         return
@@ -69,6 +70,9 @@ def built(tmp_path_factory):
     fake_run(res, "fp32", 0, offset=-0.005, tps=2500.0)
     fake_run(res, "bf16-pure", 0, "failed", bpp=(2, 0, 2, 8, 0), reason="RuntimeError: simulated kernel failure")
     fake_run(res, "fp8-optim", 0, offset=0.01, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0)
+    fake_run(res, "fp8-optim-v-e4m3", 0, offset=0.04, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0,
+             extra={"base_method": "fp8-optim", "method_options": {"v_transform": "none"},
+                    "telemetry_max_v_flush_frac": 0.0123, "telemetry_max_max_m_over_sqrt_v": 612.5})
     fake_run(res, "fp8-naive", 0, bpp=(1, 0, 1, 8, 0.001), diverge_at=25, telemetry=True)
     fake_run(res, "fp8-te-delayed", 0, "skipped", reason="transformer_engine is not installed; no CUDA device")
     for lr in (1e-3, 1e-2):
@@ -205,5 +209,20 @@ def test_summary_table_cells_equal_the_csv(built):
     src, header, rows = next(t for t in parse_tables(built["text"]) if t[0] == "results/summary.csv")
     assert len(rows) == len(s)
     for row, (_, rec) in zip(rows, s.iterrows()):
+        for col, printed in zip(header, row):
+            assert printed == cell(col, rec[col]), (col, printed, rec[col])
+
+
+def test_optim_ablation_rows_and_cells_equal_the_csv(built):
+    ab = pd.read_csv(built["res"] / "optim_ablation.csv")
+    cpu = ab[ab["profile"] == "cpu"].set_index("method")
+    assert cpu.loc["fp8-optim", "optimizer_state"] == "m e4m3, v e4m3 dre, block 256"
+    assert cpu.loc["fp8-optim-v-e4m3", "optimizer_state"] == "m e4m3, v e4m3, block 256"
+    assert cpu.loc["fp8-optim-v-e4m3", "v_flush_frac_max"] == pytest.approx(0.0123)
+    assert cpu.loc["fp8-optim-v-e4m3", "max_m_over_sqrt_v"] == pytest.approx(612.5)
+    assert cpu.loc["fp8-optim-torchao", "status"] == "not run"
+    src, header, rows = next(t for t in parse_tables(built["text"]) if t[0] == "results/optim_ablation.csv")
+    assert len(rows) == len(ab)
+    for row, (_, rec) in zip(rows, ab.iterrows()):
         for col, printed in zip(header, row):
             assert printed == cell(col, rec[col]), (col, printed, rec[col])
