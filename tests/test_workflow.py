@@ -74,6 +74,13 @@ def test_smoke_workflow_end_to_end(workdir):
         assert (workdir / "reports" / "figures" / f"{fig}.png").stat().st_size > 1000
     report = (workdir / "reports" / "REPORT.md").read_text()
     assert "bf16-pure" in report and "figures/loss_curves.png" in report
+    # the self-contained HTML report embeds every figure
+    r = snakemake(workdir, *args, "--report", "reports/report.html")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    html = (workdir / "reports" / "report.html").read_text(errors="replace")
+    from pipelines.figures import FIGURES
+
+    assert all(f"{name}.png" in html for name in FIGURES), [n for n in FIGURES if f"{n}.png" not in html]
     # a second invocation has nothing to do: outputs are complete and up to date
     r = snakemake(workdir, *args, "-n")
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
