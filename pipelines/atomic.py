@@ -45,3 +45,21 @@ def _jsonable(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def main(argv=None) -> int:
+    """``python -m pipelines.atomic OUT JSON``: write JSON text (checked, pretty-printed) to OUT atomically.
+    Imports nothing heavy, so the workflow's many small config jobs start in milliseconds."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m pipelines.atomic OUT JSON", file=sys.stderr)
+        return 2
+    write_json(args[0], json.loads(args[1]))
+    print(f"wrote {args[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

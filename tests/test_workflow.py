@@ -81,6 +81,14 @@ def test_smoke_workflow_end_to_end(workdir):
     from pipelines.figures import FIGURES
 
     assert all(f"{name}.png" in html for name in FIGURES), [n for n in FIGURES if f"{n}.png" not in html]
+    # `snakemake --cores 1 report` rebuilds tables, figures and REPORT.md from the runs on disk, training nothing
+    (workdir / "reports" / "REPORT.md").unlink()
+    (workdir / "reports" / "figures" / "memory.png").unlink()
+    r = run_cli("-m", "snakemake", "--cores", "1", *args, "report", cwd=workdir, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "rule train" not in r.stdout + r.stderr
+    assert "fp32-lr300" in (workdir / "reports" / "REPORT.md").read_text()
+    assert (workdir / "reports" / "figures" / "memory.png").stat().st_size > 1000
     # a second invocation has nothing to do: outputs are complete and up to date
     r = snakemake(workdir, *args, "-n")
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
