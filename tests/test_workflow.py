@@ -84,7 +84,7 @@ def test_smoke_workflow_end_to_end(workdir):
     # `snakemake --cores 1 report` rebuilds tables, figures and REPORT.md from the runs on disk, training nothing
     (workdir / "reports" / "REPORT.md").unlink()
     (workdir / "reports" / "figures" / "memory.png").unlink()
-    r = run_cli("-m", "snakemake", "--cores", "1", *args, "report", cwd=workdir, timeout=300)
+    r = run_cli("-m", "snakemake", "report", "--cores", "1", *args, cwd=workdir, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "rule train" not in r.stdout + r.stderr
     assert "fp32-lr300" in (workdir / "reports" / "REPORT.md").read_text()
