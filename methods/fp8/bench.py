@@ -280,8 +280,9 @@ def main(argv=None) -> int:
     if "gpu" in res and "skipped" in res["gpu"]:
         print(f"GPU section skipped: {res['gpu']['skipped']}", file=sys.stderr)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+        from pipelines.atomic import write_json  # a reader never sees half a file
+
+        write_json(args.out, res)
     return 0
 
 

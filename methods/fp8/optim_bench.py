@@ -17,7 +17,6 @@ within one process is the number to read. Not a test: nothing here passes or fai
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -165,8 +164,9 @@ def main(argv=None) -> int:
             if k.startswith("own_over"):
                 print(f"  {k} = {v:.3f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+        from pipelines.atomic import write_json  # a reader never sees half a file
+
+        write_json(args.out, res)
     return 0
 
 

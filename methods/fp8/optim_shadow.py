@@ -124,8 +124,9 @@ def main(argv=None) -> int:
             / sum(p.numel() for p in ps)}
     print(json.dumps(out, indent=2))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+        from pipelines.atomic import write_json  # a reader never sees half a file
+
+        write_json(args.out, out)
     return 0
 
 
