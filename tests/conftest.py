@@ -22,6 +22,23 @@ def small_text(n_chars: int = 150_000) -> str:
     return text[:n_chars]
 
 
+def write_small_config(root: Path, **train) -> Path:
+    """The real experiment config, pointed at ``small_text`` (vocab 512) with its results under ``root``
+    (never the checkout's results/) and ``train`` overrides; returns the path of the YAML written."""
+    import yaml
+
+    from pipelines.config import CONFIG_PATH
+
+    (root / "text.txt").write_text(small_text(), encoding="utf-8")
+    cfg = yaml.safe_load(CONFIG_PATH.read_text())
+    cfg["results_dir"] = str(root / "results")
+    cfg["data"].update(corpus="files", files=[str(root / "text.txt")], vocab_size=512)
+    cfg["train"].update(train)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """A prepared corpus (vocab 512) from ``small_text``."""

@@ -11,22 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from pipelines.config import CONFIG_PATH
-from tests.conftest import ROOT, run_cli, small_text
+from tests.conftest import ROOT, run_cli, write_small_config
 
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory) -> Path:
-    """The real config, with a small corpus (vocab 512)."""
-    root = tmp_path_factory.mktemp("faults")
-    (root / "text.txt").write_text(small_text(), encoding="utf-8")
-    cfg = yaml.safe_load(CONFIG_PATH.read_text())
-    cfg["data"].update(corpus="files", files=[str(root / "text.txt")], vocab_size=512)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The real config, with a small corpus (vocab 512) and results in a temp folder."""
+    return write_small_config(tmp_path_factory.mktemp("faults"))
 
 
 def test_model_that_cannot_fit_is_refused_with_the_estimate(small_config, tmp_path):

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from pipelines.config import CONFIG_PATH
 from pipelines.metrics import read_events
-from tests.conftest import ROOT, small_text
+from tests.conftest import ROOT, write_small_config
 
 STEPS = 12
 KILL_AFTER_CHECKPOINT_AT = 6  # checkpoints every 3 steps: kill once the one after step 6 exists
@@ -20,16 +18,8 @@ KILL_AFTER_CHECKPOINT_AT = 6  # checkpoints every 3 steps: kill once the one aft
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    (root / "text.txt").write_text(small_text(), encoding="utf-8")
-    cfg = yaml.safe_load(CONFIG_PATH.read_text())
-    cfg["results_dir"] = str(root / "results")
-    cfg["data"].update(corpus="files", files=[str(root / "text.txt")], vocab_size=512)
-    cfg["train"].update(steps=STEPS, eval_every=4, eval_batches=2, warmup_steps=2, timing_warmup_steps=1,
-                        checkpoint_every=3, telemetry_every=5)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_small_config(tmp_path_factory.mktemp("resume"), steps=STEPS, eval_every=4, eval_batches=2,
+                              warmup_steps=2, timing_warmup_steps=1, checkpoint_every=3, telemetry_every=5)
 
 
 def command(configfile, method, out, *extra):

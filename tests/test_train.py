@@ -5,23 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import CONFIG_PATH
 from pipelines.metrics import read_events
-from tests.conftest import run_cli, small_text
+from tests.conftest import run_cli, write_small_config
 
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
     """The real config with a small corpus, a small vocabulary and results in a temp folder."""
-    root = tmp_path_factory.mktemp("train")
-    (root / "text.txt").write_text(small_text(), encoding="utf-8")
-    cfg = yaml.safe_load(CONFIG_PATH.read_text())
-    cfg["results_dir"] = str(root / "results")
-    cfg["data"].update(corpus="files", files=[str(root / "text.txt")], vocab_size=512)
-    cfg["train"].update(steps=6, eval_every=3, eval_batches=2, warmup_steps=2, timing_warmup_steps=1)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_small_config(tmp_path_factory.mktemp("train"), steps=6, eval_every=3, eval_batches=2,
+                              warmup_steps=2, timing_warmup_steps=1)
 
 
 def train(configfile, out, method="fp32", seed=0, *extra):
