@@ -22,6 +22,7 @@ import torch
 from pipelines.atomic import atomic_path, write_json
 
 FORMAT_VERSION = 2
+EVAL_CHUNK_TOKENS = 8192  # tokens per validation forward
 EOT = "<|endoftext|>"
 
 
@@ -238,13 +239,20 @@ class Batches:
     def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _windows(self.corpus.train, self.starts(step), self.seq_len)
 
-    def val_batches(self, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed validation windows spread evenly over the val split: the same for every run."""
+    def val_batches(self, eval_tokens: int, chunk_tokens: int = EVAL_CHUNK_TOKENS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation set: ceil(eval_tokens / seq_len) windows spread evenly over the val split, the
+        same for every run of a seq_len whatever its batch size or seed, in batches of about
+        ``chunk_tokens`` tokens (a forward over many rows is cheaper per token than over few). Windows do
+        not overlap, so the set holds ``eval_tokens`` distinct tokens (rounded up to whole windows)."""
+        n_windows = -(-eval_tokens // self.seq_len)
         n = self.corpus.val.size - self.seq_len - 1
-        if n <= 0:
-            raise CorpusError(f"validation split has {self.corpus.val.size} tokens, fewer than seq_len+1")
-        starts = np.linspace(0, n, n_batches * self.batch_size, dtype=np.int64)
-        return [_windows(self.corpus.val, s, self.seq_len) for s in np.split(starts, n_batches)]
+        if n <= 0 or n_windows * (self.seq_len + 1) > self.corpus.val.size:
+            raise CorpusError(f"validation split of {self.corpus.dir} has {self.corpus.val.size} tokens, fewer than "
+                              f"train.eval_tokens={eval_tokens} in windows of seq_len+1={self.seq_len + 1}; "
+                              f"lower train.eval_tokens or use a larger corpus")
+        starts = np.linspace(0, n, n_windows, dtype=np.int64)
+        rows = max(1, chunk_tokens // self.seq_len)
+        return [_windows(self.corpus.val, starts[i:i + rows], self.seq_len) for i in range(0, n_windows, rows)]
 
 
 def batch_hash(x: torch.Tensor) -> str:

@@ -110,15 +110,15 @@ class Run:
                          rank=self.rank, world_size=self.world, extra={"batch_size": train["batch_size"]})
         self.trainee = self.method.build(model, HParams.from_train(train), ctx)
         self.batches = Batches(self.corpus, train["batch_size"], train["seq_len"], train["data_seed"])
-        self.val = [(x.to(self.device), y.to(self.device)) for x, y in self.batches.val_batches(train["eval_batches"])]
+        self.val = [(x.to(self.device), y.to(self.device)) for x, y in self.batches.val_batches(train["eval_tokens"])]
         self.summary["n_params"] = self.trainee.n_params()
         if not resumed:
             writer.event("model", model_config=mcfg.to_dict(), n_params=self.summary["n_params"])
         return None
 
     def evaluate(self, writer: RunWriter, step: int) -> float:
-        losses = [self.trainee.eval_loss(x, y) for x, y in self.val]
-        val = sum(losses) / len(losses)
+        # mean over tokens: the last batch of the set may hold fewer rows than the others
+        val = sum(self.trainee.eval_loss(x, y) * x.shape[0] for x, y in self.val) / sum(x.shape[0] for x, _ in self.val)
         self.evals.append({"step": step, "val_loss": val})
         writer.event("eval", step=step, val_loss=val)
         return val

@@ -33,7 +33,7 @@ def write_small_config(root: Path, **train) -> Path:
     cfg = yaml.safe_load(CONFIG_PATH.read_text())
     cfg["results_dir"] = str(root / "results")
     cfg["data"].update(corpus="files", files=[str(root / "text.txt")], vocab_size=512)
-    cfg["train"].update(train)
+    cfg["train"].update({"eval_tokens": 1024, **train})  # the small corpus holds a few thousand val tokens
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

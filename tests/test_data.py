@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from pipelines import data as D
@@ -27,12 +28,20 @@ def test_batches_depend_on_seed_and_step_only(corpus):
     assert (y5[:, :-1] == x5[:, 1:]).all()  # targets are the next tokens
 
 
-def test_val_batches_are_fixed_and_seed_independent(corpus):
-    a = D.Batches(corpus, 4, 32, seed=0).val_batches(3)
-    b = D.Batches(corpus, 4, 32, seed=1).val_batches(3)
-    assert len(a) == 3
-    for (xa, _), (xb, _) in zip(a, b):
-        assert (xa == xb).all()
+def test_val_set_is_fixed_seed_and_batch_independent(corpus):
+    a = D.Batches(corpus, 4, 32, seed=0).val_batches(1000, chunk_tokens=256)
+    b = D.Batches(corpus, 16, 32, seed=1).val_batches(1000, chunk_tokens=256)
+    xa, xb = torch.cat([x for x, _ in a]), torch.cat([x for x, _ in b])
+    assert xa.shape == (32, 32) and [x.shape[0] for x, _ in a] == [8, 8, 8, 8]  # ceil(1000 / 32) windows
+    assert (xa == xb).all()
+    starts = [int(s) for s in np.linspace(0, corpus.val.size - 33, 32, dtype=np.int64)]
+    assert all(b - a >= 33 for a, b in zip(starts, starts[1:]))  # windows do not overlap
+    assert (xa[5] == torch.from_numpy(corpus.val[starts[5]:starts[5] + 32].astype(np.int64))).all()
+
+
+def test_val_set_larger_than_the_split_is_refused(corpus):
+    with pytest.raises(D.CorpusError, match="eval_tokens"):
+        D.Batches(corpus, 4, 32, seed=0).val_batches(corpus.val.size + 1)
 
 
 def test_split_blocks_do_not_overlap():

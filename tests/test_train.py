@@ -12,7 +12,7 @@ from tests.conftest import run_cli, write_small_config
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
     """The real config with a small corpus, a small vocabulary and results in a temp folder."""
-    return write_small_config(tmp_path_factory.mktemp("train"), steps=6, eval_every=3, eval_batches=2,
+    return write_small_config(tmp_path_factory.mktemp("train"), steps=6, eval_every=3, eval_tokens=256,
                               warmup_steps=2, timing_warmup_steps=1)
 
 

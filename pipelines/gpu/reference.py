@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                "--set", f"compile={'true' if args.compile else 'false'}", "--set", f"eval_every={steps}",
                "--set", "checkpoint_every=0", "--set", f"timing_warmup_steps={max(1, steps // 4)}"]
         if dry:
-            cmd += ["--set", "batch_size=2", "--set", "seq_len=64", "--set", "eval_batches=1", "--set", "threads=1"]
+            cmd += ["--set", "batch_size=2", "--set", "seq_len=64", "--set", "eval_tokens=128", "--set", "threads=1"]
         if args.configfile:
             cmd += ["--configfile", args.configfile]
         if share < (10 if dry else 45):

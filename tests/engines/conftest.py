@@ -8,7 +8,7 @@ from tests.conftest import write_small_config
 
 @pytest.fixture(scope="module")
 def engine_configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("engines"), steps=4, eval_every=2, eval_batches=2,
+    return write_small_config(tmp_path_factory.mktemp("engines"), steps=4, eval_every=2, eval_tokens=256,
                               warmup_steps=2, timing_warmup_steps=1)
 
 

@@ -45,7 +45,7 @@ def test_short_training_run_learns_and_reports_telemetry(name, corpus):
     losses, b = train(trainee, corpus, steps=10)
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < losses[0] - 0.3  # it learns
-    val = trainee.eval_loss(*b.val_batches(1)[0])
+    val = trainee.eval_loss(*b.val_batches(256)[0])
     assert math.isfinite(val)
     rows = trainee.telemetry()
     assert {r["layer"] for r in rows} == set(converted)
