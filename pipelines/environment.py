@@ -43,8 +43,41 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
+# CPU features that change which kernels (and so which rounding and summation order) a run uses.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
+             "amx_bf16", "amx_int8", "amx_fp16", "sve", "asimd", "bf16")
+
+
+def cpu_info() -> dict:
+    """CPU model name and the kernel-relevant ISA flags present (from /proc/cpuinfo; empty elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_isa_flags": [f for f in ISA_FLAGS if f in flags]}
+
+
+def bf16_matmuls(device: torch.device) -> str:
+    """How this run's bf16 matrix products are computed on the CPU (methods/bf16_emulation.py)."""
+    if device.type != "cpu":
+        return "device"
+    from methods.bf16_emulation import emulate_bf16_on
+
+    return "emulated (fp32 products of bf16-rounded operands)" if emulate_bf16_on(device) else "native"
+
+
 def environment(device: torch.device) -> dict:
     return {
+        **cpu_info(),
+        "cpu_bf16_matmuls": bf16_matmuls(device),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": package_versions(),
