@@ -1,5 +1,6 @@
-"""Run summaries → ``results/summary.csv``: one tidy row per run, with the loss gap and speedup
-against ``bf16-amp`` at the same profile, model and seed.
+"""Run summaries → ``results/summary.csv``: one tidy row per run, with the paired loss gap and speedup
+against ``bf16-amp`` at the same profile, model, seed and lr; and ``results/eval_gaps.csv``: the paired gap
+at every evaluation step, from the runs' ``metrics.jsonl``.
 
     python -m pipelines.collect --out results/summary.csv results/runs/cpu/*/*/seed*/summary.json
     python -m pipelines.collect --out results/summary.csv --profile cpu      # finds them itself
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.atomic import atomic_path
+from pipelines.metrics import read_events
 
 REFERENCE = "bf16-amp"
 COLUMNS = [
@@ -21,6 +23,7 @@ COLUMNS = [
     "diverged_step", "initial_val_loss", "final_train_loss", "final_val_loss", "loss_gap_pct", "tokens_per_s",
     "speedup", "step_time_s", "state_bytes_per_param", "weights_bytes", "master_bytes", "grads_bytes",
     "optim_bytes", "meta_bytes", "state_bytes", "peak_mem_bytes", "peak_mem_kind", "wall_time_s", "run_dir",
+    "weight_codes_unchanged_frac_mean",
 ]
 
 
@@ -36,6 +39,38 @@ def load_summaries(paths: list[str | Path]) -> pd.DataFrame:
         if c not in df:
             df[c] = pd.NA
     return df
+
+
+def run_events(run_dir: str | Path) -> tuple[list[dict], float]:
+    """A run's evaluations (step, val_loss) and the mean share of FP8 weight codes a step left unchanged
+    (``unchanged_frac`` telemetry of fp8-naive, over layers and logged steps after the first; NaN without)."""
+    path = Path(str(run_dir)) / "metrics.jsonl"
+    evals, unchanged = [], []
+    if path.is_file():
+        for ev in read_events(path):
+            if ev["event"] == "eval" and ev.get("val_loss") is not None:
+                evals.append({"step": ev["step"], "val_loss": ev["val_loss"]})
+            elif ev["event"] == "telemetry" and ev["step"] > 0:
+                unchanged += [r["unchanged_frac"] for r in ev.get("layers", []) if r.get("unchanged_frac") is not None]
+    return evals, (sum(unchanged) / len(unchanged) if unchanged else float("nan"))
+
+
+def eval_gaps(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """One row per (run, eval step): its val loss, the reference's at the same seed, lr and step, and the
+    paired gap in %. Runs that stopped early (diverged, failed) keep the evaluations they reached."""
+    rows = []
+    for r in df.itertuples():
+        for ev in run_events(r.run_dir)[0]:
+            rows.append({"profile": r.profile, "model": r.model, "method": r.method, "lr": r.lr, "seed": r.seed,
+                         "status": r.status, **ev})
+    cols = ["profile", "model", "method", "lr", "seed", "status", "step", "val_loss"]
+    ev = pd.DataFrame(rows, columns=cols)
+    keys = ["profile", "model", "lr", "seed", "step"]
+    ref = ev[(ev["method"] == reference) & (ev["status"] == "ok")][keys + ["val_loss"]]
+    ref = ref.drop_duplicates(keys).rename(columns={"val_loss": "ref_val_loss"})
+    out = ev.merge(ref, on=keys, how="left")
+    out["gap_pct"] = 100.0 * (out["val_loss"] - out["ref_val_loss"]) / out["ref_val_loss"]
+    return out.sort_values(["profile", "model", "method", "lr", "seed", "step"], kind="stable").reset_index(drop=True)
 
 
 def add_reference_columns(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
@@ -56,6 +91,7 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
     if not paths:
         raise SystemExit("no summary.json files to collect")
     df = add_reference_columns(load_summaries(paths))
+    df["weight_codes_unchanged_frac_mean"] = [run_events(d)[1] for d in df["run_dir"]]
     extra = [c for c in df.columns if c not in COLUMNS]
     df = df[COLUMNS + sorted(extra)]
     return df.sort_values(["profile", "model", "method", "seed"], kind="stable").reset_index(drop=True)
@@ -64,6 +100,15 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
+
+
+def write_all(df: pd.DataFrame, summary_csv: str | Path) -> Path:
+    """summary.csv and, beside it, eval_gaps.csv; returns the latter's path."""
+    summary_csv = Path(summary_csv)
+    gaps = summary_csv.parent / "eval_gaps.csv"
+    write_csv(eval_gaps(df), gaps)
+    write_csv(df, summary_csv)
+    return gaps
 
 
 def main(argv=None) -> int:
@@ -77,7 +122,7 @@ def main(argv=None) -> int:
     if args.profile:
         paths += sorted(glob.glob(f"{args.results_dir}/runs/{args.profile}/*/*/*/summary.json"))
     df = collect(paths)
-    write_csv(df, args.out)
+    write_all(df, args.out)
     print(f"{args.out}: {len(df)} runs ({', '.join(f'{k} {v}' for k, v in df['status'].value_counts().items())})")
     return 0
 

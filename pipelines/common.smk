@@ -61,6 +61,8 @@ DATA_JSON = json.dumps(PSET["data"], sort_keys=True)
 DATA_DIR = str(fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], 0)["data"]["dir"])
 RUN_DIR = f"{RESULTS}/runs/{{profile}}/{{model}}/{{method}}/{{run}}"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
+EVAL_GAPS_CSV = f"{RESULTS}/eval_gaps.csv"
+ANALYSIS_JSON = json.dumps(config.get("analysis", {}), sort_keys=True)
 REPORT_MD = "reports/REPORT.md"
 FIGURE_PNGS = [f"reports/figures/{name}.png" for name in FIGURES]
 

@@ -73,12 +73,17 @@ def profile_settings(cfg: dict, profile: str) -> dict:
     registered = method_names()
     methods = registered if p["methods"] == "all" else list(p["methods"])
     exclude = set(p.get("exclude_methods", []))
-    for m in [*methods, *exclude, *p.get("seeds_for", {})]:
+    for m in [*methods, *exclude]:
         check_choice("method", m, registered)
+    for m in p.get("seeds_for", {}):
+        check_choice("method", m, [*registered, *p.get("variants", {})])
     for m in p["models"]:
         check_choice("model", m, SIZES)
     for m in cfg.get("method_options", {}):
         check_choice("method", m, registered)
+    an = cfg.get("analysis", {})
+    for m in [an.get("reference", "bf16-amp"), *an.get("null_methods", [])]:
+        check_choice("analysis method", m, registered)
     variants = dict(p.get("variants", {}))
     for name, v in variants.items():
         check_choice("method", v["method"], registered)

@@ -26,6 +26,7 @@ import seaborn as sns  # noqa: E402
 
 from pipelines.atomic import atomic_path  # noqa: E402
 from pipelines.metrics import read_events  # noqa: E402
+from pipelines.stats import base_verdict, t_interval  # noqa: E402
 
 REFERENCE = "bf16-amp"
 COMPONENTS = ["weights", "master", "grads", "optim", "meta"]
@@ -39,13 +40,23 @@ class FigureData:
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)      # method, seed, lr, step, loss, kind
     telemetry: pd.DataFrame = field(default_factory=pd.DataFrame)   # method, seed, step, layer, tensor, amax, ...
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)   # committed GPU summaries, with 'device_dir'
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/comparison.csv (verdicts, CIs)
+    eval_gaps: pd.DataFrame = field(default_factory=pd.DataFrame)   # results/eval_gaps.csv (paired gap per step)
+    noise_floor: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/noise_floor.csv
 
     @classmethod
     def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
+        """The summary and, beside it, the tables the workflow derives from it (where they exist)."""
         summary = pd.read_csv(summary_csv)
         curves, telemetry = load_events(summary)
         refs = [pd.read_csv(p).assign(device_dir=Path(p).parent.name) for p in sorted(glob.glob(reference_glob))]
-        return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame())
+        here = Path(summary_csv).parent
+
+        def table(name):
+            return pd.read_csv(here / name) if (here / name).is_file() else pd.DataFrame()
+
+        return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
+                   table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"))
 
 
 def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,47 +94,124 @@ def _main_profile(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------- figures
 
+def _main_lr(d: FigureData, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``df`` at the (profile, model, lr) with the most runs in the summary: the comparison the
+    verdicts are about (a sweep's other lrs have their own figure)."""
+    s = d.summary.dropna(subset=["lr"])
+    if df.empty or s.empty:
+        return df
+    profile, model, lr = s.groupby(["profile", "model", "lr"]).size().idxmax()
+    keep = (df["profile"] == profile) & (df["model"] == model)
+    if "lr" in df:
+        keep &= np.isclose(pd.to_numeric(df["lr"], errors="coerce"), lr)
+    return df[keep]
+
+
+VERDICT_COLORS = {"equivalent": "C2", "worse": "C3", "better": "C0", "inconclusive": "C7", "diverged": "black"}
+
+
+def _floor_and_margin(d: FigureData, comp: pd.DataFrame) -> tuple[float, float]:
+    floor = pd.to_numeric(comp.get("noise_floor_pct"), errors="coerce").max() if "noise_floor_pct" in comp else np.nan
+    margin = pd.to_numeric(comp.get("margin_pct"), errors="coerce").max() if "margin_pct" in comp else np.nan
+    return float(floor), float(margin)
+
+
+def fig_forest(d: FigureData):
+    comp = _main_lr(d, d.comparison)
+    if comp.empty:
+        return "no comparison table (results/comparison.csv)"
+    rows = comp[(comp["method"] != REFERENCE) & (comp["n_seeds"].fillna(0) > 0) | (comp["verdict"] == "diverged")]
+    if rows.empty:
+        return f"no method shares a seed with {REFERENCE}"
+    rows = rows.assign(_div=rows["verdict"] == "diverged").sort_values(["_div", "gap_mean_pct"], na_position="last")
+    rows = rows.reset_index(drop=True)
+    floor, margin = _floor_and_margin(d, comp)
+    gaps = _main_lr(d, d.summary)
+    finite = pd.concat([rows["gap_ci_hi_pct"], rows["gap_mean_pct"], gaps["loss_gap_pct"]]).dropna()
+    x_div = max([margin * 1.2 if np.isfinite(margin) else 0.5, *finite.abs()]) * 1.1  # where diverged rows sit
+    fig, ax = plt.subplots(figsize=(9, 0.34 * len(rows) + 2.0), layout="constrained")
+    if np.isfinite(floor):
+        ax.axvspan(-floor, floor, color="grey", alpha=0.3, label=f"noise floor ±{floor:.2f}% (fp32 vs {REFERENCE})")
+    if np.isfinite(margin):
+        for x in (-margin, margin):
+            ax.axvline(x, color="black", ls="--", lw=0.9, label=f"margin ±{margin:g}%" if x > 0 else None)
+    ax.axvline(0, color="black", lw=0.6)
+    for i, r in rows.iterrows():
+        vb = base_verdict(r["verdict"])
+        color = VERDICT_COLORS.get(vb, "C7")
+        seeds = gaps[(gaps["method"] == r["method"]) & (gaps["status"] == "ok")]["loss_gap_pct"].dropna()
+        ax.scatter(seeds, [i] * len(seeds), s=10, color=color, alpha=0.5, zorder=3)
+        if vb == "diverged":
+            ax.scatter([x_div], [i], marker="X", s=70, color="black", zorder=4)
+        elif r["n_seeds"] >= 2 and np.isfinite(r["gap_ci_lo_pct"]):
+            ax.errorbar(r["gap_mean_pct"], i, xerr=[[r["gap_mean_pct"] - r["gap_ci_lo_pct"]],
+                                                    [r["gap_ci_hi_pct"] - r["gap_mean_pct"]]],
+                        fmt="o", color=color, ms=5, capsize=3, zorder=4)
+        else:
+            ax.scatter([r["gap_mean_pct"]], [i], marker="D", s=25, color=color, zorder=4)
+    ax.set_yticks(range(len(rows)), [f"{r.method}  [{r.verdict}]" for r in rows.itertuples()], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"final val loss gap vs {REFERENCE} at the same seed (%): mean, 95% CI; dots: seeds",
+           title="Paired loss gap per method (X at the right: diverged; diamond: one seed, no interval)")
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2)
+    return fig
+
+
 def fig_loss_curves(d: FigureData):
-    val = _main_profile(d.curves[d.curves["kind"] == "val"].dropna(subset=["loss"]))
-    val = val[val["lr"] == val["lr"].mode().iloc[0]] if not val.empty else val
+    val = _main_lr(d, d.curves[d.curves["kind"] == "val"].dropna(subset=["loss"]))
     if val.empty:
         return "no evaluation events in these results"
+    n = val.groupby("method")["seed"].nunique()
+    multi = val[val["method"].isin(n[n >= max(2, n.max())].index)]  # the methods run on every seed
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    ref = val[val["method"] == REFERENCE].groupby("step")["loss"]
-    if ref.ngroups:
-        lo, hi = ref.min(), ref.max()
-        n = val[val["method"] == REFERENCE]["seed"].nunique()
-        ax.fill_between(lo.index, lo.values, hi.values, color="grey", alpha=0.35, label=f"{REFERENCE} seed range (n={n})")
-    sns.lineplot(data=val, x="step", y="loss", hue="method", errorbar=None, ax=ax, marker="o", markersize=3, lw=1)
-    ax.set(xlabel="optimizer step", ylabel="validation loss (nats/token)", title="Validation loss")
+    sns.lineplot(data=multi, x="step", y="loss", hue="method", errorbar=None, ax=ax, marker="o", markersize=3, lw=1)
+    ax.set(xlabel="optimizer step", ylabel="validation loss (nats/token)", yscale="log",
+           title=f"Validation loss, mean over {int(n.max())} seeds (methods run on every seed)")
     ax.legend(fontsize=7, ncol=2)
     return fig
 
 
 def fig_loss_gap(d: FigureData):
-    val = _main_profile(d.curves[d.curves["kind"] == "val"].dropna(subset=["loss"]))
-    if val.empty or REFERENCE not in set(val["method"]):
-        return f"no {REFERENCE} evaluation to compare against"
-    keys = ["profile", "model", "lr", "seed", "step"]
-    ref = val[val["method"] == REFERENCE][keys + ["loss"]].rename(columns={"loss": "ref"})
-    gap = val[val["method"] != REFERENCE].merge(ref, on=keys)
-    gap["gap_pct"] = 100 * (gap["loss"] - gap["ref"]) / gap["ref"]
-    gap = gap[gap["step"] > 0]
-    if gap.empty:
-        return "no method shares a seed and lr with the reference"
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    rv = val[val["method"] == REFERENCE].groupby("step")["loss"]
-    band = 100 * (rv.max() - rv.mean()) / rv.mean()
-    if rv.ngroups and val[val["method"] == REFERENCE]["seed"].nunique() > 1:
-        ax.fill_between(band.index, -band.values, band.values, color="grey", alpha=0.35,
-                        label=f"{REFERENCE} seed half-range")
-    sns.lineplot(data=gap, x="step", y="gap_pct", hue="method", errorbar=None, ax=ax, lw=1, marker="o", markersize=3)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="optimizer step", ylabel=f"val loss gap vs {REFERENCE} at the same seed (%)",
-           title="Relative loss gap (paired by seed)")
-    lim = np.nanpercentile(np.abs(gap["gap_pct"]), 95) * 1.5 + 0.5
-    ax.set_ylim(-lim, lim)
-    ax.legend(fontsize=7, ncol=2)
+    g = _main_lr(d, d.eval_gaps.dropna(subset=["gap_pct"])) if not d.eval_gaps.empty else d.eval_gaps
+    if g.empty:
+        return f"no evaluation shares a seed and step with {REFERENCE}"
+    g = g[(g["step"] > 0) & (g["method"] != REFERENCE)]
+    n = g.groupby("method")["seed"].nunique()
+    methods = [m for m in n.sort_values(ascending=False).index if n[m] >= max(2, n.max())]
+    if not methods:
+        return "no method has more than one paired seed"
+    comp = _main_lr(d, d.comparison)
+    floor, margin = _floor_and_margin(d, comp)
+    null_methods = set(d.noise_floor["null_method"]) if "null_method" in d.noise_floor else {"fp32"}
+    nulls = g[g["method"].isin(null_methods)].groupby("step")["gap_pct"].apply(lambda x: x.abs().max())
+    cols = 3
+    rowsn = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rowsn, cols, figsize=(12, 2.6 * rowsn + 0.6), sharex=True, sharey=True, squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        gm = g[g["method"] == m]
+        for _, one in gm.groupby("seed"):
+            ax.plot(one["step"], one["gap_pct"], color="C0", lw=0.6, alpha=0.4)
+        stats = [(step, t_interval(x["gap_pct"])) for step, x in gm.groupby("step")]
+        steps = [s for s, _ in stats]
+        ax.plot(steps, [c.mean for _, c in stats], color="C0", lw=1.6, marker="o", ms=3)
+        ax.fill_between(steps, [c.lo for _, c in stats], [c.hi for _, c in stats], color="C0", alpha=0.2)
+        if not nulls.empty:
+            ax.fill_between(nulls.index, -nulls.values, nulls.values, color="grey", alpha=0.3)
+        if np.isfinite(margin):
+            ax.axhline(margin, color="black", ls="--", lw=0.8)
+            ax.axhline(-margin, color="black", ls="--", lw=0.8)
+        ax.axhline(0, color="black", lw=0.5)
+        v = comp[comp["method"] == m]["verdict"]
+        ax.set_title(f"{m} [{v.iloc[0] if len(v) else '?'}]", fontsize=9)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    lim = np.nanpercentile(np.abs(g[g["method"].isin(methods)]["gap_pct"]), 98) * 1.3 + 0.2
+    axes[0, 0].set_ylim(-lim, lim)
+    fig.supxlabel("optimizer step")
+    fig.supylabel(f"val loss gap vs {REFERENCE}, same seed (%)")
+    fig.suptitle(f"Paired gap per eval step: mean and 95% CI over seeds (thin: seeds); grey: noise floor "
+                 f"(|fp32 gap|, max over seeds); dashed: margin ±{margin:g}%", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
@@ -226,13 +314,17 @@ def fig_lr_sweep(d: FigureData):
         return "no sweep-profile results (snakemake --cores all --config profile=sweep)"
     s = s.assign(gap=pd.to_numeric(s["loss_gap_pct"], errors="coerce"))
     fig, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=s[s["method"] != REFERENCE], x="lr", y="gap", hue="method", marker="o", errorbar="sd", ax=ax)
+    for i, (m, gm) in enumerate(s[(s["method"] != REFERENCE) & (s["status"] == "ok")].groupby("method")):
+        pts = [(lr, t_interval(x["gap"].dropna())) for lr, x in gm.groupby("lr")]
+        lrs = [lr for lr, _ in pts]
+        ax.errorbar(lrs, [c.mean for _, c in pts], yerr=[[c.mean - c.lo for _, c in pts], [c.hi - c.mean for _, c in pts]],
+                    marker="o", capsize=3, label=m, color=f"C{i % 10}")
     div = s[s["status"] == "diverged"]
     if not div.empty:
         ax.scatter(div["lr"], np.zeros(len(div)), marker="X", color="red", s=60, label="diverged", zorder=5)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"final val loss gap vs {REFERENCE} (%)",
-           title="Learning-rate robustness (mean ± sd over seeds)")
+           title="Learning-rate robustness (paired gap: mean and 95% CI over seeds)")
     ax.legend(fontsize=7)
     return fig
 
@@ -282,7 +374,7 @@ def _caption(name: str) -> str:
 
 
 FIGURES = {name: (fn, _caption(name)) for name, fn in (
-    ("loss_curves", fig_loss_curves), ("loss_gap", fig_loss_gap), ("memory", fig_memory),
+    ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("loss_gap", fig_loss_gap), ("memory", fig_memory),
     ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry))}
 

@@ -87,6 +87,7 @@ def environment(summary: pd.DataFrame) -> dict:
 def environment_section(summary: pd.DataFrame) -> str:
     env = environment(summary)
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
+    isa = ", ".join(env.get("cpu_isa_flags", [])) or "none of the listed ones"
     return "\n".join([
         "## Environment",
         "",
@@ -94,6 +95,11 @@ def environment_section(summary: pd.DataFrame) -> str:
         f"- Profile(s): {', '.join(sorted(summary['profile'].astype(str).unique()))}",
         f"- Device: {env.get('device_name', '?')} ({env.get('cpu_count', '?')} CPUs visible, "
         f"{env.get('torch_threads', '?')} torch thread(s) per process)",
+        f"- CPU: {env.get('cpu_model', '?')}; kernel-relevant ISA flags: {isa}; bf16 matrix products: "
+        f"{env.get('cpu_bf16_matmuls', '?')}",
+        "- The same seed on another CPU (other ISA, other kernels, other summation order) gives another "
+        "trajectory and other raw losses. What should reproduce across machines are the verdicts below, which "
+        "rest on paired gaps, their intervals and the noise floor measured on this machine.",
         f"- Git revision: {env.get('git_revision', '?')}",
         f"- Python {env.get('python', '?')}; {versions}",
         "- Throughput on a CPU measures emulated FP8 and says nothing about GPU speed; speedups are ratios "
@@ -102,24 +108,45 @@ def environment_section(summary: pd.DataFrame) -> str:
 
 
 def claims_section(claims: pd.DataFrame) -> str:
-    view = claims[["claim", "seed_value", "measured", "verdict", "rule", "basis"]]
+    view = claims[["claim", "seed_value", "measured", "n_seeds", "verdict", "rule", "basis"]]
     notes = [f"- {n}" for n in claims["note"].fillna("") if n]
-    return "\n".join(["## The seed's claims", "", md_table(view, "results/claims.csv"), "", *notes])
+    return "\n".join(["## The seed's claims", "",
+                      "Each verdict follows from per-seed measurements by the rule beside it; `n_seeds` is the fewest "
+                      "seeds of the methods a claim rests on.", "",
+                      md_table(view, "results/claims.csv"), "", *notes])
 
 
-def comparison_section(comp: pd.DataFrame) -> str:
+def noise_floor_section(floors: pd.DataFrame) -> str:
+    if floors.empty:
+        return "## Noise floor\n\nNo null comparison ran (fp32 and bf16-amp on the same seeds): no noise floor."
+    view = floors.drop(columns=[c for c in ("profile", "model", "lr") if floors[c].nunique(dropna=True) <= 1])
+    lines = ["## Noise floor", "",
+             f"The yardstick for every gap: how far apart two recipes that should train alike (fp32 and `{REFERENCE}`) "
+             f"end, paired by seed. `noise_floor_pct` is the largest |gap| over the seeds; a gap below it cannot be told "
+             f"from numerical chaos. Beside it, `{REFERENCE}` itself: its spread over seeds ((max - min) / mean of the "
+             f"final val losses; a property of the seeds, not a yardstick) and how far its val loss fell from step 0 "
+             f"(`ref_fall_pct`, the smallest fall over seeds).", "",
+             md_table(view, "results/noise_floor.csv")]
+    for r in floors.itertuples():
+        if r.noise_floor_pct >= r.margin_pct:
+            lines += ["", f"Warning: the noise floor ({fmt(r.noise_floor_pct, 2)}%) is not below the margin "
+                          f"({fmt(r.margin_pct, 2)}%): at this margin equivalence is not resolvable here."]
+    return "\n".join(lines)
+
+
+def comparison_section(comp: pd.DataFrame, forest_png: str = "figures/forest.png") -> str:
     from pipelines.compare import comparison_view
 
-    band = comp.dropna(subset=["ref_band_lo"]).drop_duplicates(["profile", "model", "lr"])
     lines = ["## Per-method comparison", "",
-             f"Aggregated over seeds (`results/comparison.csv`). `loss_gap_pct_mean`: mean over seeds of the final "
-             f"val-loss gap against `{REFERENCE}` at the same seed. `vs_seed_band`: where the method's mean val loss "
-             f"lies relative to the range of `{REFERENCE}` over its seeds."]
-    for r in band.itertuples():
-        lines.append(f"- {REFERENCE} seed band ({r.profile}, {r.model}, lr {r.lr:g}): "
-                     f"{fmt(r.ref_band_lo, 3)} – {fmt(r.ref_band_hi, 3)} over {fmt(int(r.ref_seeds), 0)} seeds "
-                     f"(width {fmt(r.seed_band_pct, 2)}% of the mean)")
-    lines += ["", md_table(comparison_view(comp), "results/comparison.csv")]
+             f"Paired by seed against `{REFERENCE}` (`results/comparison.csv`): `gap_mean_pct` is the mean over the "
+             f"method's `n_seeds` seeds of its final val-loss gap against `{REFERENCE}` at the same seed (same initial "
+             f"weights, same batches), `gap_ci_lo_pct` / `gap_ci_hi_pct` its confidence interval. The interval is "
+             f"Student t (mean ± t·s/√n): with a handful of seeds a bootstrap has too few distinct resamples and its "
+             f"interval never reaches past the observed values, while the t quantile widens the interval for exactly "
+             f"the uncertainty so few seeds leave.", "",
+             *[f"Verdict rule: {r}." for r in comp["verdict_rule"].dropna().unique()], "",
+             f"The headline figure, one row per method: ![forest]({forest_png})", "",
+             md_table(comparison_view(comp), "results/comparison.csv")]
     return "\n".join(lines)
 
 
@@ -132,8 +159,11 @@ def finding(r) -> str:
     if r.status == "diverged":
         return f"- {name}: diverged at step {fmt(r.diverged_step, 0)} ({r.reason})."
     parts = [f"final val loss {fmt(r.val_loss_mean, 3)}"]
-    if not pd.isna(r.loss_gap_pct_mean) and r.method != REFERENCE:
-        parts.append(f"{fmt(r.loss_gap_pct_mean, 2)}% vs {REFERENCE}, {r.vs_seed_band} its seed band")
+    if r.method != REFERENCE and r.n_seeds >= 2:
+        parts.append(f"paired gap {fmt(r.gap_mean_pct, 2)}% [{fmt(r.gap_ci_lo_pct, 2)}, {fmt(r.gap_ci_hi_pct, 2)}] "
+                     f"over {fmt(r.n_seeds, 0)} seeds vs {REFERENCE}: {r.verdict} at margin {fmt(r.margin_pct, 2)}%")
+    elif r.method != REFERENCE and r.n_seeds == 1:
+        parts.append(f"paired gap {fmt(r.gap_mean_pct, 2)}% on one seed vs {REFERENCE}: {r.verdict}")
     if not pd.isna(r.speedup_median) and r.method != REFERENCE:
         parts.append(f"{fmt(r.speedup_median, 2)}x {REFERENCE}'s tokens/s")
     if not pd.isna(r.state_bytes_per_param):
@@ -229,12 +259,17 @@ def lean_section(comp: pd.DataFrame) -> str:
     if r.empty:
         return ""
     r = r.iloc[0]
-    o = comp[(comp["method"] == "fp8-optim") & (comp["profile"] == r["profile"]) & (comp["status"] == "ok")]
+    o = comp[(comp["method"] == "fp8-optim") & (comp["profile"] == r["profile"]) & (comp["lr"] == r["lr"])]
     cost = ""
-    if r["status"] == "ok" and len(o):
-        cost = (f" Measured here: fp8-lean's final val loss {fmt(r['val_loss_mean'], 3)} against fp8-optim's "
-                f"{fmt(o.iloc[0]['val_loss_mean'], 3)}, at {fmt(r['state_bytes_per_param'], 2)} instead of "
-                f"{fmt(o.iloc[0]['state_bytes_per_param'], 2)} B/param.")
+    if len(o) and r["n_seeds"] >= 1 and o.iloc[0]["n_seeds"] >= 1:
+        o = o.iloc[0]
+
+        def gap(x):
+            ci = f" [{fmt(x['gap_ci_lo_pct'], 2)}, {fmt(x['gap_ci_hi_pct'], 2)}]" if x["n_seeds"] >= 2 else ""
+            return f"{fmt(x['gap_mean_pct'], 2)}%{ci} over {fmt(x['n_seeds'], 0)} seeds ({x['verdict']})"
+
+        cost = (f" Measured here, paired against {REFERENCE}: fp8-lean's gap {gap(r)} against fp8-optim's {gap(o)}, "
+                f"at {fmt(r['state_bytes_per_param'], 2)} instead of {fmt(o['state_bytes_per_param'], 2)} B/param.")
     return ("## What fp8-lean gives up\n\nfp8-lean steps each parameter inside backward (a post-accumulate-grad "
             "hook) and frees its gradient at once, so a full set of gradients never exists. It cannot clip by the "
             "global gradient norm (the norm is known only after the last gradient, when the other parameters have "
@@ -253,8 +288,9 @@ def optim_ablation_section(ab: pd.DataFrame) -> str:
         "plainly in E4M3 (as torchao's `AdamWFp8` does) or plainly in E5M2 (the profile's variants), next to "
         "torchao's FP8 and int8 optimizers. `v_flush_frac_max` is the largest fraction of a tensor's v stored as 0 under a nonzero m "
         "(such elements step by |m|/eps), `max_m_over_sqrt_v` the largest stored |m|/sqrt(v), i.e. the largest "
-        "step in units of lr, both over the logged steps. The seed band is `bf16-amp`'s spread over its seeds; "
-        "one seed of a variant inside or near it is not a difference. The update error of each format against "
+        "step in units of lr, both over the logged steps. Gaps are paired by seed against `bf16-amp`, with the "
+        "verdict of the comparison table; a variant run on one seed is inconclusive unless far outside the "
+        "noise floor. The update error of each format against "
         "exact Adam on the same gradients, free of trajectory noise, is in `methods/fp8/OPTIM_ABLATION.md`.", "",
         md_table(view, "results/optim_ablation.csv")])
 
@@ -264,6 +300,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
     results, out = Path(results), Path(out)
     summary = pd.read_csv(results / "summary.csv")
     comp = pd.read_csv(results / "comparison.csv")
+    floors = pd.read_csv(results / "noise_floor.csv")
     claims = pd.read_csv(results / "claims.csv")
     mm = pd.read_csv(results / "memory_model.csv")
     ab_path = results / "optim_ablation.csv"
@@ -276,7 +313,8 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         "",
         environment_section(summary), "",
         claims_section(claims), "",
-        comparison_section(comp), "",
+        noise_floor_section(floors), "",
+        comparison_section(comp, os.path.relpath(Path(fig_dir) / "forest.png", out.parent)), "",
         findings_section(comp), "",
         optim_ablation_section(ab), "",
         lean_section(comp), "",
@@ -295,7 +333,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
 
 def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> None:
     """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
-    from pipelines.collect import collect, write_csv
+    from pipelines.collect import collect, write_all
     from pipelines.compare import write_outputs
     from pipelines.figures import FigureData, build
 
@@ -303,7 +341,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise SystemExit(f"no finished runs under {pattern}; run the workflow first")
-    write_csv(collect(paths), results / "summary.csv")
+    write_all(collect(paths), results / "summary.csv")
     write_outputs(results / "summary.csv", results)
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)

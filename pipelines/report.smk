@@ -6,13 +6,14 @@ rule collect:
     input:
         run_summaries,
     output:
-        SUMMARY_CSV,
+        summary=SUMMARY_CSV,
+        eval_gaps=EVAL_GAPS_CSV,
     conda:
         "../environment.yml"
     log:
         f"{RESULTS}/logs/collect.log",
     shell:
-        "python -m pipelines.collect --out {output:q} {input:q} > {log:q} 2>&1"
+        "python -m pipelines.collect --out {output.summary:q} {input:q} > {log:q} 2>&1"
 
 
 rule compare:
@@ -21,20 +22,25 @@ rule compare:
     output:
         comparison=f"{RESULTS}/comparison.csv",
         comparison_md=f"{RESULTS}/comparison.md",
+        noise_floor=f"{RESULTS}/noise_floor.csv",
         claims=f"{RESULTS}/claims.csv",
         memory=f"{RESULTS}/memory_model.csv",
         optim_ablation=f"{RESULTS}/optim_ablation.csv",
+    params:
+        analysis=ANALYSIS_JSON,
     conda:
         "../environment.yml"
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
-        'python -m pipelines.compare --summary {input:q} --out-dir "$(dirname {output.comparison:q})" > {log:q} 2>&1'
+        'python -m pipelines.compare --summary {input:q} --out-dir "$(dirname {output.comparison:q})" '
+        "--analysis {params.analysis:q} > {log:q} 2>&1"
 
 
 rule figure:
     input:
         summary=SUMMARY_CSV,
+        tables=[EVAL_GAPS_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv"],
         caption="pipelines/captions/{name}.rst",
     output:
         png=report("reports/figures/{name}.png", caption="captions/figure.rst", category="Figures", subcategory="{name}"),
@@ -51,8 +57,8 @@ rule figure:
 
 rule report_md:
     input:
-        tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/claims.csv", f"{RESULTS}/memory_model.csv",
-                f"{RESULTS}/optim_ablation.csv"],
+        tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", f"{RESULTS}/claims.csv",
+                f"{RESULTS}/memory_model.csv", f"{RESULTS}/optim_ablation.csv", EVAL_GAPS_CSV],
         figures=FIGURE_PNGS,
     output:
         REPORT_MD,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.collect import collect, write_csv
+from pipelines.collect import collect, write_all
 from pipelines.compare import write_outputs
 from pipelines.figures import FIGURES, FigureData, build
 from pipelines.metrics import RunWriter
@@ -61,25 +61,41 @@ def fake_run(root: Path, method: str, seed: int, status: str = "ok", *, profile=
     w.finish(summary)
 
 
+FINAL = 8.3 - 3.3 * (1 - math.exp(-STEPS / 15))  # the fixture's final val loss before offsets
+REF_OFF = (0.0, 0.02, -0.015)  # bf16-amp's offset per seed: the seeds differ, the pairs share it
+
+
+def pct(*gaps):
+    """Offsets that give these paired gaps (%) against bf16-amp at seeds 0, 1, 2."""
+    return [ref + g / 100 * (FINAL + ref) for ref, g in zip(REF_OFF, gaps)]
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     res = root / "results"
-    for seed, off in ((0, 0.0), (1, 0.02), (2, -0.015)):
+    for seed, off in enumerate(REF_OFF):
         fake_run(res, "bf16-amp", seed, offset=off)
-    fake_run(res, "fp32", 0, offset=-0.005, tps=2500.0)
-    fake_run(res, "bf16-pure", 0, "failed", bpp=(2, 0, 2, 8, 0), reason="RuntimeError: simulated kernel failure")
-    fake_run(res, "fp8-optim", 0, offset=0.01, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0)
-    fake_run(res, "fp8-optim-v-e4m3", 0, offset=0.04, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0,
+    for seed, off in enumerate(pct(-0.1, 0.05, 0.02)):  # the null comparison: equivalent, floor 0.1%
+        fake_run(res, "fp32", seed, offset=off, tps=2500.0, bpp=(4, 0, 4, 8, 0))
+    for seed in range(3):
+        fake_run(res, "bf16-pure", seed, "failed", bpp=(2, 0, 2, 8, 0), reason="RuntimeError: simulated kernel failure")
+    for seed, off in enumerate(pct(1.1, 1.3, 1.2)):  # CI entirely above the margin
+        fake_run(res, "fp8-optim", seed, offset=off, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0)
+    for seed, off in enumerate(pct(0.2, 0.9, 0.5)):  # CI straddles the margin
+        fake_run(res, "fp8-e2e", seed, offset=off, bpp=(2, 0, 2, 2.03125, 0), tps=1500.0)
+    fake_run(res, "fp8-optim-v-e4m3", 0, offset=pct(0.0)[0], bpp=(2, 0, 2, 2.03125, 0), tps=1900.0,
              extra={"base_method": "fp8-optim", "method_options": {"v_transform": "none"},
                     "telemetry_max_v_flush_frac": 0.0123, "telemetry_max_max_m_over_sqrt_v": 612.5})
     fake_run(res, "fp8-naive", 0, bpp=(1, 0, 1, 8, 0.001), diverge_at=25, telemetry=True)
+    for seed, off in ((1, pct(0, 0.4)[1]), (2, pct(0, 0, 0.6)[2])):
+        fake_run(res, "fp8-naive", seed, offset=off, bpp=(1, 0, 1, 8, 0.001), telemetry=True)
     fake_run(res, "fp8-te-delayed", 0, "skipped", reason="transformer_engine is not installed; no CUDA device")
     for lr in (1e-3, 1e-2):
         for m, off in (("bf16-amp", 0.0), ("fp8-optim", 0.03)):
             fake_run(res, m, 0, profile="sweep", lr=lr, offset=off)
     summaries = sorted(res.glob("runs/*/*/*/*/summary.json"))
-    write_csv(collect(summaries), res / "summary.csv")
+    write_all(collect(summaries), res / "summary.csv")
     write_outputs(res / "summary.csv", res)
     fig_dir = root / "reports" / "figures"
     notes = build(FigureData.load(res / "summary.csv", str(root / "none" / "*.csv")), fig_dir)
@@ -89,8 +105,9 @@ def built(tmp_path_factory):
 
 def test_statuses_reach_the_tables(built):
     s = pd.read_csv(built["res"] / "summary.csv")
-    st = dict(zip(s[s["profile"] == "cpu"]["method"], s[s["profile"] == "cpu"]["status"]))
-    assert st["fp8-naive"] == "diverged" and st["fp8-te-delayed"] == "skipped" and st["bf16-pure"] == "failed"
+    cpu_runs = s[s["profile"] == "cpu"]
+    st = dict(zip(cpu_runs["method"] + "/" + cpu_runs["seed"].astype(str), cpu_runs["status"]))
+    assert st["fp8-naive/0"] == "diverged" and st["fp8-te-delayed/0"] == "skipped" and st["bf16-pure/0"] == "failed"
     comp = pd.read_csv(built["res"] / "comparison.csv")
     cpu = comp[comp["profile"] == "cpu"].set_index("method")
     from methods.registry import method_names
@@ -98,22 +115,68 @@ def test_statuses_reach_the_tables(built):
     assert set(method_names()) <= set(cpu.index)  # every registered method has a row
     assert cpu.loc["fp8-te-delayed", "status"] == "skipped" and "transformer_engine" in cpu.loc["fp8-te-delayed", "reason"]
     assert cpu.loc["fp8-naive", "diverged_step"] == 25
-    assert cpu.loc["bf16-amp", "runs"] == 3 and cpu.loc["bf16-amp", "vs_seed_band"] == "inside"
-    assert cpu.loc["fp8-optim", "vs_seed_band"] == "inside"
-    assert cpu.loc["fp32", "vs_seed_band"] in ("inside", "below")
+    assert cpu.loc["bf16-amp", "runs"] == 3
     md = (built["res"] / "comparison.md").read_text()
     for m in method_names():
         assert f"| {m} |" in md
 
 
+def test_verdicts_come_from_paired_intervals(built):
+    comp = pd.read_csv(built["res"] / "comparison.csv")
+    cpu = comp[comp["profile"] == "cpu"].set_index("method")
+    assert cpu.loc["bf16-amp", "verdict"] == "reference"
+    assert cpu.loc["fp32", "n_seeds"] == 3 and cpu.loc["fp32", "verdict"] == "equivalent"
+    assert cpu.loc["fp32", "gap_mean_pct"] == pytest.approx((-0.1 + 0.05 + 0.02) / 3, abs=1e-9)
+    assert cpu.loc["fp8-optim", "verdict"] == "worse" and cpu.loc["fp8-optim", "gap_ci_lo_pct"] > 0.5
+    e2e = cpu.loc["fp8-e2e"]  # a CI straddling the margin
+    assert e2e["gap_ci_lo_pct"] < 0.5 < e2e["gap_ci_hi_pct"] and e2e["verdict"] == "inconclusive"
+    assert cpu.loc["fp8-naive", "verdict"] == "diverged"  # one diverged seed of three
+    assert cpu.loc["fp8-optim-v-e4m3", "verdict"] == "inconclusive (1 seed)"  # gap 0.00 on one seed
+    assert cpu.loc["bf16-pure", "verdict"].startswith("n/a")
+    assert np.allclose(cpu["noise_floor_pct"].dropna(), 0.1)
+    nf = pd.read_csv(built["res"] / "noise_floor.csv")
+    row = nf[nf["profile"] == "cpu"].iloc[0]
+    assert row["null_method"] == "fp32" and row["n_seeds"] == 3 and row["noise_floor_pct"] == pytest.approx(0.1)
+    assert row["gaps_pct"] == "-0.10 / +0.05 / +0.02"
+    assert "## Noise floor" in built["text"] and "results/noise_floor.csv" in built["text"]
+
+
+def test_eval_gaps_are_paired_per_step(built):
+    g = pd.read_csv(built["res"] / "eval_gaps.csv")
+    one = g[(g["profile"] == "cpu") & (g["method"] == "fp8-optim") & (g["seed"] == 1)].set_index("step")
+    assert list(one.index) == [0, 10, 20, 30, 40]
+    ref = g[(g["profile"] == "cpu") & (g["method"] == "bf16-amp") & (g["seed"] == 1)].set_index("step")
+    assert (one["ref_val_loss"] == ref["val_loss"]).all()
+    assert np.allclose(one["gap_pct"], 100 * (one["val_loss"] - ref["val_loss"]) / ref["val_loss"])
+
+
 def test_claims_have_measured_values_and_verdicts(built):
     cl = pd.read_csv(built["res"] / "claims.csv")
-    assert len(cl) == 4 and cl["verdict"].notna().all()
-    assert cl.loc[2, "verdict"] == "holds"  # fp8-naive diverged
+    assert len(cl) == 4 and cl["verdict"].notna().all() and cl["rule"].str.len().min() > 20
     assert cl.loc[0, "measured"].startswith("16.00 / ")
+    assert cl.loc[0, "verdict"] == "holds" and cl.loc[0, "n_seeds"] == 3  # bytes are measured after step 1
+    assert cl.loc[2, "verdict"] == "holds"  # fp8-naive diverged on one seed
+    assert cl.loc[3, "verdict"] == "does not hold"  # fp8-optim is worse (CI above the margin)
+    assert "fp8-lean: not run" in cl.loc[3, "measured"]
     text = built["text"]
     for claim in cl["claim"]:
         assert claim in text
+
+
+def test_no_claim_verdict_rests_on_fewer_seeds_than_required(built):
+    from pipelines.compare import claims
+
+    comp = pd.read_csv(built["res"] / "comparison.csv")
+    cl = pd.read_csv(built["res"] / "claims.csv")
+    decided = cl[cl["verdict"].isin(["holds", "does not hold"])]
+    assert len(decided) == 4 and (decided["n_seeds"] >= 3).all()
+    assert cl.loc[3, "n_seeds"] == 3  # refuted by fp8-optim's three seeds (fp8-lean did not run)
+    one = comp["method"] == "fp8-optim"  # as if fp8-optim had run on one seed only
+    comp.loc[one, ["n_measured", "n_seeds", "n_judged"]] = 1
+    comp.loc[one, "verdict"] = "worse (1 seed)"
+    comp.loc[comp["method"] == "fp8-naive", "n_judged"] = 2
+    few = claims(comp[comp["profile"] == "cpu"])
+    assert list(few["verdict"]) == ["inconclusive (1 seeds)"] * 2 + ["inconclusive (2 seeds)", "inconclusive (0 seeds)"]
 
 
 def test_at_least_six_figures_exist_and_are_referenced(built):
