@@ -18,7 +18,7 @@ KILL_AFTER_CHECKPOINT_AT = 6  # checkpoints every 3 steps: kill once the one aft
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("resume"), steps=STEPS, eval_every=4, eval_batches=2,
+    return write_small_config(tmp_path_factory.mktemp("resume"), steps=STEPS, eval_every=4, eval_tokens=256,
                               warmup_steps=2, timing_warmup_steps=1, checkpoint_every=3, telemetry_every=5)
 
 
@@ -93,7 +93,7 @@ def test_checkpoint_of_another_config_is_ignored(configfile, tmp_path):
         time.sleep(0.01)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    r = subprocess.run(command(configfile, "fp32", out, "--lr", "0.001"), env=env(), capture_output=True, text=True,
+    r = subprocess.run(command(configfile, "fp32", out, "--lr", "0.002"), env=env(), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "different config; starting over" in r.stderr
