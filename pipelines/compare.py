@@ -303,6 +303,13 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
             v = "holds"
         else:
             v = "inconclusive"
+    verdicts = {name: base_verdict(r["verdict"]) for name, r in picked if r is not None}
+    note = ""
+    if verdicts.get("fp8-lean") in ("worse", "diverged") and verdicts.get("fp8-optim") in ("equivalent", "better"):
+        # fp8-lean holds the same FP8 states as fp8-optim; it differs in stepping inside backward
+        note = ("fp8-lean is " + verdicts["fp8-lean"] + " while fp8-optim, with the same FP8 states but global-norm "
+                "clipping and gradients held until the step, is " + verdicts["fp8-optim"] + ": the gap comes from "
+                "stepping inside backward (per-tensor clipping), not from storing the moments in FP8")
     rows.append({
         "claim": "FP8 optimizer states keep training stable",
         "seed_value": "stable", "measured": m, "n_seeds": n,
@@ -311,7 +318,7 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
         "rule": (f"does not hold if any of them, run on at least {an.min_seeds} seeds, diverges or is worse; holds if "
                  f"all three, each on at least {an.min_seeds} seeds, are equivalent or better (CI inside "
                  f"±{an.margin_pct:g}% or below it); otherwise inconclusive"),
-        "note": "",
+        "note": note,
     })
     return pd.DataFrame(rows)
 
@@ -390,11 +397,11 @@ def optim_ablation(summary: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
                          "optimizer_state": fmt, "status": r.status,
                          "n_seeds": r.n_seeds, "val_loss_mean": r.val_loss_mean, "gap_mean_pct": r.gap_mean_pct,
                          "gap_ci_lo_pct": r.gap_ci_lo_pct, "gap_ci_hi_pct": r.gap_ci_hi_pct, "verdict": r.verdict,
-                         "optim_bpp": r.optim_bpp,
+                         "margin_pct": r.margin_pct, "optim_bpp": r.optim_bpp,
                          "v_flush_frac_max": worst("telemetry_max_v_flush_frac"),
                          "max_m_over_sqrt_v": worst("telemetry_max_max_m_over_sqrt_v"), "reason": r.reason})
     cols = ["profile", "model", "method", "lr", "optimizer_state", "status", "n_seeds", "val_loss_mean", "gap_mean_pct",
-            "gap_ci_lo_pct", "gap_ci_hi_pct", "verdict", "optim_bpp", "v_flush_frac_max", "max_m_over_sqrt_v", "reason"]
+            "gap_ci_lo_pct", "gap_ci_hi_pct", "verdict", "margin_pct", "optim_bpp", "v_flush_frac_max", "max_m_over_sqrt_v", "reason"]
     return pd.DataFrame(rows, columns=cols).sort_values(["profile", "model", "lr"], kind="stable").reset_index(drop=True)
 
 

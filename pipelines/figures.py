@@ -175,7 +175,7 @@ def fig_loss_gap(d: FigureData):
     g = _main_lr(d, d.eval_gaps.dropna(subset=["gap_pct"])) if not d.eval_gaps.empty else d.eval_gaps
     if g.empty:
         return f"no evaluation shares a seed and step with {REFERENCE}"
-    g = g[(g["step"] > 0) & (g["method"] != REFERENCE)]
+    g = g[g["method"] != REFERENCE]
     n = g.groupby("method")["seed"].nunique()
     methods = [m for m in n.sort_values(ascending=False).index if n[m] >= max(2, n.max())]
     if not methods:

@@ -163,7 +163,8 @@ def finding(r) -> str:
         parts.append(f"paired gap {fmt(r.gap_mean_pct, 2)}% [{fmt(r.gap_ci_lo_pct, 2)}, {fmt(r.gap_ci_hi_pct, 2)}] "
                      f"over {fmt(r.n_seeds, 0)} seeds vs {REFERENCE}: {r.verdict} at margin {fmt(r.margin_pct, 2)}%")
     elif r.method != REFERENCE and r.n_seeds == 1:
-        parts.append(f"paired gap {fmt(r.gap_mean_pct, 2)}% on one seed vs {REFERENCE}: {r.verdict}")
+        parts.append(f"paired gap {fmt(r.gap_mean_pct, 2)}% on one seed vs {REFERENCE}: {r.verdict} at margin "
+                     f"{fmt(r.margin_pct, 2)}%")
     if not pd.isna(r.speedup_median) and r.method != REFERENCE:
         parts.append(f"{fmt(r.speedup_median, 2)}x {REFERENCE}'s tokens/s")
     if not pd.isna(r.state_bytes_per_param):

@@ -141,6 +141,19 @@ def test_verdicts_come_from_paired_intervals(built):
     assert "## Noise floor" in built["text"] and "results/noise_floor.csv" in built["text"]
 
 
+def test_lean_gap_is_attributed_to_stepping_in_backward_only_when_fp8_optim_is_equivalent(built):
+    from pipelines.compare import claims
+
+    comp = pd.read_csv(built["res"] / "comparison.csv")
+    comp = comp[comp["profile"] == "cpu"].copy()
+    lean = comp[comp["method"] == "fp8-optim"].assign(method="fp8-lean")
+    comp = pd.concat([comp[comp["method"] != "fp8-lean"], lean], ignore_index=True)
+    assert claims(comp).loc[3, "note"] == ""  # fp8-optim is worse too: nothing to attribute
+    comp.loc[comp["method"] == "fp8-optim", "verdict"] = "equivalent"
+    cl = claims(comp)
+    assert cl.loc[3, "verdict"] == "does not hold" and "stepping inside backward" in cl.loc[3, "note"]
+
+
 def test_eval_gaps_are_paired_per_step(built):
     g = pd.read_csv(built["res"] / "eval_gaps.csv")
     one = g[(g["profile"] == "cpu") & (g["method"] == "fp8-optim") & (g["seed"] == 1)].set_index("step")
@@ -176,6 +189,7 @@ def test_no_claim_verdict_rests_on_fewer_seeds_than_required(built):
     comp.loc[one, "verdict"] = "worse (1 seed)"
     comp.loc[comp["method"] == "fp8-naive", "n_judged"] = 2
     few = claims(comp[comp["profile"] == "cpu"])
+    assert few.loc[3, "note"] == ""
     assert list(few["verdict"]) == ["inconclusive (1 seeds)"] * 2 + ["inconclusive (2 seeds)", "inconclusive (0 seeds)"]
 
 
