@@ -166,6 +166,28 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
     }
 
 
+def check_run_sections(rc: dict, what: str = "config key") -> None:
+    """The train and data sections of a resolved run config against the experiment schema's definitions
+    (types, ranges, enumerations), with the key and the bad value named; NaN and infinities are refused
+    too (a JSON-schema bound does not catch NaN). Flags and ``--set`` overrides are checked here, so every
+    way into a run meets the same rules."""
+    import math
+
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    for section in ("train", "data"):
+        sub = {"$defs": schema["$defs"], **schema["$defs"][section]}
+        body = {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}
+        for k, v in body.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{what} {section}.{k} = {v}: must be a finite number")
+        for e in jsonschema.Draft202012Validator(sub).iter_errors(body):
+            where = ".".join([section, *map(str, e.absolute_path)])
+            value = f" = {e.instance!r}" if e.absolute_path else ""
+            raise ConfigError(f"{what} {where}{value}: {e.message}")
+
+
 RUN_KEYS = {"schema_version", "profile", "model", "method", "variant", "method_options", "seed", "train", "data",
             "results_dir"}
 
@@ -186,16 +208,7 @@ def load_run_config(path: str | Path) -> dict:
         raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")
     if missing:
         raise ConfigError(f"run config is missing key {sorted(missing)[0]!r}")
-    # Validate the train and data sections with the experiment schema's definitions.
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    for section in ("train", "data"):
-        sub = {"$defs": schema["$defs"], **schema["$defs"][section]}
-        body = {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}
-        for e in jsonschema.Draft202012Validator(sub).iter_errors(body):
-            where = ".".join([section, *map(str, e.absolute_path)])
-            raise ConfigError(f"run config key {where}: {e.message}")
+    check_run_sections(rc, "run config key")
     from methods.registry import method_names
     from models.config import SIZES
 

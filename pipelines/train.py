@@ -347,12 +347,16 @@ def resolve(args) -> tuple[dict, Path]:
     unknown = set(rc["train"]) - valid_train
     if unknown:
         raise ConfigError(f"unknown train key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(valid_train))}")
+    config_mod.check_run_sections(rc)  # flags and --set overrides meet the schema's ranges too
     # A run that cannot fit is refused here, before the corpus is prepared or a tensor allocated.
     from models.config import get_model_config
     from pipelines.fit import check_fits
 
+    mcfg = get_model_config(rc["model"]).with_vocab(rc["data"]["vocab_size"])
+    if rc["train"]["seq_len"] > mcfg.max_seq_len:  # before the memory estimate, which would blame the RAM
+        raise ConfigError(f"train.seq_len = {rc['train']['seq_len']}: exceeds {rc['model']}'s max_seq_len "
+                          f"{mcfg.max_seq_len}; valid: 2 .. {mcfg.max_seq_len}")
     if not method.unmet():
-        mcfg = get_model_config(rc["model"]).with_vocab(rc["data"]["vocab_size"])
         check_fits(method, rc["model"], mcfg, rc["train"])
     if args.out:
         out = Path(args.out)

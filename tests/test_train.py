@@ -135,3 +135,21 @@ def test_bad_run_config_json_names_the_key(tmp_path, configfile):
     p.write_text(json.dumps(rc))
     r = run_cli("-m", "pipelines.train", "--config", str(p), "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and "run config key train" in r.stderr and "batchsize" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "-3"], "config key train.steps = -3: -3 is less than the minimum of 1"),
+    (["--lr", "nan"], "config key train.lr = nan: must be a finite number"),
+    (["--batch-size", "0"], "config key train.batch_size = 0: 0 is less than the minimum of 1"),
+    (["--set", "eval_every=0"], "config key train.eval_every = 0"),
+    (["--set", "device=tpu"], "config key train.device = 'tpu': 'tpu' is not one of ['cpu', 'cuda', 'auto']"),
+    (["--seq-len", "100000"], "train.seq_len = 100000: exceeds tiny's max_seq_len 1024; valid: 2 .. 1024"),
+])
+def test_bad_flags_are_refused_before_any_work(configfile, tmp_path, args, message):
+    """Flags and --set overrides meet the schema's ranges: exit 2, the key and value named, nothing written."""
+    out = tmp_path / "x"
+    r = run_cli("-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method", "fp32",
+                "--seed", "0", "--out", str(out), *args)
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert message in r.stderr
+    assert not out.exists() or not any(out.iterdir())
