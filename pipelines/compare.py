@@ -104,7 +104,6 @@ def aggregate(summary: pd.DataFrame, an: Analysis | None = None, floors: pd.Data
         row = dict(zip(KEYS, key))
         gaps = _gaps(g)
         ci = t_interval(gaps, an.confidence)
-        n_ref = len(gaps)
         floor = floor_at.get((row["profile"], row["model"], row["lr"]), np.nan)
         if row["method"] == an.reference:
             v, ci = "reference", t_interval([], an.confidence)  # its gap to itself is 0 by construction
@@ -123,7 +122,7 @@ def aggregate(summary: pd.DataFrame, an: Analysis | None = None, floors: pd.Data
             "diverged_step": g["diverged_step"].min() if "diverged_step" in g else np.nan,
             "val_loss_mean": gok["final_val_loss"].mean() if len(gok) else np.nan,
             "val_loss_std": _std(gok["final_val_loss"]),
-            "n_seeds": n_ref if row["method"] == an.reference else ci.n,
+            "n_seeds": len(gaps),  # the reference too: its seeds, though its gap to itself has no interval
             "n_judged": int(g["status"].isin(["ok", "diverged"]).sum()),  # seeds a verdict rests on
             "gap_mean_pct": ci.mean,
             "gap_ci_lo_pct": ci.lo,
