@@ -54,10 +54,9 @@ class FP8Optim(Method):
                         master_weights=self.master_weights, stochastic_rounding=self.stochastic_rounding,
                         seed=ctx.seed, impl=self.impl)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import FP8OptimTrainee
 
-        model = self.convert_model(model, ctx)
         return FP8OptimTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def optim_state_bytes(self, numels) -> float:
@@ -101,10 +100,9 @@ class FP8Lean(FP8Optim):
     stores = {"weights": "bf16", "master": "-", "grads": "- (bf16, one tensor at a time)",
               "m": "fp8-e4m3 (+scale/256)", "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import FusedBackwardTrainee
 
-        model = self.convert_model(model, ctx)
         return FusedBackwardTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
@@ -150,8 +148,7 @@ class _TorchaoLowBit(Method):
         return self._optimizer_class()(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2),
                                        eps=hp.eps, block_size=self.block_size, bf16_stochastic_round=True)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return TensorLrTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
@@ -215,7 +212,7 @@ class FP8EndToEnd(FP8Optim, FP8Own):
     def autocast(self, ctx: RunContext):
         return FP8Own.autocast(self, ctx)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import optimizer_telemetry
         from methods.fp8.trainee import FP8Trainee
 
@@ -223,5 +220,4 @@ class FP8EndToEnd(FP8Optim, FP8Own):
             def telemetry(self) -> list[dict]:
                 return super().telemetry() + optimizer_telemetry(self.model, self.optimizer)
 
-        model = self.convert_model(model, ctx)
         return _Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

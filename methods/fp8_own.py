@@ -66,8 +66,7 @@ class FP8Own(Method):
     def autocast(self, ctx: RunContext):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
 
@@ -127,6 +126,5 @@ class FP8Naive(Method):
     def autocast(self, ctx: RunContext):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return NaiveTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

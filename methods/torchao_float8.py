@@ -108,8 +108,7 @@ class _TorchaoFloat8(Method):
             model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
         return model
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return EmulatedBackwardTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
 

@@ -113,8 +113,8 @@ def te_state_tensors(model: nn.Module) -> list:
 
 
 class TETrainee(Trainee):
-    def memory(self) -> dict[str, int]:
-        return ledger(self.model, self.optimizer, extra={"meta": te_state_tensors(self.model)})
+    def memory(self, owners: dict | None = None) -> dict[str, int]:
+        return ledger(self.model, self.optimizer, extra={"meta": te_state_tensors(self.model)}, owners=owners)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,8 +147,7 @@ class _TransformerEngine(Method):
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16), te_autocast(self.recipe):
             yield
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return TETrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
 

@@ -130,7 +130,7 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
         # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
 
-    def memory(self) -> dict[str, int]:
+    def memory(self, owners: dict | None = None) -> dict[str, int]:  # owners: ZeRO is not traced
         mem = zero_ledger(self.engine)
         if self._grads_bytes is not None:
             mem["grads"] = max(mem["grads"], self._grads_bytes)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from methods.fp8.device import host_readable
 from methods.fp8.formats import decode, decode_table
 from methods.fp8.quantize import Quantized, use_triton
 
@@ -52,7 +53,7 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
         from methods.fp8.kernels import scaled_mm_triton
 
         return scaled_mm_triton(a, b, out_dtype)
-    if backend == "dequant" or (backend == "auto" and a.data.device.type == "cpu"):
+    if backend == "dequant" or (backend == "auto" and host_readable(a.data)):
         return mm_dequant(a, b, out_dtype, keep_a)
     if backend == "auto":
         try:
