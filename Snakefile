@@ -12,6 +12,7 @@ configfile: "pipelines/config.yaml"
 
 include: "pipelines/common.smk"
 include: "pipelines/train.smk"
+include: "pipelines/memory.smk"
 include: "pipelines/report.smk"
 
 
@@ -21,6 +22,7 @@ localrules:
     run_config,
     collect,
     compare,
+    memory_traced,
     figure,
     report_md,
     report,

@@ -44,7 +44,9 @@ from methods.ledger import COMPONENTS, storage_key
 from models.config import ModelConfig
 
 PEAK_COMPONENTS = COMPONENTS + ("activations", "temporaries", "other")
-PHASES = ("forward", "backward", "optimizer")
+#: where the step is: inside the model's forward, autograd's backward, ``optimizer.step``, or the loop's
+#: own code between them (zero_grad, clipping; the previous step's gradients are alive at its start)
+PHASES = ("forward", "backward", "optimizer", "loop")
 
 #: ledger component → the tracker's category it is re-labelled to after step 1 (master copies are
 #: optimizer state to the tracker; the split comes from the ledger)
@@ -74,10 +76,16 @@ class _StepTracker(MemTracker):
     def __init__(self) -> None:
         super().__init__()
         self.phase_peak: dict[str, int] = {}
+        self.phase_snap: dict[str, dict] = {}
         self.act_peak = 0
 
     def _update_peak_stats(self, peak_state) -> None:  # noqa: ARG002 - per-module states not kept
-        phase = "optimizer" if self._in_opt else ("backward" if self._mod_tracker.is_bw else "forward")
+        if self._in_opt:
+            phase = "optimizer"
+        elif self._mod_tracker.is_bw:
+            phase = "backward"
+        else:
+            phase = "forward" if len(self._mod_tracker.parents) > 1 else "loop"
         for dev, snap in self._curr_mem_snap.items():
             total = snap[_TOTAL_KEY]
             if total > self._peak_mem.get(dev, 0):
@@ -85,6 +93,7 @@ class _StepTracker(MemTracker):
                 self._peak_mem_snap[dev] = dict(snap)
             if total > self.phase_peak.get(phase, 0):
                 self.phase_peak[phase] = total
+                self.phase_snap[phase] = dict(snap)
             self.act_peak = max(self.act_peak, snap.get(_MemRefType.ACT, 0))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -117,17 +126,18 @@ class _StepTracker(MemTracker):
 
     def reset_peaks(self) -> None:
         self._peak_mem, self._peak_mem_snap = {}, {}
-        self.phase_peak, self.act_peak = {}, 0
+        self.phase_peak, self.phase_snap, self.act_peak = {}, {}, 0
 
     def relabel(self, owners: dict) -> int:
         """Give every tracked storage the ledger's component (``owners``: storage key → component);
-        storages the ledger does not own and that outlived a step become ``other``. Returns the bytes
-        relabelled."""
+        storages the ledger does not own that outlived a step (non-persistent buffers such as the RoPE
+        tables, the last loss) become ``other``. Returns the bytes relabelled."""
         moved = 0
+        unowned = (_MemRefType.ACT, _MemRefType.TEMP, _MemRefType.BUFFER)
         for st, (winfo, _) in list(self._WINFO.items()):
             comp = owners.get(storage_key(st))
             new = _REFTYPE[comp] if comp is not None else (
-                _MemRefType.OTH if winfo.reftype in (_MemRefType.ACT, _MemRefType.TEMP) else winfo.reftype)
+                _MemRefType.OTH if winfo.reftype in unowned else winfo.reftype)
             if new != winfo.reftype:
                 old, winfo.reftype = winfo.reftype, new
                 self._update_snap(_UpdateType.REF, winfo, old_reftype=old)
@@ -153,9 +163,13 @@ class Trace:
     peak_total: int
     peak_phase: str
     phase_peak: dict[str, int]
+    #: activations + temporaries at each phase's peak: the part of it that grows with the tokens
+    phase_act_temp: dict[str, int]
     act_peak: int
     step1_peak_total: int
     trace_s: float
+    #: the step calls ``torch.compile`` (torchao's low-bit optimizers), traced as eager code: an upper bound
+    eager_compiled: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -171,7 +185,9 @@ class Trace:
         r.update(peak_bytes=self.peak_total, peak_phase=self.peak_phase, act_peak_bytes=self.act_peak,
                  step1_peak_bytes=self.step1_peak_total)
         r.update({f"peak_{p}_bytes": self.phase_peak.get(p, 0) for p in PHASES})
+        r.update({f"peak_{p}_act_temp_bytes": self.phase_act_temp.get(p, 0) for p in PHASES})
         r["trace_s"] = round(self.trace_s, 2)
+        r["compiled_code_traced_eagerly"] = self.eager_compiled
         r.update(self.extra)
         return r
 
@@ -205,9 +221,12 @@ def trace_step(method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HPar
     t0 = time.perf_counter()
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     try:
-        with _eager_compile():
+        with _eager_compile() as compiled:
             _warm_up(method, hp)
-            return _trace(method, cfg, batch_size, seq_len, hp, model_name, steps, fake, t0)
+            del compiled[:]
+            trace = _trace(method, cfg, batch_size, seq_len, hp, model_name, steps, fake, t0)
+            trace.eager_compiled = bool(compiled)
+            return trace
     except UntraceableError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure under fake tensors is this method's reason
@@ -220,13 +239,15 @@ def _eager_compile():
     torchao's low-bit optimizers compile their per-parameter step: traced eagerly, that step's
     temporaries are those of the unfused update, an upper bound on the compiled one's."""
     orig = torch.compile
+    calls = []
 
     def identity(model=None, **_kw):
+        calls.append(model)
         return model if model is not None else (lambda fn: fn)
 
     torch.compile = identity
     try:
-        yield
+        yield calls
     finally:
         torch.compile = orig
 
@@ -280,7 +301,10 @@ def _trace(method, cfg, batch_size, seq_len, hp, model_name, steps, fake, t0) ->
                   n_params=sum(p.numel() for p in trainee.model.parameters()), steady=steady,
                   peak=_peak_split(peak_snap, steady), peak_total=peak_total,
                   peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "",
-                  phase_peak=phase_peak, act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
+                  phase_peak=phase_peak,
+                  phase_act_temp={p: int(sn.get(_MemRefType.ACT, 0) + sn.get(_MemRefType.TEMP, 0))
+                                  for p, sn in tracker.phase_snap.items()},
+                  act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
                   trace_s=time.perf_counter() - t0)
     del trainee, model, tracker, x, y
     gc.collect()
@@ -311,3 +335,41 @@ def format_trace(t: Trace) -> str:
     return "\n".join(lines)
 
 
+
+
+def main(argv=None) -> int:
+    """``python -m methods.memory trace``: one method, one size, printed by component (or ``--json``)."""
+    import argparse
+    import json
+
+    from methods.registry import get_method, method_names
+    from models.config import SIZES
+
+    ap = argparse.ArgumentParser(prog="python -m methods.memory trace",
+                                 description="Trace two real training steps of one method at full size.")
+    ap.add_argument("--model", required=True, help=f"one of: {', '.join(SIZES)}")
+    ap.add_argument("--method", required=True, help="a registered method (python -m methods)")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--json", action="store_true", help="the row as JSON (bytes)")
+    args = ap.parse_args(argv)
+    if args.model not in SIZES:
+        ap.error(f"unknown model {args.model!r}; valid: {', '.join(SIZES)}")
+    if args.method not in method_names():
+        ap.error(f"unknown method {args.method!r}; valid: {', '.join(method_names())}")
+    cfg = SIZES[args.model]
+    if args.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
+    if not 1 <= args.seq_len <= cfg.max_seq_len:
+        ap.error(f"--seq-len must be in [1, {cfg.max_seq_len}] ({args.model}'s max_seq_len)")
+    try:
+        t = trace_step(get_method(args.method), cfg, args.batch_size, args.seq_len, model_name=args.model)
+    except UntraceableError as e:
+        print(f"{args.method} cannot be traced: {e}")
+        return 1
+    if args.json:
+        print(json.dumps({**t.row(), "peak_rss_bytes": peak_rss_bytes()}, indent=2))
+    else:
+        print(format_trace(t))
+        print(f"peak RSS of this process: {peak_rss_bytes() / 2 ** 30:.2f} GiB")
+    return 0

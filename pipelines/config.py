@@ -98,7 +98,31 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         "lrs": list(p.get("lrs", [])),
         "train": deep_merge(cfg["train"], p.get("train")),
         "data": deep_merge(cfg["data"], p.get("data")),
+        "memory_trace": memory_trace_settings(cfg, p),
     }
+
+
+def memory_trace_settings(cfg: dict, profile: dict) -> dict:
+    """The traced-memory grid of a profile (``memory_trace`` with the profile's overrides), checked."""
+    from methods.registry import method_names
+    from models.config import SIZES
+
+    mt = deep_merge(cfg.get("memory_trace", {}), profile.get("memory_trace"))
+    sweep = mt.get("seq_sweep") or None
+    for m in [*mt.get("models", []), *([sweep["model"]] if sweep else [])]:
+        check_choice("memory_trace model", m, SIZES)
+    for m in (sweep or {}).get("methods", []):
+        check_choice("memory_trace.seq_sweep method", m, method_names())
+    for m in [] if mt.get("methods", "all") == "all" else mt["methods"]:
+        check_choice("memory_trace method", m, method_names())
+    for model in mt.get("models", []):
+        for seq in [*mt.get("seq_lens", []), mt.get("fit_seq_len", 1)]:
+            if seq > SIZES[model].max_seq_len:
+                raise ConfigError(f"memory_trace seq_len {seq} exceeds {model}'s max_seq_len {SIZES[model].max_seq_len}")
+    if mt.get("fit_seq_len") not in mt.get("seq_lens", []):
+        raise ConfigError(f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}")
+    mt["seq_sweep"] = sweep
+    return mt
 
 
 def run_id(seed: int, lr: float | None = None) -> str:
