@@ -41,6 +41,7 @@ from methods._linears import DEFAULT_KEEP
 from methods.base import HParams, Requirement, RunContext, StepResult, Trainee, clip_grads, needs_module
 from methods.bf16_emulation import bf16_matmul_mode
 from methods.ledger import COMPONENTS
+from methods.options import Choice
 from methods.registry import register
 
 
@@ -218,12 +219,10 @@ class FSDP2Fp8Torchao(_FSDP2):
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     #: "auto": emulate the FP8 GEMM where the device has none; true/false force it
     emulate: bool | str = "auto"
+    option_rules = {"emulate": Choice(("auto", True, False))}
 
     def requirements(self) -> list[Requirement]:
-        ok = self.emulate in ("auto", True, False)
-        return super().requirements() + [
-            needs_module("torchao", "pip install torchao==0.18.0"),
-            Requirement("emulate option", ok, "" if ok else f"emulate must be auto, true or false, got {self.emulate!r}")]
+        return super().requirements() + [needs_module("torchao", "pip install torchao==0.18.0")]
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         from methods.torchao_float8 import convert_torchao_float8, fp8_gemm_in_hardware

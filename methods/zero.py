@@ -43,7 +43,11 @@ from methods._linears import DEFAULT_KEEP
 from methods.base import HParams, Requirement, RunContext, StepResult, Trainee, needs_module, param_groups
 from methods.bf16_emulation import bf16_matmul_mode
 from methods.ledger import COMPONENTS, nested_bytes
+from methods.options import Choice, Range
 from methods.registry import register
+
+#: FP8 recipes of each engine a zeroN-fp8 method can run its linears with
+ZERO_FP8_RECIPES = {"torchao": ("tensorwise", "rowwise", "rowwise_with_gw_hp"), "te": ("delayed", "current", "block")}
 
 DEEPSPEED_HINT = "pip install --no-build-isolation deepspeed==0.19.8"
 
@@ -191,6 +195,7 @@ class _Zero(_ranks.MultiRank):
     #: DeepSpeed bucket sizes in elements; 0: Hugging Face Accelerate's "auto" rule (dim^2; ZeRO-3 prefetch
     #: 0.9 dim^2, parameters below 10 dim stay whole). DeepSpeed's defaults (5e8) are sized for large models.
     bucket_elems: int = 0
+    option_rules = {"bucket_elems": Range(0)}
 
     def requirements(self) -> list[Requirement]:
         return [needs_module("deepspeed", DEEPSPEED_HINT)]
@@ -298,6 +303,14 @@ class _ZeroFP8(_Zero):
     #: torchao recipe (tensorwise | rowwise | rowwise_with_gw_hp) or TE recipe (delayed | current | block)
     fp8_recipe: str = "tensorwise"
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
+    option_rules = {"fp8_engine": Choice(("torchao", "te"))}
+
+    def validate(self) -> None:
+        super().validate()
+        valid = ZERO_FP8_RECIPES[self.fp8_engine]  # which recipes exist depends on the engine
+        if self.fp8_recipe not in valid:
+            raise ValueError(f"method {self.name}: option fp8_recipe = {self.fp8_recipe!r} with fp8_engine "
+                             f"{self.fp8_engine}; valid: one of {', '.join(valid)}")
 
     def requirements(self) -> list[Requirement]:
         reqs = super().requirements()
@@ -384,6 +397,7 @@ class _ZeroFP8Optim(_Zero):
     DeepSpeed 0.19.8 accepts this client optimizer at stages 1, 2 and 3 (checked); stage 2 is registered."""
 
     block_size: int = 256
+    option_rules = {"block_size": Range(1)}
 
     def requirements(self) -> list[Requirement]:
         return super().requirements() + [needs_module("torchao", "pip install torchao==0.18.0")]
