@@ -288,8 +288,13 @@ class Run:
 
 # ---------------------------------------------------------------------------------------- CLI
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as every other refusal of bad input
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="python -m pipelines.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help="a fully resolved run config (config.json); flags still override it")
     ap.add_argument("--profile", help="profile whose defaults to use (default: the config file's, 'cpu')")
     ap.add_argument("--configfile", help="experiment YAML (default pipelines/config.yaml)")
@@ -315,7 +320,10 @@ def _kv(items: list[str], what: str) -> dict:
         if "=" not in item:
             raise ConfigError(f"{what} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:  # one line: the value and what YAML could not read
+            raise ConfigError(f"{what} {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -335,27 +343,17 @@ def resolve(args) -> tuple[dict, Path]:
         cfg = config_mod.load(args.configfile)
         profile = args.profile or cfg["profile"]
         rc = config_mod.resolve_run(cfg, profile, args.model, args.method, args.seed, train_over)
-    rc["method_options"] = {**rc["method_options"], **_kv(args.method_option, "--method-option")}
-    # Names, options and train keys are checked before any work.
-    from methods.registry import get_method, method_names
-    from models.config import SIZES
+    rc["method_options"] = {**(rc["method_options"] or {}), **_kv(args.method_option, "--method-option")}
+    # The whole resolved config (profile, flags, --set, method options) meets one set of rules, before any
+    # work: the same check the workflow runs on every run of a profile (pipelines.validate).
+    from pipelines.validate import check_run
 
-    config_mod.check_choice("method", rc["method"], method_names())
-    config_mod.check_choice("model", rc["model"], SIZES)
-    method = get_method(rc["method"], **rc["method_options"])
-    valid_train = set(config_mod.load()["train"]) | {"data_seed"}
-    unknown = set(rc["train"]) - valid_train
-    if unknown:
-        raise ConfigError(f"unknown train key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(valid_train))}")
-    config_mod.check_run_sections(rc)  # flags and --set overrides meet the schema's ranges too
+    method = check_run(rc)
     # A run that cannot fit is refused here, before the corpus is prepared or a tensor allocated.
     from models.config import get_model_config
     from pipelines.fit import check_fits
 
     mcfg = get_model_config(rc["model"]).with_vocab(rc["data"]["vocab_size"])
-    if rc["train"]["seq_len"] > mcfg.max_seq_len:  # before the memory estimate, which would blame the RAM
-        raise ConfigError(f"train.seq_len = {rc['train']['seq_len']}: exceeds {rc['model']}'s max_seq_len "
-                          f"{mcfg.max_seq_len}; valid: 2 .. {mcfg.max_seq_len}")
     if not method.unmet():
         check_fits(method, rc["model"], mcfg, rc["train"])
     if args.out:
