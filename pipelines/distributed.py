@@ -139,7 +139,7 @@ def launcher_command(world_size: int, script: list[str], env: dict | None = None
 
 def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks; returns the exit code for main."""
-    from pipelines.data import prepare
+    from pipelines.data import Corpus, CorpusError, check_corpus, prepare
 
     out = Path(out)
     per_rank = max(1, int(rc["train"]["threads"]) // world_size)
@@ -148,7 +148,11 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    prepare(rc["data"], rc["data"]["dir"])  # once, here, rather than racing in every rank
+    try:  # once, here, rather than racing in every rank; a bad corpus is refused before any rank starts
+        check_corpus(Corpus.open(prepare(rc["data"], rc["data"]["dir"])), rc["train"])
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for stale in out.glob(ERROR_FILE.format(rank="*")):
         stale.unlink()
     env = {**os.environ, LAUNCHED: "1", "OMP_NUM_THREADS": str(per_rank)}

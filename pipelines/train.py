@@ -26,7 +26,7 @@ from pipelines import checkpoint, distributed
 from pipelines import config as config_mod
 from pipelines.atomic import write_json
 from pipelines.config import ConfigError
-from pipelines.data import Batches, Corpus, CorpusError, batch_hash, prepare
+from pipelines.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
 from pipelines.environment import environment
 from pipelines.metrics import RunWriter
 
@@ -101,6 +101,7 @@ class Run:
         if unmet:
             return "; ".join(unmet)
         self.corpus = Corpus.open(prepare(rc["data"], rc["data"]["dir"]))
+        check_corpus(self.corpus, train)  # too small for a batch or the eval set: refused before the model
         mcfg = get_model_config(rc["model"]).with_vocab(self.corpus.vocab_size)
         if train["seq_len"] > mcfg.max_seq_len:
             raise ConfigError(f"train.seq_len {train['seq_len']} exceeds {rc['model']}'s max_seq_len {mcfg.max_seq_len}")

@@ -163,3 +163,19 @@ def test_bad_flags_are_refused_before_any_work(configfile, tmp_path, args, messa
     assert message in r.stderr
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr  # one line, no traceback
     assert not out.exists()
+
+
+def test_a_corpus_too_small_for_one_batch_is_refused_naming_the_file(tmp_path):
+    """Exit 2, the file named, before the model is built; no summary.json is written for refused input."""
+    src = tmp_path / "tiny.txt"
+    src.write_text("".join(f"line {i} of a small text\n" for i in range(400)), encoding="utf-8")
+    (tmp_path / "cfg").mkdir()
+    cfg = yaml.safe_load(write_small_config(tmp_path / "cfg").read_text())
+    cfg["data"]["files"] = [str(src)]
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "x"
+    r = train(path, out, "fp32", 0, "--batch-size", "64", "--set", "eval_tokens=64")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"error: data.files {src} is too small: its training split" in r.stderr
+    assert not (out / "summary.json").exists() and not (out / "metrics.jsonl").exists()
