@@ -83,7 +83,8 @@ def quiet_deepspeed() -> None:
 class ZeroTrainee(_ranks.RankShare, Trainee):
     """A DeepSpeed engine behind the loop's interface. The loop hands every rank the global batch."""
 
-    #: ZeRO's state is partitioned over ranks: the loop's single-file checkpoint does not apply
+    #: ZeRO's state is partitioned over ranks: not the loop's single-file checkpoint, but DeepSpeed's own
+    #: (``save_sharded``), which ``pipelines.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
     def __init__(self, method: "_Zero", engine, hp: HParams, ctx: RunContext):
@@ -141,10 +142,24 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
         return mem
 
     def state_dict(self):
-        raise NotImplementedError("ZeRO state is partitioned over ranks; fp8bench does not checkpoint ZeRO runs")
+        raise NotImplementedError("ZeRO state is partitioned over ranks: use save_sharded")
 
     def load_state_dict(self, state) -> None:
-        raise NotImplementedError("ZeRO state is partitioned over ranks; fp8bench does not checkpoint ZeRO runs")
+        raise NotImplementedError("ZeRO state is partitioned over ranks: use load_sharded")
+
+    # -- checkpoints: DeepSpeed's engine checkpointing, each rank its partition ------------------------
+    def save_sharded(self, root, tag: str) -> None:
+        """Collective. The module's bf16 weights (rank 0) and every rank's fp32 master partition and client
+        optimizer state (m, v, step) under ``root/tag``; DeepSpeed's own ``latest`` file is not written:
+        ``pipelines.dist_checkpoint`` commits the checkpoint once all ranks are done."""
+        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+
+    def load_sharded(self, root, tag: str) -> None:
+        # the fp32 master partitions are the truth: the bf16 weights are rebuilt from them, as every step does
+        path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint {tag} under {root}")
 
 
 def persistent_buffers(model: nn.Module) -> list[torch.Tensor]:

@@ -77,10 +77,10 @@ class NullWriter:
         pass
 
 
-def rank_writer(out: Path, rank: int):
+def rank_writer(out: Path, rank: int, resume_offset: int | None = None):
     from pipelines.metrics import RunWriter
 
-    return RunWriter(out) if rank == 0 else NullWriter()
+    return RunWriter(out, resume_offset=resume_offset) if rank == 0 else NullWriter()
 
 
 def writes_config() -> bool:

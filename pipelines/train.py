@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import checkpoint, distributed
+from pipelines import checkpoint, dist_checkpoint, distributed
 from pipelines import config as config_mod
 from pipelines.atomic import write_json
 from pipelines.config import ConfigError
@@ -141,7 +141,10 @@ class Run:
 
     def restore(self, ck: dict) -> int:
         """Load a checkpoint into the built trainee; returns the step to continue from."""
-        self.trainee.load_state_dict(ck["trainee"])
+        if "sharded" in ck:  # a multi-rank run's: each rank loads its share through its engine
+            self.trainee.load_sharded(*ck["sharded"])
+        else:
+            self.trainee.load_state_dict(ck["trainee"])
         loop = ck["loop"]
         self.events_train, self.evals, self.first_loss = loop["events_train"], loop["evals"], loop["first_loss"]
         self.summary.update({k: v for k, v in loop["summary"].items() if k not in ("device",)})
@@ -151,8 +154,11 @@ class Run:
     def loop(self, writer: RunWriter, start: int = 0) -> None:
         train = self.train
         tokens_per_step = train["batch_size"] * train["seq_len"]
-        # Engines whose state is partitioned over ranks (ZeRO) have no single-file checkpoint: they restart.
-        every = train.get("checkpoint_every", 0) if getattr(self.trainee, "checkpointable", True) else 0
+        # Engines whose state is partitioned over ranks (ZeRO, DDP, FSDP2) have no single-file checkpoint:
+        # they save their shares through their engine (pipelines.dist_checkpoint); others cannot resume.
+        single = getattr(self.trainee, "checkpointable", True)
+        sharded = not single and hasattr(self.trainee, "save_sharded")
+        every = train.get("checkpoint_every", 0) if single or sharded else 0
         if start == 0:
             self.evaluate(writer, 0)
         try:
@@ -196,7 +202,10 @@ class Run:
                     self.summary.update(status="diverged", reason=f"step {step}: non-finite val loss",
                                         diverged_step=step)
                     break
-            if every and done % every == 0 and done < train["steps"]:
+            if every and done % every == 0 and done < train["steps"] and sharded:
+                dist_checkpoint.save(self.out, self.rc, done, self.trainee, self.loop_state(), writer.offset(),
+                                     self.rank, self.world)
+            elif every and done % every == 0 and done < train["steps"]:
                 checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(),
                                 writer.offset())
 
@@ -244,8 +253,12 @@ class Run:
         return s
 
     def open_writer(self) -> tuple[RunWriter, dict | None]:
-        if self.world > 1:  # only rank 0 writes
-            return distributed.rank_writer(self.out, self.rank), None
+        if self.world > 1:  # only rank 0 writes; every rank reads the committed multi-rank checkpoint alike
+            ck, note = dist_checkpoint.load(self.out, self.rc, self.rank, self.world)
+            if note and self.rank == 0:
+                print(f"note: {note}", file=sys.stderr)
+            offset = ck["metrics_offset"] if ck is not None else None
+            return distributed.rank_writer(self.out, self.rank, resume_offset=offset), ck
         ck, note = checkpoint.load(self.out, self.rc)
         if ck is not None:
             try:
@@ -284,6 +297,8 @@ class Run:
                      steps=self.summary.get("steps", 0))
         writer.finish(self.summary)
         checkpoint.remove(self.out)
+        if self.world > 1 and self.rank == 0:  # after the last collective: no rank reads it any more
+            dist_checkpoint.remove(self.out)
         return self.summary
 
 
