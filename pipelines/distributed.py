@@ -213,4 +213,7 @@ def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: 
                    steps=0)
     writer.event("run_stop", status="failed", reason=reason, steps=0)
     writer.finish(summary)
+    from pipelines import dist_checkpoint
+
+    dist_checkpoint.remove(out)  # a failed run is complete, as a single process's is: nothing to resume
     return summary
