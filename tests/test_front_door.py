@@ -3,7 +3,7 @@ files, across the schema and past its edges. No input ends in an uncaught traceb
 accepted (a config every check passes again) or refused with a one-line error (exit 2).
 
 Most examples go through the in-process entry point (``parse_args`` + ``resolve``, what ``main`` calls before
-any work), hundreds a second; a few run the real CLI end to end in a subprocess, where an accepted input
+any work), hundreds a second; three run the real CLI end to end in a subprocess, where an accepted input
 must also train (its summary written with a status) and a refused one must leave no summary.
 Derandomized with no example database, so ``make test`` explores the same inputs on every machine."""
 import contextlib
@@ -205,7 +205,7 @@ def cli_config(tmp_path_factory):
     return write_small_config(tmp_path_factory.mktemp("front"))
 
 
-@settings(max_examples=4, deadline=None, derandomize=True, database=None,
+@settings(max_examples=2, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(args=short_run())
 @example(args=["--model", "tiny", "--method", "fp8-optim", "--seed", "3", "--lr", "0.002", "--batch-size=2",
