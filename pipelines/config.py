@@ -198,6 +198,8 @@ def load_run_config(path: str | Path) -> dict:
         raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")
     if missing:
         raise ConfigError(f"run config is missing key {sorted(missing)[0]!r}")
+    if not isinstance(rc["method_options"], dict):
+        raise ConfigError(f"run config key method_options = {rc['method_options']!r}: must be a mapping")
     check_run_sections(rc, "run config key")
     from methods.registry import method_names
     from models.config import SIZES

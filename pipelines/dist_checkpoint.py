@@ -96,5 +96,9 @@ def load(out: Path, rc: dict, rank: int, world: int) -> tuple[dict | None, str]:
             "metrics_offset": loop["metrics_offset"]}, f"resuming after step {loop['step']}"
 
 
+def exists(out: Path) -> bool:
+    return (Path(out) / DIR / POINTER).is_file()
+
+
 def remove(out: Path) -> None:
     shutil.rmtree(Path(out) / DIR, ignore_errors=True)

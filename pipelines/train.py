@@ -253,7 +253,9 @@ class Run:
         return s
 
     def open_writer(self) -> tuple[RunWriter, dict | None]:
-        if self.world > 1:  # only rank 0 writes; every rank reads the committed multi-rank checkpoint alike
+        # only rank 0 writes; every rank reads the committed multi-rank checkpoint alike (a sharded engine in
+        # one process, e.g. ZeRO with ranks=1, writes that kind too)
+        if self.world > 1 or dist_checkpoint.exists(self.out):
             ck, note = dist_checkpoint.load(self.out, self.rc, self.rank, self.world)
             if note and self.rank == 0:
                 print(f"note: {note}", file=sys.stderr)
@@ -297,7 +299,7 @@ class Run:
                      steps=self.summary.get("steps", 0))
         writer.finish(self.summary)
         checkpoint.remove(self.out)
-        if self.world > 1 and self.rank == 0:  # after the last collective: no rank reads it any more
+        if self.rank == 0:  # after the last collective: no rank reads it any more
             dist_checkpoint.remove(self.out)
         return self.summary
 

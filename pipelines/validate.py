@@ -98,6 +98,10 @@ def check_run(rc: dict, what: str = "config key") -> object:
         if not isinstance(rc.get(section), dict):
             raise ConfigError(f"{what} {section} = {rc.get(section)!r}: must be a mapping")
     train, data = rc["train"], rc["data"]
+    for key, value in (("variant", rc.get("variant")), ("profile", rc.get("profile", "")),
+                       ("data.dir", data.get("dir", ""))):
+        if value is not None and not isinstance(value, str):  # names and paths: a run folder is made of them
+            raise ConfigError(f"{what} {key} = {value!r}: must be a string")
     check_section("train", train, what)
     check_section("data", {k: v for k, v in data.items() if k != "dir"}, what)
     if train.get("data_seed") is not None:

@@ -162,7 +162,9 @@ def mutations():
     anywhere (a data key, an option, a top-level key, a name nobody knows)."""
     train = st.sampled_from(sorted(TRAIN_PROPS)).flatmap(lambda k: st.tuples(st.just("train"), st.just(k), value_for(k)))
     keys = st.one_of(st.sampled_from(["corpus", "vocab_size", "val_fraction", "files", "model", "method", "seed",
-                                      "schema_version", "ranks", "block_size", "variant"]), st.text(max_size=5))
+                                      "schema_version", "ranks", "block_size", "variant", "method_options", "train", "dir",
+                                      "profile"]),
+                     st.text(max_size=5))
     values = st.one_of(numbers_around({"minimum": 0, "maximum": 1}), st.text(max_size=6), st.none(), st.booleans(),
                        st.lists(st.text(max_size=3), max_size=2))
     other = st.tuples(st.sampled_from(["data", "method_options", "top"]), keys, values)
