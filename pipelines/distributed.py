@@ -21,7 +21,9 @@ Threads: ``train.threads`` is the run's budget (Snakemake passes threads x ranks
 Failures end as ``failed`` with a reason, never as a hang: a rank that fails writes ``rank<r>.error`` and
 exits non-zero, torchrun then stops the others, collectives time out after ``FP8BENCH_DIST_TIMEOUT_S``
 (default 600 s; set where the method makes its process group), and the launcher writes the failed
-summary if rank 0 could not.
+summary if rank 0 could not (and removes the run's checkpoints: a failed run is complete). A run killed
+whole (launcher and ranks, e.g. a node lost) leaves no summary and resumes from its last committed
+checkpoint when rerun (``pipelines.dist_checkpoint``).
 """
 from __future__ import annotations
 
