@@ -180,6 +180,18 @@ class Method:
     family: ClassVar[str] = "baseline"
     #: processes one run of this method uses (ZeRO runs as several ranks)
     world_size: ClassVar[int] = 1
+    #: option name → ``methods.options.Range`` / ``Choice``; merged with the bases' rules
+    option_rules: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse bad options when the method is made (ValueError naming option, value and valid values),
+        so bad input never reaches a build. Subclasses with cross-option rules extend this."""
+        from methods.options import check
+
+        check(self)
 
     def requirements(self) -> list[Requirement]:
         return []

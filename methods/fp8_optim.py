@@ -22,6 +22,7 @@ from torch import nn
 from methods.base import HParams, Method, RunContext, Trainee, needs_module, param_groups
 from methods.fp8 import optim_codec
 from methods.fp8_own import FP8Own
+from methods.options import Choice, Range
 from methods.registry import register
 
 
@@ -37,6 +38,10 @@ class FP8Optim(Method):
     stochastic_rounding: bool = True
     impl: str = "auto"  # "torch" | "triton" | "auto" (Triton on CUDA tensors)
 
+    # the same sets FP8AdamW accepts (methods.fp8.adamw), refused here before any work
+    option_rules = {"block_size": Range(1), "m_format": Choice(tuple(optim_codec.FORMATS)),
+                    "v_format": Choice(tuple(optim_codec.FORMATS)), "m_transform": Choice(("none", "dre")),
+                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(("auto", "torch", "triton"))}
     family = "fp8-optim"
     summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (seed's 6 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
@@ -127,6 +132,7 @@ class TensorLrTrainee(Trainee):
 @dataclass(frozen=True, kw_only=True)
 class _TorchaoLowBit(Method):
     block_size: int = 256
+    option_rules = {"block_size": Range(1)}
     family = "torchao"
     #: torchao quantizes a state only if it has at least this many values and a whole number of blocks;
     #: smaller states stay in the parameter dtype (torchao.optim.adam._AdamBase._new_buffer)

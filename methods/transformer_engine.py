@@ -30,6 +30,7 @@ from torch import nn
 from methods._linears import DEFAULT_KEEP, linears_to_convert, replace_module
 from methods.base import HParams, Method, Requirement, RunContext, Trainee, needs_cuda, needs_module
 from methods.ledger import ledger
+from methods.options import Choice, Range
 from methods.registry import register
 
 TE_VERSION = "2.20.2"
@@ -124,6 +125,7 @@ class _TransformerEngine(Method):
     min_cc: ClassVar[tuple[int, int]] = (8, 9)
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     fp8_format: str = "HYBRID"
+    option_rules = {"fp8_format": Choice(("HYBRID", "E4M3", "E5M2"))}  # transformer_engine's recipe.Format
 
     def requirements(self) -> list[Requirement]:
         reqs = [te_importable(), needs_cuda(self.min_cc, what=f"TransformerEngine FP8 ({self.kind} scaling) needs "
@@ -161,6 +163,7 @@ class TEDelayed(_TransformerEngine):
     summary = "TransformerEngine te.Linear, DelayedScaling (amax history), HYBRID E4M3/E5M2; fp32 states"
     stores = {**_STORES, "compute": "fp8 e4m3 fwd / e5m2 bwd, delayed per-tensor scales (block linears), bf16 rest"}
     amax_history_len: int = 1024
+    option_rules = {"amax_history_len": Range(1)}
 
     def recipe_kwargs(self) -> dict:
         return {"fp8_format": self.fp8_format, "amax_history_len": self.amax_history_len}

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from pipelines import config as fp8cfg
+from pipelines import validate as fp8validate
 from pipelines.figures import FIGURES
 
 validate(config, "config.schema.yaml")
@@ -17,6 +18,8 @@ RESULTS = config["results_dir"]
 try:
     RUNS = fp8cfg.runs(config, PROFILE)
     PSET = fp8cfg.profile_settings(config, PROFILE)
+    # every run resolved and held to the rules `python -m pipelines.train` applies, before the DAG exists
+    fp8validate.check_profile(config, PROFILE)
 except fp8cfg.ConfigError as e:
     raise WorkflowError(str(e))
 

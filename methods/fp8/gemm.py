@@ -45,6 +45,10 @@ def k_chunk(a: Quantized, b: Quantized) -> int:
     return chunk
 
 
+#: the GEMM paths ``fp8_mm`` can take (a method's ``backend`` option)
+BACKENDS = ("auto", "torch", "dequant", "triton", "reference")
+
+
 def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, backend: str = "auto",
            keep_a: bool = False) -> torch.Tensor:
     if backend == "reference":
@@ -61,7 +65,7 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
         except RuntimeError:  # a device/shape/dtype torch._scaled_mm does not take
             return mm_reference(a, b, out_dtype)
     if backend != "torch":
-        raise ValueError(f"unknown GEMM backend {backend!r}; valid: auto, torch, dequant, triton, reference")
+        raise ValueError(f"unknown GEMM backend {backend!r}; valid: {', '.join(BACKENDS)}")
     return mm_scaled(a, b, out_dtype)
 
 
