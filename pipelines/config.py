@@ -114,10 +114,6 @@ def memory_trace_settings(cfg: dict, profile: dict) -> dict:
         check_choice("memory_trace.seq_sweep method", m, method_names())
     for m in [] if mt.get("methods", "all") == "all" else mt["methods"]:
         check_choice("memory_trace method", m, method_names())
-    for model in mt.get("models", []):
-        for seq in [*mt.get("seq_lens", []), mt.get("fit_seq_len", 1)]:
-            if seq > SIZES[model].max_seq_len:
-                raise ConfigError(f"memory_trace seq_len {seq} exceeds {model}'s max_seq_len {SIZES[model].max_seq_len}")
     if mt.get("fit_seq_len") not in mt.get("seq_lens", []):
         raise ConfigError(f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}")
     mt["seq_sweep"] = sweep

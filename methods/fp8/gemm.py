@@ -27,6 +27,7 @@ Backends:
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from methods.fp8.device import host_readable
 from methods.fp8.formats import decode, decode_table
@@ -53,6 +54,13 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
            keep_a: bool = False) -> torch.Tensor:
     if backend == "reference":
         return mm_reference(a, b, out_dtype)
+    if is_fake(a.data):
+        # A memory trace (methods.memory_trace): a fake tensor stands for a device tensor, where one kernel
+        # (Triton, or torch._scaled_mm when the scales are constant along K) writes only the (M, N)
+        # output. Traced as that allocation; the per-K-chunk loop below would add partial sums no GPU
+        # kernel makes, and thousands of ops to the trace.
+        k_chunk(a, b)
+        return a.data.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     if use_triton(backend, a.data):
         from methods.fp8.kernels import scaled_mm_triton
 
