@@ -202,16 +202,23 @@ def _peak_split(snap: dict, steady: dict[str, int]) -> dict[str, int]:
 
 
 def trace_step(method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HParams | None = None,
-               model_name: str = "", steps: int = 2) -> Trace:
-    """Trace ``steps`` training steps of ``method`` (a ``Method``) on ``Transformer(cfg)``.
+               model_name: str = "") -> Trace:
+    """Trace two training steps of ``method`` (a ``Method``) on ``Transformer(cfg)``; see :func:`trace_steps`."""
+    return trace_steps(method, cfg, batch_size, [seq_len], hp, model_name)[0]
+
+
+def trace_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], hp: HParams | None = None,
+                model_name: str = "") -> list[Trace]:
+    """One :class:`Trace` per sequence length: step 1 (at the longest) creates the optimizer state, then one
+    steady-state step per length is traced with its own peaks. ``trace_s`` of each is the time from the
+    start to the end of its step (the whole build, warm-up and step 1 included).
 
     Raises :class:`UntraceableError` (with the reason) when the method cannot be traced: unmet
     requirements (a CUDA-only engine), several ranks, or a step that needs real values.
     """
-    from models.llama import Transformer
-
-    if seq_len > cfg.max_seq_len:  # a longer context than the named size trains at: RoPE tables to match
-        cfg = replace(cfg, max_seq_len=seq_len)
+    seq_lens = sorted(set(seq_lens))
+    if seq_lens[-1] > cfg.max_seq_len:  # a longer context than the named size trains at: RoPE tables to match
+        cfg = replace(cfg, max_seq_len=seq_lens[-1])
     unmet = method.unmet()
     if unmet:
         raise UntraceableError("; ".join(unmet))
@@ -224,9 +231,10 @@ def trace_step(method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HPar
         with _eager_compile() as compiled:
             _warm_up(method, hp)
             del compiled[:]
-            trace = _trace(method, cfg, batch_size, seq_len, hp, model_name, steps, fake, t0)
-            trace.eager_compiled = bool(compiled)
-            return trace
+            traces = _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0)
+            for t in traces:
+                t.eager_compiled = bool(compiled)
+            return traces
     except UntraceableError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure under fake tensors is this method's reason
@@ -264,7 +272,7 @@ def _warm_up(method, hp: HParams) -> None:
     trainee.train_step(x, x, hp.lr)
 
 
-def _trace(method, cfg, batch_size, seq_len, hp, model_name, steps, fake, t0) -> Trace:
+def _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0) -> list[Trace]:
     from models.llama import Transformer
 
     ctx = RunContext(device=torch.device("cpu"), seed=0, extra={"batch_size": batch_size})
@@ -277,38 +285,39 @@ def _trace(method, cfg, batch_size, seq_len, hp, model_name, steps, fake, t0) ->
         # storages without data; values are never read (init is skipped: it changes no size)
         model.to_empty(device="cpu")
         trainee = method.trainee(model, hp, ctx)
-        x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len))
-        y = torch.randint(0, cfg.vocab_size, (batch_size, seq_len))
+        batches = {s: (torch.randint(0, cfg.vocab_size, (batch_size, s)), torch.randint(0, cfg.vocab_size, (batch_size, s)))
+                   for s in seq_lens}
     tracker = _StepTracker()
-    tracker.track_external(trainee.model, trainee.optimizer, x, y)
+    tracker.track_external(trainee.model, trainee.optimizer, *[t for xy in batches.values() for t in xy])
+    traces = []
     with fake, tracker:
-        trainee.train_step(x, y, hp.lr)  # step 1 creates the optimizer state
+        trainee.train_step(*batches[seq_lens[-1]], hp.lr)  # step 1 creates the optimizer state
         step1_peak = tracker.snapshot("peak").get(_TOTAL_KEY, 0)
         owners: dict = {}
         trainee.memory(owners=owners)
         tracker.relabel(owners)
-        tracker.reset_peaks()
-        tracker.reset_mod_stats()  # a second root forward is a new iteration to the tracker
-        for _ in range(steps - 1):
-            trainee.train_step(x, y, hp.lr)
-        steady = {c: int(v) for c, v in trainee.memory().items()}
-        current = tracker.snapshot("current").get(_TOTAL_KEY, 0)
-        steady["other"] = int(current - sum(steady.values()))
-        peak_snap = tracker.snapshot("peak")
-    peak_total = int(peak_snap.get(_TOTAL_KEY, 0))
-    phase_peak = dict(tracker.phase_peak)
-    trace = Trace(method=method.name, model=model_name, batch_size=batch_size, seq_len=seq_len,
-                  n_params=sum(p.numel() for p in trainee.model.parameters()), steady=steady,
-                  peak=_peak_split(peak_snap, steady), peak_total=peak_total,
-                  peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "",
-                  phase_peak=phase_peak,
-                  phase_act_temp={p: int(sn.get(_MemRefType.ACT, 0) + sn.get(_MemRefType.TEMP, 0))
-                                  for p, sn in tracker.phase_snap.items()},
-                  act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
-                  trace_s=time.perf_counter() - t0)
-    del trainee, model, tracker, x, y
+        for seq in seq_lens:  # then one steady-state step per sequence length, each with its own peaks
+            t_step = time.perf_counter()
+            tracker.reset_peaks()
+            tracker.reset_mod_stats()  # a second root forward is a new iteration to the tracker
+            trainee.train_step(*batches[seq], hp.lr)
+            steady = {c: int(v) for c, v in trainee.memory().items()}
+            current = tracker.snapshot("current").get(_TOTAL_KEY, 0)
+            steady["other"] = int(current - sum(steady.values()))
+            peak_snap = tracker.snapshot("peak")
+            phase_peak = dict(tracker.phase_peak)
+            traces.append(Trace(
+                method=method.name, model=model_name, batch_size=batch_size, seq_len=seq,
+                n_params=sum(p.numel() for p in trainee.model.parameters()), steady=steady,
+                peak=_peak_split(peak_snap, steady), peak_total=int(peak_snap.get(_TOTAL_KEY, 0)),
+                peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "", phase_peak=phase_peak,
+                phase_act_temp={p: int(sn.get(_MemRefType.ACT, 0) + sn.get(_MemRefType.TEMP, 0))
+                                for p, sn in tracker.phase_snap.items()},
+                act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
+                trace_s=time.perf_counter() - t0, extra={"step_s": round(time.perf_counter() - t_step, 2)}))
+    del trainee, model, tracker, batches
     gc.collect()
-    return trace
+    return traces
 
 
 def peak_rss_bytes() -> int:

@@ -113,23 +113,6 @@ MEMORY_TRACED_CSV = f"{RESULTS}/memory_traced.csv"
 MEMORY_FIT_CSV = f"{RESULTS}/memory_fit.csv"
 
 
-def _trace_parts() -> dict:
-    """(model, seq_len) → methods to trace there (None: every registered method)."""
-    every = None if MEMORY_TRACE.get("methods", "all") == "all" else list(MEMORY_TRACE["methods"])
-    parts = {(m, s): every for m in MEMORY_TRACE["models"] for s in MEMORY_TRACE["seq_lens"]}
-    sweep = MEMORY_TRACE.get("seq_sweep")
-    for s in (sweep or {}).get("seq_lens", []):
-        key = (sweep["model"], s)
-        if key not in parts:
-            parts[key] = list(sweep["methods"])
-    return parts
-
-
-TRACE_PARTS = _trace_parts()
-TRACE_PART_CSVS = [f"{RESULTS}/memory_traced/{m}_s{s}.csv" for m, s in TRACE_PARTS]
-
-
-def trace_methods_arg(wildcards):
-    """``--methods A B`` for a part that traces a subset (the sequence-length sweep), else nothing."""
-    methods = TRACE_PARTS[(wildcards.model, int(wildcards.seq))]
-    return "" if methods is None else "--methods " + " ".join(methods)
+TRACE_PART_CSVS = [f"{RESULTS}/memory_traced/{m}.csv" for m in MEMORY_TRACE["models"]]
+TRACE_SEQ_ARG = " ".join(str(s) for s in MEMORY_TRACE["seq_lens"])
+TRACE_METHODS_ARG = "" if MEMORY_TRACE["methods"] == "all" else "--methods " + " ".join(MEMORY_TRACE["methods"])

@@ -107,16 +107,12 @@ def memory_trace_settings(cfg: dict, profile: dict) -> dict:
     from models.config import SIZES
 
     mt = deep_merge(cfg.get("memory_trace", {}), profile.get("memory_trace"))
-    sweep = mt.get("seq_sweep") or None
-    for m in [*mt.get("models", []), *([sweep["model"]] if sweep else [])]:
+    for m in mt.get("models", []):
         check_choice("memory_trace model", m, SIZES)
-    for m in (sweep or {}).get("methods", []):
-        check_choice("memory_trace.seq_sweep method", m, method_names())
     for m in [] if mt.get("methods", "all") == "all" else mt["methods"]:
         check_choice("memory_trace method", m, method_names())
     if mt.get("fit_seq_len") not in mt.get("seq_lens", []):
         raise ConfigError(f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}")
-    mt["seq_sweep"] = sweep
     return mt
 
 

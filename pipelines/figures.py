@@ -322,20 +322,18 @@ def fig_activation_seq(d: FigureData):
     t = d.traced
     if t.empty:
         return "no traced step (results/memory_traced.csv is missing)"
-    ok = t[(t["status"] == "ok") & (t["batch_size"] == 1)]
-    counts = ok.groupby("model")["seq_len"].nunique()
-    if counts.empty or counts.max() < 2:
+    ok = t[(t["status"] == "ok") & (t["batch_size"] == 1)].assign(act_gib=lambda x: x["act_peak_bytes"] / 2 ** 30)
+    models = [m for m, g in ok.sort_values("n_params").groupby("model", sort=False) if g["seq_len"].nunique() >= 2]
+    if not models:
         return "no model was traced at two or more sequence lengths"
-    model = counts.idxmax()
-    at = ok[ok["model"] == model]
-    n_seq = at.groupby("method")["seq_len"].nunique()
-    at = at[at["method"].isin(n_seq[n_seq == n_seq.max()].index)].assign(act_gib=lambda x: x["act_peak_bytes"] / 2 ** 30)
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    sns.lineplot(data=at, x="seq_len", y="act_gib", hue="method", style="method", markers=True, dashes=False, ax=ax)
-    ax.set(xscale="log", yscale="log", xlabel="sequence length (micro-batch 1)",
-           ylabel="largest activation total in the step (GiB)",
-           title=f"Activation memory against sequence length at {model}, traced: what each recipe saves for backward")
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models) + 1.5, 5), sharey=False, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sns.lineplot(data=ok[ok["model"] == model], x="seq_len", y="act_gib", hue="method", style="method",
+                     markers=True, dashes=False, ax=ax, legend=ax is axes[0][-1])
+        ax.set(xscale="log", xlabel="sequence length (micro-batch 1)", ylabel="largest activation total (GiB)",
+               title=model)
+    axes[0][-1].legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle("Activation memory against sequence length, traced: what each recipe keeps for backward")
     return fig
 
 

@@ -4,17 +4,16 @@
 
 rule trace_memory:
     output:
-        f"{RESULTS}/memory_traced/{{model}}_s{{seq}}.csv",
-    wildcard_constraints:
-        seq=r"\d+",
+        f"{RESULTS}/memory_traced/{{model}}.csv",
     params:
-        methods=trace_methods_arg,
+        seqs=TRACE_SEQ_ARG,
+        methods=TRACE_METHODS_ARG,
     conda:
         "../environment.yml"
     log:
-        f"{RESULTS}/logs/trace_memory_{{model}}_s{{seq}}.log",
+        f"{RESULTS}/logs/trace_memory_{{model}}.log",
     shell:
-        "python -m pipelines.memory_traced trace --model {wildcards.model} --seq-len {wildcards.seq} "
+        "python -m pipelines.memory_traced trace --model {wildcards.model} --seq-len {params.seqs} "
         "{params.methods} --out {output:q} > {log:q} 2>&1"
 
 

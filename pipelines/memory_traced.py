@@ -1,10 +1,11 @@
 """Traced memory at full size for the workflow: one table per (model, seq_len), merged, and "does it fit".
 
-    python -m pipelines.memory_traced trace --model 10b --seq-len 4096 --out results/memory_traced/10b_s4096.csv
+    python -m pipelines.memory_traced trace --model 10b --seq-len 2048 4096 --out results/memory_traced/10b.csv
     python -m pipelines.memory_traced merge --out results/memory_traced.csv --fit results/memory_fit.csv PART...
 
-``trace`` runs ``methods.memory_trace.trace_step`` (two real training steps under fake tensors) for every
-registered method at micro-batch 1, in one process, and writes one row per method: ``status`` ``ok`` with
+``trace`` runs ``methods.memory_trace.trace_steps`` (real training steps under fake tensors: one to make the
+optimizer state, then one per sequence length) for every registered method at micro-batch 1, in one
+process, and writes one row per method and length: ``status`` ``ok`` with
 bytes by component, or ``untraceable`` with the reason (multi-rank engines, CUDA-only engines). Each row
 carries the analytic model's persistent bytes (``methods.memory``) and the traced-vs-analytic difference.
 
@@ -29,9 +30,9 @@ from pipelines.atomic import atomic_path
 GIB = 2 ** 30
 
 
-def trace_rows(model: str, seq_len: int, methods: list[str] | None = None, batch_size: int = 1) -> list[dict]:
+def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1) -> list[dict]:
     from methods.memory import COMPONENTS
-    from methods.memory_trace import UntraceableError, peak_rss_bytes, trace_step, untraceable_row
+    from methods.memory_trace import UntraceableError, peak_rss_bytes, trace_steps, untraceable_row
     from methods.registry import get_method, method_names
     from models.config import get_model_config
 
@@ -40,19 +41,20 @@ def trace_rows(model: str, seq_len: int, methods: list[str] | None = None, batch
     for name in methods or method_names():
         m = get_method(name)
         try:
-            t = trace_step(m, cfg, batch_size, seq_len, model_name=model)
+            traces = trace_steps(m, cfg, batch_size, seq_lens, model_name=model)
         except UntraceableError as e:
-            rows.append(untraceable_row(name, model, batch_size, seq_len, str(e)))
+            rows += [untraceable_row(name, model, batch_size, s, str(e)) for s in seq_lens]
             print(f"{name}: untraceable: {e}", flush=True)
             continue
-        row = t.row()
-        analytic = m.analytic_bytes(cfg)
-        row["analytic_bytes"] = float(sum(analytic.get(c, 0.0) for c in COMPONENTS))
-        row["persistent_vs_analytic_pct"] = 100 * (row["persistent_bytes"] - row["analytic_bytes"]) / row["analytic_bytes"]
-        row["rss_after_bytes"] = peak_rss_bytes()
-        rows.append(row)
-        print(f"{name}: persistent {t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB "
-              f"({t.peak_phase}), traced in {t.trace_s:.1f} s", flush=True)
+        analytic = float(sum(m.analytic_bytes(cfg).get(c, 0.0) for c in COMPONENTS))
+        for t in traces:
+            row = t.row()
+            row["analytic_bytes"] = analytic
+            row["persistent_vs_analytic_pct"] = 100 * (row["persistent_bytes"] - analytic) / analytic
+            row["rss_after_bytes"] = peak_rss_bytes()
+            rows.append(row)
+            print(f"{name} seq {t.seq_len}: persistent {t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB "
+                  f"({t.peak_phase}), traced in {t.trace_s:.1f} s", flush=True)
     return rows
 
 
@@ -119,9 +121,9 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.memory_traced", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("trace", help="trace every method (or --methods) at one model size and seq_len")
+    t = sub.add_parser("trace", help="trace every method (or --methods) at one model size and its seq_lens")
     t.add_argument("--model", required=True)
-    t.add_argument("--seq-len", type=int, required=True)
+    t.add_argument("--seq-len", type=int, nargs="+", required=True)
     t.add_argument("--batch-size", type=int, default=1)
     t.add_argument("--methods", nargs="*")
     t.add_argument("--out", required=True)
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
 
         if args.model not in SIZES:
             ap.error(f"unknown model {args.model!r}; valid: {', '.join(SIZES)}")
-        if args.seq_len < 1:
+        if min(args.seq_len) < 1:
             ap.error("--seq-len must be >= 1")
         if args.batch_size < 1:
             ap.error("--batch-size must be >= 1")
