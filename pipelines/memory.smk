@@ -1,8 +1,10 @@
-# Memory of a real training step at full size, traced on the CPU (methods/memory_trace.py): no training
-# run depends on it, so its jobs fill the cores the runs leave idle.
+# Memory of a real training step at full size, traced on the CPU (methods/memory_trace.py). No training
+# run depends on it; its jobs are the workflow's longest (minutes per model), so they start first and the
+# short training runs fill the other core around them instead of leaving a long tail at the end.
 
 
 rule trace_memory:
+    priority: 50
     output:
         f"{RESULTS}/memory_traced/{{model}}.csv",
     params:

@@ -58,7 +58,8 @@ def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table) -> str:
     lines = [
         "## Memory traced at full size",
         "",
-        "Every method's own training step, run twice on the full-size model under PyTorch's `FakeTensorMode` "
+        "Every method's own training step on the full-size model (one step to make the optimizer state, then one per "
+        "sequence length), under PyTorch's `FakeTensorMode` "
         "(shapes and storages, no data) inside `MemTracker`, which counts every storage the step creates and frees "
         "(`methods/memory_trace.py`; one method: `python -m methods.memory trace --model 10b --method fp8-e2e "
         "--batch-size 1 --seq-len 4096`). Where code takes a CPU shortcut on real tensors, the trace takes the "
