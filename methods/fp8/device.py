@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 def host_readable(t: torch.Tensor) -> bool:
     """True for a real CPU tensor: reading its values costs no device sync and is possible at all."""
-    return t.device.type == "cpu" and not is_fake(t)
+    return not is_fake(t) and t.device.type == "cpu"  # is_fake first: a fake tensor's .device is dispatched
 
 
 def host_float(t: torch.Tensor | float, fake: float = float("nan")) -> float:
