@@ -101,3 +101,29 @@ def run_gpus(wildcards):
         return 0
     return run_method(wildcards.method).world_size
 
+
+
+# The HTML report's items besides the figures (pipelines/report_items.py).
+from pipelines.report_items import TABLES_DIR, figure_group, table, tables_for
+
+TABLE_NAMES = tables_for(PROFILE)
+TABLE_HTMLS = [f"{TABLES_DIR}/{name}.html" for name in TABLE_NAMES]
+LANDING_RST = "reports/landing.rst"
+
+
+wildcard_constraints:
+    table="|".join(TABLE_NAMES),
+
+
+def table_source(wildcards):
+    """The CSV a table item is rendered from."""
+    return f"{RESULTS}/{table(wildcards.table).source}"
+
+
+def table_caption(wildcards):
+    return table(wildcards.table).caption
+
+
+def figure_subcategory(wildcards):
+    """The report group of a figure (loss, memory, speed, stability)."""
+    return figure_group(wildcards.name)
