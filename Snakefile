@@ -30,6 +30,7 @@ localrules:
     report,
     table,
     landing,
+    tensorboard,
 
 
 rule all:
@@ -41,3 +42,4 @@ rule all:
         FIGURE_PNGS,
         TABLE_HTMLS,
         LANDING_RST,
+        TB_EVENTS,

@@ -103,12 +103,14 @@ def run_gpus(wildcards):
 
 
 
-# The HTML report's items besides the figures (pipelines/report_items.py).
+# The HTML report's items besides the figures (pipelines/report_items.py) and the runs' TensorBoard files.
 from pipelines.report_items import TABLES_DIR, figure_group, table, tables_for
+from pipelines.tensorboard_export import EVENTS_NAME
 
 TABLE_NAMES = tables_for(PROFILE)
 TABLE_HTMLS = [f"{TABLES_DIR}/{name}.html" for name in TABLE_NAMES]
 LANDING_RST = "reports/landing.rst"
+TB_EVENTS = [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/{EVENTS_NAME}" for m, me, rid in RUNS]
 
 
 wildcard_constraints:

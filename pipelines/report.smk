@@ -106,6 +106,20 @@ rule landing:
         "--out {output:q} --tables {params.tables} --figure-names {params.figures} > {log:q} 2>&1"
 
 
+# TensorBoard event files beside each run's metrics.jsonl, derived from it alone (one job: it takes ~1 s).
+rule tensorboard:
+    input:
+        run_summaries,
+    output:
+        TB_EVENTS,
+    conda:
+        "../environment.yml"
+    log:
+        f"{RESULTS}/logs/tensorboard.log",
+    shell:
+        "python -m pipelines.tensorboard_export {input:q} > {log:q} 2>&1"
+
+
 rule report:
     localrule: True
     params:
@@ -120,5 +134,5 @@ rule report:
     shell:
         "(python -m pipelines.report --from-disk --profile {params.profile} --results {params.results:q}"
         " && python -m pipelines.html_table --results {params.results:q} {params.tables}"
-        " && python -m pipelines.landing --results {params.results:q} --tables {params.tables} --figure-names {params.figures})"
-        " > {log:q} 2>&1"
+        " && python -m pipelines.landing --results {params.results:q} --tables {params.tables} --figure-names {params.figures}"
+        " && python -m pipelines.tensorboard_export {params.results:q}/runs/{params.profile}/*/*/*/summary.json) > {log:q} 2>&1"
