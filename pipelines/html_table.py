@@ -34,9 +34,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} tr
 
 # Sort by data-v: numerically where both values parse as numbers, else as text; empty cells always last.
 _SCRIPT = """
-document.querySelectorAll("table.sortable th").forEach(function (th, col) {
+document.querySelectorAll("table.sortable th").forEach(function (th) {
   th.addEventListener("click", function () {
-    var table = th.closest("table"), body = table.tBodies[0];
+    var table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
     var asc = !th.classList.contains("asc");
     table.querySelectorAll("th").forEach(function (h) { h.classList.remove("asc", "desc"); });
     th.classList.add(asc ? "asc" : "desc");
