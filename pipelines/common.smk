@@ -126,6 +126,13 @@ def table_caption(wildcards):
     return table(wildcards.table).caption
 
 
+def gpu_reference_files(wildcards=None):
+    """The committed GPU reference the landing text describes, where it exists (a new one reruns the rule)."""
+    from pipelines.landing import GPU_REFERENCE
+
+    return sorted(str(p) for p in Path(GPU_REFERENCE).glob("*") if p.is_file())
+
+
 def figure_subcategory(wildcards):
     """The report group of a figure (loss, memory, speed, stability)."""
     return figure_group(wildcards.name)

@@ -92,6 +92,7 @@ rule landing:
     input:
         tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", f"{RESULTS}/claims.csv"],
         forest="reports/figures/forest.png",
+        reference=gpu_reference_files,
     output:
         LANDING_RST,
     params:
