@@ -91,12 +91,16 @@ def methods_part(comp: pd.DataFrame, forest_png: Path, forest_note: str | None) 
     rows = _main_rows(comp)
     if rows.empty:
         return out + ["No method ran.", ""]
-    rows = rows.assign(_ref=rows["method"] != REFERENCE).sort_values(["_ref", "verdict", "method"])
+    # the reference first, then by gap as the forest figure orders them, runs without a gap last
+    rows = rows.assign(_ref=rows["method"] != REFERENCE).sort_values(["_ref", "gap_mean_pct", "method"],
+                                                                      na_position="last")
     for r in rows.itertuples():
         if r.method == REFERENCE:
             text = f"the reference; {fmt(r.tokens_per_s_median, 0)} tokens/s"
         elif r.status in ("skipped", "failed"):
             text = f"{r.status}: {r.reason}"
+        elif r.status == "diverged":
+            text = f"diverged at step {fmt(r.diverged_step, 0)} ({r.reason})"
         else:
             text = f"{_gap_text(r)}; {fmt(r.speedup_median, 2)}x {REFERENCE}'s tokens/s"
         if pd.notna(r.state_bytes_per_param) and r.status not in ("skipped", "failed"):

@@ -85,7 +85,9 @@ def test_smoke_workflow_end_to_end(workdir):
     from pipelines.tensorboard_export import EVENTS_NAME
 
     assert all(f"tables/{t}.html" in html for t in tables_for("smoke"))
-    assert "fp8bench: the answers" in (workdir / "reports" / "landing.rst").read_text()
+    landing = (workdir / "reports" / "landing.rst").read_text()
+    assert "fp8bench: the answers" in landing
+    assert any("fp32-lr300" in ln and f"diverged at step {step}" in ln for ln in landing.splitlines())
     # every run has its TensorBoard event file beside metrics.jsonl (tests/test_tensorboard.py reads them back)
     runs = sorted((workdir / "results" / "runs" / "smoke").glob("*/*/seed*"))
     assert len(runs) == 4 and all((r / EVENTS_NAME).stat().st_size > 100 for r in runs), runs
