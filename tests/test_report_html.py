@@ -66,6 +66,24 @@ def test_gpu_reference_states(tmp_path):
     assert "system-message" not in rst_to_html(there + "\n\n.. _gpu_scaling.png: x")
 
 
+def test_per_method_lines_follow_the_forest_order_and_name_divergence():
+    nan = float("nan")
+    comp = pd.DataFrame({
+        "profile": "cpu", "lr": 1e-3, "method": ["fp8-b", "bf16-amp", "fp8-a", "fp8-d", "fp8-s"],
+        "status": ["ok", "ok", "ok", "diverged", "skipped"], "reason": ["", "", "", "step 7: loss nan", "no GPU"],
+        "verdict": ["worse", "reference", "equivalent", "diverged", "n/a (skipped)"],
+        "n_seeds": [3, 3, 3, 0, 0], "gap_mean_pct": [1.5, nan, 0.1, nan, nan], "gap_ci_lo_pct": [1.0, nan, -0.2, nan, nan],
+        "gap_ci_hi_pct": [2.0, nan, 0.4, nan, nan], "diverged_step": [nan, nan, nan, 7, nan],
+        "speedup_median": [0.9, 1.0, 1.1, nan, nan], "tokens_per_s_median": [900.0, 1000.0, 1100.0, nan, nan],
+        "state_bytes_per_param": [6.04, 16.0, 16.0, 12.0, nan]})
+    lines = [ln for ln in landing.methods_part(comp, None, "no plot in this test") if ln.startswith("- **")]
+    assert [ln.split("**")[1] for ln in lines] == ["bf16-amp", "fp8-a", "fp8-b", "fp8-d", "fp8-s"]
+    assert "gap 1.50% \\[1.00, 2.00\\] over 3 seeds; 0.90x" in lines[2]
+    assert "diverged at step 7 (step 7: loss nan)" in lines[3] and "skipped: no GPU" in lines[4]
+    assert "system-message" not in rst_to_html("\n".join(landing.methods_part(comp, None, "x"))
+                                               + "\n\n.. _forest.png: x\n.. _comparison.html: y")
+
+
 FRAME = pd.DataFrame({"method": ["b", "a", "c", "d"], "gap_mean_pct": [0.5, -1.25, np.nan, 10.0],
                       "n_seeds": [3, 1, 0, 12], "verdict": ["equivalent", "worse", "not run", "better"]})
 
