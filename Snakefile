@@ -16,6 +16,7 @@ report: "reports/landing.rst"
 
 include: "pipelines/common.smk"
 include: "pipelines/train.smk"
+include: "pipelines/memory.smk"
 include: "pipelines/report.smk"
 
 
@@ -25,6 +26,7 @@ localrules:
     run_config,
     collect,
     compare,
+    memory_traced,
     figure,
     report_md,
     report,

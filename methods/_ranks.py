@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from methods.base import Method, RunContext
+from methods.options import Range
 
 #: seconds a collective may wait for a peer before the rank fails (a dead or stuck rank must not hang a run)
 TIMEOUT_ENV = "FP8BENCH_DIST_TIMEOUT_S"
@@ -95,10 +96,7 @@ class MultiRank(Method):
     #: ranks of one run; 0: one per visible GPU, 2 on a CPU
     ranks: int = 0
 
-    def __post_init__(self):
-        if isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 0:
-            raise ValueError(f"option ranks must be a whole number >= 0 (0: one per GPU, 2 on a CPU), "
-                             f"got {self.ranks!r}")
+    option_rules = {"ranks": Range(0)}  # 0: one per GPU, 2 on a CPU
 
     @property
     def world_size(self) -> int:  # type: ignore[override]

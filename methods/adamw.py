@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from methods.fp8.device import host_float
 from methods.rounding import stochastic_round_bf16
 
 
@@ -77,7 +78,7 @@ class AdamW(torch.optim.Optimizer):
         w = st["master"] if "master" in st else p.float()
         m, v = self._load_moments(st, p)
         adamw_update_(w, p.grad.float(), m, v, lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                      weight_decay=group["weight_decay"], step=float(st["step"]))
+                      weight_decay=group["weight_decay"], step=host_float(st["step"], fake=1.0))
         self._store_moments(st, m, v)
         self._write_param(p, w, st)
 
@@ -97,7 +98,7 @@ class AdamW(torch.optim.Optimizer):
 
     def _write_param(self, p: torch.Tensor, w: torch.Tensor, st: dict) -> None:
         if w is st.get("master") or p.dtype == torch.float32:
-            if w.data_ptr() != p.data_ptr():
+            if w is not p:  # fp32 p: `p.float()` is p itself, already updated in place
                 p.copy_(w)
         elif self.stochastic_rounding and p.dtype == torch.bfloat16:
             p.copy_(stochastic_round_bf16(w, self._generator(p.device)))

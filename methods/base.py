@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from methods.bf16_emulation import bf16_matmul_mode
+from methods.fp8.device import host_float
 from methods.ledger import ledger
 
 
@@ -99,7 +100,7 @@ def clip_grads(params: list[torch.Tensor], max_norm: float) -> float:
     if not grads:
         return 0.0
     total = torch.sqrt(sum(torch.linalg.vector_norm(g, dtype=torch.float32) ** 2 for g in grads))
-    norm = float(total)
+    norm = host_float(total, fake=0.0)  # a memory trace has no values: finite, nothing to clip
     if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
         coef = max_norm / (norm + 1e-6)
         for g in grads:
@@ -139,16 +140,17 @@ class Trainee:
         grad_norm = clip_grads(self.params, self.hp.grad_clip)
         if math.isfinite(grad_norm):  # a non-finite step is reported, never applied
             self.optimizer.step()
-        return StepResult(float(loss.detach()), grad_norm)
+        return StepResult(host_float(loss.detach()), grad_norm)
 
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.model.eval()
         return float(self.forward_loss(x, y))
 
-    def memory(self) -> dict[str, int]:
-        """Persistent bytes by component, walked from the live tensors."""
-        return ledger(self.model, self.optimizer)
+    def memory(self, owners: dict | None = None) -> dict[str, int]:
+        """Persistent bytes by component, walked from the live tensors (``owners``: see
+        ``methods.ledger.ledger``)."""
+        return ledger(self.model, self.optimizer, owners=owners)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -178,6 +180,18 @@ class Method:
     family: ClassVar[str] = "baseline"
     #: processes one run of this method uses (ZeRO runs as several ranks)
     world_size: ClassVar[int] = 1
+    #: option name → ``methods.options.Range`` / ``Choice``; merged with the bases' rules
+    option_rules: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse bad options when the method is made (ValueError naming option, value and valid values),
+        so bad input never reaches a build. Subclasses with cross-option rules extend this."""
+        from methods.options import check
+
+        check(self)
 
     def requirements(self) -> list[Requirement]:
         return []
@@ -196,7 +210,11 @@ class Method:
         return contextlib.nullcontext()
 
     def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+        return self.trainee(self.convert_model(model, ctx), hp, ctx)
+
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+        """The Trainee around a model ``convert_model`` already converted. Separate from ``build`` for
+        the memory trace (``methods.memory_trace``), which converts on the meta device first."""
         return Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:

@@ -23,8 +23,9 @@ is the global-batch mean and the ranks' gradients are averaged, so a step is the
 
 Gradient clipping is by the global norm: DDP's grads are identical on every rank after the all-reduce;
 FSDP2's are sharded DTensors, whose norm ``get_total_norm`` reduces over ranks. The memory ledger is
-rank 0's, walked from the real (sharded) tensors. Like ZeRO runs, these do not checkpoint: a killed run
-starts over. ``train.compile`` compiles the DDP module (DDP's graph-break optimizer) or each block before
+rank 0's, walked from the real (sharded) tensors. Checkpoints go through ``torch.distributed.checkpoint``
+(each rank its shard), committed by ``pipelines.dist_checkpoint`` once every rank has written: a killed
+run resumes, as ZeRO runs do. ``train.compile`` compiles the DDP module (DDP's graph-break optimizer) or each block before
 it is sharded (FSDP2).
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ from methods._linears import DEFAULT_KEEP
 from methods.base import HParams, Requirement, RunContext, StepResult, Trainee, clip_grads, needs_module
 from methods.bf16_emulation import bf16_matmul_mode
 from methods.ledger import COMPONENTS
+from methods.options import Choice
 from methods.registry import register
 
 
@@ -48,7 +50,8 @@ class DataParallelTrainee(_ranks.RankShare, Trainee):
     """``model`` is the plain module (what the ledger walks), ``wrapped`` what forward calls (the DDP
     wrapper, a compiled module, or the FSDP2-sharded model itself)."""
 
-    #: multi-rank state: the loop's single-file checkpoint does not apply (a killed run starts over)
+    #: multi-rank state: not the loop's single-file checkpoint, but torch.distributed.checkpoint
+    #: (``save_sharded``), which ``pipelines.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
     def __init__(self, method: "_DataParallel", wrapped: nn.Module, model: nn.Module,
@@ -81,6 +84,30 @@ class DataParallelTrainee(_ranks.RankShare, Trainee):
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.wrapped.eval()  # every rank takes part: FSDP2 all-gathers each group's weights from all ranks
         return self.global_mean(self.forward_loss(self.shard(x), self.shard(y)))
+
+    # -- checkpoints: torch.distributed.checkpoint, each rank its shard (DDP: deduplicated replicas) -----
+    def _state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        # FSDP2: DTensor shards; DDP: the plain module's tensors (the same on every rank, written once).
+        # A fresh optimizer's states are made first (a step at lr 0), so that loading has tensors to fill.
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def save_sharded(self, root, tag: str) -> None:
+        """Collective: model and optimizer state under ``root/tag`` (DCP's ``.metadata`` is written last)."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=str(root / tag))
+
+    def load_sharded(self, root, tag: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(root / tag))  # in place, into this rank's shards
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self.method.after_step(self.model)  # FP8 all-gather scales follow the loaded weights, as after a step
 
 
 @torch.no_grad()
@@ -218,12 +245,10 @@ class FSDP2Fp8Torchao(_FSDP2):
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     #: "auto": emulate the FP8 GEMM where the device has none; true/false force it
     emulate: bool | str = "auto"
+    option_rules = {"emulate": Choice(("auto", True, False))}
 
     def requirements(self) -> list[Requirement]:
-        ok = self.emulate in ("auto", True, False)
-        return super().requirements() + [
-            needs_module("torchao", "pip install torchao==0.18.0"),
-            Requirement("emulate option", ok, "" if ok else f"emulate must be auto, true or false, got {self.emulate!r}")]
+        return super().requirements() + [needs_module("torchao", "pip install torchao==0.18.0")]
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         from methods.torchao_float8 import convert_torchao_float8, fp8_gemm_in_hardware

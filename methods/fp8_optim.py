@@ -22,6 +22,7 @@ from torch import nn
 from methods.base import HParams, Method, RunContext, Trainee, needs_module, param_groups
 from methods.fp8 import optim_codec
 from methods.fp8_own import FP8Own
+from methods.options import Choice, Range
 from methods.registry import register
 
 
@@ -37,6 +38,10 @@ class FP8Optim(Method):
     stochastic_rounding: bool = True
     impl: str = "auto"  # "torch" | "triton" | "auto" (Triton on CUDA tensors)
 
+    # the same sets FP8AdamW accepts (methods.fp8.adamw), refused here before any work
+    option_rules = {"block_size": Range(1), "m_format": Choice(tuple(optim_codec.FORMATS)),
+                    "v_format": Choice(tuple(optim_codec.FORMATS)), "m_transform": Choice(("none", "dre")),
+                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(("auto", "torch", "triton"))}
     family = "fp8-optim"
     summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (seed's 6 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
@@ -54,10 +59,9 @@ class FP8Optim(Method):
                         master_weights=self.master_weights, stochastic_rounding=self.stochastic_rounding,
                         seed=ctx.seed, impl=self.impl)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import FP8OptimTrainee
 
-        model = self.convert_model(model, ctx)
         return FP8OptimTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def optim_state_bytes(self, numels) -> float:
@@ -101,10 +105,9 @@ class FP8Lean(FP8Optim):
     stores = {"weights": "bf16", "master": "-", "grads": "- (bf16, one tensor at a time)",
               "m": "fp8-e4m3 (+scale/256)", "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import FusedBackwardTrainee
 
-        model = self.convert_model(model, ctx)
         return FusedBackwardTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
@@ -129,6 +132,7 @@ class TensorLrTrainee(Trainee):
 @dataclass(frozen=True, kw_only=True)
 class _TorchaoLowBit(Method):
     block_size: int = 256
+    option_rules = {"block_size": Range(1)}
     family = "torchao"
     #: torchao quantizes a state only if it has at least this many values and a whole number of blocks;
     #: smaller states stay in the parameter dtype (torchao.optim.adam._AdamBase._new_buffer)
@@ -150,8 +154,7 @@ class _TorchaoLowBit(Method):
         return self._optimizer_class()(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2),
                                        eps=hp.eps, block_size=self.block_size, bf16_stochastic_round=True)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return TensorLrTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
@@ -215,7 +218,7 @@ class FP8EndToEnd(FP8Optim, FP8Own):
     def autocast(self, ctx: RunContext):
         return FP8Own.autocast(self, ctx)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods.fp8.optim_lean import optimizer_telemetry
         from methods.fp8.trainee import FP8Trainee
 
@@ -223,5 +226,4 @@ class FP8EndToEnd(FP8Optim, FP8Own):
             def telemetry(self) -> list[dict]:
                 return super().telemetry() + optimizer_telemetry(self.model, self.optimizer)
 
-        model = self.convert_model(model, ctx)
         return _Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

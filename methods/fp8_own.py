@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee
-from methods.fp8.linear import DEFAULT_KEEP, FP8Recipe, convert_to_fp8
+from methods.fp8.formats import FORMATS
+from methods.fp8.gemm import BACKENDS
+from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8
 from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
 from methods.fp8.trainee import FP8Trainee
+from methods.options import Choice, Range
 from methods.registry import register
 
 _STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32",
@@ -56,8 +59,17 @@ class FP8Own(Method):
                          amax_history_len=self.amax_history_len, amax_compute_algo=self.amax_compute_algo,
                          wgrad_fp8=self.wgrad_fp8, backend=self.backend)
 
-    def __post_init__(self):
-        self.recipe()  # bad option combinations fail at construction, before any work
+    option_rules = {"granularity": Choice(tuple(GRANULARITIES)), "scaling": Choice(("current", "delayed")),
+                    "fwd_format": Choice(tuple(FORMATS)), "grad_format": Choice(tuple(FORMATS)),
+                    "margin": Range(0), "amax_history_len": Range(1),
+                    "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS)}
+
+    def validate(self) -> None:
+        super().validate()
+        try:  # cross-option rules (delayed scaling is per-tensor) fail here too, before any work
+            self.recipe()
+        except ValueError as e:
+            raise ValueError(f"method {self.name}: {e}") from None
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return convert_to_fp8(model, self.recipe(), tuple(self.keep_high_precision),
@@ -66,8 +78,7 @@ class FP8Own(Method):
     def autocast(self, ctx: RunContext):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
 
@@ -116,6 +127,7 @@ class FP8Naive(Method):
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     backend: str = "auto"
 
+    option_rules = {"backend": Choice(BACKENDS)}
     family = "fp8-own"
     summary = "negative control: weights stored e4m3 + grads stored e5m2 (per-tensor scale), no hp copy; fp32 Adam"
     stores = {"weights": "fp8-e4m3 (+scale)", "master": "-", "grads": "fp8-e5m2 (+scale)", "m": "fp32", "v": "fp32",
@@ -127,6 +139,5 @@ class FP8Naive(Method):
     def autocast(self, ctx: RunContext):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return NaiveTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

@@ -29,11 +29,30 @@ def tensor_bytes(t, seen: set) -> int:
     if t.device.type == "meta":
         return 0
     st = t.untyped_storage()
-    key = (t.device.type, st.data_ptr(), st.nbytes())
+    key = storage_key(st)
     if key in seen or st.nbytes() == 0:
         return 0
     seen.add(key)
     return st.nbytes()
+
+
+def storage_key(st: torch.UntypedStorage) -> int:
+    """Identity of the storage behind a tensor: the address of its StorageImpl, which every view shares.
+    Not ``data_ptr()``: a fake tensor (``methods.memory_trace``) has no data, and all of them read 0."""
+    return st._cdata
+
+
+class _Owners(set):
+    """The ``seen`` set of one ledger walk that also remembers which component counted each storage,
+    so that a memory trace can label the storages it tracks the way the ledger does."""
+
+    def __init__(self, into: dict):
+        super().__init__()
+        self.into, self.component = into, None
+
+    def add(self, key) -> None:
+        super().add(key)
+        self.into[key] = self.component
 
 
 def nested_bytes(obj, seen: set) -> int:
@@ -51,26 +70,33 @@ def nested_bytes(obj, seen: set) -> int:
 
 
 def ledger(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-           extra: dict[str, list] | None = None) -> dict[str, int]:
-    """Bytes per component; ``extra`` adds tensors a method keeps outside model and optimiser."""
-    seen: set = set()
+           extra: dict[str, list] | None = None, owners: dict | None = None) -> dict[str, int]:
+    """Bytes per component; ``extra`` adds tensors a method keeps outside model and optimiser.
+    ``owners``, if given, is filled with storage key (:func:`storage_key`) → component."""
+    seen = _Owners(owners) if owners is not None else set()
     out = dict.fromkeys(COMPONENTS, 0)
+
+    def count(comp: str, obj) -> None:
+        if owners is not None:
+            seen.component = comp
+        out[comp] += nested_bytes(obj, seen)
+
     params = list(model.parameters())
     for p in params:
-        out["weights"] += tensor_bytes(p, seen)
+        count("weights", p)
     for p in params:
         if p.grad is not None:
-            out["grads"] += tensor_bytes(p.grad, seen)
+            count("grads", p.grad)
     if optimizer is not None:
         for state in optimizer.state.values():
             for k, v in state.items():
-                out["master" if k == "master" else "optim"] += nested_bytes(v, seen)
+                count("master" if k == "master" else "optim", v)
     persistent = {n for n, _ in model.named_buffers() if _is_persistent(model, n)}
     for n, b in model.named_buffers():
         if n in persistent:
-            out["meta"] += tensor_bytes(b, seen)
+            count("meta", b)
     for comp, tensors in (extra or {}).items():
-        out[comp] += nested_bytes(tensors, seen)
+        count(comp, tensors)
     return out
 
 

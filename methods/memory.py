@@ -12,7 +12,9 @@ FP8 optimizer states; no master copy, no scales) and a few reference recipes tha
 that the seed's arithmetic is usually compared with, labelled as such.
 
 ``python -m methods.memory --params 10e9 [--json]`` prints the table; :func:`analytic_table` returns it
-as data for the report and its figures.
+as data for the report and its figures. ``python -m methods.memory trace --model 10b --method fp8-e2e
+--batch-size 1 --seq-len 4096`` traces the real step instead (``methods.memory_trace``): persistent state
+and the peak with activations, measured.
 """
 from __future__ import annotations
 
@@ -237,7 +239,15 @@ def format_table(rows: list[dict], n_params: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m methods.memory", description=__doc__.split("\n\n")[0])
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["trace"]:  # the full-size step, traced (methods/memory_trace.py)
+        from methods.memory_trace import main as trace_main
+
+        return trace_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m methods.memory", description=__doc__.split("\n\n")[0],
+                                 epilog="python -m methods.memory trace --help: trace a real step at full size")
     ap.add_argument("--params", type=float, default=10e9, help="parameter count (default 10e9)")
     ap.add_argument("--model", help="use a named size from models.config for the shape (and its count)")
     ap.add_argument("--methods", nargs="*", help="only these registered methods")

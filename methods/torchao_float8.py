@@ -27,6 +27,7 @@ from torch import nn
 from methods._linears import DEFAULT_KEEP, keeps_high_precision
 from methods.base import HParams, Method, Requirement, RunContext, Trainee, needs_module
 from methods._bf16_backward import bf16_backward_mode
+from methods.options import Choice
 from methods.registry import register
 
 #: CUDA compute capability with hardware FP8 GEMMs for each recipe (torch._scaled_mm: tensorwise on
@@ -90,11 +91,10 @@ class _TorchaoFloat8(Method):
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     #: "auto": emulate the FP8 GEMM where the device has none; true/false force it
     emulate: bool | str = "auto"
+    option_rules = {"emulate": Choice(("auto", True, False))}
 
     def requirements(self) -> list[Requirement]:
-        ok = self.emulate in ("auto", True, False)
-        return [needs_module("torchao", "pip install torchao==0.18.0"),
-                Requirement("emulate option", ok, "" if ok else f"emulate must be auto, true or false, got {self.emulate!r}")]
+        return [needs_module("torchao", "pip install torchao==0.18.0")]
 
     def emulated(self, device: torch.device) -> bool:
         return (not fp8_gemm_in_hardware(device, self.recipe)) if self.emulate == "auto" else bool(self.emulate)
@@ -108,8 +108,7 @@ class _TorchaoFloat8(Method):
             model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
         return model
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return EmulatedBackwardTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from methods._linears import DEFAULT_KEEP, linears_to_convert, replace_module
 from methods.base import HParams, Method, Requirement, RunContext, Trainee, needs_cuda, needs_module
 from methods.ledger import ledger
+from methods.options import Choice, Range
 from methods.registry import register
 
 TE_VERSION = "2.20.2"
@@ -113,8 +114,8 @@ def te_state_tensors(model: nn.Module) -> list:
 
 
 class TETrainee(Trainee):
-    def memory(self) -> dict[str, int]:
-        return ledger(self.model, self.optimizer, extra={"meta": te_state_tensors(self.model)})
+    def memory(self, owners: dict | None = None) -> dict[str, int]:
+        return ledger(self.model, self.optimizer, extra={"meta": te_state_tensors(self.model)}, owners=owners)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +125,7 @@ class _TransformerEngine(Method):
     min_cc: ClassVar[tuple[int, int]] = (8, 9)
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     fp8_format: str = "HYBRID"
+    option_rules = {"fp8_format": Choice(("HYBRID", "E4M3", "E5M2"))}  # transformer_engine's recipe.Format
 
     def requirements(self) -> list[Requirement]:
         reqs = [te_importable(), needs_cuda(self.min_cc, what=f"TransformerEngine FP8 ({self.kind} scaling) needs "
@@ -147,8 +149,7 @@ class _TransformerEngine(Method):
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16), te_autocast(self.recipe):
             yield
 
-    def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        model = self.convert_model(model, ctx)
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return TETrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
 
@@ -162,6 +163,7 @@ class TEDelayed(_TransformerEngine):
     summary = "TransformerEngine te.Linear, DelayedScaling (amax history), HYBRID E4M3/E5M2; fp32 states"
     stores = {**_STORES, "compute": "fp8 e4m3 fwd / e5m2 bwd, delayed per-tensor scales (block linears), bf16 rest"}
     amax_history_len: int = 1024
+    option_rules = {"amax_history_len": Range(1)}
 
     def recipe_kwargs(self) -> dict:
         return {"fp8_format": self.fp8_format, "amax_history_len": self.amax_history_len}

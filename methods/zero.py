@@ -43,7 +43,11 @@ from methods._linears import DEFAULT_KEEP
 from methods.base import HParams, Requirement, RunContext, StepResult, Trainee, needs_module, param_groups
 from methods.bf16_emulation import bf16_matmul_mode
 from methods.ledger import COMPONENTS, nested_bytes
+from methods.options import Choice, Range
 from methods.registry import register
+
+#: FP8 recipes of each engine a zeroN-fp8 method can run its linears with
+ZERO_FP8_RECIPES = {"torchao": ("tensorwise", "rowwise", "rowwise_with_gw_hp"), "te": ("delayed", "current", "block")}
 
 DEEPSPEED_HINT = "pip install --no-build-isolation deepspeed==0.19.8"
 
@@ -79,7 +83,8 @@ def quiet_deepspeed() -> None:
 class ZeroTrainee(_ranks.RankShare, Trainee):
     """A DeepSpeed engine behind the loop's interface. The loop hands every rank the global batch."""
 
-    #: ZeRO's state is partitioned over ranks: the loop's single-file checkpoint does not apply
+    #: ZeRO's state is partitioned over ranks: not the loop's single-file checkpoint, but DeepSpeed's own
+    #: (``save_sharded``), which ``pipelines.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
     def __init__(self, method: "_Zero", engine, hp: HParams, ctx: RunContext):
@@ -130,17 +135,31 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
         # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
 
-    def memory(self) -> dict[str, int]:
+    def memory(self, owners: dict | None = None) -> dict[str, int]:  # owners: ZeRO is not traced
         mem = zero_ledger(self.engine)
         if self._grads_bytes is not None:
             mem["grads"] = max(mem["grads"], self._grads_bytes)
         return mem
 
     def state_dict(self):
-        raise NotImplementedError("ZeRO state is partitioned over ranks; fp8bench does not checkpoint ZeRO runs")
+        raise NotImplementedError("ZeRO state is partitioned over ranks: use save_sharded")
 
     def load_state_dict(self, state) -> None:
-        raise NotImplementedError("ZeRO state is partitioned over ranks; fp8bench does not checkpoint ZeRO runs")
+        raise NotImplementedError("ZeRO state is partitioned over ranks: use load_sharded")
+
+    # -- checkpoints: DeepSpeed's engine checkpointing, each rank its partition ------------------------
+    def save_sharded(self, root, tag: str) -> None:
+        """Collective. The module's bf16 weights (rank 0) and every rank's fp32 master partition and client
+        optimizer state (m, v, step) under ``root/tag``; DeepSpeed's own ``latest`` file is not written:
+        ``pipelines.dist_checkpoint`` commits the checkpoint once all ranks are done."""
+        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+
+    def load_sharded(self, root, tag: str) -> None:
+        # the fp32 master partitions are the truth: the bf16 weights are rebuilt from them, as every step does
+        path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint {tag} under {root}")
 
 
 def persistent_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -191,6 +210,7 @@ class _Zero(_ranks.MultiRank):
     #: DeepSpeed bucket sizes in elements; 0: Hugging Face Accelerate's "auto" rule (dim^2; ZeRO-3 prefetch
     #: 0.9 dim^2, parameters below 10 dim stay whole). DeepSpeed's defaults (5e8) are sized for large models.
     bucket_elems: int = 0
+    option_rules = {"bucket_elems": Range(0)}
 
     def requirements(self) -> list[Requirement]:
         return [needs_module("deepspeed", DEEPSPEED_HINT)]
@@ -298,6 +318,14 @@ class _ZeroFP8(_Zero):
     #: torchao recipe (tensorwise | rowwise | rowwise_with_gw_hp) or TE recipe (delayed | current | block)
     fp8_recipe: str = "tensorwise"
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
+    option_rules = {"fp8_engine": Choice(("torchao", "te"))}
+
+    def validate(self) -> None:
+        super().validate()
+        valid = ZERO_FP8_RECIPES[self.fp8_engine]  # which recipes exist depends on the engine
+        if self.fp8_recipe not in valid:
+            raise ValueError(f"method {self.name}: option fp8_recipe = {self.fp8_recipe!r} with fp8_engine "
+                             f"{self.fp8_engine}; valid: one of {', '.join(valid)}")
 
     def requirements(self) -> list[Requirement]:
         reqs = super().requirements()
@@ -384,6 +412,7 @@ class _ZeroFP8Optim(_Zero):
     DeepSpeed 0.19.8 accepts this client optimizer at stages 1, 2 and 3 (checked); stage 2 is registered."""
 
     block_size: int = 256
+    option_rules = {"block_size": Range(1)}
 
     def requirements(self) -> list[Requirement]:
         return super().requirements() + [needs_module("torchao", "pip install torchao==0.18.0")]

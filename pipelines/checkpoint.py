@@ -8,7 +8,8 @@ function of (data seed, i).
 
 It is written to a temporary file and renamed, so a kill during the write leaves the previous one.
 Resuming requires the same resolved config (a fingerprint of it is stored); a checkpoint of another
-config is ignored and the run starts over.
+config is ignored and the run starts over. Multi-rank runs, whose state is partitioned over ranks, use
+``pipelines.dist_checkpoint`` instead (same fingerprint, one committed checkpoint for all ranks).
 """
 from __future__ import annotations
 

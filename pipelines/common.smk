@@ -8,6 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from pipelines import config as fp8cfg
+from pipelines import validate as fp8validate
 from pipelines.figures import FIGURES
 
 validate(config, "config.schema.yaml")
@@ -17,6 +18,8 @@ RESULTS = config["results_dir"]
 try:
     RUNS = fp8cfg.runs(config, PROFILE)
     PSET = fp8cfg.profile_settings(config, PROFILE)
+    # every run resolved and held to the rules `python -m pipelines.train` applies, before the DAG exists
+    fp8validate.check_profile(config, PROFILE)
 except fp8cfg.ConfigError as e:
     raise WorkflowError(str(e))
 
@@ -101,6 +104,35 @@ def run_gpus(wildcards):
         return 0
     return run_method(wildcards.method).world_size
 
+
+
+# Traced memory (pipelines/memory_traced.py): one job per (model, seq_len) of the profile's grid, then a merge.
+MEMORY_TRACE = PSET["memory_trace"]
+MEMORY_TRACE_JSON = json.dumps(MEMORY_TRACE, sort_keys=True)
+MEMORY_TRACED_CSV = f"{RESULTS}/memory_traced.csv"
+MEMORY_FIT_CSV = f"{RESULTS}/memory_fit.csv"
+
+
+def _trace_parts() -> dict:
+    """(model, seq_len) → methods to trace there (None: every registered method)."""
+    every = None if MEMORY_TRACE.get("methods", "all") == "all" else list(MEMORY_TRACE["methods"])
+    parts = {(m, s): every for m in MEMORY_TRACE["models"] for s in MEMORY_TRACE["seq_lens"]}
+    sweep = MEMORY_TRACE.get("seq_sweep")
+    for s in (sweep or {}).get("seq_lens", []):
+        key = (sweep["model"], s)
+        if key not in parts:
+            parts[key] = list(sweep["methods"])
+    return parts
+
+
+TRACE_PARTS = _trace_parts()
+TRACE_PART_CSVS = [f"{RESULTS}/memory_traced/{m}_s{s}.csv" for m, s in TRACE_PARTS]
+
+
+def trace_methods_arg(wildcards):
+    """``--methods A B`` for a part that traces a subset (the sequence-length sweep), else nothing."""
+    methods = TRACE_PARTS[(wildcards.model, int(wildcards.seq))]
+    return "" if methods is None else "--methods " + " ".join(methods)
 
 
 # The HTML report's items besides the figures (pipelines/report_items.py) and the runs' TensorBoard files.

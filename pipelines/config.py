@@ -34,12 +34,11 @@ def validate(cfg: dict, schema_path: Path = SCHEMA_PATH) -> None:
 
     schema = yaml.safe_load(schema_path.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for e in errors[:5]:
-            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-            lines.append(f"config key {where}: {e.message}")
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    if errors:  # one line: the first bad key (in key order) and how many more there are
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"invalid config: config key {where}: {e.message}{more}")
 
 
 def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -98,7 +97,27 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         "lrs": list(p.get("lrs", [])),
         "train": deep_merge(cfg["train"], p.get("train")),
         "data": deep_merge(cfg["data"], p.get("data")),
+        "memory_trace": memory_trace_settings(cfg, p),
     }
+
+
+def memory_trace_settings(cfg: dict, profile: dict) -> dict:
+    """The traced-memory grid of a profile (``memory_trace`` with the profile's overrides), checked."""
+    from methods.registry import method_names
+    from models.config import SIZES
+
+    mt = deep_merge(cfg.get("memory_trace", {}), profile.get("memory_trace"))
+    sweep = mt.get("seq_sweep") or None
+    for m in [*mt.get("models", []), *([sweep["model"]] if sweep else [])]:
+        check_choice("memory_trace model", m, SIZES)
+    for m in (sweep or {}).get("methods", []):
+        check_choice("memory_trace.seq_sweep method", m, method_names())
+    for m in [] if mt.get("methods", "all") == "all" else mt["methods"]:
+        check_choice("memory_trace method", m, method_names())
+    if mt.get("fit_seq_len") not in mt.get("seq_lens", []):
+        raise ConfigError(f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}")
+    mt["seq_sweep"] = sweep
+    return mt
 
 
 def run_id(seed: int, lr: float | None = None) -> str:
@@ -168,24 +187,15 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
 
 def check_run_sections(rc: dict, what: str = "config key") -> None:
     """The train and data sections of a resolved run config against the experiment schema's definitions
-    (types, ranges, enumerations), with the key and the bad value named; NaN and infinities are refused
-    too (a JSON-schema bound does not catch NaN). Flags and ``--set`` overrides are checked here, so every
-    way into a run meets the same rules."""
-    import math
+    (types, ranges, enumerations), with the key, the bad value and the valid range named; NaN and
+    infinities are refused too (a JSON-schema bound does not catch NaN). The whole run's check, method
+    options included, is ``pipelines.validate.check_run``."""
+    from pipelines.validate import check_section
 
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     for section in ("train", "data"):
-        sub = {"$defs": schema["$defs"], **schema["$defs"][section]}
-        body = {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}
-        for k, v in body.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{what} {section}.{k} = {v}: must be a finite number")
-        for e in jsonschema.Draft202012Validator(sub).iter_errors(body):
-            where = ".".join([section, *map(str, e.absolute_path)])
-            value = f" = {e.instance!r}" if e.absolute_path else ""
-            raise ConfigError(f"{what} {where}{value}: {e.message}")
+        if not isinstance(rc[section], dict):
+            raise ConfigError(f"{what} {section} = {rc[section]!r}: must be a mapping")
+        check_section(section, {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}, what)
 
 
 RUN_KEYS = {"schema_version", "profile", "model", "method", "variant", "method_options", "seed", "train", "data",
@@ -208,6 +218,8 @@ def load_run_config(path: str | Path) -> dict:
         raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")
     if missing:
         raise ConfigError(f"run config is missing key {sorted(missing)[0]!r}")
+    if not isinstance(rc["method_options"], dict):
+        raise ConfigError(f"run config key method_options = {rc['method_options']!r}: must be a mapping")
     check_run_sections(rc, "run config key")
     from methods.registry import method_names
     from models.config import SIZES

@@ -49,13 +49,32 @@ def file_documents(patterns: list[str]) -> list[str]:
     paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(pat), recursive=True)})
     if not paths:
         raise CorpusError(f"data.files matched no files: {patterns}")
-    docs = []
-    for p in paths:
-        try:
-            docs.append(Path(p).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise CorpusError(f"cannot read corpus file {p}: {e}") from None
-    return docs
+    return [read_text_file(Path(p)) for p in paths]
+
+
+def read_text_file(path: Path) -> str:
+    """One corpus file as text, or a CorpusError naming the file and why it is not usable text: a folder,
+    empty, binary (a NUL byte: valid UTF-8 can hold them, text never does), not UTF-8, or only blanks.
+    A file silently dropped would change the corpus, and so every result, without a word."""
+    if path.is_dir():
+        raise CorpusError(f"corpus file {path} is a directory; data.files must match text files")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus file {path}: {e.strerror or e}") from None
+    if not raw:
+        raise CorpusError(f"corpus file {path} is empty (0 bytes)")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise CorpusError(f"corpus file {path} is binary, not text (a NUL byte at offset {nul})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"corpus file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}: "
+                          f"{e.reason}); convert it, e.g. iconv -t UTF-8") from None
+    if not text.strip():
+        raise CorpusError(f"corpus file {path} holds no text (only whitespace, {len(raw)} bytes)")
+    return text
 
 
 def hf_documents(path: str, text_field: str) -> list[str]:
@@ -155,16 +174,62 @@ def _encode(tok, docs: list[str]) -> np.ndarray:
     return arr
 
 
+PREPARED_FILES = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
+
+
+def incomplete(path: str | Path) -> str:
+    """Why the folder is not a complete prepared corpus ("" when it is). ``meta.json`` is written last, so
+    a preparation killed during tokenizer training or encoding leaves none; a complete one's token files
+    hold exactly the tokens it counts (a truncated or replaced file does not)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except FileNotFoundError:
+        return "no meta.json (preparation did not finish)"
+    except (OSError, ValueError) as e:
+        return f"meta.json unreadable ({e})"
+    if meta.get("format_version") != FORMAT_VERSION:
+        return f"format version {meta.get('format_version')}, this code writes {FORMAT_VERSION}"
+    for name in ("tokenizer.json", "train.bin", "val.bin"):
+        if not (path / name).is_file():
+            return f"{name} missing"
+    for split in ("train", "val"):
+        want = 2 * int(meta.get("tokens", {}).get(split, -1))
+        got = (path / f"{split}.bin").stat().st_size
+        if got != want:
+            return f"{split}.bin holds {got} bytes, meta.json counts {want // 2} tokens ({want} bytes)"
+    return ""
+
+
+def _clear(out: Path) -> None:
+    """Remove what a half-finished preparation left (its files and the hidden temp files of atomic writes)."""
+    for name in PREPARED_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in PREPARED_FILES:
+        for tmp in out.glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+
+
 def prepare(data: dict, out_dir: str | Path) -> Path:
-    """Build tokenizer and token files in ``out_dir`` unless a complete copy is already there."""
+    """Build tokenizer and token files in ``out_dir`` unless a complete copy is already there; a
+    half-prepared folder (a killed preparation, a truncated file) is rebuilt, never read."""
+    import sys
+
     out = Path(out_dir)
-    if (out / "meta.json").is_file():
+    why = incomplete(out) if out.is_dir() else "absent"
+    if not why:
         return out
+    if out.is_dir() and any(out.iterdir()):
+        print(f"note: prepared corpus at {out} is incomplete ({why}); rebuilding it", file=sys.stderr)
+        _clear(out)
     if not 256 < data["vocab_size"] <= 65535:
         raise CorpusError(f"data.vocab_size must be in (256, 65535], got {data['vocab_size']}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     docs = load_documents(data)
-    train_docs, val_docs = split_documents(docs, data["val_fraction"])
+    try:
+        train_docs, val_docs = split_documents(docs, data["val_fraction"])
+    except CorpusError as e:
+        raise CorpusError(f"{describe_source(data)}: {e}") from None
     tok = _train_tokenizer(train_docs, data["vocab_size"])
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "tokenizer.json") as tmp:
@@ -204,10 +269,10 @@ class Corpus:
     @classmethod
     def open(cls, path: str | Path) -> "Corpus":
         path = Path(path)
-        meta_path = path / "meta.json"
-        if not meta_path.is_file():
-            raise CorpusError(f"no prepared corpus at {path} (meta.json missing)")
-        meta = json.loads(meta_path.read_text())
+        why = incomplete(path)
+        if why:
+            raise CorpusError(f"no complete prepared corpus at {path}: {why}; `python -m pipelines.data` rebuilds it")
+        meta = json.loads((path / "meta.json").read_text())
         train = np.memmap(path / "train.bin", dtype=np.uint16, mode="r")
         val = np.memmap(path / "val.bin", dtype=np.uint16, mode="r")
         return cls(path, meta, train, val)
@@ -215,6 +280,35 @@ class Corpus:
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
+
+    def source(self) -> str:
+        return describe_source(self.meta.get("settings", {}))
+
+
+def describe_source(data: dict) -> str:
+    """Where the text comes from, for error messages: the files, the HF dataset or the package."""
+    if data.get("corpus") == "files":
+        return "data.files " + ", ".join(map(str, data.get("files") or []))
+    if data.get("corpus") == "hf_dataset":
+        return f"HF dataset {data.get('hf_dataset')}"
+    return f"corpus {data.get('corpus', '?')}"
+
+
+def check_corpus(corpus: Corpus, train: dict) -> None:
+    """A corpus too small for this run is refused before any model work, naming its source: the training
+    split must hold one batch of distinct windows (batch_size x (seq_len + 1) tokens; fewer would train on
+    the same tokens several times within a step) and the validation split the eval set."""
+    b, t = train["batch_size"], train["seq_len"]
+    need = b * (t + 1)
+    if corpus.train.size < need:
+        raise CorpusError(f"{corpus.source()} is too small: its training split ({corpus.dir}) has "
+                          f"{corpus.train.size} tokens, one batch of {b} x seq_len+1={t + 1} needs {need}; "
+                          f"use more text or a smaller batch_size / seq_len")
+    n_windows = -(-train["eval_tokens"] // t)
+    if n_windows * (t + 1) > corpus.val.size:
+        raise CorpusError(f"{corpus.source()} is too small: its validation split ({corpus.dir}) has "
+                          f"{corpus.val.size} tokens, train.eval_tokens={train['eval_tokens']} in windows of "
+                          f"seq_len+1={t + 1} needs {n_windows * (t + 1)}; lower train.eval_tokens or use more text")
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +341,7 @@ class Batches:
         n_windows = -(-eval_tokens // self.seq_len)
         n = self.corpus.val.size - self.seq_len - 1
         if n <= 0 or n_windows * (self.seq_len + 1) > self.corpus.val.size:
-            raise CorpusError(f"validation split of {self.corpus.dir} has {self.corpus.val.size} tokens, fewer than "
+            raise CorpusError(f"validation split of {self.corpus.dir} ({self.corpus.source()}) has {self.corpus.val.size} tokens, fewer than "
                               f"train.eval_tokens={eval_tokens} in windows of seq_len+1={self.seq_len + 1}; "
                               f"lower train.eval_tokens or use a larger corpus")
         starts = np.linspace(0, n, n_windows, dtype=np.int64)

@@ -21,7 +21,9 @@ Threads: ``train.threads`` is the run's budget (Snakemake passes threads x ranks
 Failures end as ``failed`` with a reason, never as a hang: a rank that fails writes ``rank<r>.error`` and
 exits non-zero, torchrun then stops the others, collectives time out after ``FP8BENCH_DIST_TIMEOUT_S``
 (default 600 s; set where the method makes its process group), and the launcher writes the failed
-summary if rank 0 could not.
+summary if rank 0 could not (and removes the run's checkpoints: a failed run is complete). A run killed
+whole (launcher and ranks, e.g. a node lost) leaves no summary and resumes from its last committed
+checkpoint when rerun (``pipelines.dist_checkpoint``).
 """
 from __future__ import annotations
 
@@ -77,10 +79,10 @@ class NullWriter:
         pass
 
 
-def rank_writer(out: Path, rank: int):
+def rank_writer(out: Path, rank: int, resume_offset: int | None = None):
     from pipelines.metrics import RunWriter
 
-    return RunWriter(out) if rank == 0 else NullWriter()
+    return RunWriter(out, resume_offset=resume_offset) if rank == 0 else NullWriter()
 
 
 def writes_config() -> bool:
@@ -139,7 +141,7 @@ def launcher_command(world_size: int, script: list[str], env: dict | None = None
 
 def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks; returns the exit code for main."""
-    from pipelines.data import prepare
+    from pipelines.data import Corpus, CorpusError, check_corpus, prepare
 
     out = Path(out)
     per_rank = max(1, int(rc["train"]["threads"]) // world_size)
@@ -148,7 +150,11 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    prepare(rc["data"], rc["data"]["dir"])  # once, here, rather than racing in every rank
+    try:  # once, here, rather than racing in every rank; a bad corpus is refused before any rank starts
+        check_corpus(Corpus.open(prepare(rc["data"], rc["data"]["dir"])), rc["train"])
+    except CorpusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for stale in out.glob(ERROR_FILE.format(rank="*")):
         stale.unlink()
     env = {**os.environ, LAUNCHED: "1", "OMP_NUM_THREADS": str(per_rank)}
@@ -209,4 +215,7 @@ def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: 
                    steps=0)
     writer.event("run_stop", status="failed", reason=reason, steps=0)
     writer.finish(summary)
+    from pipelines import dist_checkpoint
+
+    dist_checkpoint.remove(out)  # a failed run is complete, as a single process's is: nothing to resume
     return summary

@@ -43,6 +43,7 @@ class FigureData:
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/comparison.csv (verdicts, CIs)
     eval_gaps: pd.DataFrame = field(default_factory=pd.DataFrame)   # results/eval_gaps.csv (paired gap per step)
     noise_floor: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/noise_floor.csv
+    traced: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/memory_traced.csv (full-size traces)
 
     @classmethod
     def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
@@ -56,7 +57,8 @@ class FigureData:
             return pd.read_csv(here / name) if (here / name).is_file() else pd.DataFrame()
 
         return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
-                   table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"))
+                   table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
+                   table("memory_traced.csv"))
 
 
 def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -286,6 +288,57 @@ def fig_memory_scaling(d: FigureData):
     return fig
 
 
+TRACED_PARTS = ["weights", "master", "grads", "optim", "meta", "activations", "temporaries", "other"]
+
+
+def fig_memory_traced(d: FigureData):
+    t = d.traced
+    if t.empty or not (t["status"] == "ok").any():
+        return "no traced step (results/memory_traced.csv is missing or empty)"
+    ok = t[t["status"] == "ok"]
+    model = ok.sort_values("n_params")["model"].iloc[-1]
+    at = ok[ok["model"] == model]
+    seq = int(at["seq_len"].max())
+    at = at[at["seq_len"] == seq].set_index("method")
+    parts = pd.DataFrame({c: at[f"peak_{c}_bytes"] / 2 ** 30 for c in TRACED_PARTS})
+    parts = parts.loc[parts.sum(axis=1).sort_values(ascending=False).index]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(parts) + 1.8))
+    parts.plot.barh(stacked=True, ax=ax, color=sns.color_palette("deep", len(TRACED_PARTS)), width=0.75)
+    for m, (peak, phase) in at[["peak_bytes", "peak_phase"]].iterrows():
+        if m in parts.index:
+            ax.annotate(f" {phase}", (peak / 2 ** 30, list(parts.index).index(m)), va="center", fontsize=7)
+    for name, gib in (("H100 80 GB", 79.6), ("H200 141 GB", 139.0)):
+        ax.axvline(gib, color="black", ls=":", lw=0.8)
+        ax.annotate(name, (gib, -0.6), fontsize=7, ha="right")
+    ax.set(xlabel=f"GiB at the step's traced peak, by what each live storage was (micro-batch 1 × seq {seq})",
+           ylabel="", title=f"Peak memory of one training step at {model} ({at['n_params'].iloc[0] / 1e9:.2f}B params), "
+                            "traced (label: the phase of the peak)")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.invert_yaxis()
+    return fig
+
+
+def fig_activation_seq(d: FigureData):
+    t = d.traced
+    if t.empty:
+        return "no traced step (results/memory_traced.csv is missing)"
+    ok = t[(t["status"] == "ok") & (t["batch_size"] == 1)]
+    counts = ok.groupby("model")["seq_len"].nunique()
+    if counts.empty or counts.max() < 2:
+        return "no model was traced at two or more sequence lengths"
+    model = counts.idxmax()
+    at = ok[ok["model"] == model]
+    n_seq = at.groupby("method")["seq_len"].nunique()
+    at = at[at["method"].isin(n_seq[n_seq == n_seq.max()].index)].assign(act_gib=lambda x: x["act_peak_bytes"] / 2 ** 30)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    sns.lineplot(data=at, x="seq_len", y="act_gib", hue="method", style="method", markers=True, dashes=False, ax=ax)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length (micro-batch 1)",
+           ylabel="largest activation total in the step (GiB)",
+           title=f"Activation memory against sequence length at {model}, traced: what each recipe saves for backward")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
 def fig_divergence(d: FigureData):
     div = d.summary[d.summary["status"] == "diverged"]
     if div.empty:
@@ -375,7 +428,8 @@ def _caption(name: str) -> str:
 
 FIGURES = {name: (fn, _caption(name)) for name, fn in (
     ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("loss_gap", fig_loss_gap), ("memory", fig_memory),
-    ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("divergence", fig_divergence),
+    ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
+    ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry))}
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipelines.atomic import write_text
 from pipelines.metrics import read_events
+from pipelines.report_memory import traced_section
 
 REFERENCE = "bf16-amp"
 
@@ -108,7 +109,8 @@ def environment_section(summary: pd.DataFrame) -> str:
 
 
 def claims_section(claims: pd.DataFrame) -> str:
-    view = claims[["claim", "seed_value", "measured", "n_seeds", "verdict", "rule", "basis"]]
+    view = claims[[c for c in ("claim", "seed_value", "measured", "n_seeds", "verdict", "rule", "activations", "peak",
+                               "basis") if c in claims and (c not in ("activations", "peak") or claims[c].notna().any())]]
     notes = [f"- {n}" for n in claims["note"].fillna("") if n]
     return "\n".join(["## The seed's claims", "",
                       "Each verdict follows from per-seed measurements by the rule beside it; `n_seeds` is the fewest "
@@ -306,6 +308,8 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
     mm = pd.read_csv(results / "memory_model.csv")
     ab_path = results / "optim_ablation.csv"
     ab = pd.read_csv(ab_path) if ab_path.is_file() else pd.DataFrame()
+    traced, fit = (pd.read_csv(results / n) if (results / n).is_file() else pd.DataFrame()
+                   for n in ("memory_traced.csv", "memory_fit.csv"))
     parts = [
         "# fp8bench report",
         "",
@@ -320,6 +324,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         optim_ablation_section(ab), "",
         lean_section(comp), "",
         memory_section(mm), "",
+        traced_section(traced, fit, md_table), "",
         figures_section(Path(fig_dir), out.parent), "",
         glossary_section(), "",
         reference_section(reference_glob), "",
@@ -343,7 +348,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     if not paths:
         raise SystemExit(f"no finished runs under {pattern}; run the workflow first")
     write_all(collect(paths), results / "summary.csv")
-    write_outputs(results / "summary.csv", results)
+    write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)
 

@@ -18,7 +18,8 @@ rule collect:
 
 rule compare:
     input:
-        SUMMARY_CSV,
+        summary=SUMMARY_CSV,
+        traced=MEMORY_TRACED_CSV,
     output:
         comparison=f"{RESULTS}/comparison.csv",
         comparison_md=f"{RESULTS}/comparison.md",
@@ -33,14 +34,14 @@ rule compare:
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
-        'python -m pipelines.compare --summary {input:q} --out-dir "$(dirname {output.comparison:q})" '
-        "--analysis {params.analysis:q} > {log:q} 2>&1"
+        'python -m pipelines.compare --summary {input.summary:q} --out-dir "$(dirname {output.comparison:q})" '
+        "--analysis {params.analysis:q} --traced {input.traced:q} > {log:q} 2>&1"
 
 
 rule figure:
     input:
         summary=SUMMARY_CSV,
-        tables=[EVAL_GAPS_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv"],
+        tables=[EVAL_GAPS_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", MEMORY_TRACED_CSV],
         caption="pipelines/captions/{name}.rst",
     output:
         png=report("reports/figures/{name}.png", caption="captions/figure.rst", category="Figures",
@@ -59,7 +60,8 @@ rule figure:
 rule report_md:
     input:
         tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", f"{RESULTS}/claims.csv",
-                f"{RESULTS}/memory_model.csv", f"{RESULTS}/optim_ablation.csv", EVAL_GAPS_CSV],
+                f"{RESULTS}/memory_model.csv", f"{RESULTS}/optim_ablation.csv", EVAL_GAPS_CSV, MEMORY_TRACED_CSV,
+                MEMORY_FIT_CSV],
         figures=FIGURE_PNGS,
     output:
         REPORT_MD,

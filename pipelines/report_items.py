@@ -47,6 +47,15 @@ TABLES: dict[str, Table] = {
         "The analytic bytes per parameter of the seed's accounting, of every method and of reference recipes, "
         "scaled to 10B parameters, next to the bytes per parameter measured from live tensors in these runs "
         "(``results/memory_model.csv``)."),
+    "memory_traced": Table(
+        "memory_traced.csv", "Traced memory of one training step at full size",
+        "One row per method, model and sequence length (``results/memory_traced.csv``): the peak of a real "
+        "training step traced under fake tensors (methods/memory_trace.py), by component and phase, next to the "
+        "analytic model's persistent bytes; methods that cannot be traced here say why."),
+    "memory_fit": Table(
+        "memory_fit.csv", "Largest micro-batch that fits a GPU",
+        "Per method, model and device, the largest micro-batch whose traced peak fits the device's usable memory "
+        "at the fit sequence length (``results/memory_fit.csv``)."),
     "optim_ablation": Table(
         "optim_ablation.csv", "FP8 optimizer-state formats (ablation)",
         "Paired gaps and optimizer-state telemetry of the FP8 and int8 optimizer variants "
@@ -67,9 +76,8 @@ FIGURE_GROUPS: dict[str, str] = {
     "gpu_scaling": "speed",
     "divergence": "stability",
     "fp8_telemetry": "stability",
-    # the traced-memory figures, being added to pipelines/figures.py alongside results/memory_traced.csv
-    "memory_traced_10b": "memory",
-    "activation_vs_seq": "memory",
+    "memory_traced": "memory",
+    "activation_seq": "memory",
 }
 
 

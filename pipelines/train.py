@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from pipelines import checkpoint, distributed
+from pipelines import checkpoint, dist_checkpoint, distributed
 from pipelines import config as config_mod
 from pipelines.atomic import write_json
 from pipelines.config import ConfigError
-from pipelines.data import Batches, Corpus, CorpusError, batch_hash, prepare
+from pipelines.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
 from pipelines.environment import environment
 from pipelines.metrics import RunWriter
 
@@ -101,6 +101,7 @@ class Run:
         if unmet:
             return "; ".join(unmet)
         self.corpus = Corpus.open(prepare(rc["data"], rc["data"]["dir"]))
+        check_corpus(self.corpus, train)  # too small for a batch or the eval set: refused before the model
         mcfg = get_model_config(rc["model"]).with_vocab(self.corpus.vocab_size)
         if train["seq_len"] > mcfg.max_seq_len:
             raise ConfigError(f"train.seq_len {train['seq_len']} exceeds {rc['model']}'s max_seq_len {mcfg.max_seq_len}")
@@ -140,7 +141,10 @@ class Run:
 
     def restore(self, ck: dict) -> int:
         """Load a checkpoint into the built trainee; returns the step to continue from."""
-        self.trainee.load_state_dict(ck["trainee"])
+        if "sharded" in ck:  # a multi-rank run's: each rank loads its share through its engine
+            self.trainee.load_sharded(*ck["sharded"])
+        else:
+            self.trainee.load_state_dict(ck["trainee"])
         loop = ck["loop"]
         self.events_train, self.evals, self.first_loss = loop["events_train"], loop["evals"], loop["first_loss"]
         self.summary.update({k: v for k, v in loop["summary"].items() if k not in ("device",)})
@@ -150,8 +154,11 @@ class Run:
     def loop(self, writer: RunWriter, start: int = 0) -> None:
         train = self.train
         tokens_per_step = train["batch_size"] * train["seq_len"]
-        # Engines whose state is partitioned over ranks (ZeRO) have no single-file checkpoint: they restart.
-        every = train.get("checkpoint_every", 0) if getattr(self.trainee, "checkpointable", True) else 0
+        # Engines whose state is partitioned over ranks (ZeRO, DDP, FSDP2) have no single-file checkpoint:
+        # they save their shares through their engine (pipelines.dist_checkpoint); others cannot resume.
+        single = getattr(self.trainee, "checkpointable", True)
+        sharded = not single and hasattr(self.trainee, "save_sharded")
+        every = train.get("checkpoint_every", 0) if single or sharded else 0
         if start == 0:
             self.evaluate(writer, 0)
         try:
@@ -195,7 +202,10 @@ class Run:
                     self.summary.update(status="diverged", reason=f"step {step}: non-finite val loss",
                                         diverged_step=step)
                     break
-            if every and done % every == 0 and done < train["steps"]:
+            if every and done % every == 0 and done < train["steps"] and sharded:
+                dist_checkpoint.save(self.out, self.rc, done, self.trainee, self.loop_state(), writer.offset(),
+                                     self.rank, self.world)
+            elif every and done % every == 0 and done < train["steps"]:
                 checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(),
                                 writer.offset())
 
@@ -243,8 +253,14 @@ class Run:
         return s
 
     def open_writer(self) -> tuple[RunWriter, dict | None]:
-        if self.world > 1:  # only rank 0 writes
-            return distributed.rank_writer(self.out, self.rank), None
+        # only rank 0 writes; every rank reads the committed multi-rank checkpoint alike (a sharded engine in
+        # one process, e.g. ZeRO with ranks=1, writes that kind too)
+        if self.world > 1 or dist_checkpoint.exists(self.out):
+            ck, note = dist_checkpoint.load(self.out, self.rc, self.rank, self.world)
+            if note and self.rank == 0:
+                print(f"note: {note}", file=sys.stderr)
+            offset = ck["metrics_offset"] if ck is not None else None
+            return distributed.rank_writer(self.out, self.rank, resume_offset=offset), ck
         ck, note = checkpoint.load(self.out, self.rc)
         if ck is not None:
             try:
@@ -283,13 +299,20 @@ class Run:
                      steps=self.summary.get("steps", 0))
         writer.finish(self.summary)
         checkpoint.remove(self.out)
+        if self.rank == 0:  # after the last collective: no rank reads it any more
+            dist_checkpoint.remove(self.out)
         return self.summary
 
 
 # ---------------------------------------------------------------------------------------- CLI
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as every other refusal of bad input
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="python -m pipelines.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help="a fully resolved run config (config.json); flags still override it")
     ap.add_argument("--profile", help="profile whose defaults to use (default: the config file's, 'cpu')")
     ap.add_argument("--configfile", help="experiment YAML (default pipelines/config.yaml)")
@@ -315,7 +338,10 @@ def _kv(items: list[str], what: str) -> dict:
         if "=" not in item:
             raise ConfigError(f"{what} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:  # one line: the value and what YAML could not read
+            raise ConfigError(f"{what} {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -335,27 +361,17 @@ def resolve(args) -> tuple[dict, Path]:
         cfg = config_mod.load(args.configfile)
         profile = args.profile or cfg["profile"]
         rc = config_mod.resolve_run(cfg, profile, args.model, args.method, args.seed, train_over)
-    rc["method_options"] = {**rc["method_options"], **_kv(args.method_option, "--method-option")}
-    # Names, options and train keys are checked before any work.
-    from methods.registry import get_method, method_names
-    from models.config import SIZES
+    rc["method_options"] = {**(rc["method_options"] or {}), **_kv(args.method_option, "--method-option")}
+    # The whole resolved config (profile, flags, --set, method options) meets one set of rules, before any
+    # work: the same check the workflow runs on every run of a profile (pipelines.validate).
+    from pipelines.validate import check_run
 
-    config_mod.check_choice("method", rc["method"], method_names())
-    config_mod.check_choice("model", rc["model"], SIZES)
-    method = get_method(rc["method"], **rc["method_options"])
-    valid_train = set(config_mod.load()["train"]) | {"data_seed"}
-    unknown = set(rc["train"]) - valid_train
-    if unknown:
-        raise ConfigError(f"unknown train key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(valid_train))}")
-    config_mod.check_run_sections(rc)  # flags and --set overrides meet the schema's ranges too
+    method = check_run(rc)
     # A run that cannot fit is refused here, before the corpus is prepared or a tensor allocated.
     from models.config import get_model_config
     from pipelines.fit import check_fits
 
     mcfg = get_model_config(rc["model"]).with_vocab(rc["data"]["vocab_size"])
-    if rc["train"]["seq_len"] > mcfg.max_seq_len:  # before the memory estimate, which would blame the RAM
-        raise ConfigError(f"train.seq_len = {rc['train']['seq_len']}: exceeds {rc['model']}'s max_seq_len "
-                          f"{mcfg.max_seq_len}; valid: 2 .. {mcfg.max_seq_len}")
     if not method.unmet():
         check_fits(method, rc["model"], mcfg, rc["train"])
     if args.out:

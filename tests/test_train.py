@@ -138,18 +138,44 @@ def test_bad_run_config_json_names_the_key(tmp_path, configfile):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--steps", "-3"], "config key train.steps = -3: -3 is less than the minimum of 1"),
-    (["--lr", "nan"], "config key train.lr = nan: must be a finite number"),
-    (["--batch-size", "0"], "config key train.batch_size = 0: 0 is less than the minimum of 1"),
+    # the table of issue 14, row by row
+    (["--steps", "-3"], "config key train.steps = -3: -3 is less than the minimum of 1; valid: an integer >= 1"),
+    (["--lr", "nan"], "config key train.lr = nan: must be a finite number; valid: a number > 0"),
+    (["--batch-size", "0"], "config key train.batch_size = 0: 0 is less than the minimum of 1; valid: an integer >= 1"),
+    (["--method", "fp8-optim", "--method-option", "block_size=-1"],
+     "method fp8-optim: option block_size = -1; valid: a whole number >= 1"),
+    (["--seq-len", "100000"], "config key train.seq_len = 100000: exceeds tiny's max_seq_len 1024; "
+                              "valid: an integer in [2, 1024]"),
+    # and the other ways in
     (["--set", "eval_every=0"], "config key train.eval_every = 0"),
-    (["--set", "device=tpu"], "config key train.device = 'tpu': 'tpu' is not one of ['cpu', 'cuda', 'auto']"),
-    (["--seq-len", "100000"], "train.seq_len = 100000: exceeds tiny's max_seq_len 1024; valid: 2 .. 1024"),
+    (["--set", "device=tpu"], "config key train.device = 'tpu': 'tpu' is not one of ['cpu', 'cuda', 'auto']; "
+                              "valid: one of cpu, cuda, auto"),
+    (["--method", "zero2-bf16", "--batch-size", "7"], "train.batch_size = 7: method zero2-bf16 runs as 2 ranks; "
+                                                      "valid: a multiple of 2"),
 ])
 def test_bad_flags_are_refused_before_any_work(configfile, tmp_path, args, message):
-    """Flags and --set overrides meet the schema's ranges: exit 2, the key and value named, nothing written."""
+    """Flags, --set overrides and method options meet one set of rules: exit 2, one line naming the key, the
+    value and what is valid, and nothing written (no summary.json, no event log, not even the folder)."""
     out = tmp_path / "x"
     r = run_cli("-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method", "fp32",
                 "--seed", "0", "--out", str(out), *args)
     assert r.returncode == 2, r.stderr[-1500:]
     assert message in r.stderr
-    assert not out.exists() or not any(out.iterdir())
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr  # one line, no traceback
+    assert not out.exists()
+
+
+def test_a_corpus_too_small_for_one_batch_is_refused_naming_the_file(tmp_path):
+    """Exit 2, the file named, before the model is built; no summary.json is written for refused input."""
+    src = tmp_path / "tiny.txt"
+    src.write_text("".join(f"line {i} of a small text\n" for i in range(400)), encoding="utf-8")
+    (tmp_path / "cfg").mkdir()
+    cfg = yaml.safe_load(write_small_config(tmp_path / "cfg").read_text())
+    cfg["data"]["files"] = [str(src)]
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "x"
+    r = train(path, out, "fp32", 0, "--batch-size", "64", "--set", "eval_tokens=64")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"error: data.files {src} is too small: its training split" in r.stderr
+    assert not (out / "summary.json").exists() and not (out / "metrics.jsonl").exists()

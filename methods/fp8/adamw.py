@@ -24,6 +24,7 @@ import torch
 
 from methods.adamw import AdamW
 from methods.fp8 import optim_codec as codec
+from methods.fp8.device import host_float
 
 IMPLS = ("auto", "torch", "triton")
 
@@ -97,7 +98,7 @@ class FP8AdamW(AdamW):
             super()._write_param(p, w, st)
 
     def _salt(self, p: torch.Tensor, st: dict) -> int:
-        return codec.hash_salt(self._seed, self._index.get(p, 0), int(st["step"]))
+        return codec.hash_salt(self._seed, self._index.get(p, 0), int(host_float(st["step"], fake=1.0)))
 
     # -- step ---------------------------------------------------------------------------------
     def use_triton(self, p: torch.Tensor) -> bool:

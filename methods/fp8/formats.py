@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ def decode_table(fmt: FP8Format, device: torch.device | str = "cpu") -> torch.Te
     FP8 ~6x faster on the CPU than ``.to(torch.float32)``, which converts element by element."""
     key = (fmt.name, str(device))
     if key not in _TABLES:
-        _TABLES[key] = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(fmt.dtype).float().to(device)
+        with unset_fake_temporarily():  # a cached fake table (memory trace) would poison real runs
+            _TABLES[key] = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(fmt.dtype).float().to(device)
     return _TABLES[key]
 
 

@@ -27,7 +27,9 @@ Backends:
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
+from methods.fp8.device import host_readable
 from methods.fp8.formats import decode, decode_table
 from methods.fp8.quantize import Quantized, use_triton
 
@@ -44,15 +46,26 @@ def k_chunk(a: Quantized, b: Quantized) -> int:
     return chunk
 
 
+#: the GEMM paths ``fp8_mm`` can take (a method's ``backend`` option)
+BACKENDS = ("auto", "torch", "dequant", "triton", "reference")
+
+
 def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, backend: str = "auto",
            keep_a: bool = False) -> torch.Tensor:
     if backend == "reference":
         return mm_reference(a, b, out_dtype)
+    if is_fake(a.data):
+        # A memory trace (methods.memory_trace): a fake tensor stands for a device tensor, where one kernel
+        # (Triton, or torch._scaled_mm when the scales are constant along K) writes only the (M, N)
+        # output. Traced as that allocation; the per-K-chunk loop below would add partial sums no GPU
+        # kernel makes, and thousands of ops to the trace.
+        k_chunk(a, b)
+        return a.data.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
     if use_triton(backend, a.data):
         from methods.fp8.kernels import scaled_mm_triton
 
         return scaled_mm_triton(a, b, out_dtype)
-    if backend == "dequant" or (backend == "auto" and a.data.device.type == "cpu"):
+    if backend == "dequant" or (backend == "auto" and host_readable(a.data)):
         return mm_dequant(a, b, out_dtype, keep_a)
     if backend == "auto":
         try:
@@ -60,7 +73,7 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
         except RuntimeError:  # a device/shape/dtype torch._scaled_mm does not take
             return mm_reference(a, b, out_dtype)
     if backend != "torch":
-        raise ValueError(f"unknown GEMM backend {backend!r}; valid: auto, torch, dequant, triton, reference")
+        raise ValueError(f"unknown GEMM backend {backend!r}; valid: {', '.join(BACKENDS)}")
     return mm_scaled(a, b, out_dtype)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from methods.base import StepResult, Trainee
 from methods.ledger import ledger, tensor_bytes
+from methods.fp8.device import host_float
 from methods.fp8.formats import E4M3, E5M2, FP8Format
 from methods.fp8.gemm import dequantize_fast, fp8_mm
 from methods.fp8.quantize import Quantized, quantize
@@ -167,12 +168,13 @@ def convert_to_fp8_stored(model: nn.Module, keep_high_precision: tuple[str, ...]
     return model
 
 
-def fp8_stored_memory(model: nn.Module, optimizer, mods: list[FP8StoredLinear], fp8_state: dict) -> dict[str, int]:
+def fp8_stored_memory(model: nn.Module, optimizer, mods: list[FP8StoredLinear], fp8_state: dict,
+                      owners: dict | None = None) -> dict[str, int]:
     """The ledger, with what fp8-naive really stores put where it belongs: FP8 weight codes are
     parameters (``weights``) and their scales join them; FP8 gradient codes + scales are ``grads``;
     the Adam moments of the FP8 weights are ``optim``."""
     grads = [t for m in mods for t in (m.grad_codes, m.grad_scale_inv) if t is not None]
-    out = ledger(model, optimizer, extra={"grads": grads, "optim": fp8_state})
+    out = ledger(model, optimizer, extra={"grads": grads, "optim": fp8_state}, owners=owners)
     moved = sum(tensor_bytes(m.weight_scale_inv, set()) for m in mods)  # counted as meta (a buffer)
     out["meta"] -= moved
     out["weights"] += moved
@@ -199,14 +201,14 @@ class NaiveTrainee(Trainee):
         if math.isfinite(grad_norm):
             self.optimizer.step()
             self._fp8_step(lr)
-        return StepResult(float(loss.detach()), grad_norm)
+        return StepResult(host_float(loss.detach()), grad_norm)
 
     @torch.no_grad()
     def _clip(self) -> float:
         sq = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) ** 2 for p in self.params if p.grad is not None]
         sq += [torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2
                for _, m in self.fp8 if m.grad_codes is not None]
-        norm = float(torch.sqrt(sum(sq))) if sq else 0.0
+        norm = host_float(torch.sqrt(sum(sq)), fake=0.0) if sq else 0.0
         clip = self.hp.grad_clip
         if clip > 0 and math.isfinite(norm) and norm > clip:
             coef = clip / (norm + 1e-6)
@@ -231,7 +233,7 @@ class NaiveTrainee(Trainee):
                 st = self.fp8_state[name] = {"step": torch.zeros(()), "exp_avg": torch.zeros(**zeros),
                                              "exp_avg_sq": torch.zeros(**zeros)}
             st["step"] += 1
-            t = float(st["step"])
+            t = host_float(st["step"], fake=1.0)
             g = m.grad().dequantize_fast()
             w = dequantize_fast(m.weight_q())  # a temporary: the only stored weight is the FP8 one
             before = m.weight.detach().view(torch.uint8).clone()
@@ -245,8 +247,8 @@ class NaiveTrainee(Trainee):
             # moved at most by the common rescaling of the whole tensor: the update itself was lost)
             m.unchanged = (m.weight.detach().view(torch.uint8) == before).float().mean()
 
-    def memory(self) -> dict[str, int]:
-        return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state)
+    def memory(self, owners: dict | None = None) -> dict[str, int]:
+        return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state, owners)
 
     def telemetry(self) -> list[dict]:
         rows = []

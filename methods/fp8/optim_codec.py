@@ -26,10 +26,12 @@ the bf16 parameters, so the CPU reference and the GPU kernel can be compared bit
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 
 @dataclass(frozen=True)
@@ -168,14 +170,18 @@ def hash32(idx: torch.Tensor, salt: int) -> torch.Tensor:
 
 
 _ARANGE: dict[torch.device, torch.Tensor] = {}
+#: a memory trace's own cache (fake mode → device → arange): the trace sees the index held for the whole
+#: run, as a real run holds it, and no fake tensor outlives its trace to reach a real step
+_ARANGE_FAKE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _arange32(n: int, device: torch.device) -> torch.Tensor:
+def _arange32(n: int, device: torch.device, like: torch.Tensor | None = None) -> torch.Tensor:
     """A cached int32 arange (one per device, grown on demand) so each step does not rebuild it."""
-    a = _ARANGE.get(device)
+    cache = _ARANGE_FAKE.setdefault(like.fake_mode, {}) if like is not None and is_fake(like) else _ARANGE
+    a = cache.get(device)
     if a is None or a.numel() < n:
         a = torch.arange(max(n, 1 << 16), dtype=torch.int32, device=device)
-        _ARANGE[device] = a
+        cache[device] = a
     return a[:n]
 
 
@@ -188,6 +194,6 @@ def round_bf16_stochastic(x: torch.Tensor, salt: int) -> torch.Tensor:
     into the sign, and no arithmetic produces one.
     """
     flat = x.reshape(-1)
-    bits = hash32(_arange32(flat.numel(), x.device), salt).bitwise_and_(0xFFFF)
+    bits = hash32(_arange32(flat.numel(), x.device, like=x), salt).bitwise_and_(0xFFFF)
     bits.add_(flat.view(torch.int32)).bitwise_and_(-65536)
     return bits.view(torch.float32).to(torch.bfloat16).view(x.shape)  # exact: low 16 bits are zero

@@ -20,6 +20,7 @@ import math
 import torch
 
 from methods.base import StepResult, Trainee
+from methods.fp8.device import host_float
 
 
 class FusedBackwardTrainee(Trainee):
@@ -39,7 +40,7 @@ class FusedBackwardTrainee(Trainee):
             return
         sq = torch.linalg.vector_norm(p.grad, dtype=torch.float32).square()
         self._sq.append(sq)
-        if math.isfinite(float(sq)):
+        if math.isfinite(host_float(sq, fake=0.0)):
             self.optimizer.step_param(p, self._group[p])
         else:
             self._skipped += 1
@@ -49,7 +50,7 @@ class FusedBackwardTrainee(Trainee):
         self.set_lr(lr)
         self.model.train()
         loss = self.forward_loss(x, y)
-        if not torch.isfinite(loss):
+        if not math.isfinite(host_float(loss.detach(), fake=0.0)):
             return StepResult(float(loss.detach()), math.nan)
         self._sq.clear()
         self._armed = True
@@ -57,8 +58,8 @@ class FusedBackwardTrainee(Trainee):
             loss.backward()
         finally:
             self._armed = False
-        grad_norm = math.sqrt(float(torch.stack(self._sq).sum())) if self._sq else 0.0
-        return StepResult(float(loss.detach()), grad_norm)
+        grad_norm = math.sqrt(host_float(torch.stack(self._sq).sum(), fake=0.0)) if self._sq else 0.0
+        return StepResult(host_float(loss.detach()), grad_norm)
 
     def telemetry(self) -> list[dict]:
         return optimizer_telemetry(self.model, self.optimizer)

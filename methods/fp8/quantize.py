@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.fp8.device import host_readable
 from methods.fp8.formats import FP8Format, get_format
 from methods.fp8.scaling import Blocks, DelayedScaler, _padded_view, block_amax, group_amax, scale_from_amax
 
@@ -100,7 +101,7 @@ def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow
     y = (xv * scale[:, None, :, None]) if grouped else x * scale
     n_sat: torch.Tensor | int = 0
     if scaler is not None:  # a delayed scale may be too large for this tensor: clamp and count
-        if y.device.type != "cpu" or float(amax.max()) * float(scale.max()) > fmt.max:
+        if not host_readable(y) or float(amax.max()) * float(scale.max()) > fmt.max:
             n_sat = (y.abs() > fmt.overflow_threshold).sum()
             y = y.clamp_(-fmt.max, fmt.max)
     q = y.to(fmt.dtype)  # round to nearest even; current scaling needs no clamp (amax*scale <= max)

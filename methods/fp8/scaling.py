@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from methods.fp8.device import host_readable
 from methods.fp8.formats import FP8Format, get_format
 
 #: amax below this is treated as this (torchao uses the same floor): keeps scales finite on all-zero
@@ -164,7 +165,7 @@ class DelayedScaler(nn.Module):
 
     def scale_for(self, amax_now: torch.Tensor) -> torch.Tensor:
         """The scale to use for the tensor being quantized (history's; its own amax only at first use)."""
-        if self.scale.device.type == "cpu":  # a host-side branch costs nothing here and saves ops
+        if host_readable(self.scale):  # a host-side branch costs nothing here and saves ops
             if float(self.scale) > 0:
                 return self.scale.clone()  # record() updates the buffer in place later
             return scale_from_amax(amax_now.reshape(()), self.fmt, self.margin, self.pow2)

@@ -104,28 +104,31 @@ def test_a_dead_rank_ends_the_run_as_failed_not_hung(engine_configfile, tmp_path
 
     out = tmp_path / "dead"
     cmd = [sys.executable, "-m", "pipelines.train", "--configfile", str(engine_configfile), "--model", "tiny",
-           "--method", "zero1-bf16", "--seed", "0", "--out", str(out), "--steps", "400"]
+           "--method", "zero1-bf16", "--seed", "0", "--out", str(out), "--steps", "400", "--set", "checkpoint_every=1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         victim, deadline = None, time.time() + 120
-        while victim is None and time.time() < deadline:  # wait until the ranks are training
+        while victim is None and time.time() < deadline:  # wait until the ranks train and have checkpointed
             time.sleep(0.5)
             assert proc.poll() is None, f"the run ended before training: {proc.stderr.read()[-3000:]}"
-            partial = out / "metrics.partial.jsonl"
-            if partial.is_file() and '"train_step"' in partial.read_text():
+            if (out / "checkpoints" / "latest.json").is_file():
                 ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
                          if p.environ().get("RANK") == "1"]
                 victim = ranks[0] if ranks else None
         assert victim is not None, "the ranks never started training"
         victim.kill()
+        t_kill = time.time()
         _, err = proc.communicate(timeout=120)
+        took = time.time() - t_kill
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     s = json.loads((out / "summary.json").read_text())
-    assert s["status"] == "failed" and s["reason"], s
+    assert s["status"] == "failed" and "rank" in s["reason"], s  # the reason says a rank died
+    assert took < 120, took  # bounded: torchrun stops the surviving rank, no collective is left waiting
     assert s["world_size"] == 2
+    assert not (out / "checkpoints").exists()  # a failed run is complete: nothing left to resume from
     assert read_events(out / "metrics.jsonl")[-1]["event"] == "run_stop"
 
 

@@ -67,7 +67,7 @@ def test_methods_are_registered_multi_rank_and_only_in_the_gpu_profile():
     assert set(DP) <= set(method_names())
     assert all(get_method(m).family == "dp" and get_method(m).world_size == 2 for m in DP)  # no GPU: 2 CPU ranks
     assert get_method("fsdp2-bf16", ranks=4).world_size == 4
-    with pytest.raises(ValueError, match="ranks must be a whole number"):
+    with pytest.raises(ValueError, match="option ranks = .4. is not a whole number; valid: a whole number >= 0"):
         get_method("ddp-bf16", ranks="4")
     cfg = config_mod.load()
     assert not set(DP) & set(config_mod.profile_settings(cfg, "cpu")["methods"])
