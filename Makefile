@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 SNAKEMAKE_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: reproduce test smoke report clean-results venv
+.PHONY: reproduce test smoke report report-html browser clean-results venv
 
 venv: $(STAMP)
 
@@ -31,8 +31,23 @@ smoke: $(STAMP)
 report: $(STAMP)
 	$(BIN)/snakemake --cores 1 report
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+# Headless Chromium (Debian's package) for the browser check of report.html. Best effort: where it cannot be
+# installed (no apt-get, not root, no network) `make test` goes on and that check is skipped with the reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null 2>&1 && echo "installed chromium"; } || \
+	echo "note: chromium not installed; the browser check of report.html will be skipped"
+
+# The HTML report, opened in headless Chromium and checked; its landing page saved as reports/report_landing.png.
+report-html: $(STAMP) browser
+	$(BIN)/snakemake --cores 1 --report reports/report.html $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m pipelines.report_check reports/report.html
+
 clean-results:
-	rm -rf results/runs results/data results/summary.csv reports/figures reports/REPORT.md .snakemake
+	rm -rf results/runs results/data results/summary.csv reports/figures reports/tables reports/REPORT.md \
+	  reports/landing.rst reports/report.html reports/report_landing.png .snakemake

@@ -10,6 +10,10 @@ min_version("9.0")
 configfile: "pipelines/config.yaml"
 
 
+# `snakemake --report` opens on this text: claims, verdicts, headline figure, noise floor (rule landing).
+report: "reports/landing.rst"
+
+
 include: "pipelines/common.smk"
 include: "pipelines/train.smk"
 include: "pipelines/memory.smk"
@@ -26,6 +30,9 @@ localrules:
     figure,
     report_md,
     report,
+    table,
+    landing,
+    tensorboard,
 
 
 rule all:
@@ -35,3 +42,6 @@ rule all:
         f"{RESULTS}/comparison.md",
         REPORT_MD,
         FIGURE_PNGS,
+        TABLE_HTMLS,
+        LANDING_RST,
+        TB_EVENTS,

@@ -116,3 +116,38 @@ MEMORY_FIT_CSV = f"{RESULTS}/memory_fit.csv"
 TRACE_PART_CSVS = [f"{RESULTS}/memory_traced/{m}.csv" for m in MEMORY_TRACE["models"]]
 TRACE_SEQ_ARG = " ".join(str(s) for s in MEMORY_TRACE["seq_lens"])
 TRACE_METHODS_ARG = "" if MEMORY_TRACE["methods"] == "all" else "--methods " + " ".join(MEMORY_TRACE["methods"])
+
+
+# The HTML report's items besides the figures (pipelines/report_items.py) and the runs' TensorBoard files.
+from pipelines.report_items import TABLES_DIR, figure_group, table, tables_for
+from pipelines.tensorboard_export import EVENTS_NAME
+
+TABLE_NAMES = tables_for(PROFILE)
+TABLE_HTMLS = [f"{TABLES_DIR}/{name}.html" for name in TABLE_NAMES]
+LANDING_RST = "reports/landing.rst"
+TB_EVENTS = [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/{EVENTS_NAME}" for m, me, rid in RUNS]
+
+
+wildcard_constraints:
+    table="|".join(TABLE_NAMES),
+
+
+def table_source(wildcards):
+    """The CSV a table item is rendered from."""
+    return f"{RESULTS}/{table(wildcards.table).source}"
+
+
+def table_caption(wildcards):
+    return table(wildcards.table).caption
+
+
+def gpu_reference_files(wildcards=None):
+    """The committed GPU reference the landing text describes, where it exists (a new one reruns the rule)."""
+    from pipelines.landing import GPU_REFERENCE
+
+    return sorted(str(p) for p in Path(GPU_REFERENCE).glob("*") if p.is_file())
+
+
+def figure_subcategory(wildcards):
+    """The report group of a figure (loss, memory, speed, stability)."""
+    return figure_group(wildcards.name)

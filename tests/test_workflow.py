@@ -81,6 +81,17 @@ def test_smoke_workflow_end_to_end(workdir):
     from pipelines.figures import FIGURES
 
     assert all(f"{name}.png" in html for name in FIGURES), [n for n in FIGURES if f"{n}.png" not in html]
+    from pipelines.report_items import tables_for
+    from pipelines.tensorboard_export import EVENTS_NAME
+
+    assert all(f"tables/{t}.html" in html for t in tables_for("smoke"))
+    landing = (workdir / "reports" / "landing.rst").read_text()
+    assert "fp8bench: the answers" in landing
+    # per-method lines at the verdicts' lr (fp32-lr300, at another lr, is REPORT.md's, as in the forest figure)
+    assert any(ln.startswith("- **bf16-pure** [") and "gap" in ln for ln in landing.splitlines())
+    # every run has its TensorBoard event file beside metrics.jsonl (tests/test_tensorboard.py reads them back)
+    runs = sorted((workdir / "results" / "runs" / "smoke").glob("*/*/seed*"))
+    assert len(runs) == 4 and all((r / EVENTS_NAME).stat().st_size > 100 for r in runs), runs
     # `snakemake --cores 1 report` rebuilds tables, figures and REPORT.md from the runs on disk, training nothing
     (workdir / "reports" / "REPORT.md").unlink()
     (workdir / "reports" / "figures" / "memory.png").unlink()
@@ -92,3 +103,39 @@ def test_smoke_workflow_end_to_end(workdir):
     # a second invocation has nothing to do: outputs are complete and up to date
     r = snakemake(workdir, *args, "-n")
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
+
+
+def test_html_report_opens_on_the_answers_in_a_browser(workdir):
+    """The smoke workflow's report.html in headless Chromium: the landing page shows every claim with its
+    verdict, every table and figure is a report item linked from it (pipelines/report_check.py); and the
+    check fails when a claim or an item is missing."""
+    from pipelines import report_check
+
+    browser = report_check.find_chromium()
+    if browser is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium; `make test` tries to install it)")
+    if not (workdir / "reports" / "report.html").is_file():  # the end-to-end test builds it; alone, build it
+        (workdir / "diverging.yaml").write_text(yaml.safe_dump(DIVERGING))
+        args = ("--configfile", "pipelines/config.yaml", "diverging.yaml", "--config", "profile=smoke")
+        r = snakemake(workdir, *args)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        r = snakemake(workdir, *args, "--report", "reports/report.html")
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    shot, dom_path = workdir / "reports" / "report_landing.png", workdir / "reports" / "report_dom.html"
+    r = run_cli("-m", "pipelines.report_check", "reports/report.html", "--screenshot", str(shot), "--dom-out",
+                str(dom_path), cwd=workdir, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    from pipelines.figures import FIGURES
+    from pipelines.report_items import tables_for
+
+    dom = dom_path.read_text()
+    claims = pd.read_csv(workdir / "results" / "claims.csv")
+    tables, figures = tables_for("smoke"), list(FIGURES)
+    assert report_check.check_dom(dom, workdir / "results", tables, figures) == []
+    verdict = str(claims["verdict"].iloc[0])
+    cut = dom.replace(f"{verdict}</strong>", "?</strong>", 1)
+    assert any("claim not on the landing page" in p for p in report_check.check_dom(cut, workdir / "results",
+                                                                                    tables, figures))
+    absent = report_check.check_dom(dom, workdir / "results", [*tables, "no_such_table"], figures)
+    assert absent == ["reports/tables/no_such_table.html is not a report item"]

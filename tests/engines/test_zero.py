@@ -92,6 +92,10 @@ def test_zero_run_through_the_training_cli(engine_configfile, tmp_path):
     batches = Batches(Corpus.open(start["config"]["data"]["dir"]), 8, 64, seed=start["config"]["train"]["data_seed"])
     logged = [e["batch_hash"] for e in events if e["event"] == "train_step"]
     assert logged == [batch_hash(batches.get(i)[0]) for i in range(4)]
+    # its curves in TensorBoard equal its metrics.jsonl (tests/test_tensorboard.py: the one-process families)
+    from tests.tensorboard_readback import assert_matches_metrics
+
+    assert_matches_metrics(out)
 
 
 def test_a_dead_rank_ends_the_run_as_failed_not_hung(engine_configfile, tmp_path):

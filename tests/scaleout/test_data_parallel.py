@@ -84,6 +84,12 @@ def test_each_method_runs_as_two_gloo_ranks_through_the_cli(dp_runs):
         assert sum(e["event"] == "run_stop" for e in events) == 1  # rank 1 wrote nothing
         launcher = "deepspeed.launcher.runner" if name == VIA_DEEPSPEED else "torch.distributed.run"
         assert f"-m {launcher}" in err, (name, err[-2000:])
+        # its curves in TensorBoard equal its metrics.jsonl (tests/test_tensorboard.py: the one-process families)
+        from pathlib import Path
+
+        from tests.tensorboard_readback import assert_matches_metrics
+
+        assert_matches_metrics(Path(s["run_dir"]))
 
 
 def test_step0_loss_and_batches_are_the_single_process_ones(dp_runs, single_process):
