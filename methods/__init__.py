@@ -9,7 +9,7 @@ import pkgutil
 
 #: modules that define no method and are run with ``python -m`` (importing them here first would make
 #: runpy warn); they are imported where used
-_NOT_METHODS = {"memory"}
+_NOT_METHODS = {"memory", "memory_trace"}
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.ispkg and not _mod.name.startswith("_") and _mod.name not in _NOT_METHODS:

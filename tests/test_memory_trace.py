@@ -34,6 +34,9 @@ EAGER_OPTIMIZER_STEP = {"fp8-optim-torchao"}
 def real_step_peak(method_name: str, cfg: ModelConfig, batch: int, seq: int) -> tuple[dict, int]:
     """Two real steps; returns the ledger after step 2 and the peak bytes during step 2, from the
     allocator's events (every alloc and free, in order) on top of what was live when it began."""
+    from methods.fp8.optim_codec import _ARANGE  # the own FP8 optimizer's cached index, made in step 1
+
+    _ARANGE.clear()  # grown by earlier tests of this process: step 1 makes it at this model's size
     method = get_method(method_name)
     trainee = method.build(build_model(cfg, seed=0), HParams(lr=1e-3), RunContext(device=torch.device("cpu"), seed=0))
     x = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
@@ -41,8 +44,6 @@ def real_step_peak(method_name: str, cfg: ModelConfig, batch: int, seq: int) -> 
     # frees of storages made before profiling are not reported: drop the grads first (the step would)
     trainee.optimizer.zero_grad(set_to_none=True)
     gc.collect()
-    from methods.fp8.optim_codec import _ARANGE  # the own FP8 optimizer's cached index, made in step 1
-
     live = sum(trainee.memory().values()) + sum(
         b.untyped_storage().nbytes() for n, b in trainee.model.named_buffers() if n.endswith(("rope_cos", "rope_sin")))
     live += sum(a.untyped_storage().nbytes() for a in _ARANGE.values())

@@ -9,8 +9,25 @@ shortcut would.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import torch
-from torch._subclasses.fake_tensor import is_fake
+
+# Not imported here: torch._subclasses.fake_tensor pulls in triton, which then reads TRITON_INTERPRET once
+# and for all, before a test (or a user) can set it. No tensor can be fake until that module is loaded.
+_FAKE_MODULE = "torch._subclasses.fake_tensor"
+
+
+def is_fake(t) -> bool:
+    ft = sys.modules.get(_FAKE_MODULE)
+    return ft is not None and ft.is_fake(t)
+
+
+def real_tensors():
+    """A context in which new tensors are real even inside a memory trace (for caches that outlive it)."""
+    ft = sys.modules.get(_FAKE_MODULE)
+    return ft.unset_fake_temporarily() if ft is not None else contextlib.nullcontext()
 
 
 def host_readable(t: torch.Tensor) -> bool:

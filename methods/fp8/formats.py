@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from methods.fp8.device import real_tensors
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def decode_table(fmt: FP8Format, device: torch.device | str = "cpu") -> torch.Te
     FP8 ~6x faster on the CPU than ``.to(torch.float32)``, which converts element by element."""
     key = (fmt.name, str(device))
     if key not in _TABLES:
-        with unset_fake_temporarily():  # a cached fake table (memory trace) would poison real runs
+        with real_tensors():  # a cached fake table (memory trace) would poison real runs
             _TABLES[key] = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(fmt.dtype).float().to(device)
     return _TABLES[key]
 

@@ -27,9 +27,8 @@ Backends:
 from __future__ import annotations
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
-from methods.fp8.device import host_readable
+from methods.fp8.device import host_readable, is_fake
 from methods.fp8.formats import decode, decode_table
 from methods.fp8.quantize import Quantized, use_triton
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import is_fake
+
+from methods.fp8.device import is_fake
 
 
 @dataclass(frozen=True)
