@@ -22,10 +22,10 @@ from pipelines.memory_traced import GIB, fit_table, max_micro_batch, phase_lines
 
 TINY = SIZES["tiny"]
 SEQ = 64
-#: one per Trainee kind: plain (bf16 autocast), own FP8 linears with group scales, FP8-stored weights
-#: (state made outside optimizer.step), FP8 optimizer stepped in backward, torchao float8 linears, torchao's
+#: one per kind of step: own FP8 linears with group scales under bf16 autocast, FP8-stored weights (state
+#: made outside optimizer.step), FP8 optimizer stepped in backward (with its index cache), torchao's
 #: compiled FP8 optimizer
-METHODS = ["bf16-amp", "fp8-own-blockwise", "fp8-naive", "fp8-lean", "fp8-torchao-tensorwise", "fp8-optim-torchao"]
+METHODS = ["fp8-own-blockwise", "fp8-naive", "fp8-lean", "fp8-optim-torchao"]
 
 #: methods whose optimizer step is traced eagerly where a real run compiles it
 EAGER_OPTIMIZER_STEP = {"fp8-optim-torchao"}
