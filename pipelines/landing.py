@@ -52,8 +52,10 @@ def claims_part(claims: pd.DataFrame) -> list[str]:
     out += ["Each verdict follows from per-seed measurements by a stated rule; `claims.html`_ has the rule and the "
             "basis of each (``n seeds``: the fewest seeds of the methods a claim rests on).", ""]
     for r in claims.itertuples():
+        # a claim from the deterministic full-size trace rests on no seeds (n_seeds empty)
+        basis = "traced, no seeds" if pd.isna(r.n_seeds) else f"{int(r.n_seeds)} seeds"
         out += [f"- **{esc(r.verdict)}**: {esc(r.claim)}. Seed's value {esc(r.seed_value)}; measured "
-                f"{esc(r.measured)} ({int(r.n_seeds)} seeds)."]
+                f"{esc(r.measured)} ({basis})."]
     return out + [""]
 
 
