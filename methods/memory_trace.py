@@ -79,7 +79,6 @@ class _StepTracker(MemTracker):
     def __init__(self) -> None:
         super().__init__()
         self.phase_peak: dict[str, int] = {}
-        self.phase_snap: dict[str, dict] = {}
         self.act_peak = 0
 
     def _update_peak_stats(self, peak_state) -> None:  # noqa: ARG002 - per-module states not kept
@@ -96,7 +95,6 @@ class _StepTracker(MemTracker):
                 self._peak_mem_snap[dev] = dict(snap)
             if total > self.phase_peak.get(phase, 0):
                 self.phase_peak[phase] = total
-                self.phase_snap[phase] = dict(snap)
             self.act_peak = max(self.act_peak, snap.get(_MemRefType.ACT, 0))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -131,7 +129,7 @@ class _StepTracker(MemTracker):
 
     def reset_peaks(self) -> None:
         self._peak_mem, self._peak_mem_snap = {}, {}
-        self.phase_peak, self.phase_snap, self.act_peak = {}, {}, 0
+        self.phase_peak, self.act_peak = {}, 0
 
     def relabel(self, owners: dict) -> int:
         """Give every tracked storage the ledger's component (``owners``: storage key → component);
@@ -168,8 +166,6 @@ class Trace:
     peak_total: int
     peak_phase: str
     phase_peak: dict[str, int]
-    #: activations + temporaries at each phase's peak: the part of it that grows with the tokens
-    phase_act_temp: dict[str, int]
     act_peak: int
     step1_peak_total: int
     trace_s: float
@@ -190,7 +186,6 @@ class Trace:
         r.update(peak_bytes=self.peak_total, peak_phase=self.peak_phase, act_peak_bytes=self.act_peak,
                  step1_peak_bytes=self.step1_peak_total)
         r.update({f"peak_{p}_bytes": self.phase_peak.get(p, 0) for p in PHASES})
-        r.update({f"peak_{p}_act_temp_bytes": self.phase_act_temp.get(p, 0) for p in PHASES})
         r["trace_s"] = round(self.trace_s, 2)
         r["compiled_code_traced_eagerly"] = self.eager_compiled
         r.update(self.extra)
@@ -316,8 +311,6 @@ def _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0) -> list[
                 n_params=sum(p.numel() for p in trainee.model.parameters()), steady=steady,
                 peak=_peak_split(peak_snap, steady), peak_total=int(peak_snap.get(_TOTAL_KEY, 0)),
                 peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "", phase_peak=phase_peak,
-                phase_act_temp={p: int(sn.get(_MemRefType.ACT, 0) + sn.get(_MemRefType.TEMP, 0))
-                                for p, sn in tracker.phase_snap.items()},
                 act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
                 trace_s=time.perf_counter() - t0, extra={"step_s": round(time.perf_counter() - t_step, 2)}))
     del trainee, model, tracker, batches
