@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from methods.base import Method, RunContext
+from methods.fp8.device import host_float
 from methods.options import Range
 
 #: seconds a collective may wait for a peer before the rank fails (a dead or stuck rank must not hang a run)
@@ -86,7 +87,7 @@ class RankShare:
         t = value.detach().float().reshape(1).clone()
         if self.ctx.world_size > 1:
             dist.all_reduce(t)
-        return float(t) / self.ctx.world_size
+        return host_float(t) / self.ctx.world_size  # NaN in a memory trace (no values)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,6 +41,7 @@ from methods._bf16_backward import bf16_backward_mode
 from methods._linears import DEFAULT_KEEP
 from methods.base import HParams, Requirement, RunContext, StepResult, Trainee, clip_grads, needs_module
 from methods.bf16_emulation import bf16_matmul_mode
+from methods.fp8.device import host_float
 from methods.ledger import COMPONENTS
 from methods.options import Choice
 from methods.registry import register
@@ -120,7 +121,7 @@ def clip_sharded_grads(params: list[torch.Tensor], max_norm: float) -> float:
     if not grads:
         return 0.0
     total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
-    norm = float(total.full_tensor() if isinstance(total, DTensor) else total)
+    norm = host_float(total.full_tensor() if isinstance(total, DTensor) else total, fake=0.0)  # trace: finite
     if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
         coef = max_norm / (norm + 1e-6)  # as methods.base.clip_grads
         for g in grads:
@@ -162,8 +163,12 @@ class _DataParallel(_ranks.MultiRank):
 
     def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         _ranks.init_process_group(ctx.device, ctx)
-        model = self.convert_model(model, ctx)
-        wrapped = self.wrap(model, ctx)
+        return self.trainee(self.convert_model(model, ctx), hp, ctx)
+
+    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext, wrapped: nn.Module | None = None) -> Trainee:
+        """Wrap (FSDP2: shard) a converted model in an existing process group, then its optimizer.
+        ``wrapped``: already wrapped (the memory trace shards on the meta device before it allocates)."""
+        wrapped = self.wrap(model, ctx) if wrapped is None else wrapped
         # after wrapping: FSDP2 replaces the parameters by their shards, which the optimizer must hold
         optimizer = self.build_optimizer(model, hp, ctx)
         return DataParallelTrainee(self, wrapped, model, optimizer, hp, ctx)
@@ -204,6 +209,11 @@ class DDPBf16(_DataParallel):
 # ---- FSDP2 -------------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class _FSDP2(_DataParallel):
+    #: free each block's gathered weights after its forward and gather them again for backward (true,
+    #: FSDP2's default: ZeRO-3's memory) or keep them until backward is done (false: ZeRO-2's peak, one
+    #: all-gather per step instead of two)
+    reshard_after_forward: bool = True
+
     def wrap(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -213,8 +223,9 @@ class _FSDP2(_DataParallel):
         for block in model.layers:  # one all-gather / reduce-scatter group per block
             if ctx.compile:
                 block.compile()  # per block, before sharding (in place: parameter names unchanged)
-            fully_shard(block, mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)  # the rest: embedding, final norm, head
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
+        # the rest: embedding, final norm, head
+        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=self.reshard_after_forward)
         return model
 
     def clip(self, params: list[torch.Tensor], max_norm: float) -> float:

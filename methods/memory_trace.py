@@ -37,13 +37,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType, _UpdateType
 
 from methods.base import HParams, RunContext
 from methods.ledger import COMPONENTS, storage_key
 from models.config import ModelConfig
 
-PEAK_COMPONENTS = COMPONENTS + ("activations", "temporaries", "other")
+#: ``gathered``: what a sharded step holds beyond its shards (FSDP2's all-gathered weights, its all-gather
+#: and reduce-scatter buffers, unsharded gradients); 0 in a single-process trace
+PEAK_COMPONENTS = COMPONENTS + ("gathered", "activations", "temporaries", "other")
 #: where the step is: inside the model's forward, autograd's backward, ``optimizer.step``, or the loop's
 #: own code between them (zero_grad, clipping; the previous step's gradients are alive at its start)
 PHASES = ("forward", "backward", "optimizer", "loop")
@@ -69,15 +72,24 @@ class _NoHook:
         pass
 
 
-class _StepTracker(MemTracker):
-    """MemTracker keeping the global peak, the peak of each phase and the largest activation total.
+class _PhasePeaks:
+    """Peak bookkeeping shared by the single-process and the per-rank tracker: the global peak, the peak
+    of each phase and the largest activation total.
 
     MemTracker also keeps a peak per module, walking every module it has seen on every op: two thirds
     of a 7B trace's time. Only whole-step figures are reported, so that walk is replaced.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    #: ledger component → the tracker's category it is re-labelled to after step 1 (master copies are
+    #: optimizer state to the tracker; the split comes from the ledger), and back
+    to_reftype = _REFTYPE
+    from_reftype = _FROM_REFTYPE
+    #: what a storage nobody owns is, when it outlives a step
+    unowned = (_MemRefType.ACT, _MemRefType.TEMP, _MemRefType.BUFFER)
+    other = _MemRefType.OTH
+    act = _MemRefType.ACT
+
+    def _init_peaks(self) -> None:
         self.phase_peak: dict[str, int] = {}
         self.act_peak = 0
 
@@ -95,7 +107,47 @@ class _StepTracker(MemTracker):
                 self._peak_mem_snap[dev] = dict(snap)
             if total > self.phase_peak.get(phase, 0):
                 self.phase_peak[phase] = total
-            self.act_peak = max(self.act_peak, snap.get(_MemRefType.ACT, 0))
+            self.act_peak = max(self.act_peak, snap.get(self.act, 0))
+
+    def reset_peaks(self) -> None:
+        self._peak_mem, self._peak_mem_snap = {}, {}
+        self.phase_peak, self.act_peak = {}, 0
+
+    def relabel(self, owners: dict) -> int:
+        """Give every tracked storage the ledger's component (``owners``: storage key → component);
+        storages the ledger does not own that outlived a step (non-persistent buffers such as the RoPE
+        tables, the last loss) become ``other``. Returns the bytes relabelled."""
+        moved = 0
+        for st, (winfo, _) in list(self._WINFO.items()):
+            comp = owners.get(storage_key(st))
+            new = self.to_reftype[comp] if comp is not None else (
+                self.other if winfo.reftype in self.unowned else winfo.reftype)
+            if new != winfo.reftype:
+                old, winfo.reftype = winfo.reftype, new
+                self._update_snap(_UpdateType.REF, winfo, old_reftype=old)
+                moved += winfo.mem_consumed
+        return moved
+
+    def snapshot(self, kind: str) -> dict:
+        snaps = self.get_tracker_snapshot(kind)
+        return next(iter(snaps.values()), {})
+
+    def split(self, snap: dict, steady: dict[str, int]) -> dict[str, int]:
+        """A snapshot's bytes by component (``PEAK_COMPONENTS``)."""
+        out = dict.fromkeys(PEAK_COMPONENTS, 0)
+        for ref, comp in self.from_reftype.items():
+            out[comp] += int(snap.get(ref, 0))
+        out["master"] = min(steady["master"], out["optim"])  # constant through step 2
+        out["optim"] -= out["master"]
+        return out
+
+
+class _StepTracker(_PhasePeaks, MemTracker):
+    """The single-process tracker: MemTracker with :class:`_PhasePeaks` and a leaner dispatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_peaks()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         # MemTracker's own dispatch, less what a single-process trace never meets (DTensor, nested fake
@@ -127,29 +179,25 @@ class _StepTracker(MemTracker):
                 self._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
         return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
-    def reset_peaks(self) -> None:
-        self._peak_mem, self._peak_mem_snap = {}, {}
-        self.phase_peak, self.act_peak = {}, 0
 
-    def relabel(self, owners: dict) -> int:
-        """Give every tracked storage the ledger's component (``owners``: storage key → component);
-        storages the ledger does not own that outlived a step (non-persistent buffers such as the RoPE
-        tables, the last loss) become ``other``. Returns the bytes relabelled."""
-        moved = 0
-        unowned = (_MemRefType.ACT, _MemRefType.TEMP, _MemRefType.BUFFER)
-        for st, (winfo, _) in list(self._WINFO.items()):
-            comp = owners.get(storage_key(st))
-            new = _REFTYPE[comp] if comp is not None else (
-                _MemRefType.OTH if winfo.reftype in unowned else winfo.reftype)
-            if new != winfo.reftype:
-                old, winfo.reftype = winfo.reftype, new
-                self._update_snap(_UpdateType.REF, winfo, old_reftype=old)
-                moved += winfo.mem_consumed
-        return moved
+class _RankTracker(_PhasePeaks, FSDPMemTracker):
+    """One rank of an FSDP2 step: FSDPMemTracker's categories (sharded and unsharded weights and grads,
+    all-gather and reduce-scatter buffers) with :class:`_PhasePeaks`."""
 
-    def snapshot(self, kind: str) -> dict:
-        snaps = self.get_tracker_snapshot(kind)
-        return next(iter(snaps.values()), {})
+    to_reftype = {"weights": _FSDPRefType.SHARDED_PARAM, "grads": _FSDPRefType.SHARDED_GRAD,
+                  "master": _FSDPRefType.OPT, "optim": _FSDPRefType.OPT, "meta": _FSDPRefType.BUFFER}
+    from_reftype = {_FSDPRefType.SHARDED_PARAM: "weights", _FSDPRefType.SHARDED_GRAD: "grads",
+                    _FSDPRefType.OPT: "optim", _FSDPRefType.BUFFER: "meta",
+                    _FSDPRefType.UNSHARDED_PARAM: "gathered", _FSDPRefType.UNSHARDED_GRAD: "gathered",
+                    _FSDPRefType.ALL_GATHER: "gathered", _FSDPRefType.REDUCE_SCATTER: "gathered",
+                    _FSDPRefType.ACT: "activations", _FSDPRefType.TEMP: "temporaries", _FSDPRefType.INP: "other"}
+    unowned = (_FSDPRefType.ACT, _FSDPRefType.TEMP, _FSDPRefType.BUFFER)
+    other = _FSDPRefType.INP  # FSDPMemTracker has no "other": the inputs' category holds what outlives a step
+    act = _FSDPRefType.ACT
+
+    def __init__(self, mod, optm) -> None:
+        super().__init__(mod, optm)
+        self._init_peaks()
 
 
 @dataclass
@@ -192,15 +240,6 @@ class Trace:
         return r
 
 
-def _peak_split(snap: dict, steady: dict[str, int]) -> dict[str, int]:
-    out = dict.fromkeys(PEAK_COMPONENTS, 0)
-    for ref, comp in _FROM_REFTYPE.items():
-        out[comp] += int(snap.get(ref, 0))
-    out["master"] = min(steady["master"], out["optim"])  # constant through step 2
-    out["optim"] -= out["master"]
-    return out
-
-
 def trace_step(method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HParams | None = None,
                model_name: str = "") -> Trace:
     """Trace two training steps of ``method`` (a ``Method``) on ``Transformer(cfg)``; see :func:`trace_steps`."""
@@ -223,7 +262,8 @@ def trace_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], 
     if unmet:
         raise UntraceableError("; ".join(unmet))
     if method.world_size > 1:
-        raise UntraceableError(f"runs as {method.world_size} ranks; the single-process trace does not apply")
+        raise UntraceableError(f"runs as {method.world_size} ranks; the single-process trace does not apply "
+                               f"(see the per-rank trace, trace_rank_steps)")
     hp = hp or HParams(lr=1e-3)
     t0 = time.perf_counter()
     fake = FakeTensorMode(allow_non_fake_inputs=True)
@@ -272,31 +312,45 @@ def _warm_up(method, hp: HParams) -> None:
     trainee.train_step(x, x, hp.lr)
 
 
-def _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0) -> list[Trace]:
+def _meta_model(method, cfg):
     from models.llama import Transformer
 
-    ctx = RunContext(device=torch.device("cpu"), seed=0, extra={"batch_size": batch_size})
     with torch.device("meta"):
         # built and converted as a run does (fp32, then the method's own conversion), on the meta
         # device: fake parameters cannot be converted in place (``module.to(dtype)`` swaps tensors,
         # which fake tensors refuse), meta ones can
-        model = method.convert_model(Transformer(cfg), RunContext(device=torch.device("meta"), seed=0))
+        return method.convert_model(Transformer(cfg), RunContext(device=torch.device("meta"), seed=0))
+
+
+def _batches(cfg, rows: int, seq_lens) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    return {s: (torch.randint(0, cfg.vocab_size, (rows, s)), torch.randint(0, cfg.vocab_size, (rows, s)))
+            for s in seq_lens}
+
+
+def _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0) -> list[Trace]:
+    ctx = RunContext(device=torch.device("cpu"), seed=0, extra={"batch_size": batch_size})
+    model = _meta_model(method, cfg)
     with fake:
         # storages without data; values are never read (init is skipped: it changes no size)
         model.to_empty(device="cpu")
         trainee = method.trainee(model, hp, ctx)
-        batches = {s: (torch.randint(0, cfg.vocab_size, (batch_size, s)), torch.randint(0, cfg.vocab_size, (batch_size, s)))
-                   for s in seq_lens}
+        batches = _batches(cfg, batch_size, seq_lens)
     tracker = _StepTracker()
     tracker.track_external(trainee.model, trainee.optimizer, *[t for xy in batches.values() for t in xy])
+    return _steps(method.name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0)
+
+
+def _steps(name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0, extra=None) -> list[Trace]:
+    """Step 1 (at the longest length) makes the optimizer state; then one steady-state step per length."""
+    seq_lens = sorted(batches)
     traces = []
     with fake, tracker:
-        trainee.train_step(*batches[seq_lens[-1]], hp.lr)  # step 1 creates the optimizer state
+        trainee.train_step(*batches[seq_lens[-1]], hp.lr)
         step1_peak = tracker.snapshot("peak").get(_TOTAL_KEY, 0)
         owners: dict = {}
         trainee.memory(owners=owners)
         tracker.relabel(owners)
-        for seq in seq_lens:  # then one steady-state step per sequence length, each with its own peaks
+        for seq in seq_lens:  # each with its own peaks
             t_step = time.perf_counter()
             tracker.reset_peaks()
             tracker.reset_mod_stats()  # a second root forward is a new iteration to the tracker
@@ -307,15 +361,92 @@ def _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0) -> list[
             peak_snap = tracker.snapshot("peak")
             phase_peak = dict(tracker.phase_peak)
             traces.append(Trace(
-                method=method.name, model=model_name, batch_size=batch_size, seq_len=seq,
+                method=name, model=model_name, batch_size=batch_size, seq_len=seq,
                 n_params=sum(p.numel() for p in trainee.model.parameters()), steady=steady,
-                peak=_peak_split(peak_snap, steady), peak_total=int(peak_snap.get(_TOTAL_KEY, 0)),
+                peak=tracker.split(peak_snap, steady), peak_total=int(peak_snap.get(_TOTAL_KEY, 0)),
                 peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "", phase_peak=phase_peak,
                 act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
-                trace_s=time.perf_counter() - t0, extra={"step_s": round(time.perf_counter() - t_step, 2)}))
-    del trainee, model, tracker, batches
+                trace_s=time.perf_counter() - t0,
+                extra={"step_s": round(time.perf_counter() - t_step, 2), **(extra or {})}))
+    del trainee, tracker, batches
     gc.collect()
     return traces
+
+
+# ---- one rank of a sharded method -------------------------------------------------------------------
+#: ranks of a per-rank trace: one 8-GPU node
+RANKS = 8
+
+
+def rank_stand_in(method):
+    """``(method traced, label)`` for a multi-rank ``method``: FSDP2 methods are traced as themselves,
+    DeepSpeed ZeRO-2/3 through their FSDP2 stand-in (``fsdp2_stand_in``); others raise
+    :class:`UntraceableError` with the reason."""
+    from methods.data_parallel import _FSDP2
+    from methods.registry import get_method
+
+    if isinstance(method, _FSDP2):
+        return method, method.name
+    stand_in = getattr(method, "fsdp2_stand_in", None)
+    if stand_in is None:
+        raise UntraceableError(
+            f"{method.name}: torch DDP's C++ reducer reads its buckets' data, which fake tensors lack "
+            "(\"data is not allocated yet\"); each rank holds the bf16-amp step (traced) with the gradients "
+            "as views of its all-reduce buckets" if method.name.startswith("ddp") else
+            f"{method.name}: not a sharded method")
+    spec = stand_in()
+    if isinstance(spec, str):
+        raise UntraceableError(f"{method.name}: deepspeed.initialize does not run under fake tensors, and {spec}; "
+                               "its persistent state per rank is in the analytic model (methods.memory)")
+    base, options = spec
+    opts = ", ".join(f"{k}={str(v).lower()}" for k, v in options.items())
+    return get_method(base, **options), f"{base}" + (f" ({opts})" if opts else "") + " as a stand-in"
+
+
+def trace_rank_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], hp: HParams | None = None,
+                     model_name: str = "", ranks: int = RANKS) -> list[Trace]:
+    """What rank 0 of ``ranks`` holds in a sharded step: :func:`trace_steps` for a multi-rank method, in a
+    fake process group (collectives return without communicating) under ``FSDPMemTracker``.
+    ``batch_size`` is the micro-batch per rank. Raises :class:`UntraceableError` with the reason."""
+    from dataclasses import replace as dc_replace
+
+    import torch.distributed as dist
+
+    traced, label = rank_stand_in(method)
+    unmet = traced.unmet()
+    if unmet:
+        raise UntraceableError("; ".join(unmet))
+    if dist.is_initialized():
+        raise UntraceableError("this process has a process group already; the per-rank trace makes its own")
+    seq_lens = sorted(set(seq_lens))
+    if seq_lens[-1] > cfg.max_seq_len:
+        cfg = replace(cfg, max_seq_len=seq_lens[-1])
+    traced = dc_replace(traced, ranks=ranks)
+    hp = hp or HParams(lr=1e-3)
+    t0 = time.perf_counter()
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+
+    dist.init_process_group("fake", rank=0, world_size=ranks, store=FakeStore())
+    try:
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        ctx = RunContext(device=torch.device("cpu"), seed=0, rank=0, world_size=ranks,
+                         extra={"batch_size": batch_size * ranks})
+        model = _meta_model(traced, cfg)
+        wrapped = traced.wrap(model, ctx)  # FSDP2 shards on the meta device: the mesh needs real tensors
+        with fake:
+            model.to_empty(device="cpu")
+            trainee = traced.trainee(model, hp, ctx, wrapped=wrapped)
+            batches = _batches(cfg, batch_size * ranks, seq_lens)  # the global batch; rank 0 takes its rows
+        tracker = _RankTracker(trainee.wrapped, trainee.optimizer)
+        tracker.track_inputs(tuple(t for xy in batches.values() for t in xy))
+        return _steps(method.name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0,
+                      extra={"ranks": ranks, "traced_as": label})
+    except UntraceableError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure under fake tensors is this method's reason
+        raise UntraceableError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
+    finally:
+        dist.destroy_process_group()
 
 
 def peak_rss_bytes() -> int:

@@ -227,6 +227,47 @@ class _Zero(_ranks.MultiRank):
         return {"weights": weights, "master": 4.0 * part, "grads": 2.0 * part + bucket,
                 "optim": self.optim_state_bytes((n - norms) / ws, norms / ws), "meta": 0.0}
 
+    def fsdp2_stand_in(self) -> tuple[str, dict] | str:
+        """The FSDP2 configuration a per-rank memory trace (``methods.memory_trace``) runs in this method's
+        place, as (method, options): ``deepspeed.initialize`` does not run under fake tensors. ZeRO-3
+        partitions weights, grads and states and gathers weights per layer: FSDP2's full sharding. ZeRO-2
+        keeps the 16-bit weights whole: FSDP2 without resharding after forward keeps a block's gathered
+        weights from its forward to its backward (but frees them after it, where ZeRO-2 keeps them). ZeRO-1
+        (states only) has no FSDP2 equivalent. The precisions differ in where they sit, not in total:
+        FSDP2 shards fp32 weights (the master) and gathers bf16 ones; DeepSpeed shards an fp32 master
+        beside its bf16 weights. Where none stands in, the reason why (a string)."""
+        if self.stage == 1:
+            return "FSDP2 has no ZeRO-1 (optimizer states sharded, gradients and weights whole)"
+        base = self._fsdp2_base()
+        if base.startswith("no "):
+            return base
+        return (base, {} if self.stage == 3 else {"reshard_after_forward": False})
+
+    def deepspeed_estimate(self, cfg, ranks: int) -> int | None:
+        """DeepSpeed's own analytic figure for one GPU's model states (weights, grads, optimizer states;
+        no offload, one node of ``ranks`` GPUs): ``estimate_zero2/3_model_states_mem_needs``, the
+        functions behind its ``..._all_cold`` tables. It assumes bf16 weights, fp32 master and fp32
+        Adam states, so it is given for stages 2 and 3 with fp32 states only (None otherwise)."""
+        if self.stage == 1 or not self._fp32_states:
+            return None
+        if self.stage == 2:
+            from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+            return int(estimate_zero2_model_states_mem_needs(cfg.n_params(), num_gpus_per_node=ranks,
+                                                             cpu_offload=False)[1])
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        largest = max(cfg.vocab_size * cfg.dim, cfg.dim * cfg.ffn_dim)  # the embedding or head, else an MLP matrix
+        return int(estimate_zero3_model_states_mem_needs(cfg.n_params(), largest, num_gpus_per_node=ranks,
+                                                         cpu_offload=False, cpu_offload_params=False)[1])
+
+    #: Adam m and v in fp32 (what DeepSpeed's estimate assumes)
+    _fp32_states: ClassVar[bool] = True
+
+    def _fsdp2_base(self) -> str:
+        """The FSDP2 method of the same precision, or why there is none (a sentence starting "no ")."""
+        return "fsdp2-bf16"
+
     def optim_state_bytes(self, decay_numel: float, no_decay_numel: float) -> float:
         """Client optimizer state over the two flat fp32 partitions: Adam m, v in fp32 and a step each."""
         return 8.0 * (decay_numel + no_decay_numel) + 2 * 4
@@ -319,6 +360,12 @@ class _ZeroFP8(_Zero):
     fp8_recipe: str = "tensorwise"
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     option_rules = {"fp8_engine": Choice(("torchao", "te"))}
+
+    def _fsdp2_base(self) -> str:
+        # FSDP2's FP8 method is torchao tensorwise (with FP8 all-gather); no stand-in for other recipes
+        if (self.fp8_engine, self.fp8_recipe) == ("torchao", "tensorwise"):
+            return "fsdp2-fp8-torchao"
+        return f"no FSDP2 method runs {self.fp8_engine} {self.fp8_recipe} FP8"
 
     def validate(self) -> None:
         super().validate()
@@ -425,6 +472,11 @@ class _ZeroFP8Optim(_Zero):
 
     def optimizer_context(self, ctx: RunContext):
         return contextlib.nullcontext() if ctx.compile else torch.compiler.set_stance("force_eager")
+
+    def _fsdp2_base(self) -> str:
+        return "no FSDP2 method keeps FP8 Adam states"
+
+    _fp32_states: ClassVar[bool] = False
 
     def optim_state_bytes(self, decay_numel: float, no_decay_numel: float) -> float:
         # torchao quantises a state of >= 4096 values (whole blocks): 1 B codes + an fp32 scale per block

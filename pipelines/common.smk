@@ -114,6 +114,10 @@ MEMORY_FIT_CSV = f"{RESULTS}/memory_fit.csv"
 
 
 TRACE_PART_CSVS = [f"{RESULTS}/memory_traced/{m}.csv" for m in MEMORY_TRACE["models"]]
+# the multi-rank methods, rank 0 of MEMORY_TRACE["ranks"] (0: none traced, the table lists them untraced)
+TRACE_RANKS = MEMORY_TRACE.get("ranks", 0)
+MEMORY_TRACED_RANKS_CSV = f"{RESULTS}/memory_traced_ranks.csv"
+TRACE_RANK_PART_CSVS = [f"{RESULTS}/memory_traced_ranks/{m}.csv" for m in MEMORY_TRACE["models"]] if TRACE_RANKS else []
 TRACE_SEQ_ARG = " ".join(str(s) for s in MEMORY_TRACE["seq_lens"])
 TRACE_METHODS_ARG = "" if MEMORY_TRACE["methods"] == "all" else "--methods " + " ".join(MEMORY_TRACE["methods"])
 

@@ -111,6 +111,8 @@ def memory_trace_settings(cfg: dict, profile: dict) -> dict:
         check_choice("memory_trace model", m, SIZES)
     for m in [] if mt.get("methods", "all") == "all" else mt["methods"]:
         check_choice("memory_trace method", m, method_names())
+    if mt.get("ranks", 0) == 1:
+        raise ConfigError("memory_trace.ranks 1 is the single-process trace; give 0 (no per-rank trace) or >= 2")
     if mt.get("fit_seq_len") not in mt.get("seq_lens", []):
         raise ConfigError(f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}")
     return mt

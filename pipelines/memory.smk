@@ -19,12 +19,33 @@ rule trace_memory:
         "{params.methods} --out {output:q} > {log:q} 2>&1"
 
 
+# The multi-rank methods, one rank of TRACE_RANKS in a fake process group: FSDP2, ZeRO-2/3 through their
+# FSDP2 stand-ins, DeepSpeed's analytic estimate beside them.
+rule trace_memory_ranks:
+    priority: 50
+    output:
+        f"{RESULTS}/memory_traced_ranks/{{model}}.csv",
+    params:
+        seqs=TRACE_SEQ_ARG,
+        ranks=TRACE_RANKS,
+        methods=TRACE_METHODS_ARG,
+    conda:
+        "../environment.yml"
+    log:
+        f"{RESULTS}/logs/trace_memory_ranks_{{model}}.log",
+    shell:
+        "python -m pipelines.memory_traced trace --model {wildcards.model} --seq-len {params.seqs} "
+        "--ranks {params.ranks} {params.methods} --out {output:q} > {log:q} 2>&1"
+
+
 rule memory_traced:
     input:
-        TRACE_PART_CSVS,
+        parts=TRACE_PART_CSVS,
+        rank_parts=TRACE_RANK_PART_CSVS,
     output:
         traced=MEMORY_TRACED_CSV,
         fit=MEMORY_FIT_CSV,
+        ranks=MEMORY_TRACED_RANKS_CSV,
     params:
         settings=MEMORY_TRACE_JSON,
     conda:
@@ -33,4 +54,5 @@ rule memory_traced:
         f"{RESULTS}/logs/memory_traced.log",
     shell:
         "python -m pipelines.memory_traced merge --out {output.traced:q} --fit {output.fit:q} "
-        "--settings {params.settings:q} {input:q} > {log:q} 2>&1"
+        "--ranks-out {output.ranks:q} --rank-parts {input.rank_parts:q} "
+        "--settings {params.settings:q} {input.parts:q} > {log:q} 2>&1"

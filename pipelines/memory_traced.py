@@ -19,6 +19,7 @@ traced fixed part plus b times its traced activations and temporaries.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -55,6 +56,52 @@ def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None
             rows.append(row)
             print(f"{name} seq {t.seq_len}: persistent {t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB "
                   f"({t.peak_phase}), traced in {t.trace_s:.1f} s", flush=True)
+    return rows
+
+
+def rank_rows(model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1,
+              ranks: int = 8) -> list[dict]:
+    """Rank 0 of ``ranks`` for every multi-rank method (or ``methods``): traced (FSDP2 itself, ZeRO-2/3
+    through their FSDP2 stand-ins) or untraceable with the reason, plus DeepSpeed's own analytic estimate
+    of its model states where it has one. ``batch_size`` is the micro-batch per rank."""
+    from dataclasses import replace
+
+    from methods._ranks import MultiRank
+    from methods.memory import COMPONENTS
+    from methods.memory_trace import UntraceableError, peak_rss_bytes, rank_stand_in, trace_rank_steps, untraceable_row
+    from methods.registry import get_method, method_names
+    from models.config import get_model_config
+
+    cfg = get_model_config(model)
+    rows = []
+    done: dict = {}  # one trace per FSDP2 configuration: ZeRO-3's stand-in is fsdp2-bf16 itself
+    for name in methods or method_names():
+        m = get_method(name)
+        if not isinstance(m, MultiRank):
+            continue
+        own = float(sum(replace(m, ranks=ranks).analytic_bytes(cfg).get(c, 0.0) for c in COMPONENTS))
+        estimate = getattr(m, "deepspeed_estimate", lambda *_: None)(cfg, ranks)
+        base = {"ranks": ranks, "method_analytic_bytes": own,
+                "deepspeed_estimate_bytes": float("nan") if estimate is None else float(estimate)}
+        try:
+            traced, label = rank_stand_in(m)
+            key = (traced.name, tuple(sorted(traced.options().items())))
+            if key not in done:
+                done[key] = trace_rank_steps(m, cfg, batch_size, seq_lens, model_name=model, ranks=ranks)
+            traces = [dataclasses.replace(t, method=name, extra={**t.extra, "traced_as": label}) for t in done[key]]
+        except UntraceableError as e:
+            rows += [{**untraceable_row(name, model, batch_size, s, str(e)), **base} for s in seq_lens]
+            print(f"{name}: untraceable per rank: {e}", flush=True)
+            continue
+        analytic = float(sum(replace(traced, ranks=ranks).analytic_bytes(cfg).get(c, 0.0) for c in COMPONENTS))
+        for t in traces:
+            row = {**t.row(), **base, "analytic_bytes": analytic,
+                   "persistent_vs_analytic_pct": 100 * (t.persistent - analytic) / analytic,
+                   "rss_after_bytes": peak_rss_bytes()}
+            rows.append(row)
+            print(f"{name} seq {t.seq_len}, rank 0 of {ranks} ({t.extra['traced_as']}): persistent "
+                  f"{t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB ({t.peak_phase}), "
+                  f"traced in {t.trace_s:.1f} s", flush=True)
     return rows
 
 
@@ -127,11 +174,15 @@ def main(argv=None) -> int:
     t.add_argument("--batch-size", type=int, default=1)
     t.add_argument("--methods", nargs="*")
     t.add_argument("--out", required=True)
+    t.add_argument("--ranks", type=int, default=0,
+                   help="0: the single-process methods; N: rank 0 of N for the multi-rank ones (fake process group)")
     mg = sub.add_parser("merge", help="merge the per-size tables and derive the fit table")
     mg.add_argument("parts", nargs="+")
     mg.add_argument("--out", required=True)
     mg.add_argument("--fit", required=True)
     mg.add_argument("--settings", help="memory_trace settings as JSON (default: pipelines/config.yaml's)")
+    mg.add_argument("--ranks-out", help="the per-rank traces, merged (written empty of rows when none ran)")
+    mg.add_argument("--rank-parts", nargs="*", default=[])
     args = ap.parse_args(argv)
     if args.cmd == "trace":
         from methods.registry import method_names
@@ -146,7 +197,13 @@ def main(argv=None) -> int:
         bad = sorted(set(args.methods or []) - set(method_names()))
         if bad:
             ap.error(f"unknown method(s) {bad}; valid: {', '.join(method_names())}")
-        write_csv(pd.DataFrame(trace_rows(args.model, args.seq_len, args.methods, args.batch_size)), args.out)
+        if args.ranks < 0 or args.ranks == 1:
+            ap.error("--ranks must be 0 (single process) or >= 2")
+        rows = (rank_rows(args.model, args.seq_len, args.methods, args.batch_size, args.ranks) if args.ranks
+                else trace_rows(args.model, args.seq_len, args.methods, args.batch_size))
+        # no rows (no method of the list is of this kind): the header alone, which the merge reads
+        write_csv(pd.DataFrame(rows) if rows else pd.DataFrame(columns=["method", "model", "seq_len", "status"]),
+                  args.out)
         return 0
     import json
 
@@ -155,8 +212,16 @@ def main(argv=None) -> int:
     settings = json.loads(args.settings) if args.settings else load()["memory_trace"]
     traced = pd.concat([pd.read_csv(p) for p in args.parts], ignore_index=True)
     write_csv(traced, args.out)
-    write_csv(fit_table(traced, settings["devices"], settings["fit_seq_len"], settings["reserve_gib"],
-                        settings["margin"]), args.fit)
+    fit_args = (settings["devices"], settings["fit_seq_len"], settings["reserve_gib"], settings["margin"])
+    fit = fit_table(traced, *fit_args).assign(ranks=1)
+    if args.ranks_out:
+        ranks = (pd.concat([pd.read_csv(p) for p in args.rank_parts], ignore_index=True) if args.rank_parts
+                 else pd.DataFrame(columns=["method", "model", "ranks", "seq_len", "status", "reason"]))
+        write_csv(ranks, args.ranks_out)
+        if not ranks.empty and (ranks["status"] == "ok").any():  # micro-batch per rank, each rank its device
+            per_rank = [fit_table(g, *fit_args).assign(ranks=int(r)) for r, g in ranks.groupby("ranks")]
+            fit = pd.concat([fit, *per_rank], ignore_index=True)
+    write_csv(fit, args.fit)
     print(f"wrote {args.out} ({len(traced)} rows) and {args.fit}", file=sys.stderr)
     return 0
 

@@ -308,8 +308,8 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
     mm = pd.read_csv(results / "memory_model.csv")
     ab_path = results / "optim_ablation.csv"
     ab = pd.read_csv(ab_path) if ab_path.is_file() else pd.DataFrame()
-    traced, fit = (pd.read_csv(results / n) if (results / n).is_file() else pd.DataFrame()
-                   for n in ("memory_traced.csv", "memory_fit.csv"))
+    traced, fit, ranks = (pd.read_csv(results / n) if (results / n).is_file() else pd.DataFrame()
+                          for n in ("memory_traced.csv", "memory_fit.csv", "memory_traced_ranks.csv"))
     parts = [
         "# fp8bench report",
         "",
@@ -324,7 +324,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         optim_ablation_section(ab), "",
         lean_section(comp), "",
         memory_section(mm), "",
-        traced_section(traced, fit, md_table), "",
+        traced_section(traced, fit, md_table, ranks), "",
         figures_section(Path(fig_dir), out.parent), "",
         glossary_section(), "",
         reference_section(reference_glob), "",

@@ -61,7 +61,7 @@ rule report_md:
     input:
         tables=[SUMMARY_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", f"{RESULTS}/claims.csv",
                 f"{RESULTS}/memory_model.csv", f"{RESULTS}/optim_ablation.csv", EVAL_GAPS_CSV, MEMORY_TRACED_CSV,
-                MEMORY_FIT_CSV],
+                MEMORY_FIT_CSV, MEMORY_TRACED_RANKS_CSV],
         figures=FIGURE_PNGS,
     output:
         REPORT_MD,

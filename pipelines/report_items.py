@@ -52,6 +52,11 @@ TABLES: dict[str, Table] = {
         "One row per method, model and sequence length (``results/memory_traced.csv``): the peak of a real "
         "training step traced under fake tensors (methods/memory_trace.py), by component and phase, next to the "
         "analytic model's persistent bytes; methods that cannot be traced here say why."),
+    "memory_traced_ranks": Table(
+        "memory_traced_ranks.csv", "Traced memory of one rank of a sharded step",
+        "The multi-rank methods, rank 0 of 8 in a fake process group under FSDPMemTracker "
+        "(``results/memory_traced_ranks.csv``): FSDP2, ZeRO-2/3 through their FSDP2 stand-ins (``traced_as``), "
+        "with DeepSpeed's own analytic estimate beside them; the others say why they are not traced."),
     "memory_fit": Table(
         "memory_fit.csv", "Largest micro-batch that fits a GPU",
         "Per method, model and device, the largest micro-batch whose traced peak fits the device's usable memory "

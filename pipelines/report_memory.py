@@ -28,6 +28,9 @@ def fit_view(fit: pd.DataFrame) -> pd.DataFrame:
     if fit.empty:
         return fit
     f = fit.assign(col=fit["model"] + " · " + fit["device"])
+    if "ranks" in f:  # a per-rank row: the micro-batch of each of its ranks, each on its own device
+        ranks = f["ranks"].fillna(1).astype(int)
+        f["method"] = f["method"].where(ranks <= 1, f["method"] + " (per rank of " + ranks.astype(str) + ")")
     order = list(dict.fromkeys(f["col"]))
     wide = f.pivot_table(index="method", columns="col", values="max_micro_batch", aggfunc="first")[order]
     return wide.sort_values(order[-1], ascending=False).reset_index().rename_axis(columns=None)
@@ -47,7 +50,57 @@ def saved_activations(traced: pd.DataFrame, model: str, seq: int, methods: list[
     return out
 
 
-def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table) -> str:
+RANK_PARTS = ["weights", "grads", "optim", "gathered", "activations", "temporaries"]
+
+
+def rank_table(ranks: pd.DataFrame, model: str, seq: int) -> pd.DataFrame:
+    t = ranks[(ranks["model"] == model) & (ranks["seq_len"] == seq) & (ranks["status"] == "ok")]
+    t = t.sort_values(["peak_bytes", "method"], ascending=[False, True])
+    cols = {"persistent_bytes": "persistent_gib", "method_analytic_bytes": "own_layout_analytic_gib",
+            "deepspeed_estimate_bytes": "deepspeed_estimate_gib", "peak_bytes": "peak_gib",
+            **{f"peak_{c}_bytes": f"{c}_at_peak_gib" for c in RANK_PARTS}}
+    view = _gib(t, list(cols)).rename(columns=cols)
+    return view[["method", "traced_as", "persistent_gib", "own_layout_analytic_gib", "deepspeed_estimate_gib",
+                 "peak_gib", "peak_phase", *[f"{c}_at_peak_gib" for c in RANK_PARTS], "trace_s"]]
+
+
+def rank_section(ranks: pd.DataFrame, md_table) -> list[str]:
+    """The multi-rank methods, one rank traced (results/memory_traced_ranks.csv)."""
+    if ranks.empty:
+        return []
+    ok = ranks[ranks["status"] == "ok"]
+    bad = ranks[ranks["status"] != "ok"].drop_duplicates("method")
+    n = int(ranks["ranks"].max())
+    lines = [f"### Sharded methods: one rank of {n}", ""]
+    if not ok.empty:
+        big = ok.sort_values("n_params").iloc[-1]
+        model, seq = big["model"], int(ok[ok["model"] == big["model"]]["seq_len"].max())
+        lines += [
+            f"Rank 0 of {n} (one 8-GPU node) in a fake process group (`torch.testing._internal.distributed.fake_pg`: "
+            "collectives allocate their buffers but communicate nothing) under PyTorch's `FSDPMemTracker`, "
+            f"at {model}, micro-batch 1 per rank × seq {seq}. `gathered` is what a rank holds beyond its shards: "
+            "FSDP2's all-gathered weights and its all-gather and reduce-scatter buffers. `deepspeed.initialize` does "
+            "not run under fake tensors, so ZeRO-2 and ZeRO-3 are traced through an FSDP2 stand-in (`traced_as`): "
+            "ZeRO-3 as FSDP2's full sharding, ZeRO-2 as FSDP2 keeping each block's gathered weights from its "
+            "forward to its backward. The stand-in's layout differs from DeepSpeed's: FSDP2 shards fp32 weights "
+            "and gathers bf16 ones; ZeRO-2 keeps its bf16 weights whole on every rank at all times "
+            "(`own_layout_analytic_gib`, from `methods.memory` at this many ranks). `deepspeed_estimate_gib` is "
+            "DeepSpeed's own analytic figure for one GPU's model states "
+            "(`estimate_zero2/3_model_states_mem_needs`, no offload; analytic, not traced). Persistent state "
+            "agrees with the analytic model of the configuration traced within "
+            f"{ok['persistent_vs_analytic_pct'].abs().max():.3f}% in every one of {len(ok)} rows; "
+            "tests/test_memory_trace.py checks a traced rank against a real one (real tensors in a fake process "
+            "group) on the tiny model.",
+            "",
+            md_table(rank_table(ranks, model, seq), "results/memory_traced_ranks.csv"),
+            "",
+        ]
+    if not bad.empty:
+        lines += ["Not traced per rank, and why:", "", *[f"- `{r.method}`: {r.reason}" for r in bad.itertuples()], ""]
+    return lines
+
+
+def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.DataFrame | None = None) -> str:
     if traced.empty:
         return "## Memory traced at full size\n\nNo trace ran (results/memory_traced.csv is missing)."
     ok = traced[traced["status"] == "ok"]
@@ -76,6 +129,7 @@ def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table) -> str:
     ]
     if not bad.empty:
         lines += ["Not traced, and why:", "", *[f"- `{r.method}`: {r.reason}" for r in bad.itertuples()], ""]
+    lines += rank_section(ranks if ranks is not None else pd.DataFrame(), md_table)
     seven = "7b" if (ok["model"] == "7b").any() else None
     if seven:
         s7 = int(ok[ok["model"] == seven]["seq_len"].max())
@@ -94,7 +148,8 @@ def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table) -> str:
             "(capacity less a reserve for the CUDA context and workspaces, divided by 1 + the allocator margin; "
             "pipelines/config.yaml `memory_trace`). Each phase's peak is a fixed part plus a part per token, "
             "separated by the two traced sequence lengths (the prediction at micro-batch 2 is checked against its "
-            "trace in tests/test_memory_trace.py); 0 means not even one sequence fits.",
+            "trace in tests/test_memory_trace.py); 0 means not even one sequence fits. A sharded method's row "
+            "is the micro-batch of each of its ranks, each rank on its own device.",
             "",
             md_table(fit_view(fit), "results/memory_fit.csv"),
             "",

@@ -40,13 +40,17 @@ def real_step_peak(method_name: str, cfg: ModelConfig, batch: int, seq: int) -> 
     method = get_method(method_name)
     trainee = method.build(build_model(cfg, seed=0), HParams(lr=1e-3), RunContext(device=torch.device("cpu"), seed=0))
     x = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    return allocator_peak(trainee, x, lambda: sum(a.untyped_storage().nbytes() for a in _ARANGE.values()))
+
+
+def allocator_peak(trainee, x: torch.Tensor, extra_live=lambda: 0) -> tuple[dict, int]:
     trainee.train_step(x, x, 1e-3)
     # frees of storages made before profiling are not reported: drop the grads first (the step would)
     trainee.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     live = sum(trainee.memory().values()) + sum(
         b.untyped_storage().nbytes() for n, b in trainee.model.named_buffers() if n.endswith(("rope_cos", "rope_sin")))
-    live += sum(a.untyped_storage().nbytes() for a in _ARANGE.values())
+    live += extra_live()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainee.train_step(x, x, 1e-3)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -112,6 +116,66 @@ def test_fit_table_uses_usable_memory():
 def test_untraceable_methods_say_why(name, why):
     with pytest.raises(UntraceableError, match=why):
         trace_step(get_method(name), TINY, 1, SEQ)
+
+
+# ---- one rank of a sharded step ----------------------------------------------------------------------
+RANKS = 8
+
+
+@pytest.mark.parametrize("options", [{}, {"reshard_after_forward": False}], ids=["zero3-like", "zero2-like"])
+def test_rank_trace_equals_a_real_rank(options, monkeypatch):
+    """Rank 0 of 8 traced (fake tensors) against rank 0 of 8 run for real: real tensors in a fake process
+    group, where collectives allocate what they would but communicate nothing. Its values are garbage,
+    so the step is forced (clipping reports a finite norm); what is allocated does not depend on them."""
+    import dataclasses
+
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from methods.memory_trace import trace_rank_steps
+
+    t = trace_rank_steps(get_method("fsdp2-bf16", **options), TINY, 1, [SEQ], ranks=RANKS)[0]
+    assert not dist.is_initialized()  # the trace cleans up its own process group
+    dist.init_process_group("fake", rank=0, world_size=RANKS, store=FakeStore())
+    try:
+        method = dataclasses.replace(get_method("fsdp2-bf16", **options), ranks=RANKS)
+        monkeypatch.setattr(type(method), "clip", lambda self, params, max_norm: 0.0)
+        ctx = RunContext(device=torch.device("cpu"), seed=0, rank=0, world_size=RANKS, extra={"batch_size": RANKS})
+        trainee = method.build(build_model(TINY, seed=0), HParams(lr=1e-3), ctx)
+        ledger, real_peak = allocator_peak(trainee, torch.randint(0, TINY.vocab_size, (RANKS, SEQ)))
+    finally:
+        dist.destroy_process_group()
+    assert {c: t.steady[c] for c in COMPONENTS} == ledger
+    assert t.peak_total == pytest.approx(real_peak, rel=0.05)
+    assert t.peak["gathered"] > 0  # all-gathered weights and reduce-scatter buffers are their own component
+    # what one rank keeps is an eighth of the single-process fp32 state (dim 0 of every parameter split)
+    single = trace_step(get_method("fp32"), TINY, 1, SEQ).persistent
+    assert t.persistent == pytest.approx(single / RANKS, rel=0.01)
+
+
+def test_zero_is_traced_through_its_fsdp2_stand_in():
+    from methods.memory_trace import rank_stand_in
+
+    traced, label = rank_stand_in(get_method("zero2-bf16"))
+    assert (traced.name, traced.reshard_after_forward) == ("fsdp2-bf16", False) and "stand-in" in label
+    traced, _ = rank_stand_in(get_method("zero3-fp8"))
+    assert (traced.name, traced.reshard_after_forward) == ("fsdp2-fp8-torchao", True)
+    for name, why in (("zero1-bf16", "ZeRO-1"), ("zero2-fp8-optim", "FP8 Adam"), ("ddp-bf16", "reducer")):
+        with pytest.raises(UntraceableError, match=why):
+            rank_stand_in(get_method(name))
+
+
+def test_deepspeed_estimate_is_deepspeeds_own_figure():
+    """The analytic column beside the per-rank traces: DeepSpeed's 2 + 18/N (ZeRO-2) and 18/N + 4 x the
+    largest layer (ZeRO-3) bytes per parameter, from its own functions."""
+    pytest.importorskip("deepspeed")
+    cfg = SIZES["1b"]
+    n = cfg.n_params()
+    assert get_method("zero2-bf16").deepspeed_estimate(cfg, 8) == 2 * n + int(18 * n / 8)
+    largest = max(cfg.vocab_size * cfg.dim, cfg.dim * cfg.ffn_dim)
+    assert get_method("zero3-bf16").deepspeed_estimate(cfg, 8) == 4 * largest + int(18 * n / 8)
+    assert get_method("zero1-bf16").deepspeed_estimate(cfg, 8) is None
+    assert get_method("zero2-fp8-optim").deepspeed_estimate(cfg, 8) is None
 
 
 def test_a_trace_leaves_no_fake_tensor_behind():
