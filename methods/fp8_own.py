@@ -13,6 +13,7 @@ weights, grads and Adam states), so only the linears differ from the reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatch
 
 import torch
 from torch import nn
@@ -22,9 +23,14 @@ from methods.fp8.formats import FORMATS
 from methods.fp8.gemm import BACKENDS
 from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8
 from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
+from methods.fp8.saved import save_inputs_in_fp8
 from methods.fp8.trainee import FP8Trainee
 from methods.options import Choice, Range
 from methods.registry import register
+
+#: the modules whose inputs ``fp8_saved_nonlinear`` keeps in FP8: every block's two RMSNorms and its SwiGLU
+#: (the final norm feeds the high-precision lm_head and stays as it is, as the head does)
+NONLINEAR_SAVED = ("layers.*.attn_norm", "layers.*.mlp_norm", "layers.*.mlp.act")
 
 _STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32",
            "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
@@ -49,6 +55,10 @@ class FP8Own(Method):
     #: where Smooth-SwiGLU applies when smooth_swiglu is on: the SwiGLU down-projection
     smooth_modules: tuple[str, ...] = ("*mlp.w2",)
     backend: str = "auto"
+    #: COAT's precision flow: the blocks' RMSNorms and SwiGLUs keep their inputs for backward in E4M3 with
+    #: one scale per 1 x ``fp8_saved_group`` values (``methods.fp8.saved``), as the FP8 linears keep theirs
+    fp8_saved_nonlinear: bool = False
+    fp8_saved_group: int = 128
 
     family = "fp8-own"
     stores = _STORES
@@ -62,7 +72,8 @@ class FP8Own(Method):
     option_rules = {"granularity": Choice(tuple(GRANULARITIES)), "scaling": Choice(("current", "delayed")),
                     "fwd_format": Choice(tuple(FORMATS)), "grad_format": Choice(tuple(FORMATS)),
                     "margin": Range(0), "amax_history_len": Range(1),
-                    "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS)}
+                    "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS),
+                    "fp8_saved_group": Range(1)}
 
     def validate(self) -> None:
         super().validate()
@@ -72,8 +83,13 @@ class FP8Own(Method):
             raise ValueError(f"method {self.name}: {e}") from None
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        return convert_to_fp8(model, self.recipe(), tuple(self.keep_high_precision),
-                              smooth=tuple(self.smooth_modules) if self.smooth_swiglu else ())
+        model = convert_to_fp8(model, self.recipe(), tuple(self.keep_high_precision),
+                               smooth=tuple(self.smooth_modules) if self.smooth_swiglu else ())
+        if self.fp8_saved_nonlinear:
+            for name, mod in model.named_modules():
+                if any(fnmatch(name, pat) for pat in NONLINEAR_SAVED):
+                    save_inputs_in_fp8(mod, self.fp8_saved_group)
+        return model
 
     def autocast(self, ctx: RunContext):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)

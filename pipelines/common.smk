@@ -120,6 +120,7 @@ MEMORY_TRACED_RANKS_CSV = f"{RESULTS}/memory_traced_ranks.csv"
 TRACE_RANK_PART_CSVS = [f"{RESULTS}/memory_traced_ranks/{m}.csv" for m in MEMORY_TRACE["models"]] if TRACE_RANKS else []
 TRACE_SEQ_ARG = " ".join(str(s) for s in MEMORY_TRACE["seq_lens"])
 TRACE_METHODS_ARG = "" if MEMORY_TRACE["methods"] == "all" else "--methods " + " ".join(MEMORY_TRACE["methods"])
+TRACE_VARIANTS_JSON = json.dumps(MEMORY_TRACE.get("variants", {}), sort_keys=True)
 
 
 # The HTML report's items besides the figures (pipelines/report_items.py) and the runs' TensorBoard files.

@@ -103,7 +103,7 @@ def profile_settings(cfg: dict, profile: str) -> dict:
 
 def memory_trace_settings(cfg: dict, profile: dict) -> dict:
     """The traced-memory grid of a profile (``memory_trace`` with the profile's overrides), checked."""
-    from methods.registry import method_names
+    from methods.registry import get_method, method_names
     from models.config import SIZES
 
     mt = deep_merge(cfg.get("memory_trace", {}), profile.get("memory_trace"))
@@ -111,6 +111,9 @@ def memory_trace_settings(cfg: dict, profile: dict) -> dict:
         check_choice("memory_trace model", m, SIZES)
     for m in [] if mt.get("methods", "all") == "all" else mt["methods"]:
         check_choice("memory_trace method", m, method_names())
+    for name, v in mt.get("variants", {}).items():
+        check_choice(f"memory_trace variant {name}: method", v["method"], method_names())
+        get_method(v["method"], **v.get("options", {}))  # bad options are refused here, before any work
     if mt.get("ranks", 0) == 1:
         raise ConfigError("memory_trace.ranks 1 is the single-process trace; give 0 (no per-rank trace) or >= 2")
     if mt.get("fit_seq_len") not in mt.get("seq_lens", []):

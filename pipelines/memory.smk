@@ -10,13 +10,14 @@ rule trace_memory:
     params:
         seqs=TRACE_SEQ_ARG,
         methods=TRACE_METHODS_ARG,
+        variants=TRACE_VARIANTS_JSON,
     conda:
         "../environment.yml"
     log:
         f"{RESULTS}/logs/trace_memory_{{model}}.log",
     shell:
         "python -m pipelines.memory_traced trace --model {wildcards.model} --seq-len {params.seqs} "
-        "{params.methods} --out {output:q} > {log:q} 2>&1"
+        "{params.methods} --variants {params.variants:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The multi-rank methods, one rank of TRACE_RANKS in a fake process group: FSDP2, ZeRO-2/3 through their

@@ -31,16 +31,21 @@ from pipelines.atomic import atomic_path
 GIB = 2 ** 30
 
 
-def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1) -> list[dict]:
+def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1,
+               variants: dict | None = None) -> list[dict]:
+    """Every method (or ``methods``), then each of ``variants`` (name → {method, options}) whose method is
+    among them."""
     from methods.memory import COMPONENTS
     from methods.memory_trace import UntraceableError, peak_rss_bytes, trace_steps, untraceable_row
     from methods.registry import get_method, method_names
     from models.config import get_model_config
 
     cfg = get_model_config(model)
+    names = list(methods or method_names())
+    todo = [(n, get_method(n)) for n in names] + [
+        (n, get_method(v["method"], **v.get("options", {}))) for n, v in (variants or {}).items() if v["method"] in names]
     rows = []
-    for name in methods or method_names():
-        m = get_method(name)
+    for name, m in todo:
         try:
             traces = trace_steps(m, cfg, batch_size, seq_lens, model_name=model)
         except UntraceableError as e:
@@ -174,6 +179,7 @@ def main(argv=None) -> int:
     t.add_argument("--batch-size", type=int, default=1)
     t.add_argument("--methods", nargs="*")
     t.add_argument("--out", required=True)
+    t.add_argument("--variants", default="{}", help="JSON: variant name -> {method, options}, traced too")
     t.add_argument("--ranks", type=int, default=0,
                    help="0: the single-process methods; N: rank 0 of N for the multi-rank ones (fake process group)")
     mg = sub.add_parser("merge", help="merge the per-size tables and derive the fit table")
@@ -184,6 +190,8 @@ def main(argv=None) -> int:
     mg.add_argument("--ranks-out", help="the per-rank traces, merged (written empty of rows when none ran)")
     mg.add_argument("--rank-parts", nargs="*", default=[])
     args = ap.parse_args(argv)
+    import json
+
     if args.cmd == "trace":
         from methods.registry import method_names
         from models.config import SIZES
@@ -200,13 +208,11 @@ def main(argv=None) -> int:
         if args.ranks < 0 or args.ranks == 1:
             ap.error("--ranks must be 0 (single process) or >= 2")
         rows = (rank_rows(args.model, args.seq_len, args.methods, args.batch_size, args.ranks) if args.ranks
-                else trace_rows(args.model, args.seq_len, args.methods, args.batch_size))
+                else trace_rows(args.model, args.seq_len, args.methods, args.batch_size, json.loads(args.variants)))
         # no rows (no method of the list is of this kind): the header alone, which the merge reads
         write_csv(pd.DataFrame(rows) if rows else pd.DataFrame(columns=["method", "model", "seq_len", "status"]),
                   args.out)
         return 0
-    import json
-
     from pipelines.config import load
 
     settings = json.loads(args.settings) if args.settings else load()["memory_trace"]

@@ -100,7 +100,57 @@ def rank_section(ranks: pd.DataFrame, md_table) -> list[str]:
     return lines
 
 
-def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.DataFrame | None = None) -> str:
+def paired_option_cost(summary: pd.DataFrame, variant: str, base: str, confidence: float = 0.95):
+    """The loss cost of an option: per seed, the variant's final validation loss against its base recipe's
+    (100 (variant − base) / base, same seed, same batches), with a t interval over the seeds."""
+    from pipelines.stats import paired_gap_pct, t_interval
+
+    ok = summary[summary["status"] == "ok"]
+    v = ok[ok["method"] == variant].set_index("seed")["final_val_loss"]
+    b = ok[ok["method"] == base].set_index("seed")["final_val_loss"]
+    seeds = sorted(set(v.index) & set(b.index))
+    return t_interval([paired_gap_pct(float(v[s]), float(b[s])) for s in seeds], confidence), seeds
+
+
+def coat_section(traced: pd.DataFrame, summary: pd.DataFrame | None, comp: pd.DataFrame | None,
+                 variant: str = "fp8-own-tensorwise-coat", base: str = "fp8-own-tensorwise") -> list[str]:
+    """What keeping the non-linear layers' saved inputs in FP8 (COAT) saves at 7b, and costs in loss."""
+    ok = traced[traced["status"] == "ok"] if not traced.empty else traced
+    if ok.empty or variant not in set(ok["method"]):
+        return []
+    model = "7b" if (ok["model"] == "7b").any() else ok.sort_values("n_params").iloc[-1]["model"]
+    seq = int(ok[ok["model"] == model]["seq_len"].max())
+    t = ok[(ok["model"] == model) & (ok["seq_len"] == seq)].set_index("method")
+    if base not in t.index:
+        return []
+    lines = [f"### FP8-saved non-linear inputs (COAT) at {model}, micro-batch 1 × seq {seq}", "",
+             f"`{variant}` is `{base}` with option `fp8_saved_nonlinear`: every block's RMSNorm and SwiGLU keep "
+             "their inputs for backward in E4M3 with one scale per 1 × 128 values (`methods/fp8/saved.py`) and "
+             "recompute their backward from them.", ""]
+    for m in ("bf16-amp", base, variant):
+        if m in t.index:
+            a, bw = float(t.loc[m, "act_peak_bytes"]), float(t.loc[m, "peak_backward_bytes"])
+            lines.append(f"- `{m}`: activations at most {a / GIB:.1f} GiB; backward peak {bw / GIB:.1f} GiB; "
+                         f"step peak {float(t.loc[m, 'peak_bytes']) / GIB:.1f} GiB ({t.loc[m, 'peak_phase']})")
+    a_b, a_v = float(t.loc[base, "act_peak_bytes"]), float(t.loc[variant, "act_peak_bytes"])
+    lines.append(f"- saved by the option: {(a_b - a_v) / GIB:.1f} GiB of activations ({100 * (a_v - a_b) / a_b:+.0f}%)")
+    if summary is not None and not summary.empty:
+        iv, seeds = paired_option_cost(summary, variant, base)
+        if iv.n >= 2:
+            lines.append(f"- its cost in loss (cpu runs, final validation loss against `{base}` paired by seed, "
+                         f"{iv.n} seeds {seeds}): {iv.mean:+.3f}% [95% CI {iv.lo:+.3f}, {iv.hi:+.3f}]")
+        else:
+            lines.append(f"- its cost in loss: not measured ({iv.n} paired seed(s) of `{variant}` and `{base}`)")
+    if comp is not None and not comp.empty and variant in set(comp["method"]):
+        r = comp[comp["method"] == variant].iloc[0]
+        ci = (f", gap {r['gap_mean_pct']:+.3f}% [95% CI {r['gap_ci_lo_pct']:+.3f}, {r['gap_ci_hi_pct']:+.3f}]"
+              if {"gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct"} <= set(r.index) else "")
+        lines.append(f"- against bf16-amp (the comparison table): verdict `{r.get('verdict', 'n/a')}`{ci}")
+    return lines + [""]
+
+
+def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.DataFrame | None = None,
+                   summary: pd.DataFrame | None = None, comp: pd.DataFrame | None = None) -> str:
     if traced.empty:
         return "## Memory traced at full size\n\nNo trace ran (results/memory_traced.csv is missing)."
     ok = traced[traced["status"] == "ok"]
@@ -138,6 +188,7 @@ def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.
         if act:
             lines += [f"What the FP8 linears' saved inputs change at {seven} (micro-batch 1 × seq {s7}; the own linears "
                       "keep only FP8 copies of their inputs for backward):", "", *act, ""]
+    lines += coat_section(traced, summary, comp)
     if not fit.empty:
         f0 = fit.iloc[0]
         lines += [

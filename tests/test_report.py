@@ -303,3 +303,18 @@ def test_optim_ablation_rows_and_cells_equal_the_csv(built):
     for row, (_, rec) in zip(rows, ab.iterrows()):
         for col, printed in zip(header, row):
             assert printed == cell(col, rec[col]), (col, printed, rec[col])
+
+
+def test_option_cost_is_paired_by_seed():
+    """The loss cost of an option (report, COAT section): per seed against its base recipe, seeds that
+    only one of them has are left out."""
+    import pandas as pd
+
+    from pipelines.report_memory import paired_option_cost
+
+    rows = [("base", s, v) for s, v in ((0, 4.0), (1, 5.0), (2, 4.5))] + \
+           [("var", s, v) for s, v in ((0, 4.04), (1, 5.05), (2, 4.545), (3, 9.9))]
+    summary = pd.DataFrame([{"method": m, "seed": s, "final_val_loss": v, "status": "ok"} for m, s, v in rows])
+    iv, seeds = paired_option_cost(summary, "var", "base")
+    assert seeds == [0, 1, 2] and iv.n == 3
+    assert iv.mean == pytest.approx(1.0) and iv.lo == pytest.approx(1.0) and iv.hi == pytest.approx(1.0)
