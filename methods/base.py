@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from methods.analytic import default_analytic_bytes
 from methods.bf16_emulation import bf16_matmul_mode
+from methods.context import HParams, RunContext  # noqa: F401 - part of this module's API
 from methods.fp8.device import host_float
 from methods.ledger import ledger
 
@@ -48,34 +50,6 @@ def needs_cuda(min_cc: tuple[int, int] | None = None, what: str = "") -> Require
                 label, False, f"compute capability {cc[0]}.{cc[1]} < {min_cc[0]}.{min_cc[1]}"
                 f"{f' ({what})' if what else ''}")
     return Requirement(label, True)
-
-
-@dataclass(frozen=True)
-class HParams:
-    """Optimiser hyperparameters every method receives unchanged."""
-
-    lr: float
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-
-    @classmethod
-    def from_train(cls, train: dict) -> "HParams":
-        return cls(lr=train["lr"], beta1=train["beta1"], beta2=train["beta2"], eps=train["eps"],
-                   weight_decay=train["weight_decay"], grad_clip=train["grad_clip"])
-
-
-@dataclass
-class RunContext:
-    device: torch.device
-    seed: int
-    threads: int = 1
-    compile: bool = False
-    rank: int = 0
-    world_size: int = 1
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -223,8 +197,6 @@ class Method:
         ``Trainee.memory()``. The default reads the dtypes in ``stores``; override it where a method
         keeps more (scales, quantized states, FP8 weight copies, amax histories). See ``methods.memory``.
         """
-        from methods.memory import default_analytic_bytes
-
         return default_analytic_bytes(self, cfg)
 
     def options(self) -> dict:

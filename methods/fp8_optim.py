@@ -66,14 +66,14 @@ class FP8Optim(Method):
 
     def optim_state_bytes(self, numels) -> float:
         """FP8 m and v (codes, scales, DRE exponents) and the step counter, for these tensors."""
-        from methods.memory import STEP_BYTES
+        from methods.analytic import STEP_BYTES
 
         per_block = (optim_codec.state_bytes_per_block(self.block_size, self.m_transform)
                      + optim_codec.state_bytes_per_block(self.block_size, self.v_transform))
         return sum(optim_codec.n_blocks(n, self.block_size) * per_block + STEP_BYTES for n in numels)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
-        from methods.memory import COMPONENTS, converted_buffer_bytes, param_numels
+        from methods.analytic import COMPONENTS, converted_buffer_bytes, param_numels
 
         numels = param_numels(cfg)
         n = sum(numels)
@@ -158,7 +158,7 @@ class _TorchaoLowBit(Method):
         return TensorLrTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
-        from methods.memory import STEP_BYTES, param_numels
+        from methods.analytic import STEP_BYTES, param_numels
 
         numels = param_numels(cfg)
         n = sum(numels)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.atomic import atomic_path, write_text
+from pipelines.markdown import md_table  # one table renderer for every markdown table
 from pipelines.stats import Analysis, base_verdict, noise_floor, t_interval, verdict
 
 REFERENCE = "bf16-amp"
@@ -455,7 +456,6 @@ def load_analysis(text: str | None = None) -> Analysis:
 
 def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | None = None,
                   traced_csv: str | Path | None = None) -> dict[str, Path]:
-    from pipelines.report import md_table  # one table renderer for every markdown table
 
     an = an or load_analysis()
     out_dir = Path(out_dir)

@@ -6,11 +6,12 @@ pipelines.train --config config.json`` reproduces the run without the YAML.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 
 import yaml
+
+from pipelines.corpus_dir import data_dir_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "pipelines" / "config.yaml"
@@ -153,8 +154,6 @@ def run_dir(cfg: dict, profile: str, model: str, method: str, seed: int, lr: flo
 def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
                 train_overrides: dict | None = None, lr: float | None = None) -> dict:
     """The fully resolved config of one run (what ``config.json`` holds)."""
-    from pipelines.data import data_dir_for
-
     ps = profile_settings(cfg, profile)
     from methods.registry import method_names
     from models.config import SIZES
@@ -184,47 +183,3 @@ def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
         "data": data,
         "results_dir": cfg["results_dir"],
     }
-
-
-def check_run_sections(rc: dict, what: str = "config key") -> None:
-    """The train and data sections of a resolved run config against the experiment schema's definitions
-    (types, ranges, enumerations), with the key, the bad value and the valid range named; NaN and
-    infinities are refused too (a JSON-schema bound does not catch NaN). The whole run's check, method
-    options included, is ``pipelines.validate.check_run``."""
-    from pipelines.validate import check_section
-
-    for section in ("train", "data"):
-        if not isinstance(rc[section], dict):
-            raise ConfigError(f"{what} {section} = {rc[section]!r}: must be a mapping")
-        check_section(section, {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}, what)
-
-
-RUN_KEYS = {"schema_version", "profile", "model", "method", "variant", "method_options", "seed", "train", "data",
-            "results_dir"}
-
-
-def load_run_config(path: str | Path) -> dict:
-    """Read and check a resolved run config (``--config FILE.json``)."""
-    try:
-        rc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"run config not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"run config {path} is not valid JSON: {e}") from None
-    if not isinstance(rc, dict):
-        raise ConfigError(f"run config {path} must hold a JSON object")
-    rc.setdefault("variant", None)
-    unknown, missing = set(rc) - RUN_KEYS, RUN_KEYS - set(rc)
-    if unknown:
-        raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")
-    if missing:
-        raise ConfigError(f"run config is missing key {sorted(missing)[0]!r}")
-    if not isinstance(rc["method_options"], dict):
-        raise ConfigError(f"run config key method_options = {rc['method_options']!r}: must be a mapping")
-    check_run_sections(rc, "run config key")
-    from methods.registry import method_names
-    from models.config import SIZES
-
-    check_choice("method", rc["method"], method_names())
-    check_choice("model", rc["model"], SIZES)
-    return rc

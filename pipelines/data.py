@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from pipelines.atomic import atomic_path, write_json
+from pipelines.corpus_dir import FORMAT_VERSION, data_dir_for  # noqa: F401 - data_dir_for: this module's API
 
-FORMAT_VERSION = 2
 EVAL_CHUNK_TOKENS = 8192  # tokens per validation forward
 EOT = "<|endoftext|>"
 
@@ -144,14 +144,6 @@ def split_documents(docs: list[str], val_fraction: float, block_chars: int = 20_
 
 
 # ---------------------------------------------------------------------------- preparation
-
-def data_dir_for(results_dir: str | Path, data: dict) -> Path:
-    """Folder for a prepared corpus: a readable name plus a hash of the settings that shape the tokens."""
-    key = {k: data.get(k) for k in ("corpus", "files", "hf_dataset", "text_field", "vocab_size", "val_fraction")}
-    key["format_version"] = FORMAT_VERSION
-    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(results_dir) / "data" / f"{data['corpus']}-v{data['vocab_size']}-{h}"
-
 
 def _train_tokenizer(train_docs: list[str], vocab_size: int):
     from tokenizers import ByteLevelBPETokenizer

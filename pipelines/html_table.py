@@ -4,7 +4,7 @@
 
 Snakemake's report offers a CSV only as a download; an HTML report item opens inside the report. The page
 carries its own few lines of CSS and JavaScript (no file is fetched, so it works offline inside the
-report's data URI). Cells are formatted by ``pipelines.report.cell``, the rule REPORT.md uses, so a number
+report's data URI). Cells are formatted by ``pipelines.markdown.cell``, the rule REPORT.md uses, so a number
 reads the same in both; each cell keeps its raw value in ``data-v`` and a click on a column header sorts by
 it (numbers as numbers, empty cells last).
 """
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.atomic import write_text
+from pipelines.markdown import cell  # one number format for REPORT.md and the HTML report
 from pipelines.report_items import table
 
 _STYLE = """
@@ -64,7 +65,6 @@ def _raw(v) -> str:
 
 def render(df: pd.DataFrame, title: str, source: str) -> str:
     """The page for ``df``: a heading, where the numbers come from, and the table."""
-    from pipelines.report import cell  # one number format for REPORT.md and the HTML report
 
     cols = list(df.columns)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.atomic import write_text
+from pipelines.markdown import fmt
 
 REFERENCE = "bf16-amp"
 GPU_REFERENCE = "results/reference/h200"
@@ -60,7 +61,6 @@ def claims_part(claims: pd.DataFrame) -> list[str]:
 
 
 def _gap_text(r) -> str:
-    from pipelines.report import fmt
 
     if r.n_seeds >= 2:
         return (f"gap {fmt(r.gap_mean_pct, 2)}% [{fmt(r.gap_ci_lo_pct, 2)}, {fmt(r.gap_ci_hi_pct, 2)}] over "
@@ -78,7 +78,6 @@ def data_uri(png: Path) -> str:
 
 def methods_part(comp: pd.DataFrame, forest_png: Path, forest_note: str | None) -> list[str]:
     from pipelines.compare import _main_rows  # the rows the claims are judged on
-    from pipelines.report import fmt
 
     out = _heading("Headline: paired loss gap per method", "-")
     if forest_note:
@@ -112,7 +111,6 @@ def methods_part(comp: pd.DataFrame, forest_png: Path, forest_note: str | None) 
 
 
 def noise_floor_part(floors: pd.DataFrame) -> list[str]:
-    from pipelines.report import fmt
 
     out = _heading("Noise floor", "-")
     if floors.empty:

@@ -13,64 +13,18 @@ import argparse
 import datetime as dt
 import glob
 import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from pipelines.atomic import write_text
+from pipelines.compare import comparison_view, registry_rows, write_outputs
+from pipelines.markdown import fmt, md_table
 from pipelines.metrics import read_events
 from pipelines.report_memory import traced_section
 
 REFERENCE = "bf16-amp"
-
-
-def digits_for(col: str) -> int:
-    """Decimal places per kind of column: one rule for the tables, the prose and the tests."""
-    c = col.lower()
-    if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "seeds", "diverged_step"):
-        return 0
-    if "gb" in c:
-        return 1
-    if "frac" in c:
-        return 4
-    if "val_loss" in c or c.endswith("_loss"):
-        return 3
-    return 2
-
-
-def fmt(v, digits: int = 2) -> str:
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int) or (isinstance(v, float) and digits == 0):
-        return f"{v:.0f}"
-    if isinstance(v, float):
-        if v != 0 and abs(v) < 10 ** -digits:
-            return f"{v:.{digits}e}"  # a small number is not printed as 0.00
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def cell(col: str, v) -> str:
-    if hasattr(v, "item") and not isinstance(v, str):  # numpy scalar → Python number
-        v = v.item()
-    if col == "lr" and isinstance(v, float) and not math.isnan(v):
-        return f"{v:g}"
-    if isinstance(v, str):
-        return v.replace("|", "/").replace("\n", " ")
-    return fmt(v, digits_for(col))
-
-
-def md_table(df: pd.DataFrame, source: str | None = None) -> str:
-    cols = list(df.columns)
-    lines = [f"<!-- source: {source} -->"] if source else []
-    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(cols, row)) + " |")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -137,7 +91,6 @@ def noise_floor_section(floors: pd.DataFrame) -> str:
 
 
 def comparison_section(comp: pd.DataFrame, forest_png: str = "figures/forest.png") -> str:
-    from pipelines.compare import comparison_view
 
     lines = ["## Per-method comparison", "",
              f"Paired by seed against `{REFERENCE}` (`results/comparison.csv`): `gap_mean_pct` is the mean over the "
@@ -223,7 +176,6 @@ def figures_section(fig_dir: Path, report_dir: Path) -> str:
 
 
 def glossary_section() -> str:
-    from pipelines.compare import registry_rows
 
     reg = registry_rows()
     cols = ["method", "family"] + [c for c in reg.columns if c.startswith("stores_")] + ["available_here", "unavailable_reason"]
@@ -340,7 +292,6 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
 def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> None:
     """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
     from pipelines.collect import collect, write_all
-    from pipelines.compare import write_outputs
     from pipelines.figures import FigureData, build
 
     pattern = f"{results}/runs/{profile or '*'}/*/*/*/summary.json"

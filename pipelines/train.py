@@ -29,6 +29,7 @@ from pipelines.config import ConfigError
 from pipelines.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
 from pipelines.environment import environment
 from pipelines.metrics import RunWriter
+from pipelines.validate import check_run, load_run_config
 
 TRAIN_FLAGS = {  # CLI flag → train key
     "steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "threads": "threads",
@@ -349,7 +350,7 @@ def resolve(args) -> tuple[dict, Path]:
     train_over = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     train_over.update(_kv(args.set, "--set"))
     if args.config:
-        rc = config_mod.load_run_config(args.config)
+        rc = load_run_config(args.config)
         for k in ("model", "method", "seed"):
             if getattr(args, k) is not None:
                 rc[k] = getattr(args, k)
@@ -364,7 +365,6 @@ def resolve(args) -> tuple[dict, Path]:
     rc["method_options"] = {**(rc["method_options"] or {}), **_kv(args.method_option, "--method-option")}
     # The whole resolved config (profile, flags, --set, method options) meets one set of rules, before any
     # work: the same check the workflow runs on every run of a profile (pipelines.validate).
-    from pipelines.validate import check_run
 
     method = check_run(rc)
     # A run that cannot fit is refused here, before the corpus is prepared or a tensor allocated.

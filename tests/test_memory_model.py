@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from methods import HParams, RunContext, get_method, method_names
-from methods import memory
+from methods import analytic, memory
 from models import build_model, get_model_config
 
 TINY = get_model_config("tiny")
@@ -118,4 +118,4 @@ def test_shapes_and_conversions_extrapolate_exactly_over_layers():
     assert memory.param_numels(cfg) == tuple(p.numel() for p in full.parameters())
     for name in method_names():
         m = get_method(name)
-        assert memory._converted(m, cfg) == memory._converted_at(m, cfg), name
+        assert analytic._converted(m, cfg) == analytic._converted_at(m, cfg), name

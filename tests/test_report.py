@@ -12,7 +12,8 @@ from pipelines.collect import collect, write_all
 from pipelines.compare import write_outputs
 from pipelines.figures import FIGURES, FigureData, build
 from pipelines.metrics import RunWriter
-from pipelines.report import build_report, cell, fmt
+from pipelines.markdown import cell, fmt
+from pipelines.report import build_report
 
 N_PARAMS = 5_261_568
 STEPS = 40

@@ -89,7 +89,7 @@ FRAME = pd.DataFrame({"method": ["b", "a", "c", "d"], "gap_mean_pct": [0.5, -1.2
 
 
 def test_table_page_holds_every_row_formatted_as_in_report_md():
-    from pipelines.report import cell
+    from pipelines.markdown import cell
 
     page = html_table.render(FRAME, "T", "results/x.csv")
     assert page.count("<tr>") == len(FRAME) + 1

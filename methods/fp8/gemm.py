@@ -30,19 +30,8 @@ import torch
 
 from methods.fp8.device import host_readable, is_fake
 from methods.fp8.formats import decode, decode_table
-from methods.fp8.quantize import Quantized, use_triton
-
-
-def k_chunk(a: Quantized, b: Quantized) -> int:
-    """Length of the K-chunks over which both operands' scales are constant (K if they never change)."""
-    K = a.shape[1]
-    if b.shape[0] != K:
-        raise ValueError(f"inner dimensions differ: A {a.shape}, B {b.shape}")
-    ga, gb = min(a.blocks.cols, K), min(b.blocks.rows, K)
-    chunk = min(ga, gb)
-    if (ga % chunk and ga != K) or (gb % chunk and gb != K):
-        raise ValueError(f"incompatible K-groups {ga} and {gb} for K={K}")
-    return chunk
+from methods.fp8.quantize import use_triton
+from methods.fp8.quantized import Quantized, k_chunk  # noqa: F401 - k_chunk: part of this module's API
 
 
 #: the GEMM paths ``fp8_mm`` can take (a method's ``backend`` option)

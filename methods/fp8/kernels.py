@@ -19,7 +19,7 @@ import os
 import torch
 
 from methods.fp8.formats import FP8Format
-from methods.fp8.quantize import Quantized
+from methods.fp8.quantized import Quantized, k_chunk
 from methods.fp8.scaling import AMAX_FLOOR, Blocks, DelayedScaler
 
 
@@ -124,7 +124,6 @@ def _tensorwise(k, x, q, qt, fmt, blocks, scaler, consts, write_t):
 
 def scaled_mm_triton(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``dequant(a) @ dequant(b)`` (a logical (M, K), b (K, N)) in one kernel, fp32 accumulation."""
-    from methods.fp8.gemm import k_chunk
 
     k = _k()
     M, K = a.shape

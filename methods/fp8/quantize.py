@@ -12,46 +12,12 @@ bit for bit (``tests/fp8/test_kernels.py``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from methods.fp8.device import host_readable
 from methods.fp8.formats import FP8Format, get_format
+from methods.fp8.quantized import Quantized
 from methods.fp8.scaling import Blocks, DelayedScaler, _padded_view, block_amax, group_amax, scale_from_amax
-
-
-@dataclass
-class Quantized:
-    """FP8 codes of a 2-D tensor and the scales that dequantize them: ``x ≈ data / scale`` per group."""
-
-    data: torch.Tensor  # float8 (R, C); may be a transposed view
-    scale: torch.Tensor  # fp32 (Rb, Cb): multiplier applied before the cast
-    scale_inv: torch.Tensor  # fp32 (Rb, Cb): 1/scale, what the GEMM multiplies back
-    blocks: Blocks  # group shape resolved to this orientation's (rows, cols)
-    fmt: FP8Format
-    amax: torch.Tensor  # (Rb, Cb) largest |x| per group, before scaling
-    n_sat: torch.Tensor | int = 0  # values beyond fmt.overflow_threshold, clamped to ±fmt.max
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.data.shape)
-
-    #: fp32 values, once a CPU GEMM has decoded them (``gemm.dequantize_fast``); shared with ``t()``, so
-    #: a tensor used by two GEMMs (grad_output in dgrad and wgrad) is decoded once. Lives as long as this.
-    decoded: torch.Tensor | None = None
-
-    def t(self) -> "Quantized":
-        return Quantized(self.data.t(), self.scale.t(), self.scale_inv.t(), self.blocks.t(), self.fmt,
-                         self.amax.t(), self.n_sat, None if self.decoded is None else self.decoded.t())
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        from methods.fp8.scaling import expand_scales
-
-        return self.data.to(dtype) * expand_scales(self.scale_inv.to(dtype), self.blocks, self.shape)
-
-    def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size() + self.scale_inv.numel() * 4
 
 
 def use_triton(backend: str, x: torch.Tensor) -> bool:

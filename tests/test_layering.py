@@ -1,0 +1,102 @@
+"""The import graph of the project's own code: no module imports, even from inside a function, a module that
+imports it back (directly or through others), and ``models/`` knows no recipe and no workflow.
+
+Read from the source (``ast``), so a function-local import counts as much as a top-level one. A package
+import (``import methods``) is the registry's plugin loader, not a dependency of one module on another, and
+is not an edge; neither are imports under ``if TYPE_CHECKING:`` (annotations only).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("methods", "models", "pipelines", "benchmarks")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, modules: dict[str, Path], packages: set[str]) -> set[str]:
+    """Project modules ``path`` imports (``from a.b import c`` is a.b.c where that is a module)."""
+    found: set[str] = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                found.add(child.module)
+                found.update(f"{child.module}.{a.name}" for a in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return {m for m in found if m in modules and m not in packages}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    packages = {m for m, p in modules.items() if p.name == "__init__.py"}
+    return {m: _imports(p, modules, packages) - {m} for m, p in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def strong(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_cycles():
+    assert _cycles(_graph()) == []
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_models_know_no_recipe_and_no_workflow():
+    graph = _graph()
+    bad = {m: sorted(d for d in deps if d.split(".")[0] in ("methods", "pipelines", "benchmarks"))
+           for m, deps in graph.items() if m.split(".")[0] == "models"}
+    assert {m: d for m, d in bad.items() if d} == {}
