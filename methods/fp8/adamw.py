@@ -26,7 +26,10 @@ from methods.adamw import AdamW
 from methods.fp8 import optim_codec as codec
 from methods.fp8.device import host_float
 
-IMPLS = ("auto", "torch", "triton")
+#: "torch": the reference path below; "fused": one compiled pass per parameter on the CPU
+#: (``methods.fp8.optim_fused``); "triton": the CUDA kernel; "auto": triton on CUDA tensors, fused elsewhere
+#: (the reference where the fused step cannot compile, with the reason in ``FP8AdamW.fallback``)
+IMPLS = ("auto", "torch", "fused", "triton")
 
 
 class FP8AdamW(AdamW):
@@ -47,6 +50,8 @@ class FP8AdamW(AdamW):
         self.m_fmt, self.v_fmt = codec.FORMATS[m_format], codec.FORMATS[v_format]
         self.m_transform, self.v_transform = m_transform, v_transform
         self.impl = impl
+        #: why a step did not run as ``impl`` asked (e.g. torch.compile unavailable), by path
+        self.fallback: dict[str, str] = {}
         # a stable index per parameter salts its stochastic-rounding hash
         self._index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
 
@@ -102,22 +107,38 @@ class FP8AdamW(AdamW):
 
     # -- step ---------------------------------------------------------------------------------
     def use_triton(self, p: torch.Tensor) -> bool:
-        if self.impl == "torch":
-            return False
-        if self.impl == "triton":
-            return True
-        return p.is_cuda and _triton_available()
+        return self.path_for(p) == "triton"
+
+    def path_for(self, p: torch.Tensor) -> str:
+        """Which implementation steps ``p``: "torch", "fused" or "triton"."""
+        if self.impl != "auto":
+            return self.impl
+        if p.is_cuda and _triton_available():
+            return "triton"
+        if p.is_cuda or "fused" in self.fallback:  # the fused step is compiled for the CPU
+            return "torch"
+        return "fused"
 
     @torch.no_grad()
     def step_param(self, p: torch.Tensor, group: dict | None = None) -> None:
-        if not self.use_triton(p):
+        path = self.path_for(p)
+        if path == "torch":
             return super().step_param(p, group)
-        from methods.fp8 import optim_triton
-
         group = group if group is not None else self.group_of(p)
         st = self.state[p] if self.state[p] else self._init_state(p)
         st["step"] += 1
-        optim_triton.fused_step(self, p, group, st)
+        if path == "triton":
+            from methods.fp8 import optim_triton
+
+            optim_triton.fused_step(self, p, group, st)
+            return
+        from methods.fp8 import optim_fused
+
+        if optim_fused.fused_step(self, p, group, st, eager_ok=self.impl == "fused") is None:
+            # auto and no compiler: the reference path, on this and every later step
+            self.fallback["fused"] = optim_fused.FALLBACK[optim_fused.spec_for(self, p, st)]
+            st["step"] -= 1
+            super().step_param(p, group)
 
     @torch.no_grad()
     def state_stats(self, p: torch.Tensor) -> dict[str, float]:
