@@ -134,9 +134,11 @@ class FP8AdamW(AdamW):
             return
         from methods.fp8 import optim_fused
 
-        if optim_fused.fused_step(self, p, group, st, eager_ok=self.impl == "fused") is None:
-            # auto and no compiler: the reference path, on this and every later step
-            self.fallback["fused"] = optim_fused.FALLBACK[optim_fused.spec_for(self, p, st)]
+        ran = optim_fused.fused_step(self, p, group, st, eager_ok=self.impl == "fused")
+        reason = optim_fused.FALLBACK.get(optim_fused.spec_for(self, p, st))
+        if reason:
+            self.fallback["fused"] = reason  # auto: the reference path from now on (see path_for)
+        if ran is None:  # auto and no compiler: nothing ran, so this step too takes the reference path
             st["step"] -= 1
             super().step_param(p, group)
 

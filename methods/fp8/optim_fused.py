@@ -34,6 +34,10 @@ from methods.fp8.device import is_fake
 #: (L2-sized) while the per-call overhead stays below the work of the chunk
 EAGER_CHUNK_BLOCKS = 128
 
+#: blocks per compiled call: Inductor keeps one fp32 (v) and one FP8 intermediate per value of a call, so a
+#: call of 512 blocks of 256 holds ~640 KiB of them, in L2, where a whole 7B-sized layer would hold 225 MiB
+COMPILED_CHUNK_BLOCKS = 512
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -148,7 +152,8 @@ def spec_for(opt, p: torch.Tensor, st: dict) -> Spec:
 def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = True,
                eager_ok: bool = True) -> str | None:
     """One step of ``p`` (``st["step"]`` already incremented). Returns how it ran, ``"compiled"`` or
-    ``"eager"``; or ``None``, having changed nothing, where it cannot compile and ``eager_ok`` is False.
+    ``"eager"``; or ``None``, having changed nothing, where it cannot compile and ``eager_ok`` is False (a
+    chunk that fails to recompile after others ran is finished eagerly). Reasons land in ``FALLBACK``.
 
     ``compiled=False`` forces the eager, chunked run of the same function (tests compare the two).
     """
@@ -179,21 +184,28 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = 
 
     eager = not compiled or is_fake(p)
     fn = None if eager else _compiled(spec)
-    ran = "eager"
-    if fn is not None and fn is not _update_blocks and full:
+    done, ran = 0, "eager"  # blocks updated so far
+    if fn is not None and fn is not _update_blocks:
         try:
-            fn(*blocks(0, full))
+            while done < full:
+                end = min(done + COMPILED_CHUNK_BLOCKS, full)
+                fn(*blocks(done, end))
+                done = end
             ran = "compiled"
-        except Exception as e:  # noqa: BLE001 - compilation happens on the first call; nothing ran yet
+        except Exception as e:  # noqa: BLE001 - (re)compilation happens in a call, before it changes anything
             if not _is_compile_error(e):
                 raise
             FALLBACK[spec] = f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             fn = None
-    if fn is None and not eager and not eager_ok:
+    if fn is None and not eager and not eager_ok and done == 0:
         return None
-    if ran == "eager":
-        for b0 in range(0, full, EAGER_CHUNK_BLOCKS):
-            _update_blocks(*blocks(b0, min(b0 + EAGER_CHUNK_BLOCKS, full)))
+    if ran == "eager":  # the rest of the blocks (all of them, unless a later chunk failed to compile)
+        # chunks of a multiple of 64 values: the eager kernels switch from SIMD to scalar code (std::exp2 for
+        # SLEEF's, a last-bit difference) for a chunk's last n % 32 values, so chunks that split the
+        # parameter where the reference's whole-tensor ops have no such tail keep the two identical
+        step_b = -(-EAGER_CHUNK_BLOCKS // (64 // math.gcd(blk, 64))) * (64 // math.gcd(blk, 64))
+        for b0 in range(done, full, step_b):
+            _update_blocks(*blocks(b0, min(b0 + step_b, full)))
     if full < nb:  # the last, partial block: eager on zero-padded copies (what the reference pads with)
         e0, r = full * blk, flat.numel() - full * blk
         pad = lambda x: F.pad(x[e0:], (0, blk - r)).view(1, blk)  # noqa: E731
