@@ -8,9 +8,18 @@ against 8 for fp32 moments. The update itself runs in fp32 through the same arit
 step therefore uses the exact fp32 moments; quantisation error only reaches the next step.
 
 Parameters are either bf16 with stochastic rounding and no master copy (the seed's 6 B/param) or bf16
-with an fp32 master copy (``master_weights=True``). On CUDA tensors the whole step is one fused Triton
-kernel per parameter (``methods.fp8.optim_triton``); elsewhere the PyTorch path in this file runs, and
-the two are tested against each other under ``TRITON_INTERPRET=1``.
+with an fp32 master copy (``master_weights=True``). Three implementations of the step (``impl``):
+
+- ``"torch"``: the PyTorch path in this file, the reference (decode to full-size fp32, update, encode);
+- ``"fused"``: the same formulas as one ``torch.compile``d pass over blocks of a parameter on the CPU
+  (``methods.fp8.optim_fused``): codes, scales and weights agree with the reference except where
+  Inductor's correctly rounded sqrt and SLEEF log2 differ from eager's MKL ones by an ulp (tested bound:
+  one bf16 ulp / one FP8 code step in rare values); ~2.7x faster than the reference on the tiny model;
+- ``"triton"``: one fused Triton kernel per parameter on CUDA (``methods.fp8.optim_triton``), tested
+  against the reference under ``TRITON_INTERPRET=1``.
+
+``"auto"`` (the default) takes Triton on CUDA tensors and the fused step elsewhere, or the reference where
+``torch.compile`` cannot compile here (the reason lands in ``FP8AdamW.fallback``).
 
 Formats (chosen by the experiment in ``methods/fp8/OPTIM_ABLATION.md``): m in E4M3 with a plain
 per-block absmax scale; v in E4M3 with COAT's dynamic range expansion (``v_transform="dre"``). v
