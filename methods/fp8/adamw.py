@@ -4,8 +4,9 @@ Per parameter of ``N`` values and block size ``B`` it keeps ``ceil(N/B)`` blocks
 and for v plus their fp32 scales (and, for a DRE-transformed moment, a bf16 exponent per block):
 ``2 + 8/B`` bytes per parameter (2.031 at B = 256), ``2 + 10/B`` with the default DRE on v (2.039),
 against 8 for fp32 moments. The update itself runs in fp32 through the same arithmetic as
-``methods.adamw``: decode both moments, apply :func:`methods.adamw.adamw_update_` with this step's gradient, encode again. The
-step therefore uses the exact fp32 moments; quantisation error only reaches the next step.
+``methods.adamw``: decode both moments, apply :func:`methods.adamw.adamw_update_` with this step's
+gradient, encode again. The step therefore uses the exact fp32 moments; quantisation error only reaches
+the next step.
 
 Parameters are either bf16 with stochastic rounding and no master copy (the seed's 6 B/param) or bf16
 with an fp32 master copy (``master_weights=True``). Three implementations of the step (``impl``):

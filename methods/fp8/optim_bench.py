@@ -9,9 +9,11 @@ bf16 parameter (a Llama-7B MLP weight), where the step is plainly memory-bound.
 
 CPU section: own FP8AdamW as ``impl="fused"`` (``methods.fp8.optim_fused``: one compiled pass per
 parameter) and ``impl="torch"`` (the reference path), torchao ``AdamWFp8`` as torchao ships it (its
-update is ``torch.compile``d per tensor shape), and the fp32-state AdamW that ``bf16-pure`` uses, all on
-bf16 parameters with stochastic rounding. Compilation happens in the warm-up and is not timed. The
-headlines are ``own / fp32_state`` and ``own / torchao`` (lower is better).
+update is ``torch.compile``d per tensor shape), and the fp32-state AdamW of ``bf16-pure``, all on bf16
+parameters with stochastic rounding; and that AdamW once more with round-to-nearest
+(``fp32_state_adamw_nearest``: ``bf16-pure``'s default; ``bf16-pure-sr`` rounds stochastically).
+Compilation happens in the warm-up and is not timed. The headlines are ``own / fp32_state`` and
+``own / torchao`` (lower is better).
 
 Roofline. Bytes moved per parameter, from the tensors each optimizer holds: it reads the weight, the
 gradient and its state and writes the weight and its state, so ``read = w + g + S`` and ``write = w + S``
@@ -158,14 +160,19 @@ def _torchao_fp8(model):
     return AdamWFp8(param_groups(model, 0.1), lr=1e-3, bf16_stochastic_round=sr)
 
 
-def _fp32_state(model):
+def _fp32_state(model, stochastic_rounding: bool = True):
     from methods.adamw import AdamW
 
-    return AdamW(param_groups(model, 0.1), lr=1e-3, stochastic_rounding=True)
+    return AdamW(param_groups(model, 0.1), lr=1e-3, stochastic_rounding=stochastic_rounding)
+
+
+def _fp32_state_nearest(model):
+    return _fp32_state(model, stochastic_rounding=False)
 
 
 #: the own step that the ratios are about, and what it is compared with
-OWN, ANCHORS = "own_fp8_adamw_fused", ("fp32_state_adamw", "torchao_adamw_fp8", "own_fp8_adamw_torch")
+OWN, ANCHORS = "own_fp8_adamw_fused", ("fp32_state_adamw", "fp32_state_adamw_nearest", "torchao_adamw_fp8",
+                                       "own_fp8_adamw_torch")
 
 
 def _ratios(results: dict, own: str, others) -> dict:
@@ -180,7 +187,8 @@ def cpu_section(shape_name: str, steps: int, warmup: int) -> dict:
     bw_before = copy_bandwidth()
     bf = torch.bfloat16
     r = _time_interleaved({OWN: (_own("fused"), bf), "own_fp8_adamw_torch": (_own("torch"), bf),
-                           "torchao_adamw_fp8": (_torchao_fp8, bf), "fp32_state_adamw": (_fp32_state, bf)},
+                           "torchao_adamw_fp8": (_torchao_fp8, bf), "fp32_state_adamw": (_fp32_state, bf),
+                           "fp32_state_adamw_nearest": (_fp32_state_nearest, bf)},
                           shape_name, dev, steps, warmup)
     # the larger of two measurements: a copy slowed by another process's burst would flatter every step
     bw = max(bw_before, copy_bandwidth())
