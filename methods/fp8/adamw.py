@@ -15,7 +15,7 @@ with an fp32 master copy (``master_weights=True``). Three implementations of the
 - ``"fused"``: the same formulas as one ``torch.compile``d pass over blocks of a parameter on the CPU
   (``methods.fp8.optim_fused``): codes, scales and weights agree with the reference except where
   Inductor's correctly rounded sqrt and SLEEF log2 differ from eager's MKL ones by an ulp (tested bound:
-  one bf16 ulp / one FP8 code step in rare values); ~2.7x faster than the reference on the tiny model;
+  one bf16 ulp / one FP8 code step in rare values); ~3x faster than the reference on the tiny model;
 - ``"triton"``: one fused Triton kernel per parameter on CUDA (``methods.fp8.optim_triton``), tested
   against the reference under ``TRITON_INTERPRET=1``.
 
