@@ -39,8 +39,7 @@ import time
 import torch
 
 from methods.base import param_groups
-from models import build_model, get_model_config
-from models.config import SIZES
+from models import SIZES, build_model, get_model_config
 
 
 #: shapes that are not a model size: one Llama-7B MLP weight (4096 x 11008), where the step is memory-bound
