@@ -31,6 +31,7 @@ sqrt and log2 differ from eager's (see ``_update_blocks``).
 from __future__ import annotations
 
 import math
+import struct
 import types
 from dataclasses import dataclass
 
@@ -81,7 +82,8 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
         # Inductor lowers lerp/addcmul/addcdiv in another rounding order than the eager CPU kernels use;
         # spelled out here as eager computes them (measured: lerp = fma(w, end - start, start) for w < 0.5,
         # addcmul = fma(value * t1, t2, self), addcdiv = self + (value * t1) / t2)
-        m = (_fma(gf - m, b1c, m) if abs(b1c) < 0.5 else _fma(gf - m, b1c - 1, gf))
+        # (for w >= 0.5 eager takes fma(w - 1, end - start, end) with w - 1 in fp32: exact from fp32 w)
+        m = (_fma(gf - m, b1c, m) if abs(b1c) < 0.5 else _fma(gf - m, _f32(b1c) - 1.0, gf))
         v = _fma(b2c * gf, gf, v * b2)
         w = w * decay
         denom = (v.sqrt() / bc2_sqrt) + eps
@@ -108,6 +110,11 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
         p.copy_(bits.view(torch.float32))  # exact: the low 16 bits are zero
     else:
         p.copy_(w)
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to fp32, as eager kernels see a Python scalar."""
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def _fma(a, b, c):

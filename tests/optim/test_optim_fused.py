@@ -67,7 +67,8 @@ def test_eager_fused_step_is_the_reference_bit_for_bit(dtype, opts, monkeypatch)
 
 @pytest.mark.parametrize("dtype,opts", [
     (torch.bfloat16, dict()),  # the default
-    (torch.float32, dict(v_transform="sqrt", block_size=64)),  # fp32 weights, the sqrt transform
+    # fp32 weights, the sqrt transform, and 1 - beta1 >= 0.5 (lerp's other branch)
+    (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95))),
 ])  # each configuration compiles (seconds): the others are covered by the eager test above
 def test_compiled_fused_step_matches_the_reference(dtype, opts):
     steps = 4
