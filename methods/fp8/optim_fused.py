@@ -64,7 +64,7 @@ class Spec:
 
 
 def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
-                   b1c, b2, b2c, decay, bc2_sqrt, eps, step_size, spec: Spec):
+                   b1c, b1c_m1, b2, b2c, decay, bc2_sqrt, eps, step_size, spec: Spec):
     """AdamW on whole blocks: ``p``, ``g`` (and ``master``) are ``(nb, B)`` views like the codes ``mc``, ``vc``.
 
     Mirrors ``FP8AdamW``'s reference path (``methods.adamw.adamw_update_`` between ``optim_codec.decode``
@@ -82,8 +82,8 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
         # Inductor lowers lerp/addcmul/addcdiv in another rounding order than the eager CPU kernels use;
         # spelled out here as eager computes them (measured: lerp = fma(w, end - start, start) for w < 0.5,
         # addcmul = fma(value * t1, t2, self), addcdiv = self + (value * t1) / t2)
-        # (for w >= 0.5 eager takes fma(w - 1, end - start, end) with w - 1 in fp32: exact from fp32 w)
-        m = (_fma(gf - m, b1c, m) if abs(b1c) < 0.5 else _fma(gf - m, _f32(b1c) - 1.0, gf))
+        # (for w >= 0.5 eager takes fma(w - 1, end - start, end), w - 1 in fp32: b1c_m1)
+        m = (_fma(gf - m, b1c, m) if abs(b1c) < 0.5 else _fma(gf - m, b1c_m1, gf))
         v = _fma(b2c * gf, gf, v * b2)
         w = w * decay
         denom = (v.sqrt() / bc2_sqrt) + eps
@@ -181,8 +181,9 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = 
     lr, wd = group["lr"], group["weight_decay"]
     t = 1.0 if is_fake(st["step"]) else float(st["step"])
     # the scalars exactly as methods.adamw.adamw_update_ computes them (Python floats); a decay of 1.0
-    # where there is none: x * 1.0 is x bit for bit, and one compiled variant fewer
-    scalars = (1 - b1, b2, 1 - b2, 1 - lr * wd if wd else 1.0, math.sqrt(1 - b2 ** t), group["eps"],
+    # where there is none: x * 1.0 is x bit for bit, and one compiled variant fewer; fp32(1 - b1) - 1 is
+    # exact (Sterbenz), the coefficient eager lerp computes in fp32 for a weight >= 0.5
+    scalars = (1 - b1, _f32(1 - b1) - 1.0, b2, 1 - b2, 1 - lr * wd if wd else 1.0, math.sqrt(1 - b2 ** t), group["eps"],
                -lr / (1 - b1 ** t))
     salt = opt._salt(p, st) if spec.stochastic else 0
     flat, g = p.view(-1), p.grad.reshape(-1)

@@ -85,10 +85,10 @@ def test_compiled_fused_step_matches_the_reference(dtype, opts):
             # where they differ, by one bf16 ulp (the stochastic draw near a rounding boundary)
             ulp = r.float().abs() * 2.0 ** -7
             assert ((o.float() - r.float()).abs() <= ulp).all()
-        else:  # fp32 weights keep the ulp of sqrt: a few fp32 ulps of the weight
-            torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-12)
+        else:  # fp32 weights keep sqrt's ulp in the update: a few ulps of an update of ~lr (1e-2)
+            torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
         if "master" in rs:
-            torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-12)
+            torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
             assert torch.equal(o, os_["master"].bfloat16())
         for key in ("exp_avg", "exp_avg_sq"):
             a, b = rs[key].view(torch.uint8).int(), os_[key].view(torch.uint8).int()
