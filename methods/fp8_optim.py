@@ -36,12 +36,12 @@ class FP8Optim(Method):
     v_transform: str = "dre"  # chosen by experiment: methods/fp8/OPTIM_ABLATION.md
     master_weights: bool = False
     stochastic_rounding: bool = True
-    impl: str = "auto"  # "torch" | "triton" | "auto" (Triton on CUDA tensors)
+    impl: str = "auto"  # "torch" | "fused" | "triton" | "auto" (Triton on CUDA, fused compiled step on CPU)
 
     # the same sets FP8AdamW accepts (methods.fp8.adamw), refused here before any work
     option_rules = {"block_size": Range(1), "m_format": Choice(tuple(optim_codec.FORMATS)),
                     "v_format": Choice(tuple(optim_codec.FORMATS)), "m_transform": Choice(("none", "dre")),
-                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(("auto", "torch", "triton"))}
+                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(("auto", "torch", "fused", "triton"))}
     family = "fp8-optim"
     summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (seed's 6 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",

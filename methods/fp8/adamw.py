@@ -4,13 +4,23 @@ Per parameter of ``N`` values and block size ``B`` it keeps ``ceil(N/B)`` blocks
 and for v plus their fp32 scales (and, for a DRE-transformed moment, a bf16 exponent per block):
 ``2 + 8/B`` bytes per parameter (2.031 at B = 256), ``2 + 10/B`` with the default DRE on v (2.039),
 against 8 for fp32 moments. The update itself runs in fp32 through the same arithmetic as
-``methods.adamw``: decode both moments, apply :func:`methods.adamw.adamw_update_` with this step's gradient, encode again. The
-step therefore uses the exact fp32 moments; quantisation error only reaches the next step.
+``methods.adamw``: decode both moments, apply :func:`methods.adamw.adamw_update_` with this step's
+gradient, encode again. The step therefore uses the exact fp32 moments; quantisation error only reaches
+the next step.
 
 Parameters are either bf16 with stochastic rounding and no master copy (the seed's 6 B/param) or bf16
-with an fp32 master copy (``master_weights=True``). On CUDA tensors the whole step is one fused Triton
-kernel per parameter (``methods.fp8.optim_triton``); elsewhere the PyTorch path in this file runs, and
-the two are tested against each other under ``TRITON_INTERPRET=1``.
+with an fp32 master copy (``master_weights=True``). Three implementations of the step (``impl``):
+
+- ``"torch"``: the PyTorch path in this file, the reference (decode to full-size fp32, update, encode);
+- ``"fused"``: the same formulas as one ``torch.compile``d pass over blocks of a parameter on the CPU
+  (``methods.fp8.optim_fused``): codes, scales and weights agree with the reference except where
+  Inductor's correctly rounded sqrt and SLEEF log2 differ from eager's MKL ones by an ulp (tested bound:
+  one bf16 ulp / one FP8 code step in rare values); ~3x faster than the reference on the tiny model;
+- ``"triton"``: one fused Triton kernel per parameter on CUDA (``methods.fp8.optim_triton``), tested
+  against the reference under ``TRITON_INTERPRET=1``.
+
+``"auto"`` (the default) takes Triton on CUDA tensors and the fused step elsewhere, or the reference where
+``torch.compile`` cannot compile here (the reason lands in ``FP8AdamW.fallback``).
 
 Formats (chosen by the experiment in ``methods/fp8/OPTIM_ABLATION.md``): m in E4M3 with a plain
 per-block absmax scale; v in E4M3 with COAT's dynamic range expansion (``v_transform="dre"``). v
@@ -26,7 +36,10 @@ from methods.adamw import AdamW
 from methods.fp8 import optim_codec as codec
 from methods.fp8.device import host_float
 
-IMPLS = ("auto", "torch", "triton")
+#: "torch": the reference path below; "fused": one compiled pass per parameter on the CPU
+#: (``methods.fp8.optim_fused``); "triton": the CUDA kernel; "auto": triton on CUDA tensors, fused elsewhere
+#: (the reference where the fused step cannot compile, with the reason in ``FP8AdamW.fallback``)
+IMPLS = ("auto", "torch", "fused", "triton")
 
 
 class FP8AdamW(AdamW):
@@ -47,6 +60,8 @@ class FP8AdamW(AdamW):
         self.m_fmt, self.v_fmt = codec.FORMATS[m_format], codec.FORMATS[v_format]
         self.m_transform, self.v_transform = m_transform, v_transform
         self.impl = impl
+        #: why a step did not run as ``impl`` asked (e.g. torch.compile unavailable), by path
+        self.fallback: dict[str, str] = {}
         # a stable index per parameter salts its stochastic-rounding hash
         self._index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
 
@@ -102,22 +117,40 @@ class FP8AdamW(AdamW):
 
     # -- step ---------------------------------------------------------------------------------
     def use_triton(self, p: torch.Tensor) -> bool:
-        if self.impl == "torch":
-            return False
-        if self.impl == "triton":
-            return True
-        return p.is_cuda and _triton_available()
+        return self.path_for(p) == "triton"
+
+    def path_for(self, p: torch.Tensor) -> str:
+        """Which implementation steps ``p``: "torch", "fused" or "triton"."""
+        if self.impl != "auto":
+            return self.impl
+        if p.is_cuda and _triton_available():
+            return "triton"
+        if p.is_cuda or "fused" in self.fallback:  # the fused step is compiled for the CPU
+            return "torch"
+        return "fused"
 
     @torch.no_grad()
     def step_param(self, p: torch.Tensor, group: dict | None = None) -> None:
-        if not self.use_triton(p):
+        path = self.path_for(p)
+        if path == "torch":
             return super().step_param(p, group)
-        from methods.fp8 import optim_triton
-
         group = group if group is not None else self.group_of(p)
         st = self.state[p] if self.state[p] else self._init_state(p)
         st["step"] += 1
-        optim_triton.fused_step(self, p, group, st)
+        if path == "triton":
+            from methods.fp8 import optim_triton
+
+            optim_triton.fused_step(self, p, group, st)
+            return
+        from methods.fp8 import optim_fused
+
+        ran = optim_fused.fused_step(self, p, group, st, eager_ok=self.impl == "fused")
+        reason = optim_fused.FALLBACK.get(optim_fused.spec_for(self, p, st))
+        if reason:
+            self.fallback["fused"] = reason  # auto: the reference path from now on (see path_for)
+        if ran is None:  # auto and no compiler: nothing ran, so this step too takes the reference path
+            st["step"] -= 1
+            super().step_param(p, group)
 
     @torch.no_grad()
     def state_stats(self, p: torch.Tensor) -> dict[str, float]:

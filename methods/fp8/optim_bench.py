@@ -1,18 +1,33 @@
-"""Time one optimizer step: own FP8 AdamW vs torchao's AdamWFp8 (and fp32-state AdamW), same parameters,
-same gradients, one process.
+"""Time one optimizer step: own FP8 AdamW (fused and reference) vs torchao's AdamWFp8 and the fp32-state AdamW,
+same parameters, same gradients, one process; with a roofline against the machine's copy bandwidth.
 
-    python -m methods.fp8.optim_bench [--model tiny] [--steps 10] [--threads N] [--out FILE.json]
+    python -m methods.fp8.optim_bench [--shapes tiny small 7b-layer] [--steps 10] [--threads N]
+                                      [--out FILE.json] [--csv FILE.csv]
 
-CPU section: own FP8AdamW (PyTorch path) vs torchao ``AdamWFp8`` as torchao ships it (its update is
-``torch.compile``d per tensor shape; compilation happens in the warm-up and is not timed), plus the
-fp32-state AdamW that ``bf16-pure`` uses, all on bf16 parameters with stochastic rounding. The
-headline is ``own / torchao`` (lower is better).
+Shapes: a named model size (its parameter tensors, ``models/config.py``) or ``7b-layer``, one 4096 x 11008
+bf16 parameter (a Llama-7B MLP weight), where the step is plainly memory-bound.
+
+CPU section: own FP8AdamW as ``impl="fused"`` (``methods.fp8.optim_fused``: one compiled pass per
+parameter) and ``impl="torch"`` (the reference path), torchao ``AdamWFp8`` as torchao ships it (its
+update is ``torch.compile``d per tensor shape), and the fp32-state AdamW of ``bf16-pure``, all on bf16
+parameters with stochastic rounding; and that AdamW once more with round-to-nearest
+(``fp32_state_adamw_nearest``: ``bf16-pure``'s default; ``bf16-pure-sr`` rounds stochastically).
+Compilation happens in the warm-up and is not timed. The headlines are ``own / fp32_state`` and
+``own / torchao`` (lower is better).
+
+Roofline. Bytes moved per parameter, from the tensors each optimizer holds: it reads the weight, the
+gradient and its state and writes the weight and its state, so ``read = w + g + S`` and ``write = w + S``
+with ``S`` the state bytes per parameter (codes, scales, DRE exponents; the step counter is left out).
+bf16 weights and grads: FP8 states (S = 2.04) read 6.04 and write 4.04 B/param, fp32 states (S = 8) read
+12 and write 10. ``GB/s = bytes/param * params / step time``, shown as a fraction of the copy bandwidth
+measured in the same process (``Tensor.copy_`` of 256 MiB, read + write bytes, median; measured before
+and after the timed steps, the larger kept). A step that streams its data once at copy speed is 1.0.
 
 GPU section (CUDA only; skipped with a reason otherwise): the fused Triton kernel vs torchao
 ``AdamWFp8`` vs ``torch.optim.AdamW(fused=True)`` with fp32 weights and states.
 
-Timing is a median over steps after warm-up; absolute times on a shared CPU are noisy, the ratio
-within one process is the number to read. Not a test: nothing here passes or fails.
+Timing is a median over steps after warm-up, round-robin over the optimizers; absolute times on a shared
+CPU are noisy, the ratios within one process are the numbers to read. Not a test: nothing here passes or fails.
 """
 from __future__ import annotations
 
@@ -24,25 +39,81 @@ import time
 import torch
 
 from methods.base import param_groups
-from models import build_model, get_model_config
+from models import SIZES, build_model, get_model_config
 
 
-def _params_and_grads(model_name: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
-    cfg = get_model_config(model_name)
-    model = build_model(cfg, seed).to(device=device, dtype=dtype)
+#: shapes that are not a model size: one Llama-7B MLP weight (4096 x 11008), where the step is memory-bound
+LAYER_SHAPES = {"7b-layer": (4096, 11008)}
+#: the copy that measures the machine's bandwidth
+COPY_BYTES = 256 << 20
+
+
+def _model(shape_name: str, seed: int) -> torch.nn.Module:
+    if shape_name in LAYER_SHAPES:
+        layer = torch.nn.Module()
+        g = torch.Generator().manual_seed(seed)
+        layer.weight = torch.nn.Parameter(torch.randn(LAYER_SHAPES[shape_name], generator=g) * 0.02)
+        return layer
+    try:
+        cfg = get_model_config(shape_name)
+    except ValueError:
+        raise ValueError(f"unknown shape {shape_name!r}; valid: model sizes ({', '.join(SIZES)}) or "
+                         f"{', '.join(LAYER_SHAPES)}") from None
+    return build_model(cfg, seed)
+
+
+def _params_and_grads(shape_name: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    model = _model(shape_name, seed).to(device=device, dtype=dtype)
     g = torch.Generator(device="cpu").manual_seed(seed + 1)
     grads = [(torch.randn(p.shape, generator=g) * 1e-3).to(device=device, dtype=dtype) for p in model.parameters()]
     return model, grads
 
 
-def _time_interleaved(makers: dict, model_name: str, device: torch.device, steps: int, warmup: int) -> dict:
+def _tensor_bytes(t) -> int:
+    """Bytes of a state entry; torchao's low-bit states are tensor subclasses holding codes and scales."""
+    if not isinstance(t, torch.Tensor):
+        return 0
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def bytes_per_param(opt, params) -> dict:
+    """The byte model of one step (see the module docstring), from the tensors ``opt`` holds."""
+    n = sum(p.numel() for p in params)
+    state = sum(_tensor_bytes(v) for p in params for k, v in opt.state[p].items() if k != "step") / n
+    w = sum(p.numel() * p.element_size() for p in params) / n
+    g = sum(p.grad.numel() * p.grad.element_size() for p in params) / n
+    return {"state_bytes_per_param": state, "read_bytes_per_param": w + g + state,
+            "write_bytes_per_param": w + state, "bytes_per_param": 2 * w + g + 2 * state}
+
+
+def copy_bandwidth(nbytes: int = COPY_BYTES, reps: int = 7, device: torch.device | None = None) -> float:
+    """Median bytes/s of ``dst.copy_(src)`` over a ``nbytes`` buffer, counting the read and the write."""
+    device = device or torch.device("cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch of the pages is not bandwidth
+    ts = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        ts.append(time.perf_counter() - t)
+    return 2 * nbytes / statistics.median(ts)
+
+
+def _time_interleaved(makers: dict, shape_name: str, device: torch.device, steps: int, warmup: int) -> dict:
     """Build every optimizer on its own copy of the same parameters and gradients, warm each up, then
     time their steps round-robin (A, B, C, A, B, C, ...) so load from other processes hits all alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     opts, out = {}, {}
     for name, (make, dtype) in makers.items():
         try:
-            model, grads = _params_and_grads(model_name, dtype, device)
+            model, grads = _params_and_grads(shape_name, dtype, device)
             for p, g in zip(model.parameters(), grads):
                 p.grad = g
             opt = make(model)
@@ -50,8 +121,11 @@ def _time_interleaved(makers: dict, model_name: str, device: torch.device, steps
             for _ in range(warmup):
                 opt.step()
             sync()
+            params = list(model.parameters())
             out[name] = {"warmup_s": time.perf_counter() - t0, "param_dtype": str(dtype).replace("torch.", ""),
-                         "n_params": sum(p.numel() for p in model.parameters())}
+                         "n_params": sum(p.numel() for p in params), **bytes_per_param(opt, params)}
+            if getattr(opt, "fallback", None):
+                out[name]["fallback"] = dict(opt.fallback)
             opts[name] = opt
         except Exception as e:  # an anchor that cannot run here is reported, not fatal
             out[name] = {"skipped": f"{type(e).__name__}: {e}"}
@@ -64,7 +138,9 @@ def _time_interleaved(makers: dict, model_name: str, device: torch.device, steps
             times[name].append(time.perf_counter() - t)
     for name, ts in times.items():
         med = statistics.median(ts)
-        out[name].update(median_s=med, min_s=min(ts), steps=steps, ns_per_param=med / out[name]["n_params"] * 1e9)
+        r = out[name]
+        r.update(median_s=med, min_s=min(ts), steps=steps, ns_per_param=med / r["n_params"] * 1e9,
+                 gb_per_s=r["bytes_per_param"] * r["n_params"] / med / 1e9)
     return out
 
 
@@ -79,25 +155,59 @@ def _own(impl: str, **kw):
 def _torchao_fp8(model):
     from torchao.optim import AdamWFp8
 
-    return AdamWFp8(param_groups(model, 0.1), lr=1e-3, bf16_stochastic_round=model.tok_emb.weight.dtype == torch.bfloat16)
+    sr = next(model.parameters()).dtype == torch.bfloat16
+    return AdamWFp8(param_groups(model, 0.1), lr=1e-3, bf16_stochastic_round=sr)
 
 
-def _fp32_state(model):
+def _fp32_state(model, stochastic_rounding: bool = True):
     from methods.adamw import AdamW
 
-    return AdamW(param_groups(model, 0.1), lr=1e-3, stochastic_rounding=True)
+    return AdamW(param_groups(model, 0.1), lr=1e-3, stochastic_rounding=stochastic_rounding)
 
 
-def cpu_section(model_name: str, steps: int, warmup: int) -> dict:
+def _fp32_state_nearest(model):
+    return _fp32_state(model, stochastic_rounding=False)
+
+
+#: the own step that the ratios are about, and what it is compared with
+OWN, ANCHORS = "own_fp8_adamw_fused", ("fp32_state_adamw", "fp32_state_adamw_nearest", "torchao_adamw_fp8",
+                                       "own_fp8_adamw_torch")
+
+
+def _ratios(results: dict, own: str, others) -> dict:
+    mine = results.get(own, {}).get("median_s")
+    return {f"{own}_over_{o}": mine / results[o]["median_s"] for o in others
+            if mine and "median_s" in results.get(o, {})}
+
+
+def cpu_section(shape_name: str, steps: int, warmup: int) -> dict:
     dev = torch.device("cpu")
-    out = {"device": "cpu", "threads": torch.get_num_threads(), "model": model_name, "param_dtype": "bf16",
-           "results": {}}
+    out = {"device": "cpu", "threads": torch.get_num_threads(), "model": shape_name, "param_dtype": "bf16"}
+    bw_before = copy_bandwidth()
     bf = torch.bfloat16
-    out["results"] = _time_interleaved({"own_fp8_adamw": (_own("torch"), bf), "torchao_adamw_fp8": (_torchao_fp8, bf),
-                                        "fp32_state_adamw": (_fp32_state, bf)}, model_name, dev, steps, warmup)
-    r = out["results"]
-    if "median_s" in r.get("own_fp8_adamw", {}) and "median_s" in r.get("torchao_adamw_fp8", {}):
-        out["own_over_torchao"] = r["own_fp8_adamw"]["median_s"] / r["torchao_adamw_fp8"]["median_s"]
+    r = _time_interleaved({OWN: (_own("fused"), bf), "own_fp8_adamw_torch": (_own("torch"), bf),
+                           "torchao_adamw_fp8": (_torchao_fp8, bf), "fp32_state_adamw": (_fp32_state, bf),
+                           "fp32_state_adamw_nearest": (_fp32_state_nearest, bf)},
+                          shape_name, dev, steps, warmup)
+    # the larger of two measurements: a copy slowed by another process's burst would flatter every step
+    bw = max(bw_before, copy_bandwidth())
+    out.update(copy_gb_per_s=bw / 1e9, copy_gb_per_s_before=bw_before / 1e9, results=r)
+    for row in r.values():
+        if "gb_per_s" in row:
+            row["frac_of_copy"] = row["gb_per_s"] * 1e9 / bw
+    out.update(_ratios(r, OWN, ANCHORS))
+    return out
+
+
+def rows(res: dict) -> list[dict]:
+    """One flat row per (section, shape, optimizer): what a report table reads."""
+    out = []
+    for sec in res.get("cpu", []) + [res.get("gpu", {})]:
+        for name, r in sec.get("results", {}).items():
+            row = {"device": sec.get("device"), "threads": sec.get("threads"), "shape": sec.get("model"),
+                   "optimizer": name, "copy_gb_per_s": sec.get("copy_gb_per_s")}
+            row.update({k: v for k, v in r.items() if not isinstance(v, dict)})
+            out.append(row)
     return out
 
 
@@ -109,64 +219,81 @@ def gpu_section(model_name: str, steps: int, warmup: int) -> dict:
     except ImportError:
         return {"skipped": "triton is not installed"}
     dev = torch.device("cuda")
-    out = {"device": torch.cuda.get_device_name(), "model": model_name, "results": {}}
+    out = {"device": torch.cuda.get_device_name(), "model": model_name}
 
     def fused_fp32(model):
         return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=True)
 
-    out["results"] = _time_interleaved({"own_fp8_adamw_triton": (_own("triton"), torch.bfloat16),
-                                        "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
-                                        "torch_fused_adamw_fp32": (fused_fp32, torch.float32)},
-                                       model_name, dev, steps, warmup)
-    r = out["results"]
-    own = r.get("own_fp8_adamw_triton", {}).get("median_s")
-    for other in ("torchao_adamw_fp8", "torch_fused_adamw_fp32"):
-        if own and "median_s" in r.get(other, {}):
-            out[f"own_over_{other}"] = own / r[other]["median_s"]
+    r = _time_interleaved({"own_fp8_adamw_triton": (_own("triton"), torch.bfloat16),
+                           "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
+                           "torch_fused_adamw_fp32": (fused_fp32, torch.float32)}, model_name, dev, steps, warmup)
+    bw = copy_bandwidth(device=dev)
+    out.update(copy_gb_per_s=bw / 1e9, results=r)
+    for row in r.values():
+        if "gb_per_s" in row:
+            row["frac_of_copy"] = row["gb_per_s"] * 1e9 / bw
+    out.update(_ratios(r, "own_fp8_adamw_triton", ("torchao_adamw_fp8", "torch_fused_adamw_fp32")))
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m methods.fp8.optim_bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="tiny", help="model size whose parameter shapes are used (CPU)")
+    ap.add_argument("--shapes", "--model", nargs="+", default=["tiny", "small", "7b-layer"],
+                    help="model sizes and/or 7b-layer (CPU)")
     ap.add_argument("--gpu-model", default="1b", help="model size for the GPU section")
-    ap.add_argument("--steps", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (the compiled steps compile here)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is); 1 is the least "
-                    "noisy on a shared machine")
+                    "noisy on a shared machine, and the cpu profile's setting")
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--csv", help="write one row per shape and optimizer as CSV here")
     args = ap.parse_args(argv)
+    for name in args.shapes:
+        if name not in LAYER_SHAPES and name not in SIZES:
+            ap.error(f"unknown shape {name!r}; valid: {', '.join(list(SIZES) + list(LAYER_SHAPES))}")
     if args.threads:
         torch.set_num_threads(args.threads)
     import torchao
 
     res = {"torch": torch.__version__, "torchao": torchao.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "byte_model": "read = w + g + S, write = w + S; S = optimizer state bytes per parameter"}
     if not args.no_cpu:
-        res["cpu"] = cpu_section(args.model, args.steps, args.warmup)
+        res["cpu"] = [cpu_section(name, args.steps, args.warmup) for name in args.shapes]
     res["gpu"] = gpu_section(args.gpu_model, args.steps, args.warmup)
-    for sec in ("cpu", "gpu"):
-        s = res.get(sec)
-        if not s:
-            continue
+    for s in res.get("cpu", []) + [res["gpu"]]:
         if "skipped" in s:
-            print(f"[{sec}] skipped: {s['skipped']}")
+            print(f"[gpu] skipped: {s['skipped']}")
             continue
-        print(f"[{sec}] {s['device']}, model {s['model']}")
+        print(f"[{s['device']}] {s['model']}, {s.get('threads', '-')} thread(s), copy {s['copy_gb_per_s']:.1f} GB/s")
+        print(f"  {'optimizer':<24} {'ms/step':>9} {'ns/param':>9} {'B/param':>8} {'GB/s':>6} {'of copy':>8}")
         for name, r in s["results"].items():
             if "skipped" in r:
-                print(f"  {name:<26} skipped: {r['skipped']}")
+                print(f"  {name:<24} skipped: {r['skipped']}")
             else:
-                print(f"  {name:<26} {r['median_s'] * 1e3:9.2f} ms/step  ({r['ns_per_param']:.2f} ns/param, "
-                      f"warm-up {r['warmup_s']:.1f} s)")
+                print(f"  {name:<24} {r['median_s'] * 1e3:9.2f} {r['ns_per_param']:9.2f} {r['bytes_per_param']:8.2f} "
+                      f"{r['gb_per_s']:6.2f} {r['frac_of_copy']:8.1%}" + (f"  fallback: {r['fallback']}"
+                                                                           if r.get("fallback") else ""))
         for k, v in s.items():
-            if k.startswith("own_over"):
+            if "_over_" in k:
                 print(f"  {k} = {v:.3f}")
     if args.out:
         from pipelines.atomic import write_json  # a reader never sees half a file
 
         write_json(args.out, res)
+    if args.csv:
+        import csv
+        import io
+
+        from pipelines.atomic import write_text
+
+        table = rows(res)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+        w.writeheader()
+        w.writerows(table)
+        write_text(args.csv, buf.getvalue())
     return 0
 
 

@@ -130,8 +130,11 @@ def decode(codes: torch.Tensor, scale: torch.Tensor, fmt: Fp8Format, transform: 
 
 
 def fp8_to_float(codes: torch.Tensor) -> torch.Tensor:
-    """Exact FP8 -> fp32 (see the module docstring for why E4M3 takes a detour through fp16)."""
-    if codes.dtype == torch.float8_e4m3fn:
+    """Exact FP8 -> fp32 (see the module docstring for why E4M3 takes a detour through fp16).
+
+    Not while ``torch.compile`` traces (``methods.fp8.optim_fused``): Inductor vectorises the plain cast,
+    while the integer detour keeps its loops scalar. Both are exact, so the values are the same."""
+    if codes.dtype == torch.float8_e4m3fn and not torch.compiler.is_compiling():
         u = codes.view(torch.uint8).to(torch.int16)
         # magnitude bits land in fp16's exponent+mantissa at 2^-8 of the value; sign bit -> bit 15
         # via * -256 (128 * -256 = -32768 = 0x8000 as int16), no shift overflow.
