@@ -34,7 +34,7 @@ import torch
 
 from methods.adamw import AdamW
 from methods.fp8 import optim_codec as codec
-from methods.fp8.device import host_float
+from methods.fp8.device import host_float, is_fake
 
 #: "torch": the reference path below; "fused": one compiled pass per parameter on the CPU
 #: (``methods.fp8.optim_fused``); "triton": the CUDA kernel; "auto": triton on CUDA tensors, fused elsewhere
@@ -120,7 +120,9 @@ class FP8AdamW(AdamW):
         return self.path_for(p) == "triton"
 
     def path_for(self, p: torch.Tensor) -> str:
-        """Which implementation steps ``p``: "torch", "fused" or "triton"."""
+        """Which implementation steps ``p``: "torch", "fused" or "triton" ("device" for a fake tensor)."""
+        if is_fake(p):
+            return "device"
         if self.impl != "auto":
             return self.impl
         if p.is_cuda and _triton_available():
@@ -137,6 +139,11 @@ class FP8AdamW(AdamW):
         group = group if group is not None else self.group_of(p)
         st = self.state[p] if self.state[p] else self._init_state(p)
         st["step"] += 1
+        if path == "device":
+            # a memory trace (fake tensors): the step a GPU runs is the Triton kernel, which updates
+            # weights, codes and scales in place and allocates nothing; tracing the CPU's chunked fused
+            # step instead would cost one dispatch per chunk of 128 blocks, hours at 10B
+            return
         if path == "triton":
             from methods.fp8 import optim_triton
 
