@@ -54,7 +54,7 @@ def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None
             continue
         analytic = float(sum(m.analytic_bytes(cfg).get(c, 0.0) for c in COMPONENTS))
         for t in traces:
-            row = t.row()
+            row = {**t.row(), "method": name}  # a variant's rows carry its own name, not its method's
             row["analytic_bytes"] = analytic
             row["persistent_vs_analytic_pct"] = 100 * (row["persistent_bytes"] - analytic) / analytic
             row["rss_after_bytes"] = peak_rss_bytes()
@@ -117,6 +117,9 @@ def phase_lines(short: pd.Series, long: pd.Series) -> dict[str, tuple[float, flo
     """Per phase, (fixed bytes, bytes per token) of its traced peak, from two traces of one method and size
     that differ only in tokens per micro-batch (micro-batch 1 at two sequence lengths)."""
     t1, t2 = (int(r["batch_size"]) * int(r["seq_len"]) for r in (short, long))
+    if t1 == t2:
+        raise ValueError(f"two traces of {short['method']} at {short['model']} with the same {t1} tokens: "
+                         "each (method, model, seq_len) must be traced once")
     out = {}
     for phase in PHASES:
         p1, p2 = float(short[f"peak_{phase}_bytes"]), float(long[f"peak_{phase}_bytes"])

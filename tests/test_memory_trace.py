@@ -191,3 +191,19 @@ def test_a_trace_leaves_no_fake_tensor_behind():
     x = torch.randint(0, TINY.vocab_size, (1, SEQ))
     res = trainee.train_step(x, x, 1e-3)
     assert torch.isfinite(torch.tensor(res.loss))
+
+
+def test_a_traced_variant_is_its_own_row():
+    """A memory_trace variant (its method with other options) is traced beside its method under its own name,
+    so the fit table sees two methods, not one traced twice."""
+    import pandas as pd
+
+    from pipelines.memory_traced import trace_rows
+
+    variants = {"fp8-own-tensorwise-coat": {"method": "fp8-own-tensorwise", "options": {"fp8_saved_nonlinear": True}}}
+    rows = pd.DataFrame(trace_rows("tiny", [32, 64], ["fp8-own-tensorwise"], variants=variants))
+    assert sorted(rows["method"]) == ["fp8-own-tensorwise"] * 2 + ["fp8-own-tensorwise-coat"] * 2
+    fit = fit_table(rows, {"dev": 80.0}, seq_len=64, reserve_gib=2.0, margin=0.1)
+    assert sorted(fit["method"]) == ["fp8-own-tensorwise", "fp8-own-tensorwise-coat"]
+    a = rows.set_index(["method", "seq_len"])["act_peak_bytes"]
+    assert a["fp8-own-tensorwise-coat", 64] < a["fp8-own-tensorwise", 64]
