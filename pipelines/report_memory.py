@@ -134,18 +134,22 @@ def coat_section(traced: pd.DataFrame, summary: pd.DataFrame | None, comp: pd.Da
                          f"step peak {float(t.loc[m, 'peak_bytes']) / GIB:.1f} GiB ({t.loc[m, 'peak_phase']})")
     a_b, a_v = float(t.loc[base, "act_peak_bytes"]), float(t.loc[variant, "act_peak_bytes"])
     lines.append(f"- saved by the option: {(a_b - a_v) / GIB:.1f} GiB of activations ({100 * (a_v - a_b) / a_b:+.0f}%)")
+    row = comp[comp["method"] == variant].iloc[0] if comp is not None and not comp.empty and variant in set(comp["method"]) else None
+    # the yardstick beside every gap: the noise floor (max |fp32 gap| over seeds) and the margin
+    yard = (f"; noise floor {row['noise_floor_pct']:.3f}%, margin ±{row['margin_pct']:.2f}%"
+            if row is not None and {"noise_floor_pct", "margin_pct"} <= set(row.index) else "")
     if summary is not None and not summary.empty:
         iv, seeds = paired_option_cost(summary, variant, base)
         if iv.n >= 2:
             lines.append(f"- its cost in loss (cpu runs, final validation loss against `{base}` paired by seed, "
-                         f"{iv.n} seeds {seeds}): {iv.mean:+.3f}% [95% CI {iv.lo:+.3f}, {iv.hi:+.3f}]")
+                         f"{iv.n} seeds {seeds}): {iv.mean:+.3f}% [95% CI {iv.lo:+.3f}, {iv.hi:+.3f}]{yard}")
         else:
             lines.append(f"- its cost in loss: not measured ({iv.n} paired seed(s) of `{variant}` and `{base}`)")
-    if comp is not None and not comp.empty and variant in set(comp["method"]):
-        r = comp[comp["method"] == variant].iloc[0]
+    if row is not None:
+        r = row
         ci = (f", gap {r['gap_mean_pct']:+.3f}% [95% CI {r['gap_ci_lo_pct']:+.3f}, {r['gap_ci_hi_pct']:+.3f}]"
               if {"gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct"} <= set(r.index) else "")
-        lines.append(f"- against bf16-amp (the comparison table): verdict `{r.get('verdict', 'n/a')}`{ci}")
+        lines.append(f"- against bf16-amp (the comparison table): verdict `{r.get('verdict', 'n/a')}`{ci}{yard}")
     return lines + [""]
 
 
