@@ -246,6 +246,29 @@ def trace_step(method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HPar
     return trace_steps(method, cfg, batch_size, [seq_len], hp, model_name)[0]
 
 
+def _grid(method, cfg: ModelConfig, seq_lens) -> tuple[list[int], ModelConfig]:
+    """The sorted lengths and a config whose RoPE tables reach the longest; refuses a method with unmet
+    requirements (a CUDA-only engine) with the reason."""
+    unmet = method.unmet()
+    if unmet:
+        raise UntraceableError("; ".join(unmet))
+    seq_lens = sorted(set(seq_lens))
+    if seq_lens[-1] > cfg.max_seq_len:  # a longer context than the named size trains at: RoPE tables to match
+        cfg = replace(cfg, max_seq_len=seq_lens[-1])
+    return seq_lens, cfg
+
+
+@contextlib.contextmanager
+def _failures_are_reasons():
+    """Any failure under fake tensors is the method's reason for being untraceable, in one line."""
+    try:
+        yield
+    except UntraceableError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UntraceableError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
+
+
 def trace_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], hp: HParams | None = None,
                 model_name: str = "") -> list[Trace]:
     """One :class:`Trace` per sequence length: step 1 (at the longest) creates the optimizer state, then one
@@ -255,30 +278,20 @@ def trace_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], 
     Raises :class:`UntraceableError` (with the reason) when the method cannot be traced: unmet
     requirements (a CUDA-only engine), several ranks, or a step that needs real values.
     """
-    seq_lens = sorted(set(seq_lens))
-    if seq_lens[-1] > cfg.max_seq_len:  # a longer context than the named size trains at: RoPE tables to match
-        cfg = replace(cfg, max_seq_len=seq_lens[-1])
-    unmet = method.unmet()
-    if unmet:
-        raise UntraceableError("; ".join(unmet))
+    seq_lens, cfg = _grid(method, cfg, seq_lens)
     if method.world_size > 1:
         raise UntraceableError(f"runs as {method.world_size} ranks; the single-process trace does not apply "
                                f"(see the per-rank trace, trace_rank_steps)")
     hp = hp or HParams(lr=1e-3)
     t0 = time.perf_counter()
     fake = FakeTensorMode(allow_non_fake_inputs=True)
-    try:
-        with _eager_compile() as compiled:
-            _warm_up(method, hp)
-            del compiled[:]
-            traces = _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0)
-            for t in traces:
-                t.eager_compiled = bool(compiled)
-            return traces
-    except UntraceableError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure under fake tensors is this method's reason
-        raise UntraceableError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
+    with _failures_are_reasons(), _eager_compile() as compiled:
+        _warm_up(method, hp)
+        del compiled[:]
+        traces = _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0)
+        for t in traces:
+            t.eager_compiled = bool(compiled)
+        return traces
 
 
 @contextlib.contextmanager
@@ -413,14 +426,9 @@ def trace_rank_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[i
     import torch.distributed as dist
 
     traced, label = rank_stand_in(method)
-    unmet = traced.unmet()
-    if unmet:
-        raise UntraceableError("; ".join(unmet))
+    seq_lens, cfg = _grid(traced, cfg, seq_lens)
     if dist.is_initialized():
         raise UntraceableError("this process has a process group already; the per-rank trace makes its own")
-    seq_lens = sorted(set(seq_lens))
-    if seq_lens[-1] > cfg.max_seq_len:
-        cfg = replace(cfg, max_seq_len=seq_lens[-1])
     traced = dc_replace(traced, ranks=ranks)
     hp = hp or HParams(lr=1e-3)
     t0 = time.perf_counter()
@@ -428,23 +436,20 @@ def trace_rank_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[i
 
     dist.init_process_group("fake", rank=0, world_size=ranks, store=FakeStore())
     try:
-        fake = FakeTensorMode(allow_non_fake_inputs=True)
-        ctx = RunContext(device=torch.device("cpu"), seed=0, rank=0, world_size=ranks,
-                         extra={"batch_size": batch_size * ranks})
-        model = _meta_model(traced, cfg)
-        wrapped = traced.wrap(model, ctx)  # FSDP2 shards on the meta device: the mesh needs real tensors
-        with fake:
-            model.to_empty(device="cpu")
-            trainee = traced.trainee(model, hp, ctx, wrapped=wrapped)
-            batches = _batches(cfg, batch_size * ranks, seq_lens)  # the global batch; rank 0 takes its rows
-        tracker = _RankTracker(trainee.wrapped, trainee.optimizer)
-        tracker.track_inputs(tuple(t for xy in batches.values() for t in xy))
-        return _steps(method.name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0,
-                      extra={"ranks": ranks, "traced_as": label})
-    except UntraceableError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure under fake tensors is this method's reason
-        raise UntraceableError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
+        with _failures_are_reasons():
+            fake = FakeTensorMode(allow_non_fake_inputs=True)
+            ctx = RunContext(device=torch.device("cpu"), seed=0, rank=0, world_size=ranks,
+                             extra={"batch_size": batch_size * ranks})
+            model = _meta_model(traced, cfg)
+            wrapped = traced.wrap(model, ctx)  # FSDP2 shards on the meta device: the mesh needs real tensors
+            with fake:
+                model.to_empty(device="cpu")
+                trainee = traced.trainee(model, hp, ctx, wrapped=wrapped)
+                batches = _batches(cfg, batch_size * ranks, seq_lens)  # the global batch; rank 0 takes its rows
+            tracker = _RankTracker(trainee.wrapped, trainee.optimizer)
+            tracker.track_inputs(tuple(t for xy in batches.values() for t in xy))
+            return _steps(method.name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0,
+                          extra={"ranks": ranks, "traced_as": label})
     finally:
         dist.destroy_process_group()
 
