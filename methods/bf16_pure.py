@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from methods.adamw import AdamW
+from methods.fp8.adamw_base import AdamW
 from methods.base import HParams, Method, RunContext, param_groups
 from methods.registry import register
 

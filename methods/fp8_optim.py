@@ -5,7 +5,7 @@
 - ``fp8-optim-master``: the same plus an fp32 master copy (what mixed precision usually keeps): ~10.
 - ``fp8-lean``: bf16 weights, FP8 m and v, the step fused into backward so no full set of gradients
   ever exists (~4 B/param); gives up global-norm clipping and gradient accumulation
-  (``methods.fp8.optim_lean``).
+  (``methods._fused_backward``).
 - ``fp8-optim-torchao`` / ``int8-optim-torchao``: torchao's ``AdamWFp8`` (E4M3, block 256) and
   ``AdamW8bit`` (dynamic-tree int8, block 256) on bf16 weights with their own stochastic rounding.
 
@@ -33,7 +33,7 @@ class FP8Optim(Method):
     m_format: str = "e4m3"
     v_format: str = "e4m3"
     m_transform: str = "none"
-    v_transform: str = "dre"  # chosen by experiment: methods/fp8/OPTIM_ABLATION.md
+    v_transform: str = "dre"  # chosen by experiment: benchmarks/OPTIM_ABLATION.md
     master_weights: bool = False
     stochastic_rounding: bool = True
     impl: str = "auto"  # "torch" | "fused" | "triton" | "auto" (Triton on CUDA, fused compiled step on CPU)
@@ -60,7 +60,7 @@ class FP8Optim(Method):
                         seed=ctx.seed, impl=self.impl)
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        from methods.fp8.optim_lean import FP8OptimTrainee
+        from methods._fused_backward import FP8OptimTrainee
 
         return FP8OptimTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
@@ -106,7 +106,7 @@ class FP8Lean(FP8Optim):
               "m": "fp8-e4m3 (+scale/256)", "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        from methods.fp8.optim_lean import FusedBackwardTrainee
+        from methods._fused_backward import FusedBackwardTrainee
 
         return FusedBackwardTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
 
@@ -219,8 +219,8 @@ class FP8EndToEnd(FP8Optim, FP8Own):
         return FP8Own.autocast(self, ctx)
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        from methods.fp8.optim_lean import optimizer_telemetry
-        from methods.fp8.trainee import FP8Trainee
+        from methods._fused_backward import optimizer_telemetry
+        from methods.fp8_own import FP8Trainee
 
         class _Trainee(FP8Trainee):  # FP8 linear telemetry, then the optimizer states'
             def telemetry(self) -> list[dict]:

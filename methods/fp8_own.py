@@ -8,7 +8,7 @@ weights, grads and Adam states), so only the linears differ from the reference.
 - ``fp8-own-blockwise``: 1×128 activation/gradient tiles, 128×128 weight blocks, E4M3 in both passes,
   fp32 accumulation per 128-chunk of K (DeepSeek-V3, TE Float8BlockScaling);
 - ``fp8-own-delayed-smooth``: delayed scaling plus Smooth-SwiGLU on the down-projection (Fishman et al.);
-- ``fp8-naive`` (``methods.fp8.naive``): weights and grads *stored* in FP8 without a high-precision copy.
+(The negative control ``fp8-naive``, weights and grads *stored* in FP8, is ``methods.fp8_naive``.)
 """
 from __future__ import annotations
 
@@ -21,10 +21,8 @@ from torch import nn
 from methods.base import HParams, Method, RunContext, Trainee
 from methods.fp8.formats import FORMATS
 from methods.fp8.gemm import BACKENDS
-from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8
-from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
+from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8, fp8_telemetry
 from methods.fp8.saved import save_inputs_in_fp8
-from methods.fp8.trainee import FP8Trainee
 from methods.options import Choice, Range
 from methods.registry import register
 
@@ -34,6 +32,18 @@ NONLINEAR_SAVED = ("layers.*.attn_norm", "layers.*.mlp_norm", "layers.*.mlp.act"
 
 _STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32",
            "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+
+
+class FP8Trainee(Trainee):
+    """The base training step, plus per-layer FP8 telemetry."""
+
+    def telemetry(self) -> list[dict]:
+        """One flat row per FP8 layer and quantized tensor (input, weight, grad_output) of the last step:
+        ``{"layer", "tensor", "amax", "scale", "saturated_frac", "saturated_frac_window", ...}``:
+        ``saturated_frac`` is the last quantization's, ``saturated_frac_window`` covers every one since
+        the previous call. Group granularities add ``scale_max`` (``scale`` is then the smallest group
+        scale, the one of the largest amax)."""
+        return fp8_telemetry(self.model)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,27 +143,3 @@ class FP8OwnDelayedSmooth(FP8Own):
     scaling: str = "delayed"
     smooth_swiglu: bool = True
     summary = "fp8-own-delayed + Smooth-SwiGLU (per-channel scaling before the FP8 down-projection)"
-
-
-@register("fp8-naive")
-@dataclass(frozen=True, kw_only=True)
-class FP8Naive(Method):
-    """Negative control: no high-precision weight copy, FP8 weights and grads, per-tensor scales."""
-
-    keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
-    backend: str = "auto"
-
-    option_rules = {"backend": Choice(BACKENDS)}
-    family = "fp8-own"
-    summary = "negative control: weights stored e4m3 + grads stored e5m2 (per-tensor scale), no hp copy; fp32 Adam"
-    stores = {"weights": "fp8-e4m3 (+scale)", "master": "-", "grads": "fp8-e5m2 (+scale)", "m": "fp32", "v": "fp32",
-              "compute": "fp8 linears, bf16 elsewhere"}
-
-    def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        return convert_to_fp8_stored(model, tuple(self.keep_high_precision), self.backend)
-
-    def autocast(self, ctx: RunContext):
-        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
-
-    def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        return NaiveTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

@@ -246,7 +246,7 @@ def optim_ablation_section(ab: pd.DataFrame) -> str:
         "step in units of lr, both over the logged steps. Gaps are paired by seed against `bf16-amp`, with the "
         "verdict of the comparison table; a variant run on one seed is inconclusive unless far outside the "
         "noise floor. The update error of each format against "
-        "exact Adam on the same gradients, free of trajectory noise, is in `methods/fp8/OPTIM_ABLATION.md`.", "",
+        "exact Adam on the same gradients, free of trajectory noise, is in `benchmarks/OPTIM_ABLATION.md`.", "",
         md_table(view, "results/optim_ablation.csv")])
 
 

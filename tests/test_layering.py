@@ -1,5 +1,6 @@
 """The import graph of the project's own code: no module imports, even from inside a function, a module that
-imports it back (directly or through others), and ``models/`` knows no recipe and no workflow.
+imports it back (directly or through others), ``models/`` knows no recipe and no workflow, and ``methods/fp8/``
+is a library that imports only torch, triton, the standard library and itself.
 
 Read from the source (``ast``), so a function-local import counts as much as a top-level one. A package
 import (``import methods``) is the registry's plugin loader, not a dependency of one module on another, and
@@ -8,6 +9,7 @@ is not an edge; neither are imports under ``if TYPE_CHECKING:`` (annotations onl
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +31,8 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def _imports(path: Path, modules: dict[str, Path], packages: set[str]) -> set[str]:
-    """Project modules ``path`` imports (``from a.b import c`` is a.b.c where that is a module)."""
+def _imported_names(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports, anywhere in it (``from a.b import c`` gives a.b and a.b.c)."""
     found: set[str] = set()
 
     def visit(node):
@@ -47,7 +49,12 @@ def _imports(path: Path, modules: dict[str, Path], packages: set[str]) -> set[st
             visit(child)
 
     visit(ast.parse(path.read_text(), filename=str(path)))
-    return {m for m in found if m in modules and m not in packages}
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path], packages: set[str]) -> set[str]:
+    """Project modules ``path`` imports (``from a.b import c`` is a.b.c where that is a module)."""
+    return {m for m in _imported_names(path) if m in modules and m not in packages}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -100,3 +107,30 @@ def test_models_know_no_recipe_and_no_workflow():
     bad = {m: sorted(d for d in deps if d.split(".")[0] in ("methods", "pipelines", "benchmarks"))
            for m, deps in graph.items() if m.split(".")[0] == "models"}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+#: what the FP8 numerics library may import besides the standard library and itself
+FP8_LIBRARY_ALLOWED = ("torch", "triton")
+
+
+def _outside_fp8_library(names: set[str]) -> set[str]:
+    """The imported names that are neither the standard library, torch, triton nor ``methods.fp8`` itself."""
+    def allowed(name: str) -> bool:
+        top = name.split(".")[0]
+        return (top in sys.stdlib_module_names or top == "__future__" or top in FP8_LIBRARY_ALLOWED
+                or name == "methods.fp8" or name.startswith("methods.fp8."))
+    return {n for n in names if not allowed(n)}
+
+
+def test_the_fp8_library_imports_only_torch_triton_and_itself():
+    files = sorted((ROOT / "methods" / "fp8").rglob("*.py"))
+    assert len(files) > 10  # the walk found the library
+    bad = {str(f.relative_to(ROOT)): sorted(_outside_fp8_library(_imported_names(f))) for f in files}
+    assert {f: names for f, names in bad.items() if names} == {}
+
+
+def test_the_fp8_library_check_catches_a_crossing(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import math\nimport torch.nn\ndef g():\n    from methods.base import Trainee\n"
+                 "    import numpy\n    from methods.fp8.formats import E4M3\n")
+    assert _outside_fp8_library(_imported_names(f)) == {"methods.base", "methods.base.Trainee", "numpy"}

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.adamw import AdamW
+from methods.fp8.adamw_base import AdamW
 from methods.bf16_emulation import _Bf16Matmul
-from methods.rounding import stochastic_round_bf16
+from methods.fp8.rounding import stochastic_round_bf16
 
 
 def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:

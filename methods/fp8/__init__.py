@@ -7,9 +7,12 @@
 - ``kernels``: host side of the Triton kernels (launches, availability; imports without Triton);
 - ``kernels_triton``: the ``@triton.jit`` kernels (imported on first use only);
 - ``linear``: the FP8 linear layer (autograd Function + module), model conversion, telemetry;
-- ``naive``: the negative control, weights and grads *stored* in FP8 without a high-precision copy;
-- ``trainee``: the Trainee that exposes per-layer telemetry (fp8-naive's is in ``naive``);
-- ``bench``: ``python -m methods.fp8.bench``.
+- ``naive``: the FP8-stored linear of the negative control (weights and grads *stored* in FP8);
+- ``saved``: nonlinear layers that keep their inputs for backward in FP8 (COAT);
+- ``adamw_base``, ``adamw``, ``optim_codec``, ``optim_fused``, ``optim_triton``, ``rounding``: AdamW, its
+  FP8-state variant and the state codec, its fused CPU and Triton steps, stochastic rounding.
 
-Methods using them are registered in ``methods/fp8_own.py``.
+This package imports only torch, triton and itself (``tests/test_layering.py``): the recipes that use it
+are ``methods/fp8_own.py``, ``methods/fp8_naive.py`` and ``methods/fp8_optim.py``; its benchmarks and
+studies are in ``benchmarks/``.
 """

@@ -4,7 +4,7 @@ Per parameter of ``N`` values and block size ``B`` it keeps ``ceil(N/B)`` blocks
 and for v plus their fp32 scales (and, for a DRE-transformed moment, a bf16 exponent per block):
 ``2 + 8/B`` bytes per parameter (2.031 at B = 256), ``2 + 10/B`` with the default DRE on v (2.039),
 against 8 for fp32 moments. The update itself runs in fp32 through the same arithmetic as
-``methods.adamw``: decode both moments, apply :func:`methods.adamw.adamw_update_` with this step's
+``methods.fp8.adamw_base``: decode both moments, apply :func:`methods.fp8.adamw_base.adamw_update_` with this step's
 gradient, encode again. The step therefore uses the exact fp32 moments; quantisation error only reaches
 the next step.
 
@@ -22,7 +22,7 @@ with an fp32 master copy (``master_weights=True``). Three implementations of the
 ``"auto"`` (the default) takes Triton on CUDA tensors and the fused step elsewhere, or the reference where
 ``torch.compile`` cannot compile here (the reason lands in ``FP8AdamW.fallback``).
 
-Formats (chosen by the experiment in ``methods/fp8/OPTIM_ABLATION.md``): m in E4M3 with a plain
+Formats (chosen by the experiment in ``benchmarks/OPTIM_ABLATION.md``): m in E4M3 with a plain
 per-block absmax scale; v in E4M3 with COAT's dynamic range expansion (``v_transform="dre"``). v
 stored plainly in E4M3 (torchao's AdamWFp8) spans the square of the gradient's range and flushes small
 values to zero under a nonzero m, so some steps become m / eps (measured: up to 600x the normal step);
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.adamw import AdamW
+from methods.fp8.adamw_base import AdamW
 from methods.fp8 import optim_codec as codec
 from methods.fp8.device import host_float, is_fake
 

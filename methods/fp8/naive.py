@@ -1,4 +1,5 @@
-"""The negative control ``fp8-naive``: weights and gradients *stored* in FP8, one per-tensor scale each,
+"""The FP8-stored linear of the negative control ``fp8-naive`` (the recipe and its Adam step over the codes:
+``methods.fp8_naive``): weights and gradients *stored* in FP8, one per-tensor scale each,
 and no high-precision copy anywhere — the configuration the seed calls unstable. It is built to be
 measured, not tuned.
 
@@ -20,14 +21,10 @@ Embeddings, norms and the head stay fp32 (same filter as the other FP8 methods) 
 from __future__ import annotations
 
 import fnmatch
-import math
 
 import torch
 from torch import nn
 
-from methods.base import StepResult, Trainee
-from methods.ledger import ledger, tensor_bytes
-from methods.fp8.device import host_float
 from methods.fp8.formats import E4M3, E5M2, FP8Format
 from methods.fp8.gemm import dequantize_fast, fp8_mm
 from methods.fp8.quantize import Quantized, quantize
@@ -166,101 +163,3 @@ def convert_to_fp8_stored(model: nn.Module, keep_high_precision: tuple[str, ...]
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, FP8StoredLinear(lin, backend))
     return model
-
-
-def fp8_stored_memory(model: nn.Module, optimizer, mods: list[FP8StoredLinear], fp8_state: dict,
-                      owners: dict | None = None) -> dict[str, int]:
-    """The ledger, with what fp8-naive really stores put where it belongs: FP8 weight codes are
-    parameters (``weights``) and their scales join them; FP8 gradient codes + scales are ``grads``;
-    the Adam moments of the FP8 weights are ``optim``."""
-    grads = [t for m in mods for t in (m.grad_codes, m.grad_scale_inv) if t is not None]
-    out = ledger(model, optimizer, extra={"grads": grads, "optim": fp8_state}, owners=owners)
-    moved = sum(tensor_bytes(m.weight_scale_inv, set()) for m in mods)  # counted as meta (a buffer)
-    out["meta"] -= moved
-    out["weights"] += moved
-    return out
-
-
-class NaiveTrainee(Trainee):
-    """Adam over FP8-stored weights and gradients (plus torch AdamW for the high-precision rest)."""
-
-    def __init__(self, method, model, optimizer, hp, ctx):
-        super().__init__(method, model, optimizer, hp, ctx)
-        self.fp8 = [(n, m) for n, m in model.named_modules() if isinstance(m, FP8StoredLinear)]
-        self.fp8_state: dict[str, dict[str, torch.Tensor]] = {}
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:
-        self.optimizer.zero_grad(set_to_none=True)
-        for _, m in self.fp8:
-            m.grad_codes = m.grad_scale_inv = None
-        self.set_lr(lr)
-        self.model.train()
-        loss = self.forward_loss(x, y)
-        loss.backward()
-        grad_norm = self._clip()
-        if math.isfinite(grad_norm):
-            self.optimizer.step()
-            self._fp8_step(lr)
-        return StepResult(host_float(loss.detach()), grad_norm)
-
-    @torch.no_grad()
-    def _clip(self) -> float:
-        sq = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) ** 2 for p in self.params if p.grad is not None]
-        sq += [torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2
-               for _, m in self.fp8 if m.grad_codes is not None]
-        norm = host_float(torch.sqrt(sum(sq)), fake=0.0) if sq else 0.0
-        clip = self.hp.grad_clip
-        if clip > 0 and math.isfinite(norm) and norm > clip:
-            coef = clip / (norm + 1e-6)
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(coef)
-            for _, m in self.fp8:  # an FP8 gradient is clipped by its scale alone: codes unchanged
-                if m.grad_codes is not None:
-                    m.grad_scale_inv.mul_(coef)
-        return norm
-
-    @torch.no_grad()
-    def _fp8_step(self, lr: float) -> None:
-        hp = self.hp
-        b1, b2 = hp.beta1, hp.beta2
-        for name, m in self.fp8:
-            if m.grad_codes is None:
-                continue
-            st = self.fp8_state.get(name)
-            if st is None:
-                zeros = dict(size=m.weight.shape, device=m.weight.device)
-                st = self.fp8_state[name] = {"step": torch.zeros(()), "exp_avg": torch.zeros(**zeros),
-                                             "exp_avg_sq": torch.zeros(**zeros)}
-            st["step"] += 1
-            t = host_float(st["step"], fake=1.0)
-            g = m.grad().dequantize_fast()
-            w = dequantize_fast(m.weight_q())  # a temporary: the only stored weight is the FP8 one
-            before = m.weight.detach().view(torch.uint8).clone()
-            st["exp_avg"].lerp_(g, 1 - b1)
-            st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-            w.mul_(1 - lr * hp.weight_decay)
-            denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2 ** t)).add_(hp.eps)
-            w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
-            m.store_weight(w)
-            # what the control exposes: how many weights kept their FP8 code through the update (they
-            # moved at most by the common rescaling of the whole tensor: the update itself was lost)
-            m.unchanged = (m.weight.detach().view(torch.uint8) == before).float().mean()
-
-    def memory(self, owners: dict | None = None) -> dict[str, int]:
-        return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state, owners)
-
-    def telemetry(self) -> list[dict]:
-        rows = []
-        for name, m in self.fp8:
-            rows.extend(m.telemetry_rows(name))
-        return rows
-
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["fp8_optimizer"] = self.fp8_state
-        return sd
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.fp8_state = state.get("fp8_optimizer", {})

@@ -21,10 +21,10 @@ that the one fp32 and one FP8 intermediate it keeps stay in L2.
 - Stochastic rounding uses ``optim_codec``'s counter-based hash of the element's index in the flattened
   parameter (offset by the chunk's first element), so every path draws the same bits.
 
-Measured (``python -m methods.fp8.optim_bench --steps 10``, 1 thread, 2-vCPU AVX-512 Xeon): 11 ns/param
+Measured (``python -m benchmarks.optim_bench --steps 10``, 1 thread, 2-vCPU AVX-512 Xeon): 11 ns/param
 on the tiny and small models and a 4096 x 11008 layer, 3x (models) to 8x (layer) faster than the
 reference and ~1.6x faster than torchao's AdamWFp8; compute-bound at ~9% of the copy bandwidth (table
-and analysis: ``methods/fp8/OPTIM_ABLATION.md``). Agreement with the reference path is tested in
+and analysis: ``benchmarks/OPTIM_ABLATION.md``). Agreement with the reference path is tested in
 ``tests/optim/test_optim_fused.py``: bit for bit eagerly; compiled within an fp32 ulp where Inductor's
 sqrt and log2 differ from eager's (see ``_update_blocks``).
 """
@@ -67,7 +67,7 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
                    b1c, b1c_m1, b2, b2c, decay, bc2_sqrt, eps, step_size, spec: Spec):
     """AdamW on whole blocks: ``p``, ``g`` (and ``master``) are ``(nb, B)`` views like the codes ``mc``, ``vc``.
 
-    Mirrors ``FP8AdamW``'s reference path (``methods.adamw.adamw_update_`` between ``optim_codec.decode``
+    Mirrors ``FP8AdamW``'s reference path (``methods.fp8.adamw_base.adamw_update_`` between ``optim_codec.decode``
     and ``optim_codec.encode``) op for op; the scalars are the same Python floats it computes. ``offset``
     is the flat index of the first value (it salts the stochastic rounding as in the whole parameter).
     Writes codes, scales, DRE exponents, the master copy (if any) and ``p`` in place.
@@ -77,7 +77,7 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
     mf, vf = codec.FORMATS[spec.m_fmt], codec.FORMATS[spec.v_fmt]
     m = codec.decode(mc, ms, mf, spec.m_transform, mk)
     v = codec.decode(vc, vs, vf, spec.v_transform, vk)
-    # methods.adamw.adamw_update_, out of place (that module lies outside this library)
+    # methods.fp8.adamw_base.adamw_update_, out of place
     if torch.compiler.is_compiling():
         # Inductor lowers lerp/addcmul/addcdiv in another rounding order than the eager CPU kernels use;
         # spelled out here as eager computes them (measured: lerp = fma(w, end - start, start) for w < 0.5,
@@ -180,7 +180,7 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = 
     b1, b2 = group["betas"]
     lr, wd = group["lr"], group["weight_decay"]
     t = 1.0 if is_fake(st["step"]) else float(st["step"])
-    # the scalars exactly as methods.adamw.adamw_update_ computes them (Python floats); a decay of 1.0
+    # the scalars exactly as methods.fp8.adamw_base.adamw_update_ computes them (Python floats); a decay of 1.0
     # where there is none: x * 1.0 is x bit for bit, and one compiled variant fewer; fp32(1 - b1) - 1 is
     # exact (Sterbenz), the coefficient eager lerp computes in fp32 for a weight >= 0.5
     scalars = (1 - b1, _f32(1 - b1) - 1.0, b2, 1 - b2, 1 - lr * wd if wd else 1.0, math.sqrt(1 - b2 ** t), group["eps"],

@@ -171,7 +171,7 @@ def _fp8_adamw_kernel(
     m = _decode(tl.load(m_ptr + offs, mask=in_blk, other=0), m_s, m_k, M_FMT, M_TR, M_FMAX)
     v = _decode(tl.load(v_ptr + offs, mask=in_blk, other=0), v_s, v_k, V_FMT, V_TR, V_FMAX)
 
-    # methods.adamw.adamw_update_, in its order
+    # methods.fp8.adamw_base.adamw_update_, in its order
     m = m + (1.0 - beta1) * (g - m)
     v = v * beta2 + (1.0 - beta2) * g * g
     w = w * decay

@@ -76,9 +76,9 @@ def main(argv=None) -> int:
 
     # 1. kernel and optimizer benchmarks, GPU sections only (the same commands in dry mode, where they
     #    record that there is no CUDA device; the CPU sections belong to the CPU benchmarks)
-    bench = [py, "-m", "methods.fp8.bench", "--out", str(out / "fp8_bench.json"), "--skip-cpu"]
+    bench = [py, "-m", "benchmarks.fp8_bench", "--out", str(out / "fp8_bench.json"), "--skip-cpu"]
     run(bench, min(120, left() * 0.2), log)
-    obench = [py, "-m", "methods.fp8.optim_bench", "--out", str(out / "optim_bench.json"), "--no-cpu"]
+    obench = [py, "-m", "benchmarks.optim_bench", "--out", str(out / "optim_bench.json"), "--no-cpu"]
     run(obench, min(90, left() * 0.2), log)
 
     # 2. short training runs, one process each, the same batches and initial weights for every method

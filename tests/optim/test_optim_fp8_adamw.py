@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from methods.adamw import AdamW
+from methods.fp8.adamw_base import AdamW
 from methods.fp8 import optim_codec as codec
 from methods.fp8.adamw import FP8AdamW
 
@@ -102,7 +102,7 @@ def test_plain_e4m3_second_moment_collapses_the_denominator():
 
 
 def test_fp32_state_adamw_matches_torch_adamw():
-    # the shared update path (methods.adamw.adamw_update_) is plain AdamW
+    # the shared update path (methods.fp8.adamw_base.adamw_update_) is plain AdamW
     a, b = make_params(torch.float32), make_params(torch.float32)
     groups = lambda ps: [{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}]
     run(lambda ps: AdamW(groups(ps), **HP), a, 5)
@@ -196,7 +196,7 @@ def test_rejects_unknown_options():
 
 
 def test_loading_a_checkpoint_keeps_fp32_moments_of_bf16_weights():
-    # torch.optim casts floating state to the parameter dtype on load; methods.adamw.AdamW undoes it
+    # torch.optim casts floating state to the parameter dtype on load; methods.fp8.adamw_base.AdamW undoes it
     a = make_params(torch.bfloat16)
     oa, _ = run(lambda ps: AdamW([{"params": ps}], **HP), a, 2)
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]

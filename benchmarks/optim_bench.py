@@ -1,7 +1,7 @@
 """Time one optimizer step: own FP8 AdamW (fused and reference) vs torchao's AdamWFp8 and the fp32-state AdamW,
 same parameters, same gradients, one process; with a roofline against the machine's copy bandwidth.
 
-    python -m methods.fp8.optim_bench [--shapes tiny small 7b-layer] [--steps 10] [--threads N]
+    python -m benchmarks.optim_bench [--shapes tiny small 7b-layer] [--steps 10] [--threads N]
                                       [--out FILE.json] [--csv FILE.csv]
 
 Shapes: a named model size (its parameter tensors, ``models/config.py``) or ``7b-layer``, one 4096 x 11008
@@ -160,7 +160,7 @@ def _torchao_fp8(model):
 
 
 def _fp32_state(model, stochastic_rounding: bool = True):
-    from methods.adamw import AdamW
+    from methods.fp8.adamw_base import AdamW
 
     return AdamW(param_groups(model, 0.1), lr=1e-3, stochastic_rounding=stochastic_rounding)
 
@@ -237,7 +237,7 @@ def gpu_section(model_name: str, steps: int, warmup: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m methods.fp8.optim_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.optim_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", "--model", nargs="+", default=["tiny", "small", "7b-layer"],
                     help="model sizes and/or 7b-layer (CPU)")
     ap.add_argument("--gpu-model", default="1b", help="model size for the GPU section")

@@ -1,13 +1,13 @@
 """The FP8 optimizer-state ablation: which format/transform for Adam's second moment, and what the
 recipes around it cost in loss, on the tiny model with the one training loop.
 
-    python -m methods.fp8.optim_ablation --seeds 0 1 --steps 300 --out results/ablation/fp8_optim --jobs 2
-    python -m methods.fp8.optim_ablation --out results/ablation/fp8_optim --summarize   # table only
+    python -m benchmarks.optim_ablation --seeds 0 1 --steps 300 --out results/ablation/fp8_optim --jobs 2
+    python -m benchmarks.optim_ablation --out results/ablation/fp8_optim --summarize   # table only
 
 Each variant is an ordinary run of ``python -m pipelines.train`` (cpu profile defaults) with method
 options, so the runs are the same as the workflow's except for the options. Finished runs
 (``summary.json`` present) are not repeated. The table (markdown) gives the final validation loss, its
-gap to ``bf16-amp`` at the same seed, and the status; it is what ``methods/fp8/OPTIM_ABLATION.md``
+gap to ``bf16-amp`` at the same seed, and the status; it is what ``benchmarks/OPTIM_ABLATION.md``
 records.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m methods.fp8.optim_ablation", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.optim_ablation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results/ablation/fp8_optim")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=300)

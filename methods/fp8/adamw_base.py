@@ -5,7 +5,7 @@ moments. The seed's "mixed precision" recipe keeps bf16 weights and grads but fp
 recipes keep an fp32 master copy; this optimiser does either. All arithmetic is fp32.
 
 Where the result lands in a bf16 parameter without a master copy, it is rounded either to nearest
-(the default cast) or stochastically (unbiased; see ``methods.rounding``).
+(the default cast) or stochastically (unbiased; see ``methods.fp8.rounding``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 import torch
 
 from methods.fp8.device import host_float
-from methods.rounding import stochastic_round_bf16
+from methods.fp8.rounding import stochastic_round_bf16
 
 
 def adamw_update_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float,

@@ -10,7 +10,7 @@ What it gives up, by construction:
 - skipping a whole step on a non-finite gradient: a non-finite loss skips backward entirely, but a
   non-finite gradient is caught per parameter (that parameter is not updated), not per step.
 
-Works with any optimizer that offers ``step_param(p, group)`` (``methods.adamw.AdamW`` and its FP8
+Works with any optimizer that offers ``step_param(p, group)`` (``methods.fp8.adamw_base.AdamW`` and its FP8
 subclass do).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shadow comparison of FP8 moment formats on real gradients, free of trajectory noise.
 
-    python -m methods.fp8.optim_shadow --steps 300 --seed 0 --out results/ablation/fp8_optim/shadow.json
+    python -m benchmarks.optim_shadow --steps 300 --seed 0 --out results/ablation/fp8_optim/shadow.json
 
 A reference run (``bf16-amp``, the cpu profile's data and hyperparameters) trains the tiny model. At
 every step, after clipping, its gradients are also fed to "shadow" optimizers that each keep their own
@@ -34,7 +34,7 @@ VARIANTS = {
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m methods.fp8.optim_shadow", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.optim_shadow", description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="tiny")
@@ -44,8 +44,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     from methods import HParams, RunContext, get_method
-    from methods.adamw import AdamW
-    from methods.base import param_groups
+    from methods.fp8.adamw_base import AdamW
     from methods.fp8.adamw import FP8AdamW
     from models import build_model, get_model_config
     from pipelines import config as config_mod

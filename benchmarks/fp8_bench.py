@@ -1,4 +1,4 @@
-"""``python -m methods.fp8.bench [--out FILE.json]``: how fast the own FP8 path is. A benchmark, not a test.
+"""``python -m benchmarks.fp8_bench [--out FILE.json]``: how fast the own FP8 path is. A benchmark, not a test.
 
 CPU section (always): tokens/s of the tiny model's training step (the cpu profile's batch and sequence
 length) under ``fp8-own-tensorwise``, torchao's tensorwise float8 training and ``bf16-amp``, all in
@@ -264,7 +264,7 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
 
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m methods.fp8.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fp8_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write the numbers as JSON here")
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds of the CPU step benchmark")
     ap.add_argument("--threads", type=int, default=1)
