@@ -40,6 +40,10 @@ class NaiveTrainee(Trainee):
         super().__init__(method, model, optimizer, hp, ctx)
         self.fp8 = [(n, m) for n, m in model.named_modules() if isinstance(m, FP8StoredLinear)]
         self.fp8_state: dict[str, dict[str, torch.Tensor]] = {}
+        # the option ``stochastic_rounding``: the FP8 weight update rounded unbiasedly, from a generator of
+        # the run's seed (checkpointed with the optimizer state, so a resumed run draws the same numbers)
+        self.sr_generator = (torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+                             if getattr(method, "stochastic_rounding", False) else None)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
@@ -94,7 +98,7 @@ class NaiveTrainee(Trainee):
             w.mul_(1 - lr * hp.weight_decay)
             denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2 ** t)).add_(hp.eps)
             w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
-            m.store_weight(w)
+            m.store_weight(w, self.sr_generator)
             # what the control exposes: how many weights kept their FP8 code through the update (they
             # moved at most by the common rescaling of the whole tensor: the update itself was lost)
             m.unchanged = (m.weight.detach().view(torch.uint8) == before).float().mean()
@@ -111,11 +115,15 @@ class NaiveTrainee(Trainee):
     def state_dict(self):
         sd = super().state_dict()
         sd["fp8_optimizer"] = self.fp8_state
+        if self.sr_generator is not None:
+            sd["fp8_sr_generator"] = self.sr_generator.get_state()
         return sd
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.fp8_state = state.get("fp8_optimizer", {})
+        if self.sr_generator is not None and "fp8_sr_generator" in state:
+            self.sr_generator.set_state(state["fp8_sr_generator"])
 
 
 @register("fp8-naive")
@@ -125,6 +133,9 @@ class FP8Naive(Method):
 
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     backend: str = "auto"
+    #: the mitigation offered for the stall: round the FP8 weight update stochastically (unbiased), so an
+    #: update below half an E4M3 spacing moves the code with a probability in proportion to its size
+    stochastic_rounding: bool = False
 
     option_rules = {"backend": Choice(BACKENDS)}
     family = "fp8-own"

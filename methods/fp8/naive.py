@@ -28,7 +28,8 @@ from torch import nn
 from methods.fp8.formats import E4M3, E5M2, FP8Format
 from methods.fp8.gemm import dequantize_fast, fp8_mm
 from methods.fp8.quantize import Quantized, quantize
-from methods.fp8.scaling import TENSORWISE, Blocks, describe_scales
+from methods.fp8.rounding import stochastic_round_to_format
+from methods.fp8.scaling import TENSORWISE, Blocks, absmax, describe_scales, scale_from_amax
 
 
 def _tensorwise(codes: torch.Tensor, scale_inv: torch.Tensor, fmt: FP8Format) -> Quantized:
@@ -56,6 +57,16 @@ class _NaiveFn(torch.autograd.Function):
         dw = fp8_mm(dyq.t(), xq, torch.float32, mod.backend)
         mod.store_grad(dw)
         return dx, None, None
+
+
+def _stochastic(w: torch.Tensor, generator: torch.Generator) -> Quantized:
+    """Per-tensor E4M3 as :func:`~methods.fp8.quantize.quantize` computes it, stochastically rounded."""
+    w = w.float()
+    amax = absmax(w).reshape(1, 1)
+    scale = scale_from_amax(amax, E4M3)
+    codes = stochastic_round_to_format(w * scale, E4M3, generator).to(E4M3.dtype)  # exact: on the grid
+    blocks = Blocks(*TENSORWISE.resolve(tuple(w.shape)))
+    return Quantized(codes, scale, torch.ones_like(scale) / scale, blocks, E4M3, amax, 0)
 
 
 class FP8StoredLinear(nn.Module):
@@ -116,8 +127,10 @@ class FP8StoredLinear(nn.Module):
         return None if self.grad_codes is None else _Grad(self)
 
     @torch.no_grad()
-    def store_weight(self, w: torch.Tensor) -> None:
-        q = quantize(w, E4M3, TENSORWISE, backend=self.backend)
+    def store_weight(self, w: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Re-quantize the updated weight to E4M3 with a fresh per-tensor scale: round to nearest, or with
+        a ``generator`` stochastically (the same scale; only the rounding of ``w * scale`` differs)."""
+        q = quantize(w, E4M3, TENSORWISE, backend=self.backend) if generator is None else _stochastic(w, generator)
         self._note("weight", q, w.numel())
         self.weight.data.copy_(q.data)
         self.weight_scale_inv.copy_(q.scale_inv.reshape(()))
