@@ -9,6 +9,11 @@ weights, grads and Adam states), so only the linears differ from the reference.
   fp32 accumulation per 128-chunk of K (DeepSeek-V3, TE Float8BlockScaling);
 - ``fp8-own-delayed-smooth``: delayed scaling plus Smooth-SwiGLU on the down-projection (Fishman et al.);
 - ``fp8-naive`` (``methods.fp8.naive``): weights and grads *stored* in FP8 without a high-precision copy.
+
+``fwd_format`` / ``grad_format`` take any format name ``methods.fp8.formats.get_format`` does: torch's
+``e4m3`` / ``e5m2``, or a simulated ExMy (``e3m4``, ``e2m3``, ``e8m4``, ...), rounded exactly and scaled
+by the same code. :func:`ladder_variants` turns the precision ladder (``formats.LADDER``) into method
+variants with one format for every GEMM operand, for a profile's ``variants``.
 """
 from __future__ import annotations
 
@@ -19,13 +24,13 @@ import torch
 from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee
-from methods.fp8.formats import FORMATS
+from methods.fp8.formats import FORMAT_HELP, LADDER, LADDER_BASE, is_format_name
 from methods.fp8.gemm import BACKENDS
 from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8
 from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
 from methods.fp8.saved import save_inputs_in_fp8
 from methods.fp8.trainee import FP8Trainee
-from methods.options import Choice, Range
+from methods.options import Accepted, Choice, Range
 from methods.registry import register
 
 #: the modules whose inputs ``fp8_saved_nonlinear`` keeps in FP8: every block's two RMSNorms and its SwiGLU
@@ -70,7 +75,8 @@ class FP8Own(Method):
                          wgrad_fp8=self.wgrad_fp8, backend=self.backend)
 
     option_rules = {"granularity": Choice(tuple(GRANULARITIES)), "scaling": Choice(("current", "delayed")),
-                    "fwd_format": Choice(tuple(FORMATS)), "grad_format": Choice(tuple(FORMATS)),
+                    "fwd_format": Accepted(is_format_name, FORMAT_HELP),
+                    "grad_format": Accepted(is_format_name, FORMAT_HELP),
                     "margin": Range(0), "amax_history_len": Range(1),
                     "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS),
                     "fp8_saved_group": Range(1)}
@@ -96,6 +102,20 @@ class FP8Own(Method):
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
+
+
+def ladder_variants(method: str = "fp8-own-tensorwise", **options) -> dict[str, dict]:
+    """The precision ladder as profile variants: ``{"<method>-<fmt>": {method, options, note}}``, each
+    step's format on x, W and dy alike (so a step's loss gap is that format's, not a hybrid's), plus
+    ``exponent_bits_removed`` / ``mantissa_bits_removed`` against bf16 for the gap-versus-bits plot.
+    ``options`` are added to every step (e.g. a granularity)."""
+    out = {}
+    for fmt, de, dm in LADDER:
+        out[f"{method}-{fmt}"] = {
+            "method": method, "options": {**options, "fwd_format": fmt, "grad_format": fmt},
+            "exponent_bits_removed": de, "mantissa_bits_removed": dm,
+            "note": f"every GEMM operand in {fmt} ({de} exponent, {dm} mantissa bits fewer than {LADDER_BASE})"}
+    return out
 
 
 @register("fp8-own-tensorwise")
