@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee
-from methods.fp8.formats import FORMAT_HELP, LADDER, LADDER_BASE, is_format_name
+from methods.fp8.formats import FORMAT_HELP, LADDER, LADDER_BASE, get_format, is_format_name
 from methods.fp8.gemm import BACKENDS
 from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8
 from methods.fp8.naive import NaiveTrainee, convert_to_fp8_stored
@@ -37,8 +37,7 @@ from methods.registry import register
 #: (the final norm feeds the high-precision lm_head and stays as it is, as the head does)
 NONLINEAR_SAVED = ("layers.*.attn_norm", "layers.*.mlp_norm", "layers.*.mlp.act")
 
-_STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32",
-           "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+_STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +65,13 @@ class FP8Own(Method):
     fp8_saved_group: int = 128
 
     family = "fp8-own"
-    stores = _STORES
+
+    @property
+    def stores(self) -> dict[str, str]:
+        """``_STORES`` with this instance's GEMM formats (a ladder variant's, blockwise's e4m3 grads)."""
+        fw, gr = get_format(self.fwd_format), get_format(self.grad_format)
+        kind = "simulated ExMy" if fw.simulated or gr.simulated else "fp8"
+        return {**_STORES, "compute": f"{kind} linears ({fw} fwd / {gr} grad), bf16 elsewhere"}
 
     def recipe(self) -> FP8Recipe:
         return FP8Recipe(granularity=self.granularity, scaling=self.scaling, fwd_format=self.fwd_format,

@@ -332,5 +332,6 @@ def test_ladder_variants_are_valid_methods():
         m = get_method(v["method"], **v["options"])
         m.validate()
         assert m.fwd_format == m.grad_format and name.endswith(m.fwd_format) and m.granularity == "rowwise"
+        assert f"({m.fwd_format} fwd / {m.grad_format} grad)" in m.stores["compute"]  # what the tables show
         f = get_format(m.fwd_format)
         assert v["exponent_bits_removed"] == 8 - f.exponent_bits and v["mantissa_bits_removed"] == 7 - f.mantissa_bits
