@@ -229,18 +229,20 @@ def round_to_format(x: torch.Tensor, fmt: ExMy) -> torch.Tensor:
     operations run in fp64 with C = 2^(e + 52 - m): x is exact in fp64 and the result has at most 23
     significant bits within fp32's range, so its cast back is exact too.
     """
+    # In-place after the first op (x itself is never written): this runs on every GEMM operand of a
+    # simulated format, and each pass over the tensor costs as much as the whole FP8 cast does.
+    # NaN needs no branch: whatever C is, NaN + C - C is NaN.
     x = x.float()
-    a = x.abs().clamp(max=fmt.max)
-    e = ((a.view(torch.int32) >> 23) & 0xFF) - 127
-    e = e.clamp(min=fmt.min_exponent)
+    a = x.abs().clamp_(max=fmt.max)
+    m = fmt.mantissa_bits
+    biased = (a.view(torch.int32) >> 23).clamp_(min=fmt.min_exponent + 127)  # a >= 0: no sign bit to mask
     if _fits_fp32_trick(fmt):
-        c = ((e + (127 + 23 - fmt.mantissa_bits)) << 23).view(torch.float32)
-        r = (a + c) - c
+        c = biased.add_(23 - m).bitwise_left_shift_(23).view(torch.float32)
+        r = (a + c).sub_(c)
     else:
-        c = ((e.long() + (1023 + 52 - fmt.mantissa_bits)) << 52).view(torch.float64)
-        r = ((a.double() + c) - c).float()
-    r = torch.where(a.isnan(), a, r)
-    return torch.copysign(r, x)
+        c = biased.long().add_(1023 - 127 + 52 - m).bitwise_left_shift_(52).view(torch.float64)
+        r = (a.double() + c).sub_(c).float()
+    return r.copysign_(x)
 
 
 def fp8_values(fmt: ExMy) -> torch.Tensor:
