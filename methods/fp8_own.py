@@ -9,6 +9,11 @@ weights, grads and Adam states), so only the linears differ from the reference.
   fp32 accumulation per 128-chunk of K (DeepSeek-V3, TE Float8BlockScaling);
 - ``fp8-own-delayed-smooth``: delayed scaling plus Smooth-SwiGLU on the down-projection (Fishman et al.);
 (The negative control ``fp8-naive``, weights and grads *stored* in FP8, is ``methods.fp8_naive``.)
+
+``fwd_format`` / ``grad_format`` take any format name ``methods.fp8.formats.get_format`` does: torch's
+``e4m3`` / ``e5m2``, or a simulated ExMy (``e3m4``, ``e2m3``, ``e8m4``, ...), rounded exactly and scaled
+by the same code. :func:`ladder_variants` turns the precision ladder (``formats.LADDER``) into method
+variants with one format for every GEMM operand, for a profile's ``variants``.
 """
 from __future__ import annotations
 
@@ -19,19 +24,18 @@ import torch
 from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee
-from methods.fp8.formats import FORMATS
+from methods.fp8.formats import FORMAT_HELP, LADDER, LADDER_BASE, get_format, is_format_name
 from methods.fp8.gemm import BACKENDS
 from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_to_fp8, fp8_telemetry
 from methods.fp8.saved import save_inputs_in_fp8
-from methods.options import Choice, Range
+from methods.options import Accepted, Choice, Range
 from methods.registry import register
 
 #: the modules whose inputs ``fp8_saved_nonlinear`` keeps in FP8: every block's two RMSNorms and its SwiGLU
 #: (the final norm feeds the high-precision lm_head and stays as it is, as the head does)
 NONLINEAR_SAVED = ("layers.*.attn_norm", "layers.*.mlp_norm", "layers.*.mlp.act")
 
-_STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32",
-           "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+_STORES = {"weights": "fp32", "master": "-", "grads": "fp32", "m": "fp32", "v": "fp32"}
 
 
 class FP8Trainee(Trainee):
@@ -71,7 +75,13 @@ class FP8Own(Method):
     fp8_saved_group: int = 128
 
     family = "fp8-own"
-    stores = _STORES
+
+    @property
+    def stores(self) -> dict[str, str]:
+        """``_STORES`` with this instance's GEMM formats (a ladder variant's, blockwise's e4m3 grads)."""
+        fw, gr = get_format(self.fwd_format), get_format(self.grad_format)
+        kind = "simulated ExMy" if fw.simulated or gr.simulated else "fp8"
+        return {**_STORES, "compute": f"{kind} linears ({fw} fwd / {gr} grad), bf16 elsewhere"}
 
     def recipe(self) -> FP8Recipe:
         return FP8Recipe(granularity=self.granularity, scaling=self.scaling, fwd_format=self.fwd_format,
@@ -80,7 +90,8 @@ class FP8Own(Method):
                          wgrad_fp8=self.wgrad_fp8, backend=self.backend)
 
     option_rules = {"granularity": Choice(tuple(GRANULARITIES)), "scaling": Choice(("current", "delayed")),
-                    "fwd_format": Choice(tuple(FORMATS)), "grad_format": Choice(tuple(FORMATS)),
+                    "fwd_format": Accepted(is_format_name, FORMAT_HELP),
+                    "grad_format": Accepted(is_format_name, FORMAT_HELP),
                     "margin": Range(0), "amax_history_len": Range(1),
                     "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS),
                     "fp8_saved_group": Range(1)}
@@ -106,6 +117,20 @@ class FP8Own(Method):
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return FP8Trainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
+
+
+def ladder_variants(method: str = "fp8-own-tensorwise", **options) -> dict[str, dict]:
+    """The precision ladder as profile variants: ``{"<method>-<fmt>": {method, options, note}}``, each
+    step's format on x, W and dy alike (so a step's loss gap is that format's, not a hybrid's), plus
+    ``exponent_bits_removed`` / ``mantissa_bits_removed`` against bf16 for the gap-versus-bits plot.
+    ``options`` are added to every step (e.g. a granularity)."""
+    out = {}
+    for fmt, de, dm in LADDER:
+        out[f"{method}-{fmt}"] = {
+            "method": method, "options": {**options, "fwd_format": fmt, "grad_format": fmt},
+            "exponent_bits_removed": de, "mantissa_bits_removed": dm,
+            "note": f"every GEMM operand in {fmt} ({de} exponent, {dm} mantissa bits fewer than {LADDER_BASE})"}
+    return out
 
 
 @register("fp8-own-tensorwise")

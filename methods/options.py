@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -44,6 +45,21 @@ class Choice:
 
     def describe(self) -> str:
         return "one of " + ", ".join(_spell(c) for c in self.values)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A value a predicate accepts, for open-ended sets too large to list (any ExMy format name);
+    ``description`` says what is valid, e.g. the pattern and an example."""
+
+    test: Callable[[object], bool]
+    description: str
+
+    def ok(self, v) -> bool:
+        return bool(self.test(v))
+
+    def describe(self) -> str:
+        return self.description
 
 
 def _spell(v) -> str:

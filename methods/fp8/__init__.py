@@ -1,6 +1,7 @@
 """fp8bench's own FP8 training numerics, one concern per module.
 
-- ``formats``: E4M3 / E5M2, saturating round-to-nearest-even casts;
+- ``formats``: E4M3 / E5M2 (torch's float8) and any other ExMy simulated exactly; saturating
+  round-to-nearest-even casts; the precision ladder (``LADDER``);
 - ``scaling``: scale selection (current, delayed with amax history; tensor, row, 1×128, 128×128 groups);
 - ``quantize``: tensor → FP8 codes + scales (PyTorch path; dispatches to Triton on a GPU);
 - ``gemm``: FP8 GEMM backends (``torch._scaled_mm``, pure-PyTorch reference, Triton) with fp32 accumulation;

@@ -23,6 +23,12 @@ Backends:
 - ``triton``: ``methods.fp8.kernels.scaled_mm_triton`` (one kernel for all granularities).
 - ``auto``: Triton on a CUDA device when Triton is importable; ``dequant`` on the CPU; elsewhere
   ``torch``, falling back to ``reference`` for what ``torch._scaled_mm`` refuses.
+
+An operand in a *simulated* format (``fmt.simulated``: an ExMy with no torch dtype) holds its values,
+not codes: ``dequant`` reads them as fp32 (exact: the carrier holds each value exactly) and multiplies
+by the inverse scale, so the product is the same fp32-accumulated GEMM of the format's values. ``auto``
+takes that path on every device; ``torch`` and ``triton`` need float8 codes and refuse, naming the
+format (``FP8Recipe`` refuses the combination before any work).
 """
 from __future__ import annotations
 
@@ -49,6 +55,14 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
         # kernel makes, and thousands of ops to the trace.
         k_chunk(a, b)
         return a.data.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+    sim = [q.fmt for q in (a, b) if q.fmt.simulated]
+    if sim:
+        if backend in ("torch", "triton"):
+            raise ValueError(f"GEMM backend {backend!r} needs torch float8 operands; {sim[0]} is simulated "
+                             "(use backend auto, dequant or reference)")
+        if backend not in ("auto", "dequant"):
+            raise ValueError(f"unknown GEMM backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        return mm_dequant(a, b, out_dtype, keep_a)
     if use_triton(backend, a.data):
         from methods.fp8.kernels import scaled_mm_triton
 
@@ -83,9 +97,14 @@ def dequantize_fast(q: Quantized, keep: bool = False) -> torch.Tensor:
 
 
 def _dequantize_fast(q: Quantized) -> torch.Tensor:
-    if q.scale_inv.numel() == 1:
+    if q.fmt.simulated:  # values, not codes: the widening copy is the decode
+        x = q.data.to(torch.float32, copy=True)  # a copy even from an fp32 carrier: scaled in place below
+        if q.scale_inv.numel() == 1:
+            return x.mul_(q.scale_inv.reshape(()))
+    elif q.scale_inv.numel() == 1:
         return decode(q.data, q.fmt, decode_table(q.fmt, q.data.device) * q.scale_inv.reshape(()))
-    x = decode(q.data, q.fmt)
+    else:
+        x = decode(q.data, q.fmt)
     R, C = q.shape
     br, bc = q.blocks.rows, q.blocks.cols
     Rb, Cb = q.scale_inv.shape

@@ -53,6 +53,7 @@ GRANULARITIES: dict[str, dict[str, Blocks | None]] = {
 class FP8Recipe:
     granularity: str = "tensorwise"  # tensorwise | rowwise | blockwise
     scaling: str = "current"  # current | delayed (tensorwise only)
+    # any name methods.fp8.formats.get_format takes: e4m3 / e5m2 (torch float8) or a simulated ExMy
     fwd_format: str = "e4m3"  # input and weight
     grad_format: str = "e5m2"  # grad_output: e5m2 = TE/FP8-LM "hybrid"; e4m3 = DeepSeek-V3
     pow2_scales: bool = False
@@ -60,7 +61,7 @@ class FP8Recipe:
     amax_history_len: int = 16  # Nanotron/DeepSpeed's test use 16; TE's default is 1024
     amax_compute_algo: str = "max"  # max | most_recent
     wgrad_fp8: bool = True  # False: the weight-grad GEMM in high precision (saves x in high precision)
-    backend: str = "auto"  # auto | torch | triton | reference
+    backend: str = "auto"  # auto | torch | dequant | triton | reference (torch, triton: float8 formats only)
 
     def __post_init__(self):
         if self.granularity not in GRANULARITIES:
@@ -69,7 +70,11 @@ class FP8Recipe:
             raise ValueError(f"scaling must be 'current' or 'delayed', got {self.scaling!r}")
         if self.scaling == "delayed" and self.granularity != "tensorwise":
             raise ValueError("delayed scaling is per-tensor: use granularity='tensorwise'")
-        get_format(self.fwd_format), get_format(self.grad_format)
+        fmts = get_format(self.fwd_format), get_format(self.grad_format)
+        sim = [f.name for f in fmts if f.simulated]
+        if sim and self.backend in ("torch", "triton"):  # no float8 codes for torch._scaled_mm or a kernel
+            raise ValueError(f"backend {self.backend!r} needs torch float8 formats, but {sim[0]} is simulated; "
+                             "use backend auto, dequant or reference")
 
     @property
     def blocks(self) -> dict[str, Blocks | None]:

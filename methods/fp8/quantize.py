@@ -9,18 +9,29 @@ The PyTorch path reads x twice (amax, then scale-and-cast) and writes fp32 once 
 path (``methods.fp8.kernels``) does amax, scale and cast in one kernel for group granularities (two
 launches for tensorwise, whose amax is a global reduction). Both round with saturate-then-RNE and agree
 bit for bit (``tests/fp8/test_kernels.py``).
+
+A simulated format (``fmt.simulated``: any ExMy without a torch dtype, ``methods.fp8.formats``) takes the
+same path with the same scales; only the last step differs: :func:`~methods.fp8.formats.round_to_format`
+instead of ``.to(float8)``, its values carried in ``fmt.carrier``. There is no Triton kernel for them:
+``backend="auto"`` takes the PyTorch path on a GPU too, ``backend="triton"`` is refused.
 """
 from __future__ import annotations
 
 import torch
 
 from methods.fp8.device import host_readable
-from methods.fp8.formats import FP8Format, get_format
+from methods.fp8.formats import FP8Format, get_format, saturating_cast
 from methods.fp8.quantized import Quantized
 from methods.fp8.scaling import Blocks, DelayedScaler, _padded_view, block_amax, group_amax, scale_from_amax
 
 
-def use_triton(backend: str, x: torch.Tensor) -> bool:
+def use_triton(backend: str, x: torch.Tensor, fmt: FP8Format | None = None) -> bool:
+    """Whether to take the Triton path; never for a simulated ``fmt`` (refused if asked for by name)."""
+    if fmt is not None and fmt.simulated:
+        if backend == "triton":
+            raise ValueError(f"backend 'triton' needs a torch float8 format; {fmt} is simulated "
+                             "(use backend auto, dequant or reference)")
+        return False
     if backend == "triton":
         return True
     if backend == "auto" and x.is_cuda:
@@ -41,7 +52,7 @@ def quantize(x: torch.Tensor, fmt: str | FP8Format, blocks: Blocks, *, scaler: D
     resolved = Blocks(br, bc)
     if scaler is not None and (br < x.shape[0] or bc < x.shape[1]):
         raise ValueError("delayed scaling is per-tensor; use current scaling for row/block granularities")
-    if use_triton(backend, x):
+    if use_triton(backend, x, fmt):
         from methods.fp8.kernels import quantize_triton
 
         q = quantize_triton(x, fmt, resolved, scaler=scaler, pow2=pow2, margin=margin)
@@ -70,7 +81,9 @@ def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow
         if not host_readable(y) or float(amax.max()) * float(scale.max()) > fmt.max:
             n_sat = (y.abs() > fmt.overflow_threshold).sum()
             y = y.clamp_(-fmt.max, fmt.max)
-    q = y.to(fmt.dtype)  # round to nearest even; current scaling needs no clamp (amax*scale <= max)
+    # round to nearest even; current scaling needs no clamp (amax*scale <= max). A simulated format's
+    # rounding saturates by itself and gives values the carrier dtype holds exactly.
+    q = saturating_cast(y, fmt, clamp=False)
     if grouped:
         q = q.view(xv.shape[0] * br, xv.shape[2] * bc)
         if q.shape != (R, C):  # drop the padding (a copy: a view would keep the padded storage alive)

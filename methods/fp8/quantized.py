@@ -12,9 +12,11 @@ from methods.fp8.scaling import Blocks
 
 @dataclass
 class Quantized:
-    """FP8 codes of a 2-D tensor and the scales that dequantize them: ``x ≈ data / scale`` per group."""
+    """FP8 codes of a 2-D tensor and the scales that dequantize them: ``x ≈ data / scale`` per group.
+    (For a simulated format ``data`` holds the rounded values themselves; ``nbytes`` then counts the
+    carrier's bytes, what this process holds, not the format's bits.)"""
 
-    data: torch.Tensor  # float8 (R, C); may be a transposed view
+    data: torch.Tensor  # float8 codes (R, C), or a simulated format's values in fmt.carrier; may be a view
     scale: torch.Tensor  # fp32 (Rb, Cb): multiplier applied before the cast
     scale_inv: torch.Tensor  # fp32 (Rb, Cb): 1/scale, what the GEMM multiplies back
     blocks: Blocks  # group shape resolved to this orientation's (rows, cols)

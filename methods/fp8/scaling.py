@@ -34,6 +34,11 @@ from methods.fp8.formats import FP8Format, get_format
 #: amax below this is treated as this (torchao uses the same floor): keeps scales finite on all-zero
 #: tensors without special-casing them.
 AMAX_FLOOR = 1e-12
+#: scales are at most this: a format whose range is as wide as fp32's (E8My, max ~3.4e38) would get
+#: ``max / amax`` = inf for any amax < 1, and an inverse scale in fp32's subnormals (imprecise) just
+#: before that. 2^64 is exact, and its inverse a normal fp32; it never binds for the FP8 formats
+#: (max / AMAX_FLOOR <= 5.8e16 < 2^64 = 1.8e19), so their scales are what they always were.
+SCALE_MAX = 2.0 ** 64
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ _LABELS = {TENSORWISE: "tensorwise", ROWWISE: "rowwise", COLWISE: "colwise", TIL
 
 
 def scale_from_amax(amax: torch.Tensor, fmt: FP8Format, margin: int = 0, pow2: bool = False) -> torch.Tensor:
-    """fp32 scale(s) for the given amax(es): ``fmt.max / amax / 2**margin``.
+    """fp32 scale(s) for the given amax(es): ``fmt.max / amax / 2**margin``, at most ``SCALE_MAX``.
 
     Guarantees ``amax * scale <= fmt.max`` in fp32 (the division may round up by an ulp; then the scale
     is nudged down), so current scaling can skip the clamp and never counts a saturated value. Zero,
@@ -83,6 +88,7 @@ def scale_from_amax(amax: torch.Tensor, fmt: FP8Format, margin: int = 0, pow2: b
     s = torch.full_like(a, fmt.max) / a
     if margin:
         s = s * (2.0 ** -margin)
+    s = s.clamp(max=SCALE_MAX)  # (a smaller scale keeps amax * scale <= max)
     if pow2:  # 2**floor(log2 s), exactly: keep the exponent bits, clear the mantissa
         s = (s.view(torch.int32) & 0x7F800000).view(torch.float32)
     else:

@@ -14,8 +14,10 @@ def test_constants_match_the_dtype(fmt):
     assert float(v[v > 0].min()) == fmt.min_subnormal
     assert fmt.min_normal == torch.finfo(fmt.dtype).tiny
     assert get_format(fmt.name) is fmt
-    with pytest.raises(ValueError, match="valid"):
-        get_format("e3m4")
+    assert not fmt.simulated and fmt.carrier == fmt.dtype
+    for bad in ("e9m1", "e3m0", "e1m4", "fp8", "e8m7fn"):  # range, ties undefined, no normals, no name, > fp32
+        with pytest.raises(ValueError, match="valid: e4m3 .* eXmY"):
+            get_format(bad)
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=str)

@@ -202,5 +202,8 @@ def test_recipe_validation():
         FP8Recipe(scaling="delayed", granularity="blockwise")
     with pytest.raises(ValueError):
         FP8Recipe(granularity="columnwise")
-    with pytest.raises(ValueError):
-        FP8Recipe(grad_format="e3m4")
+    with pytest.raises(ValueError, match="valid: e4m3"):
+        FP8Recipe(grad_format="e3m9x")
+    assert FP8Recipe(grad_format="e3m4").grad_format == "e3m4"  # a simulated ExMy (tests/fp8/test_exmy.py)
+    with pytest.raises(ValueError, match="e3m4 is simulated"):
+        FP8Recipe(grad_format="e3m4", backend="torch")
