@@ -89,6 +89,10 @@ class Trainee:
                  hp: HParams, ctx: RunContext):
         self.method, self.model, self.optimizer, self.hp, self.ctx = method, model, optimizer, hp, ctx
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # what train.compile did (methods.compiled): "off", "compiled" or "fallback: <reason>". Engines that
+        # override Method.build (DDP, FSDP2, ZeRO) apply train.compile their own way, unguarded.
+        self.compile_status = "off" if not ctx.compile else f"engine's own ({type(method).__name__}.build)"
+        self.compile_graphs = self.compile_graph_breaks = 0
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
@@ -184,7 +188,12 @@ class Method:
         return contextlib.nullcontext()
 
     def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
-        return self.trainee(self.convert_model(model, ctx), hp, ctx)
+        trainee = self.trainee(self.convert_model(model, ctx), hp, ctx)
+        if ctx.compile:  # after conversion and the optimizer: the model as it will train
+            from methods.compiled import compile_trainee
+
+            compile_trainee(trainee)
+        return trainee
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         """The Trainee around a model ``convert_model`` already converted. Separate from ``build`` for

@@ -12,8 +12,8 @@ Recipes (``Float8LinearConfig.from_recipe_name``):
 
 Where the hardware has no FP8 GEMM (a CPU; CUDA below compute capability 8.9, or 9.0 for the rowwise
 recipes) torchao's own ``emulate`` mode runs the same quantisation with the product in fp32; it is on
-by default there (``emulate: auto``). ``train.compile`` compiles the model (on for the gpu profile; torchao
-calls compile "required for competitive performance").
+by default there (``emulate: auto``). ``train.compile`` compiles the model (``methods.compiled``; on for the
+gpu profile; torchao calls compile "required for competitive performance").
 """
 from __future__ import annotations
 
@@ -103,10 +103,8 @@ class _TorchaoFloat8(Method):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        model = convert_torchao_float8(model, self.recipe, tuple(self.keep_high_precision), self.emulated(ctx.device))
-        if ctx.compile:
-            model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
-        return model
+        # train.compile compiles the converted model in Method.build (methods.compiled), as for every method
+        return convert_torchao_float8(model, self.recipe, tuple(self.keep_high_precision), self.emulated(ctx.device))
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return EmulatedBackwardTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)

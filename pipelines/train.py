@@ -295,9 +295,16 @@ class Run:
         if hasattr(self, "device"):
             self.summary["peak_mem_bytes"], self.summary["peak_mem_kind"] = peak_memory(self.device)
         self.summary["world_size"] = getattr(getattr(self, "method", None), "world_size", 1)
+        trainee = getattr(self, "trainee", None)  # none where the run was skipped or failed before its build
+        # what train.compile did, read at the end: a fallback can happen at any step's first compiled call
+        self.summary["compile_status"] = trainee.compile_status if trainee is not None else (
+            "off" if not self.train["compile"] else "not built")
+        if trainee is not None and trainee.compile_status != "off":
+            self.summary.update(compile_graphs=trainee.compile_graphs,
+                                compile_graph_breaks=trainee.compile_graph_breaks)
         self.summary["wall_time_s"] = time.perf_counter() - t_start
         writer.event("run_stop", status=self.summary["status"], reason=self.summary["reason"],
-                     steps=self.summary.get("steps", 0))
+                     steps=self.summary.get("steps", 0), compile_status=self.summary["compile_status"])
         writer.finish(self.summary)
         checkpoint.remove(self.out)
         if self.rank == 0:  # after the last collective: no rank reads it any more

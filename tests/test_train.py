@@ -70,6 +70,7 @@ def test_events_are_complete(configfile, tmp_path):
     assert [e["step"] for e in events if e["event"] == "eval"] == [0, 3, 6]
     s = summary(tmp_path / "r")
     assert s["peak_mem_kind"] == "cpu_peak_rss" and s["peak_mem_bytes"] > 0
+    assert s["compile_status"] == "off" == events[-1]["compile_status"]  # train.compile is false (cpu profile)
     assert not (tmp_path / "r" / "metrics.partial.jsonl").exists()
 
 

@@ -6,6 +6,10 @@ is fastest on a CPU. On a GPU the same reads would stall the stream, so the devi
 tensors instead. Under ``FakeTensorMode`` (``methods.memory_trace``) values do not exist at all: a fake
 CPU tensor takes the *device* path, so a traced step allocates what a GPU step would, not what the CPU
 shortcut would.
+
+Under ``torch.compile`` (``train.compile``) the code is traced once for all later values: nothing can be
+read on the host while tracing (a read is a graph break, and Dynamo will not trace into the fake-tensor
+module at all), so compiled code takes the device path as well, on tensors.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ _FAKE_MODULE = "torch._subclasses.fake_tensor"
 
 
 def is_fake(t) -> bool:
+    if torch.compiler.is_compiling():  # Dynamo's tracing tensors are not a memory trace's: real values follow
+        return False
     ft = sys.modules.get(_FAKE_MODULE)
     return ft is not None and ft.is_fake(t)
 
@@ -32,6 +38,8 @@ def real_tensors():
 
 def host_readable(t: torch.Tensor) -> bool:
     """True for a real CPU tensor: reading its values costs no device sync and is possible at all."""
+    if torch.compiler.is_compiling():  # no values while tracing: the device path (see above)
+        return False
     return not is_fake(t) and t.device.type == "cpu"  # is_fake first: a fake tensor's .device is dispatched
 
 
