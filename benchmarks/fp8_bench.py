@@ -278,7 +278,7 @@ def csv_rows(res: dict) -> list[dict]:
         m = step["methods"]
         shape = {"batch_size": step["batch_size"], "seq_len": step["seq_len"], "tokens": step["batch_size"] * step["seq_len"]}
         for name, r in m.items():
-            out.append({"section": "train_step", "method": name, "status": "ok", "time_s": r["median_step_s"],
+            out.append({"section": "train_step", "method": name, "status": "ok", "time_ms": 1e3 * r["median_step_s"],
                         "tokens_per_s": r["tokens_per_s"], "n_timed": r["steps_timed"], **shape,
                         "note": step["notes"].get(name, "")})
         for name, why in step.get("failed", {}).items():
@@ -289,16 +289,16 @@ def csv_rows(res: dict) -> list[dict]:
     lin = res.get("cpu_linears")
     if lin:
         for name, ms in lin["median_ms"].items():
-            out.append({"section": "linears", "method": name, "status": "ok", "time_s": ms / 1e3,
+            out.append({"section": "linears", "method": name, "status": "ok", "time_ms": ms,
                         "tokens_per_s": lin["tokens"] / (ms / 1e3), "n_timed": lin.get("rounds"),
                         "tokens": lin["tokens"], "note": "the 7 projections of one tiny block, fwd + bwd"})
     for sec, ref in BF16.items():
         rows = {r["method"]: r for r in out if r["section"] == sec and r["status"] == "ok"}
         for r in rows.values():
             if ref in rows:
-                r["speedup_vs_bf16"] = rows[ref]["time_s"] / r["time_s"]
+                r["speedup_vs_bf16"] = rows[ref]["time_ms"] / r["time_ms"]
             if OWN in rows:
-                r["own_speedup_vs_this"] = r["time_s"] / rows[OWN]["time_s"]
+                r["own_speedup_vs_this"] = r["time_ms"] / rows[OWN]["time_ms"]
     act = res.get("activation_memory")
     if act:
         ref = act["saved_bytes"]["bf16-amp"]["total"]

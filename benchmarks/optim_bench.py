@@ -222,6 +222,8 @@ def rows(res: dict) -> list[dict]:
             row = {"device": sec.get("device"), "threads": sec.get("threads"), "shape": sec.get("model"),
                    "optimizer": name, "copy_gb_per_s": sec.get("copy_gb_per_s")}
             row.update({k: v for k, v in r.items() if not isinstance(v, dict)})
+            if "median_s" in r:
+                row["median_ms"] = 1e3 * r["median_s"]
             # the headline ratio on every row, from the same interleaved run: own step time / this one's
             row["own_over_this"] = own / r["median_s"] if own and "median_s" in r else None
             out.append(row)
