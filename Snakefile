@@ -17,6 +17,7 @@ report: "reports/landing.rst"
 include: "pipelines/common.smk"
 include: "pipelines/train.smk"
 include: "pipelines/memory.smk"
+include: "pipelines/bench.smk"
 include: "pipelines/report.smk"
 
 
@@ -33,6 +34,7 @@ localrules:
     table,
     landing,
     tensorboard,
+    gpu_predicted,
 
 
 rule all:
@@ -45,3 +47,4 @@ rule all:
         TABLE_HTMLS,
         LANDING_RST,
         TB_EVENTS,
+        BENCH_CSVS,

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.fp8_bench [--out FILE.json]``: how fast the own FP8 path is. A benchmark, not a test.
+"""``python -m benchmarks.fp8_bench [--out FILE.json] [--csv FILE.csv]``: how fast the own FP8 path is. A benchmark, not a test.
 
 CPU section (always): tokens/s of the tiny model's training step (the cpu profile's batch and sequence
 length) under ``fp8-own-tensorwise``, torchao's tensorwise float8 training and ``bf16-amp``, all in
@@ -189,7 +189,7 @@ def bench_cpu_linears(tokens: int = 512, rounds: int = 8) -> dict:
             if r >= 2:
                 times[k].append(time.perf_counter() - t0)
     res = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    out = {"tokens": tokens, "median_ms": res}
+    out = {"tokens": tokens, "rounds": rounds, "median_ms": res}
     if "torchao-tensorwise" in res:
         out["fp8-own-tensorwise_vs_torchao-tensorwise"] = res["torchao-tensorwise"] / res["fp8-own-tensorwise"]
     return out
@@ -262,16 +262,79 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------ CSV
+#: the bf16 row each section's speedups are against, and the FP8 path the report is about
+BF16 = {"train_step": "bf16-amp", "linears": "nn.Linear bf16-autocast"}
+OWN = "fp8-own-tensorwise"
+
+
+def csv_rows(res: dict) -> list[dict]:
+    """One tidy row per (section, method). Every ratio is formed from medians of the same interleaved run, so
+    load from other processes hits numerator and denominator alike: ``speedup_vs_bf16`` = bf16's time / this
+    one's, ``own_speedup_vs_this`` = this one's time / fp8-own-tensorwise's (above 1: the own path is faster)."""
+    out = []
+    step = res.get("cpu_step")
+    if step:
+        m = step["methods"]
+        shape = {"batch_size": step["batch_size"], "seq_len": step["seq_len"], "tokens": step["batch_size"] * step["seq_len"]}
+        for name, r in m.items():
+            out.append({"section": "train_step", "method": name, "status": "ok", "time_ms": 1e3 * r["median_step_s"],
+                        "tokens_per_s": r["tokens_per_s"], "n_timed": r["steps_timed"], **shape,
+                        "note": step["notes"].get(name, "")})
+        for name, why in step.get("failed", {}).items():
+            out.append({"section": "train_step", "method": name, "status": "failed", "note": why, **shape})
+        for name, why in step.get("notes", {}).items():
+            if why.startswith("unavailable") and name not in m:
+                out.append({"section": "train_step", "method": name, "status": "skipped", "note": why, **shape})
+    lin = res.get("cpu_linears")
+    if lin:
+        for name, ms in lin["median_ms"].items():
+            out.append({"section": "linears", "method": name, "status": "ok", "time_ms": ms,
+                        "tokens_per_s": lin["tokens"] / (ms / 1e3), "n_timed": lin.get("rounds"),
+                        "tokens": lin["tokens"], "note": "the 7 projections of one tiny block, fwd + bwd"})
+    for sec, ref in BF16.items():
+        rows = {r["method"]: r for r in out if r["section"] == sec and r["status"] == "ok"}
+        for r in rows.values():
+            if ref in rows:
+                r["speedup_vs_bf16"] = rows[ref]["time_ms"] / r["time_ms"]
+            if OWN in rows:
+                r["own_speedup_vs_this"] = r["time_ms"] / rows[OWN]["time_ms"]
+    act = res.get("activation_memory")
+    if act:
+        ref = act["saved_bytes"]["bf16-amp"]["total"]
+        for name, b in act["saved_bytes"].items():
+            out.append({"section": "saved_activations", "method": name, "status": "ok", "saved_bytes": b["total"],
+                        "saved_vs_bf16": b["total"] / ref, "batch_size": act["batch_size"], "seq_len": act["seq_len"],
+                        "note": "bytes autograd saves in one forward; CPU bf16 emulation off"})
+    gpu = res.get("gpu", {})
+    if "skipped" in gpu:
+        out.append({"section": "gpu", "method": "all", "status": "skipped", "note": gpu["skipped"]})
+    for n, row in gpu.get("gemm_tflops", {}).items():
+        for name, v in row.items():
+            ok = isinstance(v, float)
+            out.append({"section": "gpu_gemm", "method": name, "status": "ok" if ok else "failed", "size": int(n),
+                        "tflops": v if ok else None, "note": "" if ok else v, "device_name": gpu.get("device")})
+    for name, v in gpu.get("quantize_gbps", {}).items():
+        ok = isinstance(v, float)
+        out.append({"section": "gpu_quantize", "method": name, "status": "ok" if ok else "failed",
+                    "gb_per_s": v if ok else None, "note": "" if ok else v, "device_name": gpu.get("device")})
+    return out
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fp8_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write the numbers as JSON here")
+    ap.add_argument("--csv", help="write one row per section and method as CSV here (what the report reads)")
+    ap.add_argument("--job-cores", type=int, default=0, help="cores the workflow reserved for this job (recorded)")
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds of the CPU step benchmark")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-cpu", action="store_true")
     args = ap.parse_args(argv)
     res = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()}
     if not args.skip_cpu:
+        if args.rounds < 1 or args.threads < 1:
+            ap.error("--rounds and --threads must be at least 1")
         res["cpu_step"] = bench_cpu_step(rounds=args.rounds, threads=args.threads)
         res["cpu_linears"] = bench_cpu_linears()
         res["activation_memory"] = activation_memory()
@@ -283,6 +346,11 @@ def main(argv=None) -> int:
         from pipelines.atomic import write_json  # a reader never sees half a file
 
         write_json(args.out, res)
+    if args.csv:
+        from benchmarks.bench_csv import run_env, write_csv
+
+        env = run_env(args.job_cores)
+        write_csv(args.csv, [{**r, **env} for r in csv_rows(res)])
     return 0
 
 

@@ -2,7 +2,7 @@
 same parameters, same gradients, one process; with a roofline against the machine's copy bandwidth.
 
     python -m benchmarks.optim_bench [--shapes tiny small 7b-layer] [--steps 10] [--threads N]
-                                      [--out FILE.json] [--csv FILE.csv]
+                                      [--optimizers NAME ...] [--out FILE.json] [--csv FILE.csv]
 
 Shapes: a named model size (its parameter tensors, ``models/config.py``) or ``7b-layer``, one 4096 x 11008
 bf16 parameter (a Llama-7B MLP weight), where the step is plainly memory-bound.
@@ -11,7 +11,9 @@ CPU section: own FP8AdamW as ``impl="fused"`` (``methods.fp8.optim_fused``: one 
 parameter) and ``impl="torch"`` (the reference path), torchao ``AdamWFp8`` as torchao ships it (its
 update is ``torch.compile``d per tensor shape), and the fp32-state AdamW of ``bf16-pure``, all on bf16
 parameters with stochastic rounding; and that AdamW once more with round-to-nearest
-(``fp32_state_adamw_nearest``: ``bf16-pure``'s default; ``bf16-pure-sr`` rounds stochastically).
+(``fp32_state_adamw_nearest``: ``bf16-pure``'s default; ``bf16-pure-sr`` rounds stochastically); and
+``torch.optim.AdamW(fused=True)`` on fp32 weights, grads and states (``torch_fused_adamw_fp32``: the
+fp32/bf16-amp recipes' optimizer, torch's own fused CPU kernel). ``--optimizers`` times a subset.
 Compilation happens in the warm-up and is not timed. The headlines are ``own / fp32_state`` and
 ``own / torchao`` (lower is better).
 
@@ -171,6 +173,7 @@ def _fp32_state_nearest(model):
 
 #: the own step that the ratios are about, and what it is compared with
 OWN, ANCHORS = "own_fp8_adamw_fused", ("fp32_state_adamw", "fp32_state_adamw_nearest", "torchao_adamw_fp8",
+                                       "torch_fused_adamw_fp32",
                                        "own_fp8_adamw_torch")
 
 
@@ -180,15 +183,24 @@ def _ratios(results: dict, own: str, others) -> dict:
             if mine and "median_s" in results.get(o, {})}
 
 
-def cpu_section(shape_name: str, steps: int, warmup: int) -> dict:
+def _torch_fused_fp32(model):
+    return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=True)
+
+
+#: the CPU section's optimizers: name -> (constructor, parameter dtype)
+CPU_OPTIMIZERS = {OWN: (_own("fused"), torch.bfloat16), "own_fp8_adamw_torch": (_own("torch"), torch.bfloat16),
+                  "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
+                  "fp32_state_adamw": (_fp32_state, torch.bfloat16),
+                  "fp32_state_adamw_nearest": (_fp32_state_nearest, torch.bfloat16),
+                  "torch_fused_adamw_fp32": (_torch_fused_fp32, torch.float32)}
+
+
+def cpu_section(shape_name: str, steps: int, warmup: int, optimizers=None) -> dict:
     dev = torch.device("cpu")
     out = {"device": "cpu", "threads": torch.get_num_threads(), "model": shape_name, "param_dtype": "bf16"}
     bw_before = copy_bandwidth()
-    bf = torch.bfloat16
-    r = _time_interleaved({OWN: (_own("fused"), bf), "own_fp8_adamw_torch": (_own("torch"), bf),
-                           "torchao_adamw_fp8": (_torchao_fp8, bf), "fp32_state_adamw": (_fp32_state, bf),
-                           "fp32_state_adamw_nearest": (_fp32_state_nearest, bf)},
-                          shape_name, dev, steps, warmup)
+    makers = {k: v for k, v in CPU_OPTIMIZERS.items() if optimizers is None or k in optimizers}
+    r = _time_interleaved(makers, shape_name, dev, steps, warmup)
     # the larger of two measurements: a copy slowed by another process's burst would flatter every step
     bw = max(bw_before, copy_bandwidth())
     out.update(copy_gb_per_s=bw / 1e9, copy_gb_per_s_before=bw_before / 1e9, results=r)
@@ -203,10 +215,17 @@ def rows(res: dict) -> list[dict]:
     """One flat row per (section, shape, optimizer): what a report table reads."""
     out = []
     for sec in res.get("cpu", []) + [res.get("gpu", {})]:
-        for name, r in sec.get("results", {}).items():
+        results = sec.get("results", {})
+        own = next((results[k]["median_s"] for k in (OWN, "own_fp8_adamw_triton") if "median_s" in results.get(k, {})),
+                   None)
+        for name, r in results.items():
             row = {"device": sec.get("device"), "threads": sec.get("threads"), "shape": sec.get("model"),
                    "optimizer": name, "copy_gb_per_s": sec.get("copy_gb_per_s")}
             row.update({k: v for k, v in r.items() if not isinstance(v, dict)})
+            if "median_s" in r:
+                row["median_ms"] = 1e3 * r["median_s"]
+            # the headline ratio on every row, from the same interleaved run: own step time / this one's
+            row["own_over_this"] = own / r["median_s"] if own and "median_s" in r else None
             out.append(row)
     return out
 
@@ -245,13 +264,18 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (the compiled steps compile here)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is); 1 is the least "
                     "noisy on a shared machine, and the cpu profile's setting")
+    ap.add_argument("--optimizers", nargs="+", help=f"CPU subset of: {', '.join(CPU_OPTIMIZERS)} (default: all)")
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--csv", help="write one row per shape and optimizer as CSV here")
+    ap.add_argument("--job-cores", type=int, default=0, help="cores the workflow reserved for this job (recorded)")
     args = ap.parse_args(argv)
     for name in args.shapes:
         if name not in LAYER_SHAPES and name not in SIZES:
             ap.error(f"unknown shape {name!r}; valid: {', '.join(list(SIZES) + list(LAYER_SHAPES))}")
+    for name in args.optimizers or []:
+        if name not in CPU_OPTIMIZERS:
+            ap.error(f"unknown optimizer {name!r}; valid: {', '.join(CPU_OPTIMIZERS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     import torchao
@@ -260,7 +284,7 @@ def main(argv=None) -> int:
            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
            "byte_model": "read = w + g + S, write = w + S; S = optimizer state bytes per parameter"}
     if not args.no_cpu:
-        res["cpu"] = [cpu_section(name, args.steps, args.warmup) for name in args.shapes]
+        res["cpu"] = [cpu_section(name, args.steps, args.warmup, args.optimizers) for name in args.shapes]
     res["gpu"] = gpu_section(args.gpu_model, args.steps, args.warmup)
     for s in res.get("cpu", []) + [res["gpu"]]:
         if "skipped" in s:
@@ -283,17 +307,10 @@ def main(argv=None) -> int:
 
         write_json(args.out, res)
     if args.csv:
-        import csv
-        import io
+        from benchmarks.bench_csv import run_env, write_csv
 
-        from pipelines.atomic import write_text
-
-        table = rows(res)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
-        w.writeheader()
-        w.writerows(table)
-        write_text(args.csv, buf.getvalue())
+        env = {k: v for k, v in run_env(args.job_cores).items() if k != "torch_threads"}  # rows carry `threads`
+        write_csv(args.csv, [{**r, **env} for r in rows(res)])
     return 0
 
 

@@ -127,7 +127,16 @@ TRACE_VARIANTS_JSON = json.dumps(MEMORY_TRACE.get("variants", {}), sort_keys=Tru
 from pipelines.report_items import TABLES_DIR, figure_group, table, tables_for
 from pipelines.tensorboard_export import EVENTS_NAME
 
-TABLE_NAMES = tables_for(PROFILE)
+# Benchmarks (pipelines/bench.smk): the CPU timings where the profile enables them, the GPU prediction always.
+BENCH = PSET["bench"]
+BENCH_FP8_CSV = f"{RESULTS}/bench/fp8_linear.csv"
+BENCH_OPTIM_CSV = f"{RESULTS}/bench/optim.csv"
+GPU_PREDICTED_CSV = f"{RESULTS}/bench/gpu_predicted.csv"
+GPU_INPUTS_CSV = f"{RESULTS}/bench/gpu_cost_inputs.csv"
+GPU_ANCHORS_CSV = f"{RESULTS}/bench/gpu_anchors.csv"
+BENCH_CSVS = ([BENCH_FP8_CSV, BENCH_OPTIM_CSV] if BENCH["enabled"] else []) + [GPU_PREDICTED_CSV, GPU_INPUTS_CSV,
+                                                                              GPU_ANCHORS_CSV]
+TABLE_NAMES = tables_for(PROFILE, bench=BENCH["enabled"])
 TABLE_HTMLS = [f"{TABLES_DIR}/{name}.html" for name in TABLE_NAMES]
 LANDING_RST = "reports/landing.rst"
 TB_EVENTS = [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/{EVENTS_NAME}" for m, me, rid in RUNS]

@@ -99,7 +99,34 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         "train": deep_merge(cfg["train"], p.get("train")),
         "data": deep_merge(cfg["data"], p.get("data")),
         "memory_trace": memory_trace_settings(cfg, p),
+        "bench": bench_settings(cfg, profile),
     }
+
+
+def bench_enabled(profile: str, path: str | Path | None = None) -> bool:
+    """Whether a profile of the experiment file runs the CPU benchmarks (what the report's table list needs)."""
+    return bool(bench_settings(load(path), profile)["enabled"])
+
+
+def bench_settings(cfg: dict, profile: str) -> dict:
+    """The benchmarks of a profile (``bench`` with the profile's overrides), names checked before any work."""
+    check_choice("profile", profile, cfg["profiles"])
+    from models.config import SIZES
+
+    b = deep_merge(cfg["bench"], cfg["profiles"][profile].get("bench"))
+    if b.get("enabled"):
+        from benchmarks.optim_bench import CPU_OPTIMIZERS, LAYER_SHAPES
+
+        for s in b["optim_shapes"]:
+            check_choice("bench optim shape", s, [*SIZES, *LAYER_SHAPES])
+        for o in b["optim_optimizers"]:
+            check_choice("bench optimizer", o, CPU_OPTIMIZERS)
+    from benchmarks.gpu_cost import DEVICES, EXTRA_SHAPES  # the GPU prediction runs in every profile
+
+    check_choice("bench gpu_device", b["gpu_device"], DEVICES)
+    for m in b["gpu_models"]:
+        check_choice("bench gpu model", m, [*SIZES, *EXTRA_SHAPES])
+    return b
 
 
 def memory_trace_settings(cfg: dict, profile: dict) -> dict:

@@ -44,6 +44,7 @@ class FigureData:
     eval_gaps: pd.DataFrame = field(default_factory=pd.DataFrame)   # results/eval_gaps.csv (paired gap per step)
     noise_floor: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/noise_floor.csv
     traced: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/memory_traced.csv (full-size traces)
+    predicted: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/bench/gpu_predicted.csv (on paper)
 
     @classmethod
     def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
@@ -58,7 +59,7 @@ class FigureData:
 
         return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
                    table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
-                   table("memory_traced.csv"))
+                   table("memory_traced.csv"), table("bench/gpu_predicted.csv"))
 
 
 def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -381,18 +382,31 @@ def fig_lr_sweep(d: FigureData):
 
 
 def fig_gpu_scaling(d: FigureData):
-    r = d.reference
-    if r.empty:
-        return "no GPU reference results committed (results/reference/<device>/summary.csv)"
-    r = _ok(r).dropna(subset=["speedup"])
-    if r.empty or r["model"].nunique() < 2:
-        return "GPU reference results cover fewer than two model sizes"
+    """The cost model's predicted speedup per recipe as lines labelled "predicted", and measured speedups from
+    committed GPU reference results as points where they exist (none until a GPU run is committed)."""
+    p, r = d.predicted, d.reference
+    if not r.empty:
+        r = _ok(r).dropna(subset=["speedup"]) if "speedup" in r else r.iloc[0:0]
+        r = r[r["method"] != REFERENCE]
+    if p.empty and r.empty:
+        return ("no prediction (results/bench/gpu_predicted.csv) and no GPU reference results committed "
+                "(results/reference/<device>/summary.csv)")
     fig, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=r[r["method"] != REFERENCE], x="n_params", y="speedup", hue="method", style="device_dir",
-                 marker="o", ax=ax)
+    if not p.empty:
+        seq = int(p["seq_len"].min())  # one sequence length: the lines differ little between them
+        for i, (recipe, g) in enumerate(p[p["seq_len"] == seq].groupby("recipe", sort=False)):
+            g = g.sort_values("n_params")
+            ax.plot(g["n_params"], g["speedup"], ls="--", color=f"C{i}", label=f"predicted: {recipe} (seq {seq})")
+    for j, ((method, dev), g) in enumerate(r.groupby(["method", "device_dir"], sort=False) if not r.empty else []):
+        g = g.sort_values("n_params")
+        ax.plot(g["n_params"], g["speedup"], "o-", color=f"C{j + 3}", label=f"measured: {method} ({dev})")
     ax.axhline(1, color="black", lw=0.8)
-    ax.set(xscale="log", xlabel="parameters", ylabel=f"tokens/s speedup vs {REFERENCE}",
-           title="FP8 speedup vs model size on GPU (below 1: FP8 does not pay)")
+    ax.axhline(2, color="grey", lw=0.8, ls=":", label="FP8/bf16 peak ratio (2x)")
+    ax.set(xscale="log", xlabel="parameters", ylabel="speedup vs bf16 (measured: tokens/s vs bf16-amp)",
+           title="FP8 speedup vs model size on GPU (predicted on paper; measured where committed)")
+    if r.empty:
+        ax.text(0.02, 0.97, "no measured GPU points committed yet", transform=ax.transAxes, va="top", fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 

@@ -23,6 +23,7 @@ from pipelines.compare import comparison_view, registry_rows, write_outputs
 from pipelines.markdown import fmt, md_table
 from pipelines.metrics import read_events
 from pipelines.report_memory import traced_section
+from pipelines.report_perf import performance_section, predicted_section
 
 REFERENCE = "bf16-amp"
 
@@ -277,6 +278,8 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         lean_section(comp), "",
         memory_section(mm), "",
         traced_section(traced, fit, md_table, ranks, summary, comp), "",
+        performance_section(results), "",
+        predicted_section(results), "",
         figures_section(Path(fig_dir), out.parent), "",
         glossary_section(), "",
         reference_section(reference_glob), "",

@@ -41,7 +41,8 @@ rule compare:
 rule figure:
     input:
         summary=SUMMARY_CSV,
-        tables=[EVAL_GAPS_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", MEMORY_TRACED_CSV],
+        tables=[EVAL_GAPS_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", MEMORY_TRACED_CSV,
+                GPU_PREDICTED_CSV],
         caption="pipelines/captions/{name}.rst",
     output:
         png=report("reports/figures/{name}.png", caption="captions/figure.rst", category="Figures",
@@ -63,6 +64,7 @@ rule report_md:
                 f"{RESULTS}/memory_model.csv", f"{RESULTS}/optim_ablation.csv", EVAL_GAPS_CSV, MEMORY_TRACED_CSV,
                 MEMORY_FIT_CSV, MEMORY_TRACED_RANKS_CSV],
         figures=FIGURE_PNGS,
+        bench=BENCH_CSVS,
     output:
         REPORT_MD,
     conda:

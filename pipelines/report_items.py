@@ -25,6 +25,7 @@ class Table:
     title: str
     caption: str                          # reStructuredText, shown in the report beside the table
     profiles: tuple[str, ...] | None = None  # None: every profile writes it
+    bench: bool = False                   # written only where the profile runs the CPU benchmarks (config `bench`)
 
 
 TABLES: dict[str, Table] = {
@@ -65,6 +66,27 @@ TABLES: dict[str, Table] = {
         "optim_ablation.csv", "FP8 optimizer-state formats (ablation)",
         "Paired gaps and optimizer-state telemetry of the FP8 and int8 optimizer variants "
         "(``results/optim_ablation.csv``)."),
+    "bench_fp8_linear": Table(
+        "bench/fp8_linear.csv", "CPU benchmark: own FP8 linear vs torchao tensorwise vs bf16",
+        "The tiny model's training step and one block's seven projections (forward + backward) under "
+        "fp8-own-tensorwise, torchao tensorwise float8 and bf16 autocast, interleaved in one process on the same "
+        "weights and batch (``results/bench/fp8_linear.csv``, ``benchmarks/fp8_bench.py``); ratios within the run. "
+        "CPU FP8 is emulated: these say how costly the emulation is, not how fast FP8 is on a GPU.", bench=True),
+    "bench_optim": Table(
+        "bench/optim.csv", "CPU benchmark: FP8 AdamW step and its roofline",
+        "One optimizer step of own FP8 AdamW (fused), torchao AdamWFp8, the fp32-state AdamW of bf16-pure and "
+        "torch's fused fp32 AdamW on the same parameters and gradients, interleaved in one process "
+        "(``results/bench/optim.csv``, ``benchmarks/optim_bench.py``): bytes per parameter moved, GB/s, and the "
+        "fraction of the copy bandwidth measured in the same process.", bench=True),
+    "gpu_predicted": Table(
+        "bench/gpu_predicted.csv", "Predicted FP8 speedup on a GPU (on paper)",
+        "Not measured: a roofline per operation of one training step (``benchmarks/gpu_cost.py``) predicts the "
+        "FP8 speedup over bf16 per model size, sequence length and scaling recipe "
+        "(``results/bench/gpu_predicted.csv``); its inputs are in ``results/bench/gpu_cost_inputs.csv``."),
+    "gpu_anchors": Table(
+        "bench/gpu_anchors.csv", "Predicted speedup beside published anchors",
+        "The cost model's prediction at each published anchor's own shape, device and parallelism, beside the "
+        "speedup the source reports, and whether they agree (``results/bench/gpu_anchors.csv``)."),
     "summary": Table(
         "summary.csv", "All runs",
         "One row per run (``results/summary.csv``): status and reason, losses, paired gap, throughput, memory."),
@@ -86,9 +108,15 @@ FIGURE_GROUPS: dict[str, str] = {
 }
 
 
-def tables_for(profile: str) -> list[str]:
-    """The tables the given profile writes, in the order of ``TABLES``."""
-    return [name for name, t in TABLES.items() if t.profiles is None or profile in t.profiles]
+def tables_for(profile: str, bench: bool | None = None) -> list[str]:
+    """The tables the given profile writes, in the order of ``TABLES``. ``bench``: whether it runs the CPU
+    benchmarks; None reads it from pipelines/config.yaml (the workflow passes its own, possibly overridden, value)."""
+    if bench is None:
+        from pipelines.config import bench_enabled
+
+        bench = bench_enabled(profile)
+    return [name for name, t in TABLES.items()
+            if (t.profiles is None or profile in t.profiles) and (bench or not t.bench)]
 
 
 def figure_group(name: str) -> str:
