@@ -9,6 +9,8 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 SNAKEMAKE_ARGS ?=
+# pytest workers for make test (one test file per worker, so a module's fixtures are built once)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 export PATH := $(BIN):$(PATH)
 
 .PHONY: reproduce test smoke report report-html browser clean-results venv
@@ -32,7 +34,7 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores 1 report
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Headless Chromium (Debian's package) for the browser check of report.html. Best effort: where it cannot be
 # installed (no apt-get, not root, no network) `make test` goes on and that check is skipped with the reason.

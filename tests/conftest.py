@@ -13,6 +13,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (`make test` runs one worker per core) the cores are shared out: a worker taking every
+# core for its intra-op threads would oversubscribe the machine, and torch's thread pools spin, so two
+# workers of two threads each on two cores run slower than one. Subprocesses a test starts set their own.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def small_text(n_chars: int = 150_000) -> str:
     """English technical prose from CPython's own docs (pydoc_data), cut to ``n_chars``."""
