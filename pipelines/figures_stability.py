@@ -35,7 +35,7 @@ def fig_lr_frontier(d):
         broken = r.n_diverged + r.n_failed
         if broken:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="lightgrey", hatch="///", edgecolor="grey", lw=0))
-            text = ("div" if r.n_diverged else "fail") + f" {broken}/{r.n_runs}"
+            text = "\n".join(f"{word} {n}/{r.n_runs}" for word, n in (("div", r.n_diverged), ("fail", r.n_failed)) if n)
         else:
             text = "–" if np.isnan(r.gap_mean_pct) else f"{r.gap_mean_pct:+.1f}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7)

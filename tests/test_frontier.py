@@ -249,3 +249,19 @@ def test_bad_lrs_are_refused(cfg):
         config_mod.profile_settings(with_stability(cfg, lrs=[0.1, 0.01]), "stability")
     with pytest.raises(config_mod.ConfigError, match="lrs_for.fp32.0"):  # the schema, before any work
         config_mod.validate(with_stability(cfg, lrs_for={"fp32": [-1.0]}))
+
+
+def test_heatmap_marks_broken_cells_and_outlines_the_frontier(bounded, tmp_path):
+    import matplotlib.patches as mpatches
+
+    from pipelines.figures import FigureData
+    from pipelines.figures_stability import fig_lr_frontier
+
+    fig = fig_lr_frontier(FigureData(pd.DataFrame(), frontier_cells=bounded[1]))
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "div 1/2" in texts and "div 1/2\nfail 1/2" in texts  # bf16-amp and fp8-naive at the top
+    outlined = [p for p in ax.patches if isinstance(p, mpatches.Rectangle) and not p.get_fill()]
+    assert len(outlined) == int(bounded[1]["max_stable"].sum()) == 3
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "bf16-amp"
+    assert "stability" in fig_lr_frontier(FigureData(pd.DataFrame()))  # no frontier: the sentence, no figure
