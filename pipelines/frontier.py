@@ -118,6 +118,8 @@ def _cells_one(runs: pd.DataFrame, grid: list[float], an: Analysis) -> pd.DataFr
         excess = [100.0 * (r.final_val_loss - best[r.seed]) / best[r.seed] if r.status == "ok" else np.nan
                   for r in g.itertuples()]
         gaps = pd.to_numeric(g[g["status"] == "ok"]["loss_gap_pct"], errors="coerce").dropna()
+        if method == REFERENCE:  # its gap to itself is 0 by construction: no interval to print
+            gaps = gaps.iloc[0:0]
         ci = t_interval(gaps, an.confidence)
         recipe_seeds = set(runs[runs["method"] == method]["seed"])
         stable = (set(g["seed"]) == recipe_seeds and all(s == "ok" for s in st)
@@ -133,7 +135,7 @@ def _cells_one(runs: pd.DataFrame, grid: list[float], an: Analysis) -> pd.DataFr
             "val_loss_mean": ok[(ok["method"] == method) & (ok["lr"] == lr)]["final_val_loss"].mean(),
             "excess_pct_max": max(excess) if excess and not any(np.isnan(excess)) else np.nan,
             "excess_pct": " / ".join("–" if np.isnan(e) else f"{e:+.2f}" for e in excess),
-            "gaps_pct": " / ".join(f"{v:+.2f}" for v in gaps), "n_gaps": ci.n, "gap_mean_pct": ci.mean,
+            "gaps_pct": "reference" if method == REFERENCE else " / ".join(f"{v:+.2f}" for v in gaps), "n_gaps": ci.n, "gap_mean_pct": ci.mean,
             "gap_ci_lo_pct": ci.lo, "gap_ci_hi_pct": ci.hi,
             "diverged_step_min": pd.to_numeric(g.get("diverged_step"), errors="coerce").min(),
         })

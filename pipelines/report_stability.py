@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, statements
-from pipelines.markdown import md_table
+from pipelines.markdown import fmt, md_table
 
 Subsection = Callable[[Path, Path, Path], str]
 
@@ -41,6 +41,24 @@ def _figure(fig_dir: Path, report_dir: Path, name: str) -> list[str]:
     return [f"![{name}]({os.path.relpath(png, report_dir)})", ""]
 
 
+def _noise_floor_line(results_dir: Path, profile: str, model: str, margin: float) -> list[str]:
+    """The noise floor at each grid lr (results/noise_floor.csv): where it is not below the margin, whether a
+    cell lies within the margin of the best loss is decided by numerical chaos as much as by the recipe."""
+    nf = _read(results_dir / "noise_floor.csv")
+    if nf.empty:
+        return []
+    nf = nf[(nf["profile"] == profile) & (nf["model"] == model)].sort_values("lr")
+    if nf.empty:
+        return []
+    per_lr = "; ".join(f"lr {r.lr:g}: {fmt(r.noise_floor_pct, 2)}% ({r.null_method}, {r.n_seeds} seeds)"
+                       for r in nf.itertuples())
+    over = [f"{r.lr:g}" for r in nf.itertuples() if r.noise_floor_pct >= margin]
+    tail = (f" At lr {', '.join(over)} it is not below the margin: there, within or outside the margin is decided by "
+            f"seed-to-seed chaos as much as by the recipe." if over else "")
+    return [f"Noise floor per grid lr (`results/noise_floor.csv`, the largest |paired gap| of a change that should "
+            f"not matter): {per_lr}.{tail}", ""]
+
+
 def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
     fr, cells = _read(results_dir / FRONTIER_CSV), _read(results_dir / CELLS_CSV)
     head = ["### Learning-rate frontier", ""]
@@ -60,6 +78,7 @@ def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> s
             out += [f"#### {profile} / {model}", ""]
         out += [f"Grid: {g['grid'].iloc[0]}; margin {g['margin_pct'].iloc[0]:g}%.", "",
                 md_table(g[FRONTIER_VIEW], f"results/{FRONTIER_CSV}"), ""]
+        out += _noise_floor_line(results_dir, profile, model, float(g["margin_pct"].iloc[0]))
         c = cells[(cells["profile"] == profile) & (cells["model"] == model)]
         if len(c):
             out += ["Per recipe and lr (`results/frontier_cells.csv`): statuses, each seed's excess over the best "

@@ -142,7 +142,13 @@ def test_report_section_prints_the_csv(tmp_path):
     res.mkdir()
     summary_of(BOUNDED).to_csv(res / "summary.csv", index=False)
     write_outputs(res / "summary.csv", res, Analysis(margin_pct=0.5))
+    from pipelines.compare import noise_floors
+
+    noise_floors(summary_of(BOUNDED), Analysis(margin_pct=0.5)).to_csv(res / "noise_floor.csv", index=False)
     text = stability_section(res, tmp_path / "figures", tmp_path)
+    # fp32 vs bf16-amp: 0.0 and 0.0 at 1e-3; 0.25 and 0.37 at 1e-2; at 1e-1 only seed 1 pairs (2.22)
+    assert ("lr 0.001: 0.00% (fp32, 2 seeds); lr 0.01: 0.37% (fp32, 2 seeds); lr 0.1: 2.22% (fp32, 1 seeds). "
+            "At lr 0.1 it is not below the margin") in text
     assert text.startswith("## Where FP8 breaks") and "### Learning-rate frontier" in text
     fr = pd.read_csv(res / "frontier.csv").set_index("method")
     rows = parse_table(text, "results/frontier.csv")
