@@ -137,7 +137,8 @@ def _cells_one(runs: pd.DataFrame, grid: list[float], an: Analysis) -> pd.DataFr
             "excess_pct": " / ".join("–" if np.isnan(e) else f"{e:+.2f}" for e in excess),
             "gaps_pct": "reference" if method == REFERENCE else " / ".join(f"{v:+.2f}" for v in gaps), "n_gaps": ci.n, "gap_mean_pct": ci.mean,
             "gap_ci_lo_pct": ci.lo, "gap_ci_hi_pct": ci.hi,
-            "diverged_step_min": pd.to_numeric(g.get("diverged_step"), errors="coerce").min(),
+            "diverged_step_min": (pd.to_numeric(g["diverged_step"], errors="coerce").min()
+                                  if "diverged_step" in g else np.nan),
         })
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
