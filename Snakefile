@@ -18,6 +18,7 @@ include: "pipelines/common.smk"
 include: "pipelines/train.smk"
 include: "pipelines/memory.smk"
 include: "pipelines/bench.smk"
+include: "pipelines/stability.smk"
 include: "pipelines/report.smk"
 
 
@@ -35,6 +36,7 @@ localrules:
     landing,
     tensorboard,
     gpu_predicted,
+    frontier,
 
 
 rule all:
@@ -48,3 +50,4 @@ rule all:
         LANDING_RST,
         TB_EVENTS,
         BENCH_CSVS,
+        FRONTIER_CSVS,

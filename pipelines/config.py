@@ -77,6 +77,16 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         check_choice("method", m, registered)
     for m in p.get("seeds_for", {}):
         check_choice("method", m, [*registered, *p.get("variants", {})])
+    lrs = check_lrs(p.get("lrs", []), f"profile {profile}: lrs")
+    run_names = [m for m in methods if m not in exclude] + list(p.get("variants", {}))
+    lrs_for = {}
+    for m, values in p.get("lrs_for", {}).items():
+        # a key naming no run of this profile is a typo: it would silently leave that run on the profile's grid
+        try:
+            check_choice("lrs_for method", m, run_names)
+        except ConfigError as e:
+            raise ConfigError(f"profile {profile}: {e}") from None
+        lrs_for[m] = check_lrs(values, f"profile {profile}: lrs_for.{m}", allow_empty=False)
     for m in p["models"]:
         check_choice("model", m, SIZES)
     for m in cfg.get("method_options", {}):
@@ -95,12 +105,34 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         "variants": variants,
         "seeds": list(p["seeds"]),
         "seeds_for": dict(p.get("seeds_for", {})),
-        "lrs": list(p.get("lrs", [])),
+        "lrs": lrs,
+        "lrs_for": lrs_for,
         "train": deep_merge(cfg["train"], p.get("train")),
         "data": deep_merge(cfg["data"], p.get("data")),
         "memory_trace": memory_trace_settings(cfg, p),
         "bench": bench_settings(cfg, profile),
     }
+
+
+def check_lrs(values, where: str, allow_empty: bool = True) -> list[float]:
+    """A learning-rate grid: positive finite numbers, ascending, no repeats, each written exactly by its run
+    folder name (``seed0_lr0.00316``: ``f"{lr:g}"`` keeps 6 significant digits, and the run's lr is read back
+    from that name)."""
+    import math
+
+    values = list(values or [])
+    if not values and not allow_empty:
+        raise ConfigError(f"{where}: empty; valid: a list of one or more positive learning rates")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{where}: {v!r} is not a learning rate; valid: positive finite numbers, e.g. 1.0e-3")
+        if float(f"{v:g}") != float(v):
+            raise ConfigError(f"{where}: {v!r} has more than 6 significant digits; valid: e.g. {float(f'{v:g}'):g} "
+                              "(run folders name the lr with 6)")
+    if values != sorted(values) or len(set(values)) != len(values):
+        raise ConfigError(f"{where}: {values} must be ascending without repeats; valid: "
+                          f"{sorted(set(float(v) for v in values))}")
+    return [float(v) for v in values]
 
 
 def bench_enabled(profile: str, path: str | Path | None = None) -> bool:
@@ -169,7 +201,8 @@ def runs(cfg: dict, profile: str) -> list[tuple[str, str, str]]:
     for model in ps["models"]:
         for method in ps["methods"]:
             for seed in ps["seeds_for"].get(method, ps["seeds"]):
-                for lr in ps["lrs"] or [None]:
+                # a method's own grid (lrs_for) replaces the profile's: stress variants at one lr beside a frontier
+                for lr in ps["lrs_for"].get(method, ps["lrs"]) or [None]:
                     out.append((model, method, run_id(seed, lr)))
     return out
 

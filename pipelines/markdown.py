@@ -12,6 +12,10 @@ def digits_for(col: str) -> int:
     c = col.lower()
     if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "seeds", "diverged_step"):
         return 0
+    if c.startswith("diverged_step") or c.startswith("steps_vs") or c.endswith("_index"):  # counts of steps
+        return 0
+    if "sensitivity" in c:  # a loss difference in nats, as the losses are printed
+        return 3
     if "gb" in c:
         return 1
     if "frac" in c:
@@ -38,7 +42,7 @@ def fmt(v, digits: int = 2) -> str:
 def cell(col: str, v) -> str:
     if hasattr(v, "item") and not isinstance(v, str):  # numpy scalar → Python number
         v = v.item()
-    if col == "lr" and isinstance(v, float) and not math.isnan(v):
+    if (col == "lr" or col.endswith("_lr")) and isinstance(v, float) and not math.isnan(v):
         return f"{v:g}"
     if isinstance(v, str):
         return v.replace("|", "/").replace("\n", " ")

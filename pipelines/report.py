@@ -24,6 +24,7 @@ from pipelines.markdown import fmt, md_table
 from pipelines.metrics import read_events
 from pipelines.report_memory import traced_section
 from pipelines.report_perf import performance_section, predicted_section
+from pipelines.report_stability import stability_section
 
 REFERENCE = "bf16-amp"
 
@@ -276,6 +277,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         findings_section(comp), "",
         optim_ablation_section(ab), "",
         lean_section(comp), "",
+        stability_section(results, Path(fig_dir), out.parent), "",
         memory_section(mm), "",
         traced_section(traced, fit, md_table, ranks, summary, comp), "",
         performance_section(results), "",
@@ -294,7 +296,9 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
 
 def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> None:
     """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
+    from pipelines import frontier
     from pipelines.collect import collect, write_all
+    from pipelines.compare import load_analysis
     from pipelines.figures import FigureData, build
 
     pattern = f"{results}/runs/{profile or '*'}/*/*/*/summary.json"
@@ -303,6 +307,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
         raise SystemExit(f"no finished runs under {pattern}; run the workflow first")
     write_all(collect(paths), results / "summary.csv")
     write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
+    frontier.write_outputs(results / "summary.csv", results, load_analysis())
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)
 

@@ -87,6 +87,11 @@ TABLES: dict[str, Table] = {
         "bench/gpu_anchors.csv", "Predicted speedup beside published anchors",
         "The cost model's prediction at each published anchor's own shape, device and parallelism, beside the "
         "speedup the source reports, and whether they agree (``results/bench/gpu_anchors.csv``)."),
+    "frontier": Table(
+        "frontier.csv", "Learning-rate frontier per recipe",
+        "Per recipe (``results/frontier.csv``): the max stable learning rate of the grid, how many grid steps it "
+        "lies from bf16-amp's, the lr sensitivity (Wortsman et al. 2023) and the seeds, with the rules; empty where "
+        "no recipe ran over a grid of learning rates (the ``stability`` profile does)."),
     "summary": Table(
         "summary.csv", "All runs",
         "One row per run (``results/summary.csv``): status and reason, losses, paired gap, throughput, memory."),
@@ -103,6 +108,7 @@ FIGURE_GROUPS: dict[str, str] = {
     "gpu_scaling": "speed",
     "divergence": "stability",
     "fp8_telemetry": "stability",
+    "lr_frontier": "stability",
     "memory_traced": "memory",
     "activation_seq": "memory",
 }

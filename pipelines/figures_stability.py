@@ -1,0 +1,52 @@
+"""Stability figures (registered in ``pipelines.figures.FIGURES``): the learning-rate frontier heatmap.
+
+Each takes the ``FigureData`` of ``pipelines.figures`` and returns a figure, or the sentence saying why there
+is nothing to draw (another profile's results hold no frontier), so that no profile breaks on them.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+from pipelines.frontier import COMMAND, REFERENCE
+
+
+def fig_lr_frontier(d):
+    """Recipe x lr: colour the mean paired gap against bf16-amp (%), cells whose runs diverged or failed
+    hatched and marked, each recipe's max stable lr outlined."""
+    cells = d.frontier_cells
+    if cells is None or cells.empty:
+        return f"no learning-rate frontier in these results ({COMMAND})"
+    key = cells.groupby(["profile", "model"]).size().idxmax()  # one profile and model: the largest grid
+    c = cells[(cells["profile"] == key[0]) & (cells["model"] == key[1])]
+    methods = list(dict.fromkeys([REFERENCE] * (REFERENCE in set(c["method"])) + sorted(set(c["method"]))))
+    lrs = sorted(c["lr"].astype(float).unique())
+    grid = np.full((len(methods), len(lrs)), np.nan)
+    for r in c.itertuples():
+        grid[methods.index(r.method), lrs.index(float(r.lr))] = r.gap_mean_pct
+    finite = np.abs(grid[np.isfinite(grid)])
+    lim = max(float(np.percentile(finite, 95)) if finite.size else 1.0, 0.5)  # one outlier must not wash out the rest
+    fig, ax = plt.subplots(figsize=(1.5 * len(lrs) + 3, 0.45 * len(methods) + 1.8), layout="constrained")
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    fig.colorbar(im, ax=ax, label=f"paired gap vs {REFERENCE} (%)", extend="both")
+    for r in c.itertuples():
+        i, j = methods.index(r.method), lrs.index(float(r.lr))
+        broken = r.n_diverged + r.n_failed
+        if broken:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="lightgrey", hatch="///", edgecolor="grey", lw=0))
+            text = "\n".join(f"{word} {n}/{r.n_runs}" for word, n in (("div", r.n_diverged), ("fail", r.n_failed)) if n)
+        elif r.method == REFERENCE:
+            text = "ref"
+        else:
+            text = "–" if np.isnan(r.gap_mean_pct) else f"{r.gap_mean_pct:+.1f}"
+        dark = np.isfinite(r.gap_mean_pct) and abs(r.gap_mean_pct) > 0.6 * lim and not broken
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        if r.max_stable:  # inset, so that the axes do not clip it; green reads on red, blue and white alike
+            ax.add_patch(Rectangle((j - 0.45, i - 0.42), 0.9, 0.84, fill=False, edgecolor="#00b000", lw=2.5))
+    ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
+    ax.set_yticks(range(len(methods)), methods, fontsize=8)
+    ax.set(xlabel="peak learning rate", title=f"Where each recipe breaks ({key[0]}/{key[1]})\n"
+                                              "paired gap; green: max stable lr; hatched: diverged or failed")
+    ax.grid(False)
+    return fig

@@ -1,0 +1,101 @@
+"""REPORT.md section "Where FP8 breaks": the learning-rate frontier first, then whatever other stability
+studies plug in.
+
+The section is the concatenation of ``SUBSECTIONS``: callables ``(results_dir, fig_dir, report_dir) -> str``
+that each return their markdown (an empty string: nothing to say). Another study adds its part with one line,
+``SUBSECTIONS.append(my_subsection)``, or by listing it below. Every number printed comes from a CSV under
+``results/`` and is formatted by ``pipelines.markdown``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, statements
+from pipelines.markdown import fmt, md_table
+
+Subsection = Callable[[Path, Path, Path], str]
+
+FRONTIER_VIEW = ["method", "n_seeds", "max_stable_lr", "steps_vs_reference", "lr_sensitivity", "lr_sensitivity_sd",
+                 "n_sensitivity_seeds", "best_lr", "best_loss"]
+CELL_VIEW = ["method", "lr", "status", "stable", "excess_pct", "gaps_pct", "gap_mean_pct", "gap_ci_lo_pct",
+             "gap_ci_hi_pct", "diverged_step_min"]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _figure(fig_dir: Path, report_dir: Path, name: str) -> list[str]:
+    png = fig_dir / f"{name}.png"
+    if not png.is_file():
+        return []
+    from pipelines.figures import empty_note
+
+    note = empty_note(fig_dir, name)
+    if note.is_file():
+        return [f"(Figure `{name}`: nothing to plot: {note.read_text().strip()}.)", ""]
+    return [f"![{name}]({os.path.relpath(png, report_dir)})", ""]
+
+
+def _noise_floor_line(results_dir: Path, profile: str, model: str, margin: float) -> list[str]:
+    """The noise floor at each grid lr (results/noise_floor.csv): where it is not below the margin, whether a
+    cell lies within the margin of the best loss is decided by numerical chaos as much as by the recipe."""
+    nf = _read(results_dir / "noise_floor.csv")
+    if nf.empty:
+        return []
+    nf = nf[(nf["profile"] == profile) & (nf["model"] == model)].sort_values("lr")
+    if nf.empty:
+        return []
+    per_lr = "; ".join(f"lr {r.lr:g}: {fmt(r.noise_floor_pct, 2)}% ({r.null_method}, {r.n_seeds} seeds)"
+                       for r in nf.itertuples())
+    over = [f"{r.lr:g}" for r in nf.itertuples() if r.noise_floor_pct >= margin]
+    tail = (f" At lr {', '.join(over)} it is not below the margin: there, within or outside the margin is decided by "
+            f"seed-to-seed chaos as much as by the recipe." if over else "")
+    return [f"Noise floor per grid lr (`results/noise_floor.csv`, the largest |paired gap| of a change that should "
+            f"not matter): {per_lr}.{tail}", ""]
+
+
+def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
+    fr, cells = _read(results_dir / FRONTIER_CSV), _read(results_dir / CELLS_CSV)
+    head = ["### Learning-rate frontier", ""]
+    if fr.empty:
+        return "\n".join(head + [
+            f"No learning-rate frontier in these results: no recipe ran over a grid of learning rates. The "
+            f"`{PROFILE}` profile produces it (`{COMMAND}`); once its runs are on disk, this section shows them, "
+            f"also in another profile's report."])
+    out = head + [
+        f"Each recipe trained over a grid of peak learning rates (from `{fr['source'].iloc[0]}`), paired by seed: "
+        f"runs at the same seed share initial weights and batches. Rules: {fr['rule'].iloc[0]}; "
+        f"{fr['sensitivity_rule'].iloc[0]}. `steps_vs_reference` is how many grid steps a recipe's max stable lr "
+        f"lies above (+) or below (-) `{REFERENCE}`'s; a recipe with no stable grid lr counts one step below the "
+        f"grid.", ""]
+    for (profile, model), g in fr.groupby(["profile", "model"], sort=False):
+        if fr.groupby(["profile", "model"]).ngroups > 1:
+            out += [f"#### {profile} / {model}", ""]
+        out += [f"Grid: {g['grid'].iloc[0]}; margin {g['margin_pct'].iloc[0]:g}%.", "",
+                md_table(g[FRONTIER_VIEW], f"results/{FRONTIER_CSV}"), ""]
+        out += _noise_floor_line(results_dir, profile, model, float(g["margin_pct"].iloc[0]))
+        c = cells[(cells["profile"] == profile) & (cells["model"] == model)]
+        if len(c):
+            out += ["Per recipe and lr (`results/frontier_cells.csv`): statuses, each seed's excess over the best "
+                    f"loss at its seed (%), and the paired gap against `{REFERENCE}` at the same seed and lr (per "
+                    "seed, mean, Student-t interval from 2 seeds on).", "",
+                    md_table(c[CELL_VIEW], f"results/{CELLS_CSV}"), ""]
+    out += [f"- {s}" for s in statements(fr)] + [""]
+    out += _figure(fig_dir, report_dir, "lr_frontier")
+    return "\n".join(out)
+
+
+SUBSECTIONS: list[Subsection] = [frontier_subsection]
+
+
+def stability_section(results_dir: str | Path, fig_dir: str | Path, report_dir: str | Path) -> str:
+    results_dir, fig_dir, report_dir = Path(results_dir), Path(fig_dir), Path(report_dir)
+    parts = [p(results_dir, fig_dir, report_dir) for p in SUBSECTIONS]
+    intro = ("The seed warns that FP8 weights and gradients make pre-training unstable. A run that happens to "
+             "survive one setting says little; this section pushes each recipe until it breaks.")
+    return "\n\n".join(["## Where FP8 breaks", intro, *[p.strip() for p in parts if p and p.strip()]])
