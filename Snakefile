@@ -37,6 +37,7 @@ localrules:
     tensorboard,
     gpu_predicted,
     frontier,
+    long_horizon,
 
 
 rule all:
@@ -50,4 +51,4 @@ rule all:
         LANDING_RST,
         TB_EVENTS,
         BENCH_CSVS,
-        FRONTIER_CSVS,
+        STABILITY_CSVS,

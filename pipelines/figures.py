@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from pipelines.atomic import atomic_path  # noqa: E402
-from pipelines.figures_stability import fig_lr_frontier  # noqa: E402
+from pipelines.figures_stability import fig_long_horizon, fig_lr_frontier  # noqa: E402
 from pipelines.metrics import read_events  # noqa: E402
 from pipelines.stats import base_verdict, t_interval  # noqa: E402
 
@@ -47,6 +47,7 @@ class FigureData:
     traced: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/memory_traced.csv (full-size traces)
     predicted: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/bench/gpu_predicted.csv (on paper)
     frontier_cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/frontier_cells.csv (lr frontier)
+    long_horizon_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/long_horizon_curve.csv
 
     @classmethod
     def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
@@ -61,7 +62,8 @@ class FigureData:
 
         return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
                    table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
-                   table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"))
+                   table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"),
+                   table("long_horizon_curve.csv"))
 
 
 def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -445,7 +447,7 @@ FIGURES = {name: (fn, _caption(name)) for name, fn in (
     ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
     ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry),
-    ("lr_frontier", fig_lr_frontier))}
+    ("lr_frontier", fig_lr_frontier), ("long_horizon", fig_long_horizon))}
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:

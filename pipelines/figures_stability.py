@@ -50,3 +50,29 @@ def fig_lr_frontier(d):
                                               "paired gap; green: max stable lr; hatched: diverged or failed")
     ax.grid(False)
     return fig
+
+
+def fig_long_horizon(d):
+    """The paired gap against bf16-amp over training steps in the long_horizon profile, one line per recipe
+    (mean over seeds), the default profile's horizon marked: does an early gap grow, hold or close?"""
+    from pipelines.long_horizon import COMMAND as LONG_COMMAND, default_steps
+
+    c = d.long_horizon_curve
+    if c is None or c.empty or c["gap_pct"].notna().sum() == 0:
+        return f"no long-horizon runs in these results ({LONG_COMMAND})"
+    c = c[c["method"] != REFERENCE].dropna(subset=["gap_pct"])
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    for (method, model), g in c.groupby(["method", "model"]):
+        m = g.groupby("step")["gap_pct"].mean()
+        n = g["seed"].nunique()
+        ax.plot(m.index, m.to_numpy(), marker="o", ms=3, label=f"{method} (n={n})")
+        broken = g[g["status"] != "ok"]
+        if len(broken):  # where a run ended early: its last evaluation
+            last = broken.sort_values("step").groupby("seed").tail(1)
+            ax.scatter(last["step"], last["gap_pct"], marker="x", s=60, color="black", zorder=3)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(default_steps(), color="grey", ls=":", lw=1, label="default horizon")
+    ax.set(xlabel="step", ylabel=f"paired val-loss gap vs {REFERENCE} (%)",
+           title="Long horizon: 10x the default tokens (x: run ended early)")
+    ax.legend(fontsize=7)
+    return fig

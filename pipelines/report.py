@@ -296,7 +296,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
 
 def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> None:
     """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
-    from pipelines import frontier
+    from pipelines import frontier, long_horizon
     from pipelines.collect import collect, write_all
     from pipelines.compare import load_analysis
     from pipelines.figures import FigureData, build
@@ -308,6 +308,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     write_all(collect(paths), results / "summary.csv")
     write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
     frontier.write_outputs(results / "summary.csv", results, load_analysis())
+    long_horizon.write_outputs(results, load_analysis())
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)
 

@@ -42,7 +42,7 @@ rule figure:
     input:
         summary=SUMMARY_CSV,
         tables=[EVAL_GAPS_CSV, f"{RESULTS}/comparison.csv", f"{RESULTS}/noise_floor.csv", MEMORY_TRACED_CSV,
-                GPU_PREDICTED_CSV, *FRONTIER_CSVS],
+                GPU_PREDICTED_CSV, *STABILITY_CSVS],
         caption="pipelines/captions/{name}.rst",
     output:
         png=report("reports/figures/{name}.png", caption="captions/figure.rst", category="Figures",
@@ -65,7 +65,7 @@ rule report_md:
                 MEMORY_FIT_CSV, MEMORY_TRACED_RANKS_CSV],
         figures=FIGURE_PNGS,
         bench=BENCH_CSVS,
-        frontier=FRONTIER_CSVS,
+        stability=STABILITY_CSVS,
     output:
         REPORT_MD,
     conda:

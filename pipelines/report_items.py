@@ -109,6 +109,7 @@ FIGURE_GROUPS: dict[str, str] = {
     "divergence": "stability",
     "fp8_telemetry": "stability",
     "lr_frontier": "stability",
+    "long_horizon": "stability",
     "memory_traced": "memory",
     "activation_seq": "memory",
 }

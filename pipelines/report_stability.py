@@ -90,7 +90,43 @@ def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> s
     return "\n".join(out)
 
 
-SUBSECTIONS: list[Subsection] = [frontier_subsection]
+LONG_VIEW = ["method", "seed", "status", "steps", "tokens_ratio", "horizon_step", "gap_at_default_pct", "gap_final_pct",
+             "gap_change_pct", "trend", "unchanged_early", "unchanged_late"]
+
+
+def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
+    from pipelines.long_horizon import COMMAND as LONG_COMMAND, LONG_CSV, PROFILE as LONG_PROFILE
+
+    lh = _read(results_dir / LONG_CSV)
+    head = ["### Long horizon", ""]
+    if lh.empty:
+        return "\n".join(head + [
+            f"No long-horizon runs on disk. The `{LONG_PROFILE}` profile trains bf16-amp, fp8-naive (plain and with "
+            f"stochastic rounding of its weight update), fp8-e2e, fp8-optim and fp8-own-tensorwise for 10x the "
+            f"default tokens (`{LONG_COMMAND}`); once its runs are on disk, this section shows them."])
+    steps, default = int(lh["steps"].max()), int(lh["default_steps"].iloc[0])
+    out = head + [
+        f"Each recipe trained {steps} steps, {steps / default:g}x the default profile's {default} (same batch "
+        f"and sequence length, so {steps / default:g}x the tokens), paired by seed with `{REFERENCE}`. The gap "
+        f"is read at the evaluation nearest the default horizon (`horizon_step`) and at the end; it `grows` or "
+        f"`shrinks` when the change exceeds the margin (and, on fewer seeds than the verdicts need, "
+        f"far_factor x the noise floor), else it `holds`. `unchanged_early` / `unchanged_late`: fp8-naive's share "
+        f"of FP8 weight codes a step left as they were, at the default horizon and at the end (`results/{LONG_CSV}`).",
+        "", md_table(lh[LONG_VIEW], f"results/{LONG_CSV}"), ""]
+    for r in lh[lh["method"] != REFERENCE].itertuples():
+        if r.status != "ok":
+            out.append(f"- {r.method} (seed {r.seed}): {r.status} ({r.reason}).")
+            continue
+        stall = (f"; unchanged FP8 codes {fmt(r.unchanged_early, 3)} -> {fmt(r.unchanged_late, 3)}"
+                 if pd.notna(r.unchanged_early) else "")
+        out.append(f"- {r.method} (seed {r.seed}): gap {fmt(r.gap_at_default_pct, 2)}% at step {r.horizon_step} -> "
+                   f"{fmt(r.gap_final_pct, 2)}% at step {r.steps}: {r.trend}{stall}.")
+    out.append("")
+    out += _figure(fig_dir, report_dir, "long_horizon")
+    return "\n".join(out)
+
+
+SUBSECTIONS: list[Subsection] = [frontier_subsection, long_horizon_subsection]
 
 
 def stability_section(results_dir: str | Path, fig_dir: str | Path, report_dir: str | Path) -> str:

@@ -22,3 +22,28 @@ rule frontier:
     shell:
         'python -m pipelines.frontier --summary {input.summary:q} --results "$(dirname {output.frontier:q})" '
         "--analysis {params.analysis:q} > {log:q} 2>&1"
+
+
+# Long horizon (pipelines/long_horizon.py): the long_horizon profile's runs on disk (any profile's report
+# shows them once they ran), their paired gap at the default horizon and at the end; headers only if none.
+LONG_HORIZON_CSV = f"{RESULTS}/long_horizon.csv"
+LONG_HORIZON_CURVE_CSV = f"{RESULTS}/long_horizon_curve.csv"
+STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_CURVE_CSV]
+
+
+rule long_horizon:
+    input:
+        summary=SUMMARY_CSV,
+        noise_floor=f"{RESULTS}/noise_floor.csv",
+    output:
+        table=LONG_HORIZON_CSV,
+        curve=LONG_HORIZON_CURVE_CSV,
+    params:
+        analysis=ANALYSIS_JSON,
+    conda:
+        "../environment.yml"
+    log:
+        f"{RESULTS}/logs/long_horizon.log",
+    shell:
+        'python -m pipelines.long_horizon --results "$(dirname {output.table:q})" --analysis {params.analysis:q} '
+        "> {log:q} 2>&1"
