@@ -24,7 +24,7 @@ from pipelines.markdown import fmt, md_table
 from pipelines.metrics import read_events
 from pipelines.report_memory import traced_section
 from pipelines.report_perf import performance_section, predicted_section
-from pipelines.report_stability import stability_section
+from pipelines.report_stability import stability_section, weights_claim_evidence
 
 REFERENCE = "bf16-amp"
 
@@ -272,6 +272,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         "",
         environment_section(summary), "",
         claims_section(claims), "",
+        weights_claim_evidence(results), "",
         noise_floor_section(floors), "",
         comparison_section(comp, os.path.relpath(Path(fig_dir) / "forest.png", out.parent)), "",
         findings_section(comp), "",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, statements
+from pipelines.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, lr_text, statements
 from pipelines.markdown import fmt, md_table
 
 Subsection = Callable[[Path, Path, Path], str]
@@ -127,6 +127,56 @@ def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) 
 
 
 SUBSECTIONS: list[Subsection] = [frontier_subsection, long_horizon_subsection]
+
+WEIGHTS_CLAIM = "FP8 weights and gradients"  # the start of the claim's text in results/claims.csv
+NAIVE = "fp8-naive"
+
+
+def weights_claim_evidence(results_dir: str | Path) -> str:
+    """The FP8-weights claim read on all three tests: the default run (results/claims.csv), the lr frontier
+    (does fp8-naive break a grid step before bf16-amp?) and the long horizon (does its gap grow or the run
+    diverge?). Joint reading: holds if any test shows the instability; does not hold only if every test ran
+    and none does; otherwise inconclusive. Empty where the claim is not in the table."""
+    results_dir = Path(results_dir)
+    claims = _read(results_dir / "claims.csv")
+    row = claims[claims["claim"].astype(str).str.startswith(WEIGHTS_CLAIM)] if len(claims) else claims
+    if row.empty:
+        return ""
+    default = str(row["verdict"].iloc[0])
+    shows, lines = [], [f"- Default run: {default} (the claims table above)."]
+    shows.append(True if default == "holds" else False if default == "does not hold" else None)
+    fr = _read(results_dir / FRONTIER_CSV)
+    fr = fr[fr["method"] == NAIVE] if len(fr) else fr
+    if fr.empty:
+        lines.append(f"- Learning-rate frontier: not run (`{COMMAND}`).")
+        shows.append(None)
+    else:
+        r = fr.iloc[0]
+        steps = r["steps_vs_reference"]
+        lines.append(f"- Learning-rate frontier: {NAIVE}'s max stable lr {lr_text(r['max_stable_lr'])}, "
+                     f"{fmt(steps, 0)} grid step(s) from {REFERENCE}'s ({int(r['n_seeds'])} seeds; grid "
+                     f"{r['grid']}).")
+        shows.append(bool(steps <= -1) if pd.notna(steps) else None)
+    from pipelines.long_horizon import COMMAND as LONG_COMMAND, LONG_CSV
+
+    lh = _read(results_dir / LONG_CSV)
+    lh = lh[lh["method"] == NAIVE] if len(lh) else lh
+    if lh.empty:
+        lines.append(f"- Long horizon: not run (`{LONG_COMMAND}`).")
+        shows.append(None)
+    else:
+        trends = set(lh["trend"].astype(str))
+        gaps = ", ".join(f"seed {t.seed}: {fmt(t.gap_at_default_pct, 2)}% -> {fmt(t.gap_final_pct, 2)}% ({t.trend})"
+                         for t in lh.itertuples())
+        lines.append(f"- Long horizon ({int(lh['steps'].max())} steps): {NAIVE}'s paired gap from the default "
+                     f"horizon to the end, {gaps}.")
+        shows.append(True if trends & {"diverged", "grows"} else False if trends <= {"holds", "shrinks"} else None)
+    joint = ("holds" if any(x is True for x in shows) else
+             "does not hold" if all(x is False for x in shows) else "inconclusive")
+    why = {"holds": "at least one test shows it",
+           "does not hold": "all three tests ran and none shows it",
+           "inconclusive": "no test shows it, and not every test ran or was conclusive"}[joint]
+    return "\n".join([f"The claim \"{row['claim'].iloc[0]}\" on all three tests: **{joint}** ({why}).", "", *lines])
 
 
 def stability_section(results_dir: str | Path, fig_dir: str | Path, report_dir: str | Path) -> str:

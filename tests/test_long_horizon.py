@@ -122,3 +122,34 @@ def test_the_profile_trains_ten_times_the_default_tokens():
     assert train["steps"] * train["batch_size"] * train["seq_len"] >= 10 * base["steps"] * base["batch_size"] * base["seq_len"]
     runs = {m for _, m, _ in config_mod.runs(cfg, PROFILE)}
     assert {"bf16-amp", "fp8-naive", "fp8-naive-sr", "fp8-e2e", "fp8-optim", "fp8-own-tensorwise"} <= runs
+
+
+def _claims(tmp_path, verdict):
+    pd.DataFrame([{"claim": "FP8 weights and gradients (no high-precision copy) are unstable: ...",
+                   "verdict": verdict}]).to_csv(tmp_path / "claims.csv", index=False)
+
+
+def test_the_weights_claim_reads_all_three_tests(results, tmp_path):
+    from pipelines.report_stability import weights_claim_evidence
+
+    _claims(results, "does not hold")
+    # only the default run: its verdict alone cannot settle "does not hold" for all three
+    text = weights_claim_evidence(results)
+    assert "**inconclusive**" in text and "Learning-rate frontier: not run" in text and "Long horizon: not run" in text
+    # the long horizon shows fp8-naive's gap growing (2% -> 5%): the claim holds on that test
+    write_outputs(results, AN, DEFAULT)
+    text = weights_claim_evidence(results)
+    assert "**holds**" in text and "seed 0: 2.00% -> 5.00% (grows)" in text
+    # every test ran and none shows it
+    pd.DataFrame([{"method": "fp8-naive", "max_stable_lr": 0.01, "steps_vs_reference": 0, "n_seeds": 2,
+                   "grid": "0.001, 0.01, 0.1"}]).to_csv(results / "frontier.csv", index=False)
+    lh = pd.read_csv(results / "long_horizon.csv")
+    lh.loc[lh["method"] == "fp8-naive", "trend"] = "holds"
+    lh.to_csv(results / "long_horizon.csv", index=False)
+    text = weights_claim_evidence(results)
+    assert "**does not hold**" in text and "max stable lr 0.01, 0 grid step(s)" in text
+    # a frontier a grid step below bf16-amp's shows it
+    pd.DataFrame([{"method": "fp8-naive", "max_stable_lr": 0.001, "steps_vs_reference": -1, "n_seeds": 2,
+                   "grid": "0.001, 0.01, 0.1"}]).to_csv(results / "frontier.csv", index=False)
+    assert "**holds**" in weights_claim_evidence(results)
+    assert weights_claim_evidence(tmp_path / "nothing") == ""
