@@ -35,6 +35,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_csv(df, path: str | os.PathLike) -> None:
+    """A pandas DataFrame as CSV (no index), never seen half-written."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 

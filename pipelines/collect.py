@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.atomic import atomic_path
+from pipelines.atomic import write_csv
 from pipelines.metrics import read_events
 
 REFERENCE = "bf16-amp"
@@ -95,11 +95,6 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
     extra = [c for c in df.columns if c not in COLUMNS]
     df = df[COLUMNS + sorted(extra)]
     return df.sort_values(["profile", "model", "method", "seed"], kind="stable").reset_index(drop=True)
-
-
-def write_csv(df: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def write_all(df: pd.DataFrame, summary_csv: str | Path) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_path, write_text
+from pipelines.atomic import write_csv, write_text
 from pipelines.markdown import md_table  # one table renderer for every markdown table
 from pipelines.stats import Analysis, base_verdict, noise_floor, t_interval, verdict
 
@@ -471,8 +471,7 @@ def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | N
              "memory_model": out_dir / "memory_model.csv", "optim_ablation": out_dir / "optim_ablation.csv"}
     for key, df in (("comparison", comp), ("noise_floor", floors), ("claims", cl), ("memory_model", mm),
                     ("optim_ablation", ab)):
-        with atomic_path(paths[key], suffix=".csv") as tmp:
-            df.to_csv(tmp, index=False)
+        write_csv(df, paths[key])
     write_text(paths["comparison_md"], "# Per-method comparison\n\n" + md_table(comparison_view(comp)) + "\n")
     return paths
 

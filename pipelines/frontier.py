@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_path
+from pipelines.atomic import write_csv
 from pipelines.stats import Analysis, t_interval
 
 REFERENCE = "bf16-amp"
@@ -271,8 +271,7 @@ def write_outputs(summary_csv: str | Path, results: str | Path, an: Analysis | N
             fr, cells = frontier(disk, an, source=f"{results}/runs/{PROFILE}/ (finished runs on disk)")
     paths = {"frontier": results / FRONTIER_CSV, "cells": results / CELLS_CSV}
     for key, df in (("frontier", fr), ("cells", cells)):
-        with atomic_path(paths[key], suffix=".csv") as tmp:
-            df.to_csv(tmp, index=False)
+        write_csv(df, paths[key])
     return paths
 
 

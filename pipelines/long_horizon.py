@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.atomic import atomic_path
+from pipelines.atomic import write_csv
 from pipelines.metrics import read_events
 from pipelines.stats import Analysis
 
@@ -138,8 +138,7 @@ def write_outputs(results: str | Path, an: Analysis | None = None, default: int 
                                 _noise_floor(results))
     paths = {"table": results / LONG_CSV, "curve": results / CURVE_CSV}
     for key, df in (("table", table), ("curve", curve)):
-        with atomic_path(paths[key], suffix=".csv") as tmp:
-            df.to_csv(tmp, index=False)
+        write_csv(df, paths[key])
     return paths
 
 
