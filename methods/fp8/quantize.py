@@ -89,3 +89,17 @@ def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow
         if q.shape != (R, C):  # drop the padding (a copy: a view would keep the padded storage alive)
             q = q[:R, :C].clone(memory_format=torch.contiguous_format)
     return Quantized(q, scale, torch.ones_like(scale) / scale, blocks, fmt, amax, n_sat)
+
+
+def count_underflow(x: torch.Tensor, q: Quantized) -> torch.Tensor:
+    """How many values of ``x`` were nonzero but quantized to (signed) zero in ``q`` (same shape): the
+    values a scale too small for them flushed, the counterpart of ``n_sat`` at the bottom of the range.
+    Read from the codes themselves (magnitude bits 0), so it holds for every path that made ``q``; a
+    device tensor, so the GPU path need not sync per step."""
+    d = q.data
+    if q.fmt.simulated:
+        zero = d == 0
+    else:  # float8 dtypes have no comparison kernels everywhere: look at the code's magnitude bits
+        zero = (d.view(torch.uint8) & 0x7F) == 0
+    return (zero & (x != 0)).sum()
+
