@@ -90,3 +90,15 @@ def test_absent_runs_name_the_profile(tmp_path):
     for fn in rs.STRESS_SUBSECTIONS:
         text = fn(tmp_path, tmp_path / "f", tmp_path)
         assert "profile=stress" in text and text.startswith("### ")
+
+
+def test_collect_summarizes_saturated_and_underflowed_fractions(tmp_path):
+    from pipelines.collect import fp8_fractions
+
+    row = _write_run(tmp_path, "fp8-own-tensorwise", 0, 5.0, telemetry=[(0, _tele(0.01, 0.0)), (10, _tele(0.03, 0.002))])
+    fr = fp8_fractions(row["run_dir"])
+    assert fr["underflow_frac_max"] == pytest.approx(0.9) and fr["saturated_frac_max"] == pytest.approx(0.9)
+    assert fr["underflow_frac_mean"] == pytest.approx((0.01 + 0.9 + 0.03 + 0.9) / 4)
+    assert fr["saturated_frac_mean"] == pytest.approx((0.0 + 0.9 + 0.002 + 0.9) / 4)
+    none = _write_run(tmp_path, "bf16-amp", 0, 5.0)
+    assert all(math.isnan(v) for v in fp8_fractions(none["run_dir"]).values())
