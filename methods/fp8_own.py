@@ -30,7 +30,7 @@ from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_t
 from methods.fp8.saved import save_inputs_in_fp8
 from methods.options import Accepted, Choice, Range
 from methods.registry import register
-from methods.stress import NORM_GAINS, inject_outliers, quantize_norm_gains
+from methods.stress import NORM_GAINS, inject_outliers, norm_gain_telemetry, quantize_norm_gains
 
 #: the modules whose inputs ``fp8_saved_nonlinear`` keeps in FP8: every block's two RMSNorms and its SwiGLU
 #: (the final norm feeds the high-precision lm_head and stays as it is, as the head does)
@@ -47,8 +47,9 @@ class FP8Trainee(Trainee):
         ``{"layer", "tensor", "amax", "scale", "saturated_frac", "saturated_frac_window", ...}``:
         ``saturated_frac`` is the last quantization's, ``saturated_frac_window`` covers every one since
         the previous call. Group granularities add ``scale_max`` (``scale`` is then the smallest group
-        scale, the one of the largest amax)."""
-        return fp8_telemetry(self.model)
+        scale, the one of the largest amax). With ``norm_gains`` fp8 / fp8-bump, one row per quantized norm
+        too (``tensor: gain``, its clipped fraction)."""
+        return fp8_telemetry(self.model) + norm_gain_telemetry(self.model)
 
 
 @dataclass(frozen=True, kw_only=True)

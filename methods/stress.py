@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from methods.fp8.linear import FP8Linear
-from methods.fp8.mx_gains import MX_BLOCK, ste_mx
+from methods.fp8.mx_gains import MX_BLOCK, ste_mx_counted
 
 #: the linears of a block whose *input* gets the outlier channels: the MLP input after ``mlp_norm``, which
 #: feeds the SwiGLU's gate and up projections
@@ -70,7 +70,11 @@ class _QuantizedGains:
             return super().forward(*args)
         self._in_quantized = True
         try:
-            w = ste_mx(self.weight, "e4m3", self.norm_gain_block, self.norm_gain_rounding)
+            w, n_clip = ste_mx_counted(self.weight, "e4m3", self.norm_gain_block, self.norm_gain_rounding)
+            if self.training:  # clipped gains since the last telemetry read (Su et al. log them per block)
+                win = self.__dict__.setdefault("_gain_window", [0, 0])
+                win[0], win[1] = win[0] + n_clip, win[1] + w.numel()
+                self._gain_last = (n_clip, self.weight.detach())
             return torch.func.functional_call(self, {"weight": w}, args)
         finally:
             self._in_quantized = False
@@ -104,3 +108,20 @@ def quantize_norm_gains(model: nn.Module, mode: str, block: int = MX_BLOCK,
             mod.norm_gain_block = block
             done.append(name)
     return done
+
+
+def norm_gain_telemetry(model: nn.Module) -> list[dict]:
+    """One row per quantized norm: the share of its gains the last forward clipped, the share over every
+    forward since the previous read (``clipped_frac_window``) and the gains' range."""
+    rows = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, _QuantizedGains) and getattr(mod, "_gain_last", None) is not None:
+            n_clip, w = mod._gain_last
+            clipped, numel = mod.__dict__.get("_gain_window", [0, 0])
+            rows.append({"layer": name, "tensor": "gain", "rounding": mod.norm_gain_rounding,
+                         "clipped_frac": int(n_clip) / max(1, w.numel()),
+                         "clipped_frac_window": int(clipped) / max(1, numel),
+                         "gain_min": float(w.min()), "gain_max": float(w.max())})
+            mod._gain_window = [0, 0]
+    return rows
+

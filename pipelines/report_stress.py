@@ -75,6 +75,13 @@ def _layer_fractions(run_dirs, layer: str) -> dict:
     return out
 
 
+def _col_max(df: pd.DataFrame, method: str, col: str) -> float:
+    if col not in df:
+        return 0.0 if method == "fp8-own-tensorwise" else math.nan  # hp gains: nothing is quantized
+    v = pd.to_numeric(df[df["method"] == method][col], errors="coerce").dropna()
+    return float(v.max()) if len(v) else (0.0 if method == "fp8-own-tensorwise" else math.nan)
+
+
 def ladder_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for fmt, de, dm in sv.LADDER:
@@ -107,7 +114,9 @@ def norm_gains_table(df: pd.DataFrame) -> pd.DataFrame:
             p = _paired(df, name, REFERENCE)
             rows.append({"norm_gains": mode, "method": name, "n_seeds": p["n_seeds"], "n_diverged": p["n_diverged"],
                          "gap_vs_bf16_amp_pct": p["gap_mean_pct"],
-                         "gap_vs_hp_gains_pct": _paired(df, name, "fp8-own-tensorwise")["gap_mean_pct"]})
+                         "gap_vs_hp_gains_pct": _paired(df, name, "fp8-own-tensorwise")["gap_mean_pct"],
+                         # the largest share of a norm's gains any telemetry window saw clipped (train's digest)
+                         "gain_clipped_frac_max": _col_max(df, name, "telemetry_max_clipped_frac_window")})
     return pd.DataFrame(rows)
 
 
@@ -277,12 +286,13 @@ def norm_gains(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
     t = _table(Path(results_dir), "norm_gains")
     if t.empty:
         return _absent(title)
-    cols = ["norm_gains", "n_seeds", "n_diverged", "gap_vs_bf16_amp_pct", "gap_vs_hp_gains_pct"]
+    cols = ["norm_gains", "n_seeds", "n_diverged", "gap_vs_bf16_amp_pct", "gap_vs_hp_gains_pct", "gain_clipped_frac_max"]
     return "\n".join([
         f"### {title}", "",
         "fp8-own-tensorwise with the blocks' RMSNorm gains used in E4M3 with an MX shared scale per 32 values: "
         "`fp8` takes the exponent from floor(log2 amax), which clips the largest gains (Su et al.'s mechanism); "
-        "`fp8-bump` rounds it up (their fix); `hp` keeps them in high precision. Gaps paired by seed.", "",
+        "`fp8-bump` rounds it up (their fix); `hp` keeps them in high precision. Gaps paired by seed; `gain_clipped_frac_max`: the largest share of one "
+        "norm's gains clipped in any telemetry window.", "",
         md_table(t[cols], source="results/stress_norm_gains.csv"), ""])
 
 

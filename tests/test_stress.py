@@ -10,7 +10,7 @@ from methods.fp8.linear import FP8Linear, FP8Recipe, convert_to_fp8, fp8_telemet
 from methods.fp8.quantize import count_underflow, quantize
 from methods.fp8.scaling import TENSORWISE, TILE_1x128
 from methods.registry import get_method
-from methods.stress import inject_outliers, outlier_channels, quantize_norm_gains
+from methods.stress import inject_outliers, norm_gain_telemetry, outlier_channels, quantize_norm_gains
 from models.config import ModelConfig
 from models.llama import build_model
 
@@ -206,6 +206,15 @@ def test_norm_gains_hook_up_forward_and_gradient():
     bump = build_model(CFG, 0)
     bump.load_state_dict(plain.state_dict())
     quantize_norm_gains(bump, "fp8-bump")
+    bump(x, y)
+    bump(x, y)
+    rows = {r["layer"]: r for r in norm_gain_telemetry(quant)}
+    assert rows["layers.0.attn_norm"]["clipped_frac"] > 0.1 and rows["layers.0.mlp_norm"]["clipped_frac"] == 0
+    brow = {r["layer"]: r for r in norm_gain_telemetry(bump)}["layers.0.attn_norm"]
+    assert brow["clipped_frac"] == 0 and brow["clipped_frac_window"] == 0 and brow["gain_max"] < 1
+    again = {r["layer"]: r for r in norm_gain_telemetry(quant)}["layers.0.attn_norm"]
+    assert again["clipped_frac_window"] == 0 and again["clipped_frac"] == rows["layers.0.attn_norm"]["clipped_frac"]
+    assert rows["layers.0.attn_norm"]["clipped_frac_window"] == rows["layers.0.attn_norm"]["clipped_frac"]
     assert quantize_norm_gains(build_model(CFG, 0), "hp") == []
     with pytest.raises(ValueError, match="hp, fp8, fp8-bump"):
         quantize_norm_gains(bump, "fp4")

@@ -36,10 +36,10 @@ def shared_exponents(amax: torch.Tensor, fmt: ExMy, rounding: str = "floor") -> 
 
 
 def mx_quantize(x: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK,
-                rounding: str = "floor") -> tuple[torch.Tensor, int]:
+                rounding: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (any shape; blocks run along the last dimension, the last block may be short) → (values in
     fp32 after the round trip, number of values that clipped: |x / scale| beyond the format's overflow
-    threshold). Rounding to the element format saturates, ties to even (``formats.round_to_format``)."""
+    threshold, a 0-d tensor: no device sync). Rounding to the element format saturates, ties to even (``formats.round_to_format``)."""
     fmt = get_format(fmt)
     if block < 1:
         raise ValueError(f"block must be a positive number of values, got {block}")
@@ -51,7 +51,7 @@ def mx_quantize(x: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK
     amax = xp.abs().amax(-1, keepdim=True)
     scale = torch.ldexp(torch.ones_like(amax), shared_exponents(amax, fmt, rounding))  # exact powers of two
     y = xp / scale
-    n_clip = int((y.abs() > fmt.overflow_threshold).sum())
+    n_clip = (y.abs() > fmt.overflow_threshold).sum()
     out = (round_to_format(y, fmt) * scale).view(xf.shape[0], -1)[:, :C]
     return out.reshape(shape), n_clip
 
@@ -69,3 +69,10 @@ class _STE(torch.autograd.Function):
 def ste_mx(w: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK, rounding: str = "floor") -> torch.Tensor:
     """``w`` quantized as :func:`mx_quantize` does in the forward, identity in the backward."""
     return _STE.apply(w, get_format(fmt), block, rounding)
+
+
+def ste_mx_counted(w: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK,
+                   rounding: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ste_mx` plus the number of values that clipped (for telemetry), from one quantization."""
+    q, n_clip = mx_quantize(w, fmt, block, rounding)
+    return w + (q.to(w.dtype) - w).detach(), n_clip
