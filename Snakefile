@@ -38,6 +38,7 @@ localrules:
     gpu_predicted,
     frontier,
     long_horizon,
+    stress_tables,
 
 
 rule all:

@@ -30,6 +30,7 @@ from methods.fp8.linear import DEFAULT_KEEP, GRANULARITIES, FP8Recipe, convert_t
 from methods.fp8.saved import save_inputs_in_fp8
 from methods.options import Accepted, Choice, Range
 from methods.registry import register
+from methods.stress import NORM_GAINS, inject_outliers, norm_gain_telemetry, quantize_norm_gains
 
 #: the modules whose inputs ``fp8_saved_nonlinear`` keeps in FP8: every block's two RMSNorms and its SwiGLU
 #: (the final norm feeds the high-precision lm_head and stays as it is, as the head does)
@@ -46,8 +47,9 @@ class FP8Trainee(Trainee):
         ``{"layer", "tensor", "amax", "scale", "saturated_frac", "saturated_frac_window", ...}``:
         ``saturated_frac`` is the last quantization's, ``saturated_frac_window`` covers every one since
         the previous call. Group granularities add ``scale_max`` (``scale`` is then the smallest group
-        scale, the one of the largest amax)."""
-        return fp8_telemetry(self.model)
+        scale, the one of the largest amax). With ``norm_gains`` fp8 / fp8-bump, one row per quantized norm
+        too (``tensor: gain``, its clipped fraction)."""
+        return fp8_telemetry(self.model) + norm_gain_telemetry(self.model)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +75,16 @@ class FP8Own(Method):
     #: one scale per 1 x ``fp8_saved_group`` values (``methods.fp8.saved``), as the FP8 linears keep theirs
     fp8_saved_nonlinear: bool = False
     fp8_saved_group: int = 128
+    #: outlier injection (stress test, ``methods.stress``): input channels of block ``outlier_block``'s MLP
+    #: input made ``outlier_scale`` times larger before its FP8 linears, their weight columns as much
+    #: smaller (the function is unchanged; only the quantization sees the outliers); 1: off
+    outlier_scale: float = 1.0
+    outlier_block: int = 0
+    outlier_channels: int = 4
+    #: the blocks' RMSNorm gains in the forward: "hp" (as they are), "fp8" (E4M3, MX shared scale per
+    #: ``norm_gain_block`` from floor(log2 amax), which clips: Su et al.), "fp8-bump" (exponent rounded up)
+    norm_gains: str = "hp"
+    norm_gain_block: int = 32
 
     family = "fp8-own"
 
@@ -94,7 +106,9 @@ class FP8Own(Method):
                     "grad_format": Accepted(is_format_name, FORMAT_HELP),
                     "margin": Range(0), "amax_history_len": Range(1),
                     "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS),
-                    "fp8_saved_group": Range(1)}
+                    "fp8_saved_group": Range(1), "outlier_scale": Range(1.0), "outlier_block": Range(0),
+                    "outlier_channels": Range(1, 128), "norm_gains": Choice(NORM_GAINS),
+                    "norm_gain_block": Range(1)}
 
     def validate(self) -> None:
         super().validate()
@@ -110,6 +124,9 @@ class FP8Own(Method):
             for name, mod in model.named_modules():
                 if any(fnmatch(name, pat) for pat in NONLINEAR_SAVED):
                     save_inputs_in_fp8(mod, self.fp8_saved_group)
+        if self.outlier_scale != 1.0:
+            inject_outliers(model, self.outlier_block, self.outlier_channels, self.outlier_scale)
+        quantize_norm_gains(model, self.norm_gains, self.norm_gain_block)
         return model
 
     def autocast(self, ctx: RunContext):

@@ -23,8 +23,11 @@ COLUMNS = [
     "diverged_step", "initial_val_loss", "final_train_loss", "final_val_loss", "loss_gap_pct", "tokens_per_s",
     "speedup", "step_time_s", "state_bytes_per_param", "weights_bytes", "master_bytes", "grads_bytes",
     "optim_bytes", "meta_bytes", "state_bytes", "peak_mem_bytes", "peak_mem_kind", "wall_time_s", "run_dir",
-    "weight_codes_unchanged_frac_mean",
+    "weight_codes_unchanged_frac_mean", "saturated_frac_max", "saturated_frac_mean", "underflow_frac_max",
+    "underflow_frac_mean",
 ]
+#: FP8 linear telemetry fractions summarized per run (max and mean over layers, tensors and logged steps)
+FRACTIONS = {"saturated": "saturated_frac_window", "underflow": "underflow_frac_window"}
 
 
 def load_summaries(paths: list[str | Path]) -> pd.DataFrame:
@@ -53,6 +56,25 @@ def run_events(run_dir: str | Path) -> tuple[list[dict], float]:
             elif ev["event"] == "telemetry" and ev["step"] > 0:
                 unchanged += [r["unchanged_frac"] for r in ev.get("layers", []) if r.get("unchanged_frac") is not None]
     return evals, (sum(unchanged) / len(unchanged) if unchanged else float("nan"))
+
+
+def fp8_fractions(run_dir: str | Path) -> dict[str, float]:
+    """Max and mean, over FP8 layers, quantized tensors and logged steps, of the saturated and underflowed
+    fractions each telemetry window saw (``saturated_frac_max`` ...); NaN for runs without FP8 linears."""
+    path = Path(str(run_dir)) / "metrics.jsonl"
+    seen: dict[str, list[float]] = {k: [] for k in FRACTIONS}
+    if path.is_file():
+        for ev in read_events(path):
+            if ev["event"] == "telemetry":
+                for r in ev.get("layers", []):
+                    for k, field in FRACTIONS.items():
+                        if r.get(field) is not None:
+                            seen[k].append(float(r[field]))
+    out = {}
+    for k, v in seen.items():
+        out[f"{k}_frac_max"] = max(v) if v else float("nan")
+        out[f"{k}_frac_mean"] = sum(v) / len(v) if v else float("nan")
+    return out
 
 
 def eval_gaps(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
@@ -92,6 +114,9 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
         raise SystemExit("no summary.json files to collect")
     df = add_reference_columns(load_summaries(paths))
     df["weight_codes_unchanged_frac_mean"] = [run_events(d)[1] for d in df["run_dir"]]
+    fr = pd.DataFrame([fp8_fractions(d) for d in df["run_dir"]], index=df.index)
+    for c in fr.columns:
+        df[c] = fr[c]
     extra = [c for c in df.columns if c not in COLUMNS]
     df = df[COLUMNS + sorted(extra)]
     return df.sort_values(["profile", "model", "method", "seed"], kind="stable").reset_index(drop=True)

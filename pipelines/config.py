@@ -87,6 +87,11 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         except ConfigError as e:
             raise ConfigError(f"profile {profile}: {e}") from None
         lrs_for[m] = check_lrs(values, f"profile {profile}: lrs_for.{m}", allow_empty=False)
+    # variant_lrs: every variant's lrs (stress variants at one lr beside a frontier); lrs_for still wins
+    variant_lrs = check_lrs(p.get("variant_lrs", []), f"profile {profile}: variant_lrs")
+    if variant_lrs:
+        for name in p.get("variants", {}):
+            lrs_for.setdefault(name, variant_lrs)
     for m in p["models"]:
         check_choice("model", m, SIZES)
     for m in cfg.get("method_options", {}):

@@ -26,6 +26,7 @@ import seaborn as sns  # noqa: E402
 
 from pipelines.atomic import atomic_path  # noqa: E402
 from pipelines.figures_stability import fig_long_horizon, fig_lr_frontier  # noqa: E402
+from pipelines.report_stress import TABLES as STRESS_TABLES, fig_stress_ladder, fig_stress_outliers  # noqa: E402
 from pipelines.metrics import read_events  # noqa: E402
 from pipelines.stats import base_verdict, t_interval  # noqa: E402
 
@@ -48,6 +49,7 @@ class FigureData:
     predicted: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/bench/gpu_predicted.csv (on paper)
     frontier_cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/frontier_cells.csv (lr frontier)
     long_horizon_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/long_horizon_curve.csv
+    stress: dict = field(default_factory=dict)  # name -> results/stress_<name>.csv (pipelines.report_stress)
 
     @classmethod
     def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
@@ -58,12 +60,15 @@ class FigureData:
         here = Path(summary_csv).parent
 
         def table(name):
-            return pd.read_csv(here / name) if (here / name).is_file() else pd.DataFrame()
+            try:
+                return pd.read_csv(here / name) if (here / name).is_file() else pd.DataFrame()
+            except pd.errors.EmptyDataError:  # written with no columns: nothing of that kind ran
+                return pd.DataFrame()
 
         return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
                    table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
                    table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"),
-                   table("long_horizon_curve.csv"))
+                   table("long_horizon_curve.csv"), {n: table(f"stress_{n}.csv") for n in STRESS_TABLES})
 
 
 def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -447,7 +452,8 @@ FIGURES = {name: (fn, _caption(name)) for name, fn in (
     ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
     ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry),
-    ("lr_frontier", fig_lr_frontier), ("long_horizon", fig_long_horizon))}
+    ("lr_frontier", fig_lr_frontier), ("long_horizon", fig_long_horizon), ("stress_ladder", fig_stress_ladder),
+    ("stress_outliers", fig_stress_outliers))}
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:

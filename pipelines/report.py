@@ -297,7 +297,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
 
 def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> None:
     """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
-    from pipelines import frontier, long_horizon
+    from pipelines import frontier, long_horizon, report_stress
     from pipelines.collect import collect, write_all
     from pipelines.compare import load_analysis
     from pipelines.figures import FigureData, build
@@ -310,6 +310,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
     frontier.write_outputs(results / "summary.csv", results, load_analysis())
     long_horizon.write_outputs(results, load_analysis())
+    report_stress.build_tables(results)
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)
 

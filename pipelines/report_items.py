@@ -110,6 +110,8 @@ FIGURE_GROUPS: dict[str, str] = {
     "fp8_telemetry": "stability",
     "lr_frontier": "stability",
     "long_horizon": "stability",
+    "stress_ladder": "stability",
+    "stress_outliers": "stability",
     "memory_traced": "memory",
     "activation_seq": "memory",
 }

@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipelines.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, lr_text, statements
 from pipelines.markdown import fmt, md_table
+from pipelines.report_stress import STRESS_SUBSECTIONS
 
 Subsection = Callable[[Path, Path, Path], str]
 
@@ -126,7 +127,7 @@ def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) 
     return "\n".join(out)
 
 
-SUBSECTIONS: list[Subsection] = [frontier_subsection, long_horizon_subsection]
+SUBSECTIONS: list[Subsection] = [frontier_subsection, *STRESS_SUBSECTIONS, long_horizon_subsection]
 
 WEIGHTS_CLAIM = "FP8 weights and gradients"  # the start of the claim's text in results/claims.csv
 NAIVE = "fp8-naive"

@@ -47,3 +47,25 @@ rule long_horizon:
     shell:
         'python -m pipelines.long_horizon --results "$(dirname {output.table:q})" --analysis {params.analysis:q} '
         "> {log:q} 2>&1"
+
+
+# Stress tests (pipelines/report_stress.py): the precision ladder, outlier injection, quantized norm gains and
+# the FP8 second moment, from the summary (or the stability / stress runs on disk); headers only if none ran.
+STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers", "norm_gains", "second_moment")]
+STABILITY_CSVS += STRESS_CSVS
+
+
+rule stress_tables:
+    input:
+        summary=SUMMARY_CSV,
+    output:
+        ladder=STRESS_CSVS[0],
+        outliers=STRESS_CSVS[1],
+        norm_gains=STRESS_CSVS[2],
+        second_moment=STRESS_CSVS[3],
+    conda:
+        "../environment.yml"
+    log:
+        f"{RESULTS}/logs/stress_tables.log",
+    shell:
+        'python -m pipelines.report_stress --results "$(dirname {output.ladder:q})" > {log:q} 2>&1'

@@ -34,7 +34,7 @@ from torch import nn
 
 from methods.fp8.formats import get_format
 from methods.fp8.gemm import fp8_mm
-from methods.fp8.quantize import Quantized, quantize
+from methods.fp8.quantize import Quantized, count_underflow, quantize
 from methods.fp8.scaling import (BLOCK_128x128, COLWISE, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1,
                                  Blocks, DelayedScaler, absmax, describe_scales, pow2_ceil)
 
@@ -115,8 +115,11 @@ class FP8Linear(nn.Module):
                 self.scalers["weight"] = DelayedScaler(self.fwd_fmt, **kw)
         else:
             self.scalers = None
-        self._stats: dict[str, tuple] = {}  # role → (amax, scale, n_sat, numel) of the last quantization
-        self._window: dict[str, list] = {}  # role → [saturated, numel] since the last telemetry read
+        self._stats: dict[str, tuple] = {}  # role → (amax, scale, n_sat, n_under, numel) of the last quantization
+        self._window: dict[str, list] = {}  # role → [saturated, underflowed, numel] since the last telemetry read
+        #: fixed per-input-channel factor c (K,) or None: the layer computes (x·c)(W/c)ᵀ = x Wᵀ, so only the
+        #: quantized operands see it (outlier injection, ``methods.fp8_own``); set by :meth:`set_channel_scale`
+        self.channel_scale: torch.Tensor | None = None
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, recipe: FP8Recipe, smooth: bool = False) -> "FP8Linear":
@@ -156,24 +159,30 @@ class FP8Linear(nn.Module):
         q = quantize(t, fmt, blocks, scaler=self._scaler(role), record=self.training, pow2=r.pow2_scales,
                      margin=r.margin, backend=r.backend)
         if stat:
-            self._stats[role] = (q.amax, q.scale, q.n_sat, t.numel())
-            w = self._window.setdefault(role, [0, 0])
+            n_under = count_underflow(t, q)
+            self._stats[role] = (q.amax, q.scale, q.n_sat, n_under, t.numel())
+            w = self._window.setdefault(role, [0, 0, 0])
             if not isinstance(q.n_sat, int) or q.n_sat:
                 w[0] = w[0] + q.n_sat  # a device tensor on the GPU: no sync per step
-            w[1] += t.numel()
+            w[1] = w[1] + n_under
+            w[2] += t.numel()
         return q
 
     def _forward(self, x2: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype, need_backward: bool):
         r, b = self.recipe, self.recipe.blocks
         w = w.detach()
-        s_inv = None
+        s_inv = None  # the per-channel factor x was multiplied by (W divided by), undone in backward
+        if self.channel_scale is not None:
+            s_inv = self.channel_scale.to(x2.device)
+            x2 = x2 * s_inv  # (x2 bf16 or fp32) * fp32 promotes to fp32
+            w = w / s_inv
         if self.smooth:
             # per-input-channel power-of-two factors >= the channel amax: x/s and W*s are exact, x Wᵀ is
             # unchanged, and |x/s| <= 1 whatever the channels do, so a per-tensor (delayed) scale fits
             s = pow2_ceil(absmax(x2.detach(), 0).float())
-            s_inv = 1.0 / s
-            x2 = x2 * s_inv
+            x2 = x2 / s
             w = w * s
+            s_inv = 1.0 / s if s_inv is None else s_inv / s
         xq = self._q(x2.detach(), "input", self.fwd_fmt, b["x"])
         wq = self._q(w, "weight", self.fwd_fmt, b["w"])
         y = fp8_mm(xq, wq.t(), out_dtype, r.backend)
@@ -193,12 +202,12 @@ class FP8Linear(nn.Module):
     def _backward(self, dy: torch.Tensor, saved: tuple, x_dtype: torch.dtype):
         r, b = self.recipe, self.recipe.blocks
         w_data, w_sinv, *rest = saved
-        s_inv = rest.pop() if self.smooth else None
+        s_inv = rest.pop() if self.smooth or self.channel_scale is not None else None
         dy2 = dy.reshape(-1, self.out_features)
         M, K = dy2.shape[0], self.in_features
         wq = _rebuild(w_data, w_sinv, b["w_dgrad"] or b["w"], self.fwd_fmt)
         dyq = self._q(dy2, "grad_output", self.grad_fmt, b["dy"])
-        dx_dtype = torch.float32 if self.smooth else x_dtype
+        dx_dtype = torch.float32 if s_inv is not None else x_dtype
         # (M, N) @ (N, K); when wgrad reads the same quantized dy, the CPU path decodes it once
         dx = fp8_mm(dyq, wq, dx_dtype, r.backend, keep_a=r.wgrad_fp8 and b["dy_wgrad"] is None)
         if r.wgrad_fp8:
@@ -210,24 +219,37 @@ class FP8Linear(nn.Module):
         else:
             (x_hp,) = rest
             dw = dy2.float().t() @ x_hp.float()
-        if s_inv is not None:  # undo the smoothing: d/dx of x/s, and W = W'/s
+        if s_inv is not None:  # undo the channel factors: x' = x·f gives dx = dx'·f; W' = W/f gives dW = dW'/f
             dx = (dx * s_inv).to(x_dtype)
             dw = dw * (1.0 / s_inv)
         assert dx.shape == (M, K)
         return dx, dw
 
+    def set_channel_scale(self, factor: torch.Tensor | None) -> None:
+        """Multiply input channel k by ``factor[k]`` and weight column k by ``1/factor[k]`` before quantizing
+        (None: off). The product is unchanged in exact arithmetic, and the fp32 master weight and its
+        gradient are the plain layer's (dW = dW'/f), so any change in training is the quantization's."""
+        if factor is not None:
+            factor = factor.detach().float().reshape(-1)
+            if factor.numel() != self.in_features or not bool((factor > 0).all()):
+                raise ValueError(f"channel scale must be {self.in_features} positive factors, got {tuple(factor.shape)}")
+        self.channel_scale = factor
+
     # -- telemetry ------------------------------------------------------------------------------
     def telemetry_rows(self, name: str) -> list[dict]:
-        """The last quantization of each tensor (amax, scale, saturated fraction), plus the saturated
-        fraction over every quantization since the previous call (``saturated_frac_window``), so that
-        saturation between two telemetry steps is not missed."""
+        """The last quantization of each tensor (amax, scale, saturated and underflowed fractions), plus
+        both fractions over every quantization since the previous call (``*_frac_window``), so that
+        saturation or flushing between two telemetry steps is not missed. *Underflowed*: nonzero in high
+        precision, zero after quantization; like *saturated*, a share of all the tensor's values."""
         rows = []
-        for role, (amax, scale, n_sat, numel) in self._stats.items():
-            sat = int(n_sat)
-            win_sat, win_n = self._window.get(role, (0, 0))
+        for role, (amax, scale, n_sat, n_under, numel) in self._stats.items():
+            sat, under = int(n_sat), int(n_under)
+            win_sat, win_under, win_n = self._window.get(role, (0, 0, 0))
             row = {"layer": name, "tensor": role, "amax": float(amax.float().max()), **describe_scales(scale),
                    "saturated_frac": sat / max(1, numel), "saturated": sat,
                    "saturated_frac_window": int(win_sat) / max(1, win_n), "quantized_window": win_n,
+                   "underflow_frac": under / max(1, numel), "underflowed": under,
+                   "underflow_frac_window": int(win_under) / max(1, win_n),
                    "granularity": self.recipe.granularity, "scaling": self.recipe.scaling,
                    "format": (self.grad_fmt if role == "grad_output" else self.fwd_fmt).name}
             rows.append(row)

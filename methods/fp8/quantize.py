@@ -89,3 +89,15 @@ def _quantize_torch(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, scaler, pow
         if q.shape != (R, C):  # drop the padding (a copy: a view would keep the padded storage alive)
             q = q[:R, :C].clone(memory_format=torch.contiguous_format)
     return Quantized(q, scale, torch.ones_like(scale) / scale, blocks, fmt, amax, n_sat)
+
+
+def count_underflow(x: torch.Tensor, q: Quantized) -> torch.Tensor:
+    """How many values of ``x`` were nonzero but quantized to (signed) zero in ``q`` (same shape): the
+    values a scale too small for them flushed, the counterpart of ``n_sat`` at the bottom of the range.
+    Zero stays zero through scaling and rounding, so it is (nonzeros of x) - (nonzero codes): two counting
+    reads and no boolean temporaries (this runs on every quantization). Read from the codes themselves
+    (magnitude bits; float8 has no comparison kernels everywhere), so it holds for every path that made
+    ``q``; a device tensor, so the GPU path need not sync per step."""
+    d = q.data
+    nonzero_codes = torch.count_nonzero(d) if q.fmt.simulated else torch.count_nonzero(d.view(torch.uint8) & 0x7F)
+    return torch.count_nonzero(x) - nonzero_codes
