@@ -35,7 +35,9 @@ def load_summaries(paths: list[str | Path]) -> pd.DataFrame:
     for p in paths:
         with open(p, encoding="utf-8") as f:
             row = json.load(f)
-        row.setdefault("run_dir", str(Path(p).parent))
+        # the folder the summary lies in: the run_dir it records is relative to where the workflow ran, and
+        # the report reads runs on disk from elsewhere too (another profile's results, a copy)
+        row["run_dir"] = str(Path(p).parent)
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in COLUMNS:
