@@ -25,8 +25,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from pipelines.atomic import atomic_path  # noqa: E402
-from pipelines.figures_stability import fig_long_horizon, fig_lr_frontier  # noqa: E402
-from pipelines.report_stress import TABLES as STRESS_TABLES, fig_stress_ladder, fig_stress_outliers  # noqa: E402
+from pipelines.figures_stability import (fig_long_horizon, fig_lr_frontier, fig_stress_ladder,  # noqa: E402
+                                        fig_stress_outliers)
 from pipelines.metrics import read_events  # noqa: E402
 from pipelines.stats import base_verdict, t_interval  # noqa: E402
 
@@ -68,7 +68,8 @@ class FigureData:
         return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
                    table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
                    table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"),
-                   table("long_horizon_curve.csv"), {n: table(f"stress_{n}.csv") for n in STRESS_TABLES})
+                   table("long_horizon_curve.csv"),
+                   {p.stem.removeprefix("stress_"): table(p.name) for p in sorted(here.glob("stress_*.csv"))})
 
 
 def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

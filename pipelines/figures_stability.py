@@ -76,3 +76,17 @@ def fig_long_horizon(d):
            title="Long horizon: 10x the default tokens (x: run ended early)")
     ax.legend(fontsize=7)
     return fig
+
+
+# The stress figures are drawn by pipelines.report_stress, imported only when one of them is drawn: it reads
+# the stress variants, which import the recipes (and torch), several seconds every figure job would pay.
+def fig_stress_ladder(d):
+    from pipelines.report_stress import fig_stress_ladder as draw
+
+    return draw(d)
+
+
+def fig_stress_outliers(d):
+    from pipelines.report_stress import fig_stress_outliers as draw
+
+    return draw(d)
