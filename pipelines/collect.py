@@ -79,6 +79,13 @@ def fp8_fractions(run_dir: str | Path) -> dict[str, float]:
     return out
 
 
+def runs_on_disk(results: str | Path, *profiles: str) -> pd.DataFrame:
+    """The finished runs of ``profiles`` under ``results/runs/`` (their summary.json), with the paired
+    columns; empty if none. What a report shows of a study while another profile's summary is current."""
+    paths = sorted(p for prof in profiles for p in glob.glob(f"{results}/runs/{prof}/*/*/*/summary.json"))
+    return add_reference_columns(load_summaries(paths)) if paths else pd.DataFrame()
+
+
 def eval_gaps(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """One row per (run, eval step): its val loss, the reference's at the same seed, lr and step, and the
     paired gap in %. Runs that stopped early (diverged, failed) keep the evaluations they reached."""

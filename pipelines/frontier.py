@@ -27,7 +27,6 @@ weights and batches, so a seed's luck cancels.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 from pathlib import Path
@@ -91,10 +90,9 @@ def frontier_runs(summary: pd.DataFrame) -> pd.DataFrame:
 def stability_runs_on_disk(results: Path) -> pd.DataFrame:
     """The stability profile's finished runs under ``results/runs/`` (what the report shows while another
     profile's summary is current), with their paired gaps; empty if none."""
-    from pipelines.collect import add_reference_columns, load_summaries
+    from pipelines.collect import runs_on_disk
 
-    paths = sorted(glob.glob(f"{results}/runs/{PROFILE}/*/*/*/summary.json"))
-    return add_reference_columns(load_summaries(paths)) if paths else pd.DataFrame()
+    return runs_on_disk(results, PROFILE)
 
 
 def _step0(runs: pd.DataFrame) -> pd.Series:

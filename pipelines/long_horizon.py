@@ -20,7 +20,6 @@ floor (the suite's rule for a verdict on few seeds); it **shrinks** symmetricall
 from __future__ import annotations
 
 import argparse
-import glob
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +41,9 @@ CURVE_COLUMNS = ["profile", "model", "method", "lr", "seed", "status", "step", "
 
 def runs_on_disk(results: Path) -> pd.DataFrame:
     """The long_horizon profile's finished runs (their summary.json), with the paired columns; empty if none."""
-    from pipelines.collect import add_reference_columns, load_summaries
+    from pipelines.collect import runs_on_disk as on_disk
 
-    paths = sorted(glob.glob(f"{results}/runs/{PROFILE}/*/*/*/summary.json"))
-    return add_reference_columns(load_summaries(paths)) if paths else pd.DataFrame()
+    return on_disk(results, PROFILE)
 
 
 def unchanged_by_step(run_dir: str | Path) -> pd.Series:

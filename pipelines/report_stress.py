@@ -11,7 +11,6 @@ callable ``(results_dir, fig_dir, report_dir) -> str`` (``STRESS_SUBSECTIONS``),
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 from pathlib import Path
 
@@ -57,10 +56,9 @@ def _summary(results_dir: Path) -> pd.DataFrame:
     path = results_dir / "summary.csv"
     df = _stress_runs(pd.read_csv(path)) if path.is_file() else pd.DataFrame()
     if df.empty:
-        from pipelines.collect import add_reference_columns, load_summaries
+        from pipelines.collect import runs_on_disk
 
-        paths = sorted(p for prof in PROFILES for p in glob.glob(f"{results_dir}/runs/{prof}/*/*/*/summary.json"))
-        df = _stress_runs(add_reference_columns(load_summaries(paths))) if paths else pd.DataFrame()
+        df = _stress_runs(runs_on_disk(results_dir, *PROFILES))
     return df
 
 
