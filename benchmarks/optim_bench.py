@@ -172,7 +172,7 @@ def _fp32_state_nearest(model):
 
 
 #: the own step that the ratios are about, and what it is compared with
-OWN, ANCHORS = "own_fp8_adamw_fused", ("fp32_state_adamw", "fp32_state_adamw_nearest", "torchao_adamw_fp8",
+OWN, ANCHORS = "own_fp8_adamw_native", ("own_fp8_adamw_fused", "fp32_state_adamw", "fp32_state_adamw_nearest", "torchao_adamw_fp8",
                                        "torch_fused_adamw_fp32",
                                        "own_fp8_adamw_torch")
 
@@ -188,7 +188,8 @@ def _torch_fused_fp32(model):
 
 
 #: the CPU section's optimizers: name -> (constructor, parameter dtype)
-CPU_OPTIMIZERS = {OWN: (_own("fused"), torch.bfloat16), "own_fp8_adamw_torch": (_own("torch"), torch.bfloat16),
+CPU_OPTIMIZERS = {OWN: (_own("native"), torch.bfloat16), "own_fp8_adamw_fused": (_own("fused"), torch.bfloat16),
+                  "own_fp8_adamw_torch": (_own("torch"), torch.bfloat16),
                   "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
                   "fp32_state_adamw": (_fp32_state, torch.bfloat16),
                   "fp32_state_adamw_nearest": (_fp32_state_nearest, torch.bfloat16),

@@ -21,6 +21,7 @@ from torch import nn
 
 from methods.base import HParams, Method, RunContext, Trainee, needs_module, param_groups
 from methods.fp8 import optim_codec
+from methods.fp8.adamw import IMPLS
 from methods.fp8_own import FP8Own
 from methods.options import Choice, Range
 from methods.registry import register
@@ -36,12 +37,12 @@ class FP8Optim(Method):
     v_transform: str = "dre"  # chosen by experiment: benchmarks/OPTIM_ABLATION.md
     master_weights: bool = False
     stochastic_rounding: bool = True
-    impl: str = "auto"  # "torch" | "fused" | "triton" | "auto" (Triton on CUDA, fused compiled step on CPU)
+    impl: str = "auto"  # methods.fp8.adamw.IMPLS; "auto": Triton on CUDA, the native kernel on CPU (else compiled)
 
     # the same sets FP8AdamW accepts (methods.fp8.adamw), refused here before any work
     option_rules = {"block_size": Range(1), "m_format": Choice(tuple(optim_codec.FORMATS)),
                     "v_format": Choice(tuple(optim_codec.FORMATS)), "m_transform": Choice(("none", "dre")),
-                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(("auto", "torch", "fused", "triton"))}
+                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(IMPLS)}
     family = "fp8-optim"
     summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (seed's 6 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",

@@ -12,7 +12,7 @@ from pipelines.markdown import cell, fmt, md_table
 BENCH = "bench"
 FP8_CSV, OPTIM_CSV = f"{BENCH}/fp8_linear.csv", f"{BENCH}/optim.csv"
 PRED_CSV, INPUTS_CSV, ANCHORS_CSV = f"{BENCH}/gpu_predicted.csv", f"{BENCH}/gpu_cost_inputs.csv", f"{BENCH}/gpu_anchors.csv"
-OWN_LINEAR, OWN_OPTIM = "fp8-own-tensorwise", "own_fp8_adamw_fused"
+OWN_LINEAR, OWN_OPTIM = "fp8-own-tensorwise", "own_fp8_adamw_native"
 
 
 def _read(results: Path, name: str) -> pd.DataFrame:

@@ -29,7 +29,7 @@ def optim_res():
         return {"median_s": ms / 1e3, "n_params": n, "bytes_per_param": bpp, "param_dtype": "bfloat16",
                 "gb_per_s": bpp * n / (ms / 1e3) / 1e9, "frac_of_copy": bpp * n / (ms / 1e3) / 20e9}
     sec = {"device": "cpu", "threads": 1, "model": "tiny", "copy_gb_per_s": 20.0,
-           "results": {"own_fp8_adamw_fused": r(30, 10.08), "torchao_adamw_fp8": r(90, 10.06),
+           "results": {"own_fp8_adamw_native": r(30, 10.08), "torchao_adamw_fp8": r(90, 10.06),
                        "torch_fused_adamw_fp32": r(6, 28.0), "fp32_state_adamw_nearest": {"skipped": "Boom: simulated"}}}
     return {"cpu": [sec], "gpu": {"skipped": "no CUDA device"}}
 
@@ -101,7 +101,7 @@ def test_performance_section_prints_the_csv_cells(res):
     opt = pd.read_csv(res / OPTIM_CSV)
     (orows,) = tables(text, f"results/{OPTIM_CSV}")
     assert_cells_match(orows, opt, ["optimizer"])
-    assert {r["optimizer"] for r in orows} == {"own_fp8_adamw_fused", "torchao_adamw_fp8", "torch_fused_adamw_fp32"}
+    assert {r["optimizer"] for r in orows} == {"own_fp8_adamw_native", "torchao_adamw_fp8", "torch_fused_adamw_fp32"}
     tao = opt[opt["optimizer"] == "torchao_adamw_fp8"].iloc[0]
     assert tao["own_over_this"] == pytest.approx(30 / 90)
     assert f"{cell('own_over_this', tao['own_over_this'])}x torchao_adamw_fp8's step time" in text
@@ -168,6 +168,6 @@ def test_bench_tables_follow_the_profiles_bench_setting():
     assert cfgmod.bench_enabled("cpu") and not cfgmod.bench_enabled("smoke")
     cfg["bench"]["optim_optimizers"] = ["adamw_magic"]
     with pytest.raises(cfgmod.ConfigError, match="unknown bench optimizer 'adamw_magic'; valid bench optimizers: "
-                                                 "own_fp8_adamw_fused"):
+                                                 "own_fp8_adamw_native"):
         cfgmod.bench_settings(cfg, "cpu")
     assert not math.isnan(gpu_cost.H200.mm_eff)

@@ -112,6 +112,21 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
         p.copy_(w)
 
 
+def update_scalars(group: dict, st: dict) -> tuple[float, ...]:
+    """The scalars of one step, exactly as ``methods.fp8.adamw_base.adamw_update_`` computes them (Python
+    floats, which the kernels round to fp32 as eager does): ``(1 - b1, fp32(1 - b1) - 1, b2, 1 - b2, decay,
+    sqrt(1 - b2^t), eps, -lr / (1 - b1^t))``.
+
+    A decay of 1.0 where there is none (x * 1.0 is x bit for bit, and one compiled variant fewer);
+    fp32(1 - b1) - 1 is exact (Sterbenz), the coefficient eager lerp computes in fp32 for a weight >= 0.5.
+    """
+    b1, b2 = group["betas"]
+    lr, wd = group["lr"], group["weight_decay"]
+    t = 1.0 if is_fake(st["step"]) else float(st["step"])
+    return (1 - b1, _f32(1 - b1) - 1.0, b2, 1 - b2, 1 - lr * wd if wd else 1.0, math.sqrt(1 - b2 ** t), group["eps"],
+            -lr / (1 - b1 ** t))
+
+
 def _f32(x: float) -> float:
     """``x`` rounded to fp32, as eager kernels see a Python scalar."""
     return struct.unpack("f", struct.pack("f", x))[0]
@@ -177,14 +192,7 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = 
     if not p.is_contiguous():
         raise ValueError("fused FP8 AdamW needs contiguous parameters")
     spec = spec_for(opt, p, st)
-    b1, b2 = group["betas"]
-    lr, wd = group["lr"], group["weight_decay"]
-    t = 1.0 if is_fake(st["step"]) else float(st["step"])
-    # the scalars exactly as methods.fp8.adamw_base.adamw_update_ computes them (Python floats); a decay of 1.0
-    # where there is none: x * 1.0 is x bit for bit, and one compiled variant fewer; fp32(1 - b1) - 1 is
-    # exact (Sterbenz), the coefficient eager lerp computes in fp32 for a weight >= 0.5
-    scalars = (1 - b1, _f32(1 - b1) - 1.0, b2, 1 - b2, 1 - lr * wd if wd else 1.0, math.sqrt(1 - b2 ** t), group["eps"],
-               -lr / (1 - b1 ** t))
+    scalars = update_scalars(group, st)
     salt = opt._salt(p, st) if spec.stochastic else 0
     flat, g = p.view(-1), p.grad.reshape(-1)
     master = st["master"].view(-1) if spec.has_master else None

@@ -105,6 +105,11 @@ def test_compiled_fused_step_matches_the_reference(dtype, opts):
 
 
 def test_auto_picks_the_fused_step_on_cpu_and_falls_back_with_a_reason(monkeypatch):
+    from methods.fp8 import optim_native
+
+    # without the native kernel (tests/optim/test_optim_native.py), auto takes the compiled step
+    monkeypatch.setattr(optim_native, "_LIB", None)
+    monkeypatch.setattr(optim_native, "_ERROR", "native kernel disabled by the test")
     p = torch.nn.Parameter(torch.zeros(300, dtype=torch.bfloat16))
     assert FP8AdamW([p], lr=1e-3).path_for(p) == "fused"
     assert FP8AdamW([p], lr=1e-3, impl="torch").path_for(p) == "torch"
@@ -143,5 +148,5 @@ def test_identity_compile_runs_the_same_function_eagerly(monkeypatch):
 
 def test_rejects_unknown_impl():
     p = [torch.nn.Parameter(torch.zeros(4))]
-    with pytest.raises(ValueError, match="impl='compiled'; valid: auto, torch, fused, triton"):
+    with pytest.raises(ValueError, match="impl='compiled'; valid: auto, torch, native, fused, triton"):
         FP8AdamW(p, lr=1e-3, impl="compiled")

@@ -1,0 +1,135 @@
+"""The native CPU step of FP8AdamW (methods/fp8/optim_native.c) against the reference PyTorch path.
+
+Without DRE the kernel is the reference's arithmetic op for op (casts, lerp/addcmul/addcdiv rounding,
+reductions, hash): bf16 weights, codes and scales are identical, except where the sqrt transform or
+fp32 weights expose eager's sqrt (an ulp off on some inputs; the kernel's is correctly rounded). With
+DRE, log2/exp2 are the kernel's polynomials (~2 ulps): decoded moments differ by ulps, which can move
+a block scale by ulps and, rarely, an FP8 code by one step or a bf16 weight by one ulp. Bounded here.
+"""
+import pytest
+import torch
+
+from methods.fp8 import optim_native
+from methods.fp8.adamw import FP8AdamW
+
+try:
+    optim_native.library()
+    NO_KERNEL = None
+except optim_native.NativeUnavailable as e:  # no C compiler here: the auto path's fallback is tested below
+    NO_KERNEL = str(e)
+needs_kernel = pytest.mark.skipif(NO_KERNEL is not None, reason=f"native kernel unavailable: {NO_KERNEL}")
+
+#: sizes that are not a multiple of the block (703, 300, 100 < one block, 64000 with block 100 is), several blocks
+SHAPES = [(37, 19), (300,), (100,), (2, 256), (9, 256), (64, 1000)]
+
+
+def _run(impl, steps, dtype=torch.bfloat16, seed=5, **opts):
+    g = torch.Generator().manual_seed(11)
+    params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).to(dtype)) for s in SHAPES]
+    opt = FP8AdamW([{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
+                   lr=1e-2, impl=impl, seed=seed, **opts)
+    for _ in range(steps):
+        for p in params:
+            spread = torch.logspace(-4, 0, p.shape[-1])  # moments over 4 decades inside a block
+            p.grad = (torch.randn(p.shape, generator=g) * spread).to(dtype)
+        opt.step()
+    return params, opt
+
+
+def _u8(t):
+    return t.view(torch.uint8).int() if t.dtype.itemsize == 1 else t
+
+
+CASES = [
+    (torch.bfloat16, dict(), "dre"),  # the default: E4M3 m, E4M3 DRE v, stochastic rounding
+    (torch.bfloat16, dict(stochastic_rounding=False), "dre"),
+    (torch.bfloat16, dict(master_weights=True), "dre"),
+    (torch.bfloat16, dict(v_transform="none"), "exact"),
+    (torch.bfloat16, dict(v_format="e5m2", v_transform="none", m_transform="dre", block_size=100), "dre"),
+    (torch.float32, dict(v_transform="sqrt", block_size=64), "sqrt"),
+    (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95)), "sqrt"),  # lerp's other branch
+    (torch.bfloat16, dict(v_format="e5m2", v_transform="none", stochastic_rounding=False), "exact"),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype,opts,kind", CASES)
+def test_native_step_matches_the_reference(dtype, opts, kind):
+    steps = 4
+    ref, ropt, = _run("torch", steps, dtype, **opts)
+    out, oopt = _run("native", steps, dtype, **opts)
+    assert all(oopt.path_for(p) == "native" for p in out)
+    n = sum(p.numel() for p in ref)
+    moved = codes = 0
+    for r, o in zip(ref, out):
+        assert torch.isfinite(o).all()
+        rs, os_ = ropt.state[r], oopt.state[o]
+        assert [k for k in rs] == [k for k in os_]
+        if kind == "exact":
+            assert torch.equal(o, r)
+            for k in rs:
+                assert torch.equal(_u8(os_[k]), _u8(rs[k])), k
+            continue
+        if dtype == torch.bfloat16:  # where they differ, by one bf16 ulp
+            assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0 ** -7).all()
+            moved += int((o != r).sum())
+        else:  # sqrt's ulp in the update: a few fp32 ulps of an update of ~lr (1e-2)
+            torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+        if "master" in rs:
+            torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+            assert torch.equal(o, os_["master"].bfloat16())
+        for key in ("exp_avg", "exp_avg_sq"):
+            a, b = _u8(rs[key]), _u8(os_[key])
+            assert ((a - b).abs() <= 1).all()  # same sign, at most one code step apart
+            codes += int((a != b).sum())
+            torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -20, atol=0)
+            if f"{key}_k" in rs:  # the bf16 DRE exponent: equal, or one bf16 ulp where fp32 k sat on a midpoint
+                torch.testing.assert_close(os_[f"{key}_k"], rs[f"{key}_k"], rtol=2.0 ** -7, atol=0)
+    # measured on these shapes: every code and every bf16 weight identical (scales: ulps in ~1% of blocks)
+    assert codes <= max(2, 1e-4 * 2 * n), codes
+    assert moved <= max(2, 1e-4 * n), moved
+
+
+@needs_kernel
+def test_native_step_splits_a_parameter_over_threads_without_changing_it(monkeypatch):
+    monkeypatch.setattr(optim_native, "MIN_BLOCKS_PER_THREAD", 2)
+    threads = torch.get_num_threads()
+    one, _ = _run("native", 2)
+    try:
+        torch.set_num_threads(3)
+        many, _ = _run("native", 2)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_auto_picks_the_native_step_on_cpu():
+    p = torch.nn.Parameter(torch.zeros(300, dtype=torch.bfloat16))
+    assert FP8AdamW([p], lr=1e-3).path_for(p) == "native"
+    assert FP8AdamW([p], lr=1e-3, impl="fused").path_for(p) == "fused"
+    assert FP8AdamW([p], lr=1e-3, block_size=8192).path_for(p) == "fused"  # larger than the kernel holds
+
+
+def test_without_a_compiler_auto_falls_back_with_the_reason_and_native_refuses(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("FP8BENCH_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(optim_native, "_LIB", None)
+    monkeypatch.setattr(optim_native, "_ERROR", None)
+    p = torch.nn.Parameter(torch.zeros(300, dtype=torch.bfloat16))
+    opt = FP8AdamW([p], lr=1e-3)
+    assert opt.path_for(p) in ("fused", "torch")
+    assert "no-such-cc" in opt.fallback["native"]
+    with pytest.raises(optim_native.NativeUnavailable, match="no-such-cc"):
+        FP8AdamW([p], lr=1e-3, impl="native")
+
+
+def test_kernel_is_built_once_per_source_into_the_cache(monkeypatch, tmp_path):
+    if optim_native.compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("FP8BENCH_NATIVE_CACHE", str(tmp_path))
+    first = optim_native._build()
+    assert first.parent == tmp_path and first.suffix == ".so"
+    assert optim_native._build() == first  # found, not rebuilt
+    assert [f.name for f in tmp_path.iterdir()] == [first.name]  # no temporary left behind
