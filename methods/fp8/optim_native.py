@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -201,6 +202,4 @@ def native_step(opt, p: torch.Tensor, group: dict, st: dict) -> None:
 
 
 def _log2nr(fmt: codec.Fp8Format) -> float:
-    import math
-
     return math.log2(fmt.normal_range)  # a Python float; ctypes rounds it to fp32 as eager does
