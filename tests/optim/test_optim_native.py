@@ -1,11 +1,14 @@
 """The native CPU step of FP8AdamW (methods/fp8/optim_native.c) against the reference PyTorch path.
 
 Without DRE the kernel is the reference's arithmetic op for op (casts, lerp/addcmul/addcdiv rounding,
-reductions, hash): bf16 weights, codes and scales are identical, except where the sqrt transform or
-fp32 weights expose eager's sqrt (an ulp off on some inputs; the kernel's is correctly rounded). With
+reductions, hash): codes and scales are identical, and so are bf16 weights except where eager's sqrt
+(an ulp off on some inputs; the kernel's is correctly rounded) moves an fp32 weight across a bf16
+rounding midpoint, and where the sqrt transform or fp32 weights expose that ulp directly. With
 DRE, log2/exp2 are the kernel's polynomials (~2 ulps): decoded moments differ by ulps, which can move
 a block scale by ulps and, rarely, an FP8 code by one step or a bf16 weight by one ulp. Bounded here.
 """
+import copy
+
 import pytest
 import torch
 
@@ -52,42 +55,65 @@ CASES = [
 ]
 
 
+def _paired(steps, dtype, **opts):
+    """The reference and the native step side by side: before each step the native optimizer is handed
+    the reference's weights and state, so each step is compared from the same start and an ulp that one
+    step moves is not carried into the next (steps > 1: the step count and bias corrections advance)."""
+    ref, ropt = _run("torch", 0, dtype, **opts)
+    out, oopt = _run("native", 0, dtype, **opts)
+    g = torch.Generator().manual_seed(12)
+    for _ in range(steps):
+        for r, o in zip(ref, out):
+            spread = torch.logspace(-4, 0, r.shape[-1])  # moments over 4 decades inside a block
+            r.grad = (torch.randn(r.shape, generator=g) * spread).to(dtype)
+            o.grad = r.grad.clone()
+        if ropt.state:
+            with torch.no_grad():
+                for r, o in zip(ref, out):
+                    o.copy_(r)
+            oopt.load_state_dict(copy.deepcopy(ropt.state_dict()))  # torch.optim shares 'step' tensors
+        ropt.step()
+        oopt.step()
+        yield ref, ropt, out, oopt
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype,opts,kind", CASES)
 def test_native_step_matches_the_reference(dtype, opts, kind):
-    steps = 4
-    ref, ropt, = _run("torch", steps, dtype, **opts)
-    out, oopt = _run("native", steps, dtype, **opts)
-    assert all(oopt.path_for(p) == "native" for p in out)
-    n = sum(p.numel() for p in ref)
+    n = sum(torch.Size(s).numel() for s in SHAPES)
     moved = codes = 0
-    for r, o in zip(ref, out):
-        assert torch.isfinite(o).all()
-        rs, os_ = ropt.state[r], oopt.state[o]
-        assert [k for k in rs] == [k for k in os_]
-        if kind == "exact":
-            assert torch.equal(o, r)
-            for k in rs:
-                assert torch.equal(_u8(os_[k]), _u8(rs[k])), k
-            continue
-        if dtype == torch.bfloat16:  # where they differ, by one bf16 ulp
-            assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0 ** -7).all()
-            moved += int((o != r).sum())
-        else:  # sqrt's ulp in the update: a few fp32 ulps of an update of ~lr (1e-2)
-            torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
-        if "master" in rs:
-            torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
-            assert torch.equal(o, os_["master"].bfloat16())
-        for key in ("exp_avg", "exp_avg_sq"):
-            a, b = _u8(rs[key]), _u8(os_[key])
-            assert ((a - b).abs() <= 1).all()  # same sign, at most one code step apart
-            codes += int((a != b).sum())
-            torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -20, atol=0)
-            if f"{key}_k" in rs:  # the bf16 DRE exponent: equal, or one bf16 ulp where fp32 k sat on a midpoint
-                torch.testing.assert_close(os_[f"{key}_k"], rs[f"{key}_k"], rtol=2.0 ** -7, atol=0)
-    # measured on these shapes: every code and every bf16 weight identical (scales: ulps in ~1% of blocks)
-    assert codes <= max(2, 1e-4 * 2 * n), codes
-    assert moved <= max(2, 1e-4 * n), moved
+    for ref, ropt, out, oopt in _paired(4, dtype, **opts):
+        assert all(oopt.path_for(p) == "native" for p in out)
+        for r, o in zip(ref, out):
+            assert torch.isfinite(o).all()
+            rs, os_ = ropt.state[r], oopt.state[o]
+            assert [k for k in rs] == [k for k in os_]
+            if kind == "exact":  # m and v take no sqrt: codes and scales bit for bit
+                for k in rs:
+                    assert torch.equal(_u8(os_[k]), _u8(rs[k])), k
+            if dtype == torch.bfloat16:  # where they differ, by one bf16 ulp
+                assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0 ** -7).all()
+                moved += int((o != r).sum())
+            else:  # sqrt's ulp in the update: a few fp32 ulps of an update of ~lr (1e-2)
+                torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+            if kind == "exact":
+                continue
+            if "master" in rs:
+                torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+                assert torch.equal(o, os_["master"].bfloat16())
+            for key in ("exp_avg", "exp_avg_sq"):
+                a, b = _u8(rs[key]), _u8(os_[key])
+                assert ((a - b).abs() <= 1).all()  # same sign, at most one code step apart
+                codes += int((a != b).sum())
+                torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -20, atol=0)
+                if f"{key}_k" in rs:  # the bf16 DRE exponent: equal, or one bf16 ulp where fp32 k sat on a midpoint
+                    torch.testing.assert_close(os_[f"{key}_k"], rs[f"{key}_k"], rtol=2.0 ** -7, atol=0)
+    # bf16 weights: the update divides by sqrt(v), and eager's vectorised sqrt is an ulp off on some inputs
+    # (measured on an AVX-512 EPYC: 0-3 of 4 x 70k weight updates, each where the fp32 weight sat on a
+    # bf16 midpoint); DRE adds the ulps of log2/exp2. Codes: every one identical on these shapes as measured
+    # (scales: ulps in ~1% of blocks), bounded here at one in 10^4.
+    assert codes <= max(2, 1e-4 * 2 * n * 4), codes
+    assert moved <= max(2, 1e-4 * n * 4), moved
 
 
 @needs_kernel
