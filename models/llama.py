@@ -28,8 +28,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    ang = torch.outer(torch.arange(max_len, dtype=torch.float64), inv)  # (T, head_dim/2)
+    # computed on the CPU whatever the default device: under `with torch.device("meta")` these factories
+    # would run Python references that import torch._dynamo (seconds in every process that sizes a model)
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))
+    ang = torch.outer(torch.arange(max_len, dtype=torch.float64, device="cpu"), inv)  # (T, head_dim/2)
     return ang.cos().float(), ang.sin().float()
 
 
@@ -99,11 +101,15 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # An uninitialised table (init_weights writes every parameter): nn.Embedding's own normal_ init on
+        # the meta device runs a Python reference that imports torch._dynamo (~2.5 s in every process
+        # that sizes a model, e.g. each snakemake DAG build)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim, _weight=torch.empty(cfg.vocab_size, cfg.dim))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = (t.to(torch.get_default_device())
+                    for t in rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta))
         # Non-persistent: derived from the config, not training state (and not in the memory ledger).
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)

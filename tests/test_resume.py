@@ -12,14 +12,14 @@ import torch
 from pipelines.metrics import read_events
 from tests.conftest import ROOT, write_small_config
 
-STEPS = 12
-KILL_AFTER_CHECKPOINT_AT = 6  # checkpoints every 3 steps: kill once the one after step 6 exists
+STEPS = 8
+KILL_AFTER_CHECKPOINT_AT = 4  # checkpoints every 2 steps: kill once the one after step 4 exists (of 8)
 
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("resume"), steps=STEPS, eval_every=4, eval_tokens=256,
-                              warmup_steps=2, timing_warmup_steps=1, checkpoint_every=3, telemetry_every=5)
+    return write_small_config(tmp_path_factory.mktemp("resume"), steps=STEPS, eval_every=3, eval_tokens=256,
+                              warmup_steps=2, timing_warmup_steps=1, checkpoint_every=2, telemetry_every=3)
 
 
 def command(configfile, method, out, *extra):
@@ -89,7 +89,7 @@ def test_checkpoint_of_another_config_is_ignored(configfile, tmp_path):
     p = subprocess.Popen(command(configfile, "fp32", out), env=env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while checkpoint_step(out) < 3 and p.poll() is None and time.time() < deadline:
+    while checkpoint_step(out) < 2 and p.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
