@@ -11,10 +11,12 @@ threads by block.
 
 Agreement with the reference (``tests/optim/test_optim_native.py``): the casts, the rounding order of
 lerp / addcmul / addcdiv, the reductions and the stochastic-rounding hash are the reference's bit for bit,
-so without DRE codes, scales and weights are identical. DRE takes log2 and exp2 from the kernel's own
-polynomials (within ~2 fp32 ulps; eager calls SLEEF or MKL), so an FP8 code can move by one step where
-a value lies within a few ulps of a rounding midpoint, and a bf16 weight by one ulp where its stochastic
-draw sits at the boundary: both measured and bounded in the test.
+so without DRE codes and scales are identical, and so are bf16 weights except where eager's vectorised
+sqrt, an ulp off on some inputs, puts the fp32 weight on the other side of a bf16 midpoint (measured on
+an AVX-512 EPYC: a few in 10^5). DRE takes log2 and exp2 from the kernel's own polynomials (within ~2
+fp32 ulps; eager calls SLEEF or MKL) and saves two divisions per value (see the C file), so an FP8 code
+can move by one step where a value lies within a few ulps of a rounding midpoint, and a bf16 weight by
+one ulp where its stochastic draw sits at the boundary: both measured and bounded in the test.
 
 Where the compiler is missing or fails, :func:`library` raises :class:`NativeUnavailable` with the
 reason; ``FP8AdamW(impl="auto")`` records it and takes the compiled step instead.

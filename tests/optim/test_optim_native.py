@@ -91,8 +91,9 @@ def test_native_step_matches_the_reference(dtype, opts, kind):
             if kind == "exact":  # m and v take no sqrt: codes and scales bit for bit
                 for k in rs:
                     assert torch.equal(_u8(os_[k]), _u8(rs[k])), k
-            if dtype == torch.bfloat16:  # where they differ, by one bf16 ulp
-                assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0 ** -7).all()
+            if dtype == torch.bfloat16:  # where they differ, by one bf16 ulp (or, where the update cancels
+                # the weight to ~0, by the few fp32 ulps of an update of ~lr that DRE's log2/exp2 leave)
+                assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0 ** -7 + 1e-2 * 2.0 ** -20).all()
                 moved += int((o != r).sum())
             else:  # sqrt's ulp in the update: a few fp32 ulps of an update of ~lr (1e-2)
                 torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
@@ -110,8 +111,9 @@ def test_native_step_matches_the_reference(dtype, opts, kind):
                     torch.testing.assert_close(os_[f"{key}_k"], rs[f"{key}_k"], rtol=2.0 ** -7, atol=0)
     # bf16 weights: the update divides by sqrt(v), and eager's vectorised sqrt is an ulp off on some inputs
     # (measured on an AVX-512 EPYC: 0-3 of 4 x 70k weight updates, each where the fp32 weight sat on a
-    # bf16 midpoint); DRE adds the ulps of log2/exp2. Codes: every one identical on these shapes as measured
-    # (scales: ulps in ~1% of blocks), bounded here at one in 10^4.
+    # bf16 midpoint); DRE adds the ulps of log2/exp2. Codes: without DRE all identical; with it 7-16 of the 4 x 140k
+    # code updates one step apart where a value sat within ulps of a rounding midpoint (measured; scales:
+    # ulps in ~1% of blocks), bounded here at one in 10^4.
     assert codes <= max(2, 1e-4 * 2 * n * 4), codes
     assert moved <= max(2, 1e-4 * n * 4), moved
 
