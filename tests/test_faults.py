@@ -99,7 +99,7 @@ def test_gpu_script_runs_its_code_path_on_the_cpu(small_config, tmp_path):
     """``pipelines/gpu/h200.sh --dry``: the same driver, benchmarks and gpu-profile runs, on the CPU with the
     tiny model; TransformerEngine is recorded as skipped with its reason, never dropped."""
     out = tmp_path / "h200"
-    methods = ["bf16-amp", "fp8-own-tensorwise", "fp8-optim", "fp8-te-delayed"]
+    methods = ["bf16-amp", "fp8-optim", "fp8-te-delayed"]  # a run per method (~6 s each): one of each kind
     r = subprocess.run(["bash", str(ROOT / "pipelines" / "gpu" / "h200.sh"), "--dry", str(out), "--methods", *methods,
                         "--steps", "2", "--budget-s", "400", "--configfile", str(small_config)],
                        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)},
@@ -112,7 +112,7 @@ def test_gpu_script_runs_its_code_path_on_the_cpu(small_config, tmp_path):
     status = dict(zip(df["method"], df["status"]))
     assert status["fp8-te-delayed"] == "skipped"
     assert "transformer" in df.set_index("method").loc["fp8-te-delayed", "reason"].lower()
-    assert all(status[m] == "ok" for m in methods[:3]), df[["method", "status", "reason"]]
+    assert all(status[m] == "ok" for m in methods[:2]), df[["method", "status", "reason"]]
     assert (df.loc[df["status"] == "ok", "tokens_per_s"] > 0).all()
     assert (df["profile"] == "gpu").all()  # the gpu profile's code path
     for name in ("fp8_bench.json", "optim_bench.json"):  # the GPU sections ran, and said why they skipped

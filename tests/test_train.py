@@ -43,34 +43,42 @@ def summary(out):
     return json.loads((Path(out) / "summary.json").read_text())
 
 
-def test_same_method_same_seed_is_bit_identical(configfile, tmp_path):
-    for name in ("a", "b"):
-        r = train(configfile, tmp_path / name)
-        assert r.returncode == 0, r.stderr
-    la = [e["loss"] for e in steps(tmp_path / "a")]
+@pytest.fixture(scope="module")
+def fp32_run(configfile, tmp_path_factory) -> Path:
+    """One fp32 run of the module's config, which the tests below read (each run is a ~5 s process)."""
+    out = tmp_path_factory.mktemp("fp32") / "a"
+    r = train(configfile, out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_same_method_same_seed_is_bit_identical(configfile, fp32_run, tmp_path):
+    r = train(configfile, tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    la = [e["loss"] for e in steps(fp32_run)]
     lb = [e["loss"] for e in steps(tmp_path / "b")]
     assert len(la) == 6 and la == lb
-    s = summary(tmp_path / "a")
+    s = summary(fp32_run)
     assert s["status"] == "ok" and s["final_val_loss"] < s["initial_val_loss"]
-    assert {"config.json", "metrics.jsonl", "summary.json"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"config.json", "metrics.jsonl", "summary.json"} <= {p.name for p in fp32_run.iterdir()}
 
 
-def test_every_method_sees_the_same_batches(configfile, tmp_path):
+def test_every_method_sees_the_same_batches(configfile, fp32_run, tmp_path):
+    dirs = {"fp32": fp32_run, "bf16-amp": tmp_path / "bf16-amp", "bf16-pure": tmp_path / "bf16-pure"}
     hashes = {}
-    for m in ("fp32", "bf16-amp", "bf16-pure"):
-        r = train(configfile, tmp_path / m, m)
-        assert r.returncode == 0, r.stderr
-        hashes[m] = [e["batch_hash"] for e in steps(tmp_path / m)]
+    for m, out in dirs.items():
+        if m != "fp32":
+            r = train(configfile, out, m)
+            assert r.returncode == 0, r.stderr
+        hashes[m] = [e["batch_hash"] for e in steps(out)]
     assert hashes["fp32"] == hashes["bf16-amp"] == hashes["bf16-pure"]
     assert len(set(hashes["fp32"])) == 6  # and they differ from step to step
-    s = {m: summary(tmp_path / m) for m in hashes}
+    s = {m: summary(out) for m, out in dirs.items()}
     assert s["bf16-pure"]["state_bytes_per_param"] == pytest.approx(12.0, abs=0.1)
 
 
-def test_events_are_complete(configfile, tmp_path):
-    r = train(configfile, tmp_path / "r")
-    assert r.returncode == 0, r.stderr
-    events = read_events(tmp_path / "r" / "metrics.jsonl")
+def test_events_are_complete(fp32_run):
+    events = read_events(fp32_run / "metrics.jsonl")
     kinds = [e["event"] for e in events]
     assert kinds[0] == "run_start" and kinds[-1] == "run_stop"
     start = events[0]
@@ -78,13 +86,13 @@ def test_events_are_complete(configfile, tmp_path):
     assert "nvte_env" in start["environment"]
     mem = next(e for e in events if e["event"] == "memory")
     assert set(mem["bytes"]) == {"weights", "master", "grads", "optim", "meta"}
-    st = steps(tmp_path / "r")[0]
+    st = steps(fp32_run)[0]
     assert {"step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "batch_hash"} <= set(st)
     assert [e["step"] for e in events if e["event"] == "eval"] == [0, 3, 6]
-    s = summary(tmp_path / "r")
+    s = summary(fp32_run)
     assert s["peak_mem_kind"] == "cpu_peak_rss" and s["peak_mem_bytes"] > 0
     assert s["compile_status"] == "off" == events[-1]["compile_status"]  # train.compile is false (cpu profile)
-    assert not (tmp_path / "r" / "metrics.partial.jsonl").exists()
+    assert not (fp32_run / "metrics.partial.jsonl").exists()
 
 
 def test_diverging_run_is_recorded_and_exits_zero(configfile, tmp_path):
@@ -142,9 +150,8 @@ def test_malformed_config_names_the_bad_key(configfile, tmp_path, capsys):
     assert rc == 2 and "config key train.lr" in err
 
 
-def test_bad_run_config_json_names_the_key(tmp_path, configfile, capsys):
-    r = train(configfile, tmp_path / "ok")
-    rc = json.loads((tmp_path / "ok" / "config.json").read_text())
+def test_bad_run_config_json_names_the_key(tmp_path, fp32_run, capsys):
+    rc = json.loads((fp32_run / "config.json").read_text())
     rc["train"]["batchsize"] = 3
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(rc))
