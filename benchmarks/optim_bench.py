@@ -7,15 +7,17 @@ same parameters, same gradients, one process; with a roofline against the machin
 Shapes: a named model size (its parameter tensors, ``models/config.py``) or ``7b-layer``, one 4096 x 11008
 bf16 parameter (a Llama-7B MLP weight), where the step is plainly memory-bound.
 
-CPU section: own FP8AdamW as ``impl="fused"`` (``methods.fp8.optim_fused``: one compiled pass per
-parameter) and ``impl="torch"`` (the reference path), torchao ``AdamWFp8`` as torchao ships it (its
+CPU section: own FP8AdamW as ``impl="native"`` (``methods.fp8.optim_native``: one hand-written C pass
+per block, the CPU default; the headline ``own_fp8_adamw_native``), ``impl="fused"``
+(``methods.fp8.optim_fused``: one compiled pass per chunk of blocks) and ``impl="torch"`` (the
+reference path), torchao ``AdamWFp8`` as torchao ships it (its
 update is ``torch.compile``d per tensor shape), and the fp32-state AdamW of ``bf16-pure``, all on bf16
 parameters with stochastic rounding; and that AdamW once more with round-to-nearest
 (``fp32_state_adamw_nearest``: ``bf16-pure``'s default; ``bf16-pure-sr`` rounds stochastically); and
 ``torch.optim.AdamW(fused=True)`` on fp32 weights, grads and states (``torch_fused_adamw_fp32``: the
 fp32/bf16-amp recipes' optimizer, torch's own fused CPU kernel). ``--optimizers`` times a subset.
-Compilation happens in the warm-up and is not timed. The headlines are ``own / fp32_state`` and
-``own / torchao`` (lower is better).
+Compilation happens in the warm-up and is not timed. The headlines are ``own / fp32_state_nearest`` (the
+optimizer bf16-pure trains with), ``own / fp32_state`` and ``own / torchao`` (lower is better).
 
 Roofline. Bytes moved per parameter, from the tensors each optimizer holds: it reads the weight, the
 gradient and its state and writes the weight and its state, so ``read = w + g + S`` and ``write = w + S``
