@@ -7,6 +7,8 @@ off by an ulp on ~0.7% of small inputs): decoded values and updates can differ b
 bf16 weight by one ulp where stochastic rounding draws right at the boundary, or an FP8 code by one step.
 The test bounds that; everything else (lerp/addcmul rounding order, the casts, the hash) is exact.
 """
+import copy
+
 import pytest
 import torch
 
@@ -71,37 +73,55 @@ def test_eager_fused_step_is_the_reference_bit_for_bit(dtype, opts, monkeypatch)
     (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95))),
 ])  # each configuration compiles (seconds): the others are covered by the eager test above
 def test_compiled_fused_step_matches_the_reference(dtype, opts):
-    steps = 4
-    ref, ropt, _ = _run("torch", steps, dtype=dtype, **opts)
-    out, oopt, how = _run("fused", steps, dtype=dtype, **opts)
-    assert "compiled" in how, optim_fused.FALLBACK
+    # Each step from the reference's own weights and state (an ulp one step moves is not carried on, where
+    # a weight that later shrinks would turn it into more than one ulp of its new size)
+    ref, ropt, _ = _run("torch", 0, dtype=dtype, **opts)
+    out, oopt, _ = _run("fused", 0, dtype=dtype, **opts)
+    g = torch.Generator().manual_seed(12)
     n = sum(p.numel() for p in ref)
-    moved = sum(int((o != r).sum()) for r, o in zip(ref, out))
-    code_diff = 0
-    for r, o in zip(ref, out):
-        assert torch.isfinite(o).all()
-        rs, os_ = ropt.state[r], oopt.state[o]
-        if dtype == torch.bfloat16:
-            # where they differ, by one bf16 ulp (the stochastic draw near a rounding boundary)
-            ulp = r.float().abs() * 2.0 ** -7
-            assert ((o.float() - r.float()).abs() <= ulp).all()
-        else:  # fp32 weights keep sqrt's ulp in the update: a few ulps of an update of ~lr (1e-2)
-            torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
-        if "master" in rs:
-            torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
-            assert torch.equal(o, os_["master"].bfloat16())
-        for key in ("exp_avg", "exp_avg_sq"):
-            a, b = rs[key].view(torch.uint8).int(), os_[key].view(torch.uint8).int()
-            assert ((a - b).abs() <= 1).all()  # same sign, magnitude at most one code step apart
-            code_diff += int((a != b).sum())
-            torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -21, atol=0)
-        if "exp_avg_sq_k" in rs:
-            torch.testing.assert_close(os_["exp_avg_sq_k"], rs["exp_avg_sq_k"], rtol=2.0 ** -7, atol=0)
-    # measured on these shapes: bf16 weights and all codes identical (fp32 weights and master copies: ~1%
-    # of values an ulp apart); over the whole tiny model a handful of bf16 weights (<1e-5 of the values)
-    assert code_diff <= max(2, 1e-3 * 2 * n), code_diff
+    how, moved, code_diff, steps = set(), 0, 0, 4
+    for _ in range(steps):
+        for r, o in zip(ref, out):
+            spread = torch.logspace(-4, 0, r.shape[-1])
+            r.grad = (torch.randn(r.shape, generator=g) * spread).to(dtype)
+            o.grad = r.grad.clone()
+        if ropt.state:
+            with torch.no_grad():
+                for r, o in zip(ref, out):
+                    o.copy_(r)
+            oopt.load_state_dict(copy.deepcopy(ropt.state_dict()))  # torch.optim shares 'step' tensors
+        ropt.step()
+        for group in oopt.param_groups:
+            for p in group["params"]:
+                st = oopt.state[p] if oopt.state[p] else oopt._init_state(p)
+                st["step"] += 1
+                how.add(optim_fused.fused_step(oopt, p, group, st, compiled=True))
+        moved += sum(int((o != r).sum()) for r, o in zip(ref, out))
+        for r, o in zip(ref, out):
+            assert torch.isfinite(o).all()
+            rs, os_ = ropt.state[r], oopt.state[o]
+            if dtype == torch.bfloat16:
+                # where they differ, by one bf16 ulp (the stochastic draw near a rounding boundary)
+                ulp = r.float().abs() * 2.0 ** -7 + 1e-2 * 2.0 ** -20
+                assert ((o.float() - r.float()).abs() <= ulp).all()
+            else:  # fp32 weights keep sqrt's ulp in the update: a few ulps of an update of ~lr (1e-2)
+                torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+            if "master" in rs:
+                torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+                assert torch.equal(o, os_["master"].bfloat16())
+            for key in ("exp_avg", "exp_avg_sq"):
+                a, b = rs[key].view(torch.uint8).int(), os_[key].view(torch.uint8).int()
+                assert ((a - b).abs() <= 1).all()  # same sign, magnitude at most one code step apart
+                code_diff += int((a != b).sum())
+                torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -21, atol=0)
+            if "exp_avg_sq_k" in rs:
+                torch.testing.assert_close(os_["exp_avg_sq_k"], rs["exp_avg_sq_k"], rtol=2.0 ** -7, atol=0)
+    assert "compiled" in how, optim_fused.FALLBACK
+    # measured on these shapes (AVX-512 EPYC): bf16 weights and all codes identical; fp32 weights an ulp
+    # apart in 703 of 4 x 3919 updates (sqrt); over the whole tiny model a handful of bf16 weights (<1e-5)
+    assert code_diff <= max(2, 1e-3 * 2 * n * steps), code_diff
     if dtype == torch.bfloat16:
-        assert moved <= max(2, 1e-3 * n), moved
+        assert moved <= max(2, 1e-3 * n * steps), moved
 
 
 def test_auto_picks_the_fused_step_on_cpu_and_falls_back_with_a_reason(monkeypatch):
