@@ -7,13 +7,12 @@ off by an ulp on ~0.7% of small inputs): decoded values and updates can differ b
 bf16 weight by one ulp where stochastic rounding draws right at the boundary, or an FP8 code by one step.
 The test bounds that; everything else (lerp/addcmul rounding order, the casts, the hash) is exact.
 """
-import copy
-
 import pytest
 import torch
 
 from methods.fp8 import optim_fused
 from methods.fp8.adamw import FP8AdamW
+from tests.optim_pairs import paired_steps
 
 #: sizes that are not a multiple of the block (703 = 2 blocks + 191, 300, 100 < one block) and a few that are
 SHAPES = [(37, 19), (300,), (100,), (2, 256), (9, 256)]
@@ -73,29 +72,19 @@ def test_eager_fused_step_is_the_reference_bit_for_bit(dtype, opts, monkeypatch)
     (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95))),
 ])  # each configuration compiles (seconds): the others are covered by the eager test above
 def test_compiled_fused_step_matches_the_reference(dtype, opts):
-    # Each step from the reference's own weights and state (an ulp one step moves is not carried on, where
-    # a weight that later shrinks would turn it into more than one ulp of its new size)
     ref, ropt, _ = _run("torch", 0, dtype=dtype, **opts)
     out, oopt, _ = _run("fused", 0, dtype=dtype, **opts)
-    g = torch.Generator().manual_seed(12)
     n = sum(p.numel() for p in ref)
     how, moved, code_diff, steps = set(), 0, 0, 4
-    for _ in range(steps):
-        for r, o in zip(ref, out):
-            spread = torch.logspace(-4, 0, r.shape[-1])
-            r.grad = (torch.randn(r.shape, generator=g) * spread).to(dtype)
-            o.grad = r.grad.clone()
-        if ropt.state:
-            with torch.no_grad():
-                for r, o in zip(ref, out):
-                    o.copy_(r)
-            oopt.load_state_dict(copy.deepcopy(ropt.state_dict()))  # torch.optim shares 'step' tensors
-        ropt.step()
+
+    def step_out():
         for group in oopt.param_groups:
             for p in group["params"]:
                 st = oopt.state[p] if oopt.state[p] else oopt._init_state(p)
                 st["step"] += 1
                 how.add(optim_fused.fused_step(oopt, p, group, st, compiled=True))
+
+    for _ in paired_steps(ref, ropt, out, oopt, steps, dtype, step_out):  # each step from the reference's state
         moved += sum(int((o != r).sum()) for r, o in zip(ref, out))
         for r, o in zip(ref, out):
             assert torch.isfinite(o).all()

@@ -7,13 +7,12 @@ rounding midpoint, and where the sqrt transform or fp32 weights expose that ulp 
 DRE, log2/exp2 are the kernel's polynomials (~2 ulps): decoded moments differ by ulps, which can move
 a block scale by ulps and, rarely, an FP8 code by one step or a bf16 weight by one ulp. Bounded here.
 """
-import copy
-
 import pytest
 import torch
 
 from methods.fp8 import optim_native
 from methods.fp8.adamw import FP8AdamW
+from tests.optim_pairs import paired_steps
 
 try:
     optim_native.library()
@@ -56,24 +55,10 @@ CASES = [
 
 
 def _paired(steps, dtype, **opts):
-    """The reference and the native step side by side: before each step the native optimizer is handed
-    the reference's weights and state, so each step is compared from the same start and an ulp that one
-    step moves is not carried into the next (steps > 1: the step count and bias corrections advance)."""
+    """The reference and the native step side by side, each step from the reference's state (tests.optim_pairs)."""
     ref, ropt = _run("torch", 0, dtype, **opts)
     out, oopt = _run("native", 0, dtype, **opts)
-    g = torch.Generator().manual_seed(12)
-    for _ in range(steps):
-        for r, o in zip(ref, out):
-            spread = torch.logspace(-4, 0, r.shape[-1])  # moments over 4 decades inside a block
-            r.grad = (torch.randn(r.shape, generator=g) * spread).to(dtype)
-            o.grad = r.grad.clone()
-        if ropt.state:
-            with torch.no_grad():
-                for r, o in zip(ref, out):
-                    o.copy_(r)
-            oopt.load_state_dict(copy.deepcopy(ropt.state_dict()))  # torch.optim shares 'step' tensors
-        ropt.step()
-        oopt.step()
+    for _ in paired_steps(ref, ropt, out, oopt, steps, dtype):
         yield ref, ropt, out, oopt
 
 
