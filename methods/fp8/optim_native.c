@@ -16,6 +16,9 @@
  */
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define MAX_BLOCK 4096
 
@@ -87,33 +90,42 @@ static inline uint16_t f32_to_bf16(float x) {
 }
 
 /* ---- log2 and exp2 for DRE ------------------------------------------------------------------------ */
-/* log2(x), x >= 0: x = 2^e * m with m in [sqrt(1/2), sqrt(2)); log2(m) = z P(z), z = m - 1, P a degree-8
- * polynomial fitted to log2(1 + z) / z on that interval (max error 5e-8 absolute, 1.1e-7 relative), in
- * fused multiply-adds and with no division. log2(0) = -inf. */
+/* log2(x), x >= 0: x = 2^e * m with m in [1, 2) (subnormal x rescaled by 2^23 first), m's top five
+ * mantissa bits pick i, and log2(m) = log2(m r_i) - log2(r_i) with r_i = fp32(1 / (1 + i / 32)): z =
+ * m r_i - 1 in [0, 1/32) in one fused multiply-add, log2(1 + z) to z^4 (truncation < 1e-8), -log2(r_i)
+ * from a table (both tables computed in double precision, rounded to fp32). Within ~1 fp32 ulp
+ * (measured: 1.0 for |log2 x| >= 1, 2.8 near x = 1); exact at powers of two. log2(0) = -inf. The
+ * AVX-512 lanes (log2_v) do the same operations, so give the same bits. */
+static const float LOG2_R[32] = {
+    0x1.p+0f, 0x1.f07c20p-1f, 0x1.e1e1e2p-1f, 0x1.d41d42p-1f, 0x1.c71c72p-1f, 0x1.bacf92p-1f, 0x1.af286cp-1f, 0x1.a41a42p-1f,
+    0x1.99999ap-1f, 0x1.8f9c18p-1f, 0x1.861862p-1f, 0x1.7d05f4p-1f, 0x1.745d18p-1f, 0x1.6c16c2p-1f, 0x1.642c86p-1f, 0x1.5c9882p-1f,
+    0x1.555556p-1f, 0x1.4e5e0ap-1f, 0x1.47ae14p-1f, 0x1.414142p-1f, 0x1.3b13b2p-1f, 0x1.3521d0p-1f, 0x1.2f684cp-1f, 0x1.29e412p-1f,
+    0x1.24924ap-1f, 0x1.1f7048p-1f, 0x1.1a7b96p-1f, 0x1.15b1e6p-1f, 0x1.111112p-1f, 0x1.0c9714p-1f, 0x1.084210p-1f, 0x1.041042p-1f,
+};
+static const float LOG2_T[32] = {
+    0.0f, 0x1.6bad20p-5f, 0x1.663f6ep-4f, 0x1.08c588p-3f, 0x1.5c01a2p-3f, 0x1.acf5dep-3f, 0x1.fbc16ap-3f, 0x1.24407ap-2f,
+    0x1.49a784p-2f, 0x1.6e2220p-2f, 0x1.91bba6p-2f, 0x1.b47ec0p-2f, 0x1.d6753cp-2f, 0x1.f7a854p-2f, 0x1.0c1050p-1f, 0x1.1bf314p-1f,
+    0x1.2b8034p-1f, 0x1.3abb40p-1f, 0x1.49a786p-1f, 0x1.584820p-1f, 0x1.66a008p-1f, 0x1.74b1fcp-1f, 0x1.82809cp-1f, 0x1.900e62p-1f,
+    0x1.9d5d9ep-1f, 0x1.aa708ep-1f, 0x1.b7494ap-1f, 0x1.c3e9cap-1f, 0x1.d053f4p-1f, 0x1.dc899ep-1f, 0x1.e88c6cp-1f, 0x1.f45e06p-1f,
+};
+#define LOG2_C1 0x1.715476p+0f
+#define LOG2_C2 -0x1.715476p-1f
+#define LOG2_C3 0x1.ec709ep-2f
+#define LOG2_C4 -0x1.715476p-2f
 static inline __attribute__((always_inline)) float log2_(float x) {
     uint32_t u = f2u(x);
-    int sub = u < 0x00800000u;  /* zero or subnormal: rescale by 2^23 first */
-    float xs = sub ? x * 8388608.0f : x;
-    uint32_t v = f2u(xs);
-    int32_t e = (int32_t)(v >> 23) - 127 - (sub ? 23 : 0);
+    int sub = u < 0x00800000u;  /* zero or subnormal */
+    uint32_t v = sub ? f2u(x * 8388608.0f) : u;
+    float e = (float)((int32_t)(v >> 23) - 127 - (sub ? 23 : 0));
+    e = x == 0.0f ? -__builtin_inff() : e;  /* then r = e: m = 1, z = 0 */
+    e = (x != x || x == __builtin_inff()) ? x : e;
     float m = u2f((v & 0x007FFFFFu) | 0x3F800000u);
-    int hi = m > 1.41421356f;
-    m = hi ? m * 0.5f : m;
-    e += hi;
-    float z = m - 1.0f;
-    float s = 1.143633765e-01f;
-    s = __builtin_fmaf(s, z, -1.992531805e-01f);
-    s = __builtin_fmaf(s, z, 2.160341789e-01f);
-    s = __builtin_fmaf(s, z, -2.400252512e-01f);
-    s = __builtin_fmaf(s, z, 2.880050734e-01f);
-    s = __builtin_fmaf(s, z, -3.606629928e-01f);
-    s = __builtin_fmaf(s, z, 4.809069142e-01f);
-    s = __builtin_fmaf(s, z, -7.213477183e-01f);
-    s = __builtin_fmaf(s, z, 1.442695021e+00f);
-    float r = __builtin_fmaf(z, s, (float)e);
-    r = x == 0.0f ? -__builtin_inff() : r;
-    r = (x != x || x == __builtin_inff()) ? x : r;
-    return r;
+    int i = (int)((v >> 18) & 31u);
+    float z = __builtin_fmaf(m, LOG2_R[i], -1.0f);
+    float p = __builtin_fmaf(LOG2_C4, z, LOG2_C3);
+    p = __builtin_fmaf(p, z, LOG2_C2);
+    p = __builtin_fmaf(p, z, LOG2_C1);
+    return __builtin_fmaf(z, p, LOG2_T[i]) + e;
 }
 
 /* exp2(y): y = n + f, n an integer, |f| <= 1/2; 2^f by its Taylor series to f^7 (truncation < 1e-8),
@@ -136,33 +148,211 @@ static inline __attribute__((always_inline)) float exp2_(float y) {
     return p * u2f((uint32_t)(n1 + 127) << 23) * u2f((uint32_t)(n2 + 127) << 23);
 }
 
+/* ---- the DRE encode without exp2 ------------------------------------------------------------------ */
+/* The reference encodes y = exp2(log2(a / amax) * k) * fmax to the nearest FP8 value. Rounding y to
+ * nearest is a search in log space: with u = log2(y) = log2(a / amax) * k + log2(fmax), y's code is the
+ * number of midpoints between consecutive FP8 values whose log2 is <= u. Here U = 16 u (one fused
+ * multiply-add) and n = floor(U): for a normal result, e = n >> 4 is floor(u) and the code is
+ * (e + bias) * 2^M + j, j the number of mantissa midpoints log2(1 + (i - 1/2) / 2^M), i = 1..2^M, at or
+ * below u - e (j = 2^M carries into the next exponent, as rounding does). Each sixteenth b = n & 15 of an
+ * octave holds at most one of those midpoints, so j is a 16-entry lookup of the midpoints below b plus one
+ * compare of U - n (exact) with 16 x (the midpoint in b) - b (exact). Subnormal results (u < 1 - bias)
+ * count the 2^M subnormal midpoints log2(i + 1/2) - (bias + M - 1) instead. The midpoints are computed in
+ * double precision and rounded to fp32. Against the reference's exp2, a multiply and a rounding, a code
+ * differs only where y lies within a few fp32 ulps of a midpoint (counted in the test). */
+#define F_INF __builtin_inff()
+typedef struct {
+    float log2max, min_exp;  /* 16 log2(fmax); 16 (1 - bias), the smallest normal exponent */
+    float thr[16];           /* 16 x the mantissa midpoint in sixteenth b, minus b (inf where there is none) */
+    int32_t base[16];        /* the mantissa midpoints below sixteenth b */
+    float sub[8];            /* 16 x the subnormal midpoints (inf past 2^M) */
+} DreTab;
+#define T16(x, b) (16.0f * (x) - (b))  /* exact: x in [b / 16, (b + 1) / 16) */
+static const DreTab DRE_E4M3 = {
+    16.0f * 0x1.19d5dap+3f, 16.0f * -6.0f,
+    {F_INF, T16(0x1.663f70p-4f, 1), F_INF, T16(0x1.fbc16cp-3f, 3), F_INF, F_INF, T16(0x1.91bba8p-2f, 6), F_INF,
+     T16(0x1.0c1050p-1f, 8), F_INF, T16(0x1.49a784p-1f, 10), F_INF, T16(0x1.82809ep-1f, 12),
+     T16(0x1.b74948p-1f, 13), F_INF, T16(0x1.e88c6cp-1f, 15)},
+    {0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 7},
+    {16.0f * -0x1.4p+3f, 16.0f * -0x1.0d47fcp+3f, 16.0f * -0x1.eb6588p+2f, 16.0f * -0x1.cc544cp+2f,
+     16.0f * -0x1.b51ff2p+2f, 16.0f * -0x1.a298acp+2f, 16.0f * -0x1.932bfep+2f, 16.0f * -0x1.85f582p+2f}};
+static const DreTab DRE_E5M2 = {
+    16.0f * 0x1.f9d5dap+3f, 16.0f * -14.0f,
+    {F_INF, F_INF, T16(0x1.5c01a4p-3f, 2), F_INF, F_INF, F_INF, F_INF, T16(0x1.d6753ep-2f, 7),
+     F_INF, F_INF, F_INF, T16(0x1.66a008p-1f, 11), F_INF, F_INF, T16(0x1.d053f6p-1f, 14), F_INF},
+    {0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4},
+    {16.0f * -0x1.1p+4f, 16.0f * -0x1.ed47fcp+3f, 16.0f * -0x1.d5b2c4p+3f, 16.0f * -0x1.c62a26p+3f,
+     F_INF, F_INF, F_INF, F_INF}};
+
+/* a subnormal, zero or NaN code: U below the normal range, or NaN (rare: the slow path) */
+static inline uint32_t dre_code_low(float U, const DreTab *t, const int M) {
+    if (U != U) return 0x7Fu;
+    uint32_t c = 0;
+    for (int j = 0; j < (1 << M); j++) c += U >= t->sub[j];
+    return c;
+}
+
+/* the FP8 code of x under DRE (exponent k16 = 16 k, log2(amax) l2hi): x's sign, magnitude as above */
+static inline __attribute__((always_inline)) uint8_t dre_enc(float x, float k16, float l2hi, const DreTab *t,
+                                                            const int M, const int E) {
+    uint32_t ux = f2u(x);
+    float U = __builtin_fmaf(log2_(u2f(ux & 0x7FFFFFFFu)) - l2hi, k16, t->log2max);
+    U = t->log2max < U ? t->log2max : U;  /* y <= fmax; NaN passes */
+    uint32_t c;
+    if (!(U >= t->min_exp)) {
+        c = dre_code_low(U, t, M);
+    } else {
+        int32_t n = (int32_t)__builtin_floorf(U), b = n & 15;
+        c = ((uint32_t)((n >> 4) + E) << M) + (uint32_t)t->base[b] + (U - (float)n >= t->thr[b]);
+    }
+    return (uint8_t)(c | ((ux >> 24) & 0x80u));
+}
+
+#if defined(__AVX512F__)
+/* log2_ on 16 lanes, op for op (so bit for bit): getexp and getmant are e and m (with 0, inf and NaN as
+ * log2_ sets them), and the tables sit in two registers each */
+static inline __m512 log2_v(__m512 x) {
+    __m512 e = _mm512_getexp_ps(x);
+    __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    __m512i i = _mm512_srli_epi32(_mm512_castps_si512(m), 18);  /* the permutes read its low 5 bits */
+    __m512 r = _mm512_permutex2var_ps(_mm512_loadu_ps(LOG2_R), i, _mm512_loadu_ps(LOG2_R + 16));
+    __m512 t = _mm512_permutex2var_ps(_mm512_loadu_ps(LOG2_T), i, _mm512_loadu_ps(LOG2_T + 16));
+    __m512 z = _mm512_fmadd_ps(m, r, _mm512_set1_ps(-1.0f));
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(LOG2_C4), z, _mm512_set1_ps(LOG2_C3));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(LOG2_C2));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(LOG2_C1));
+    return _mm512_add_ps(_mm512_fmadd_ps(z, p, t), e);  /* getexp: -inf at 0, inf, NaN; getmant: 1 at 0 and inf */
+}
+
+/* enc8 on 16 lanes, op for op */
+static inline __m128i enc8_v(__m512 x, const int M, const int E) {
+    __m512i ux = _mm512_castps_si512(x), u = _mm512_and_si512(ux, _mm512_set1_epi32(0x7FFFFFFF));
+    const int sh = 23 - M;
+    __m512i over = _mm512_set1_epi32(0x7F);
+    if (M != 3)
+        over = _mm512_mask_mov_epi32(_mm512_set1_epi32(0x7C), _mm512_cmpgt_epu32_mask(u, _mm512_set1_epi32(0x7F800000)), over);
+    const __m512 magic = _mm512_castsi512_ps(_mm512_set1_epi32((127 + 1 - E - M + 23) << 23));
+    __m512i sub = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(u), magic)),
+                                   _mm512_castps_si512(magic));
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, sh), _mm512_set1_epi32(1));
+    __m512i nrm = _mm512_add_epi32(u, _mm512_set1_epi32((int32_t)(((uint32_t)(E - 127) << 23) + ((1u << (sh - 1)) - 1u))));
+    nrm = _mm512_srli_epi32(_mm512_add_epi32(nrm, odd), sh);
+    __m512i r = _mm512_mask_mov_epi32(nrm, _mm512_cmplt_epu32_mask(u, _mm512_set1_epi32((128 - E) << 23)), sub);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmpge_epu32_mask(u, _mm512_set1_epi32(M == 3 ? 0x43F00000 : 0x47800000)), over);
+    r = _mm512_ternarylogic_epi32(r, _mm512_srli_epi32(ux, 24), _mm512_set1_epi32(0x80), 0xF8);
+    return _mm512_cvtepi32_epi8(r);
+}
+
+/* dre_enc on 16 lanes */
+static inline __m128i dre_enc_v(__m512 x, __m512 k16, __m512 l2hi, const DreTab *t, const int M, const int E) {
+    __m512i ux = _mm512_castps_si512(x);
+    __m512 a = _mm512_castsi512_ps(_mm512_and_si512(ux, _mm512_set1_epi32(0x7FFFFFFF)));
+    __m512 lm = _mm512_set1_ps(t->log2max);
+    __m512 U = _mm512_min_ps(lm, _mm512_fmadd_ps(_mm512_sub_ps(log2_v(a), l2hi), k16, lm));  /* NaN passes */
+    __m512i n = _mm512_cvt_roundps_epi32(U, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 fr = _mm512_sub_ps(U, _mm512_cvtepi32_ps(n));
+    __m512i j = _mm512_permutexvar_epi32(n, _mm512_loadu_si512(t->base));  /* lanes n & 15 */
+    __mmask16 up = _mm512_cmp_ps_mask(fr, _mm512_permutexvar_ps(n, _mm512_loadu_ps(t->thr)), _CMP_GE_OQ);
+    j = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
+    __m512i c = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srai_epi32(n, 4), M), j);
+    c = _mm512_add_epi32(c, _mm512_set1_epi32(E << M));
+    __mmask16 low = _mm512_cmp_ps_mask(U, _mm512_set1_ps(t->min_exp), _CMP_NGE_UQ);
+    if (low) {
+        float Us[16];
+        uint32_t cs[16];
+        _mm512_storeu_ps(Us, U);
+        _mm512_storeu_si512(cs, c);
+        for (int i = 0; i < 16; i++)
+            if (low >> i & 1) cs[i] = dre_code_low(Us[i], t, M);
+        c = _mm512_loadu_si512(cs);
+    }
+    /* c | ((ux >> 24) & 0x80) */
+    c = _mm512_ternarylogic_epi32(c, _mm512_srli_epi32(ux, 24), _mm512_set1_epi32(0x80), 0xF8);
+    return _mm512_cvtepi32_epi8(c);
+}
+#endif
+
+/* the DRE codes of n values under exponent k, l2hi = log2(amax) */
+static inline __attribute__((always_inline)) void dre_encode(const float *restrict x, uint8_t *restrict c, int64_t n,
+                                                             const int M, const int E, float k, float l2hi) {
+    const DreTab *tab = M == 3 ? &DRE_E4M3 : &DRE_E5M2;
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 kv = _mm512_set1_ps(16.0f * k), lv = _mm512_set1_ps(l2hi);
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(c + i), dre_enc_v(_mm512_loadu_ps(x + i), kv, lv, tab, M, E));
+#endif
+    for (; i < n; i++) c[i] = dre_enc(x[i], 16.0f * k, l2hi, tab, M, E);
+}
+
 /* ---- one moment: decode a block, encode a block ---------------------------------------------------- */
 #define FMT_DISPATCH(fmt, ...) do { \
     if ((fmt) == 0) { const int M = E4M3_M, E = E4M3_E; const float FMAX = E4M3_MAX; __VA_ARGS__ } \
     else { const int M = E5M2_M, E = E5M2_E; const float FMAX = E5M2_MAX; __VA_ARGS__ } } while (0)
 
-/* log2(|c| / fmax) of the 128 magnitudes of a format, the block-independent half of a DRE decode */
-static void dre_log2_table(float *restrict lt, int fmt) {
-    FMT_DISPATCH(fmt, { for (int j = 0; j < 128; j++) lt[j] = log2_(dec8((uint8_t)j, M, E) / FMAX); });
+/* the block-independent half of a decode, per magnitude |c| of a format: log2(|c| / fmax) for DRE, else |c| */
+static void moment_table(float *restrict lt, int fmt, int tr) {
+    FMT_DISPATCH(fmt, {
+        for (int j = 0; j < 128; j++) lt[j] = tr == 2 ? log2_(dec8((uint8_t)j, M, E) / FMAX) : dec8((uint8_t)j, M, E);
+    });
 }
 
-/* lt: dre_log2_table of the format (DRE only) */
-static void decode_block(float *restrict x, const uint8_t *restrict c, int64_t B, int fmt, int tr, float s, float k,
-                         const float *restrict lt) {
-    FMT_DISPATCH(fmt, {
-        if (tr == 2) {
-            /* (|c| / fmax)^(1/k) * s with the sign of c. A block holds at most 128 magnitudes: evaluate
-             * each once into a table (the same arithmetic as per value, so the same bits), then look up */
-            float t[128], rk = 1.0f / k;  /* eager divides by k: one rounding more here, within the bound */
-            for (int j = 0; j < 128; j++) t[j] = exp2_(lt[j] * rk) * s;
-            for (int64_t i = 0; i < B; i++)
-                x[i] = u2f(f2u(t[c[i] & 0x7Fu]) | ((uint32_t)(c[i] & 0x80u) << 24));
-        } else if (tr == 1) {
-            for (int64_t i = 0; i < B; i++) { float y = dec8(c[i], M, E) * s; x[i] = y * y; }
-        } else {
-            for (int64_t i = 0; i < B; i++) x[i] = dec8(c[i], M, E) * s;
-        }
-    });
+/* x = t[|c|] with the sign of c (t: the block's 128 decoded magnitudes) */
+static void lookup_block(float *restrict x, const uint8_t *restrict c, int64_t B, const float *restrict t) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    /* as permutes of the table held in 8 registers (a gather is slow on many CPUs) */
+    __m512 t0 = _mm512_loadu_ps(t), t1 = _mm512_loadu_ps(t + 16), t2 = _mm512_loadu_ps(t + 32),
+           t3 = _mm512_loadu_ps(t + 48), t4 = _mm512_loadu_ps(t + 64), t5 = _mm512_loadu_ps(t + 80),
+           t6 = _mm512_loadu_ps(t + 96), t7 = _mm512_loadu_ps(t + 112);
+    for (; i + 16 <= B; i += 16) {
+        __m512i ci = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + i)));
+        __mmask16 b5 = _mm512_test_epi32_mask(ci, _mm512_set1_epi32(32));
+        __mmask16 b6 = _mm512_test_epi32_mask(ci, _mm512_set1_epi32(64));
+        __m512 lo = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(t0, ci, t1), _mm512_permutex2var_ps(t2, ci, t3));
+        __m512 hi = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(t4, ci, t5), _mm512_permutex2var_ps(t6, ci, t7));
+        __m512i r = _mm512_castps_si512(_mm512_mask_blend_ps(b6, lo, hi));
+        __m512i sg = _mm512_slli_epi32(_mm512_and_si512(ci, _mm512_set1_epi32(0x80)), 24);
+        _mm512_storeu_ps(x + i, _mm512_castsi512_ps(_mm512_or_si512(r, sg)));
+    }
+#endif
+    for (; i < B; i++) x[i] = u2f(f2u(t[c[i] & 0x7Fu]) | ((uint32_t)(c[i] & 0x80u) << 24));
+}
+
+/* (|c| / fmax)^(1/k) for the 128 magnitudes, per DRE exponent k: blocks share a few hundred bf16 k, so
+ * the exp2s are computed once per k and call (a direct-mapped cache; the same bits as per block) */
+#define POW_SLOTS 64
+typedef struct {
+    uint32_t key[POW_SLOTS];  /* moment << 16 | k's bf16 bits; 0xFFFFFFFF: empty */
+    float t[POW_SLOTS][128];
+} PowCache;
+
+static const float *pow_table(PowCache *pc, int moment, uint16_t kbits, const float *restrict lt) {
+    uint32_t key = (uint32_t)moment << 16 | kbits, slot = (kbits ^ (kbits >> 6) ^ (uint32_t)moment) % POW_SLOTS;
+    float *t = pc->t[slot];
+    if (pc->key[slot] != key) {
+        float rk = 1.0f / bf16_to_f32(kbits);  /* eager divides by k: one rounding more here, within the bound */
+        for (int j = 0; j < 128; j++) t[j] = exp2_(lt[j] * rk);
+        pc->key[slot] = key;
+    }
+    return t;
+}
+
+/* lt: moment_table of the format and transform; pw: pow_table of the block's k (DRE only). A block holds
+ * at most 128 magnitudes: each is decoded once into a table (the arithmetic of one value, so the same
+ * bits; the product with s is sign-symmetric), then looked up */
+static void decode_block(float *restrict x, const uint8_t *restrict c, int64_t B, int fmt, int tr, float s,
+                         const float *restrict pw, const float *restrict lt) {
+    float t[128];
+    if (tr == 2) {  /* (|c| / fmax)^(1/k) * s */
+        for (int j = 0; j < 128; j++) t[j] = pw[j] * s;
+    } else if (tr == 1) {  /* (c * s)^2: no sign to restore */
+        FMT_DISPATCH(fmt, { (void)FMAX; for (int64_t i = 0; i < B; i++) { float y = dec8(c[i], M, E) * s; x[i] = y * y; } });
+        return;
+    } else {
+        for (int j = 0; j < 128; j++) t[j] = lt[j] * s;
+    }
+    lookup_block(x, c, B, t);
 }
 
 /* max of |x| over a block as fp32 bits: non-negative floats order as their bits, and NaN above inf,
@@ -196,19 +386,28 @@ static void encode_block(float *restrict x, uint8_t *restrict c, int64_t B, int 
             kf = kf > 16.0f ? 16.0f : kf;
             uint16_t kb = f32_to_bf16(kf);
             float k = bf16_to_f32(kb), hi = amax < 1e-30f ? 1e-30f : amax, l2hi = log2_(hi);
-            for (int64_t i = 0; i < B; i++) {
-                uint32_t u = f2u(x[i]);
-                float a = u2f(u & 0x7FFFFFFFu);
-                /* log2(a / hi) as log2(a) - log2(hi): no division, a = hi still maps to fmax exactly */
-                float y = exp2_((log2_(a) - l2hi) * k) * FMAX;
-                y = y > FMAX ? FMAX : y;
-                c[i] = enc8(u2f(f2u(y) | (u & 0x80000000u)), M, E);
-            }
+            /* log2(a / hi) as log2(a) - log2(hi): no division, and a = hi still maps to fmax exactly */
+            dre_encode(x, c, B, M, E, k, l2hi);
             *scale = hi;
             *kout = kb;
         } else {
             float s = (amax < 1e-30f ? 1e-30f : amax) / FMAX;
-            for (int64_t i = 0; i < B; i++) {
+            int64_t i = 0;
+#if defined(__AVX512F__)
+            /* x / s as Markstein's q + (x - q s) / s in fused multiply-adds: correctly rounded, as the
+             * division is, for y = 1 / s correctly rounded and s normal (and q never overflows: |x| <= amax) */
+            if (s <= 0x1p125f) {  /* not inf or NaN (a block holding one): those divide */
+                const __m512 sv = _mm512_set1_ps(s), y = _mm512_set1_ps(1.0f / s), hi = _mm512_set1_ps(FMAX),
+                             lo = _mm512_set1_ps(-FMAX);
+                for (; i + 16 <= B; i += 16) {
+                    __m512 xv = _mm512_loadu_ps(x + i), q = _mm512_mul_ps(xv, y);
+                    q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, sv, xv), y, q);
+                    q = _mm512_max_ps(lo, _mm512_min_ps(hi, q));  /* NaN passes both, as below */
+                    _mm_storeu_si128((__m128i *)(c + i), enc8_v(q, M, E));
+                }
+            }
+#endif
+            for (; i < B; i++) {
                 float q = x[i] / s;
                 q = q > FMAX ? FMAX : q;
                 q = q < -FMAX ? -FMAX : q;
@@ -236,6 +435,47 @@ static void load_block(float *restrict x, const void *src, int bf16, int64_t e0,
     for (int64_t i = nv; i < B; i++) x[i] = 0.0f;  /* the reference pads the last block with zeros */
 }
 
+/* addcmul, then addcdiv: v = v b2 + (b2c g) g; w = w decay + (step m) / (sqrt(v) / bc2 + eps) */
+static inline void update_block(float *restrict w, const float *restrict m, float *restrict v, const float *restrict g,
+                                int64_t B, float b2, float b2c, float decay, float bc2, float eps, float step) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    /* The two divisions without the divider (the step's slowest unit): a / b as q = a y, then
+     * q + (a - q b) y, both in fused multiply-adds (Markstein), which is a / b correctly rounded where y is
+     * 1 / b correctly rounded (so sqrt(v) / bc2 is exact: y a scalar division once) and, for the per-value
+     * divisor, where y (rcp14 and a Newton step, within about an ulp) is close enough, which fails only
+     * where a / b lies within ~2^-28 relative of a rounding midpoint. Divisors outside [2^-125, 2^125]
+     * (0, inf, NaN included) divide. */
+    const __m512 vb2 = _mm512_set1_ps(b2), vb2c = _mm512_set1_ps(b2c), vdecay = _mm512_set1_ps(decay),
+                 vbc2 = _mm512_set1_ps(bc2), ybc2 = _mm512_set1_ps(1.0f / bc2), veps = _mm512_set1_ps(eps),
+                 vstep = _mm512_set1_ps(step), one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(0x1p-125f),
+                 hi = _mm512_set1_ps(0x1p125f);
+    const int bc2_ok = bc2 >= 0x1p-125f && bc2 <= 0x1p125f;
+    for (; bc2_ok && i + 16 <= B; i += 16) {
+        __m512 gi = _mm512_loadu_ps(g + i);
+        __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(vb2c, gi), gi, _mm512_mul_ps(_mm512_loadu_ps(v + i), vb2));
+        _mm512_storeu_ps(v + i, vi);
+        __m512 sq = _mm512_sqrt_ps(vi);
+        __m512 q = _mm512_mul_ps(sq, ybc2);
+        q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, vbc2, sq), ybc2, q);
+        __m512 den = _mm512_add_ps(q, veps);
+        __m512 num = _mm512_mul_ps(vstep, _mm512_loadu_ps(m + i));
+        __m512 y = _mm512_rcp14_ps(den);
+        y = _mm512_fmadd_ps(_mm512_fnmadd_ps(den, y, one), y, y);
+        q = _mm512_mul_ps(num, y);
+        q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, den, num), y, q);
+        __mmask16 small = _mm512_cmp_ps_mask(den, lo, _CMP_NGE_UQ), big = _mm512_cmp_ps_mask(den, hi, _CMP_NLE_UQ);
+        if (!_kortestz_mask16_u8(small, big)) q = _mm512_mask_div_ps(q, _kor_mask16(small, big), num, den);
+        _mm512_storeu_ps(w + i, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(w + i), vdecay), q));
+    }
+#endif
+    for (; i < B; i++) {
+        v[i] = __builtin_fmaf(b2c * g[i], g[i], v[i] * b2);
+        float den = __builtin_sqrtf(v[i]) / bc2 + eps;
+        w[i] = w[i] * decay + (step * m[i]) / den;
+    }
+}
+
 int fp8_adamw_blocks(const Args *a) {
     const int64_t B = a->block;
     if (B < 1 || B > MAX_BLOCK) return 1;
@@ -243,24 +483,22 @@ int fp8_adamw_blocks(const Args *a) {
     const float b1c = a->b1c, b1c_m1 = a->b1c_m1, b2 = a->b2, b2c = a->b2c, decay = a->decay,
                 bc2 = a->bc2_sqrt, eps = a->eps, step = a->step_size;
     float mlt[128], vlt[128];
-    if (a->m_tr == 2) dre_log2_table(mlt, a->m_fmt);
-    if (a->v_tr == 2) dre_log2_table(vlt, a->v_fmt);
+    static __thread PowCache pc;  /* 32 KB: per thread, off the stack */
+    memset(pc.key, 0xFF, sizeof pc.key);
+    moment_table(mlt, a->m_fmt, a->m_tr);
+    moment_table(vlt, a->v_fmt, a->v_tr);
     for (int64_t b = a->b0; b < a->b1; b++) {
         const int64_t e0 = b * B, nv = a->n - e0 < B ? a->n - e0 : B;
         load_block(g, a->g, a->g_bf16, e0, nv, B);
         if (a->master) load_block(w, a->master, 0, e0, nv, B);
         else load_block(w, a->p, a->p_bf16, e0, nv, B);
-        decode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->ms[b], a->mk ? bf16_to_f32(a->mk[b]) : 1.0f, mlt);
-        decode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->vs[b], a->vk ? bf16_to_f32(a->vk[b]) : 1.0f, vlt);
+        decode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(&pc, 0, a->mk[b], mlt) : NULL, mlt);
+        decode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(&pc, 1, a->vk[b], vlt) : NULL, vlt);
         /* adamw_update_: lerp as fma(w, end - start, start) (or fma(w - 1, end - start, end) for w >= 0.5),
          * addcmul as fma(value * t1, t2, self), addcdiv as self + (value * t1) / t2 */
         if (a->lerp_hi) for (int64_t i = 0; i < B; i++) m[i] = __builtin_fmaf(b1c_m1, g[i] - m[i], g[i]);
         else for (int64_t i = 0; i < B; i++) m[i] = __builtin_fmaf(b1c, g[i] - m[i], m[i]);
-        for (int64_t i = 0; i < B; i++) {
-            v[i] = __builtin_fmaf(b2c * g[i], g[i], v[i] * b2);
-            float den = __builtin_sqrtf(v[i]) / bc2 + eps;
-            w[i] = w[i] * decay + (step * m[i]) / den;
-        }
+        update_block(w, m, v, g, B, b2, b2c, decay, bc2, eps, step);
         encode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->m_log2nr, a->ms + b, a->mk ? a->mk + b : NULL);
         encode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->v_log2nr, a->vs + b, a->vk ? a->vk + b : NULL);
         if (a->master) memcpy(a->master + e0, w, (size_t)nv * 4);
@@ -280,4 +518,27 @@ int fp8_adamw_blocks(const Args *a) {
         }
     }
     return 0;
+}
+
+/* which path this build took: 512 for the AVX-512 lanes, 0 for the portable loops */
+int fp8_adamw_simd(void) {
+#if defined(__AVX512F__)
+    return 512;
+#else
+    return 0;
+#endif
+}
+
+/* ---- for the tests: the kernel's log2 and DRE encode on their own ---------------------------------- */
+void fp8_log2(const float *x, float *y, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, log2_v(_mm512_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++) y[i] = log2_(x[i]);
+}
+
+void fp8_dre_encode(const float *x, uint8_t *c, int64_t n, int32_t fmt, float k, float l2hi) {
+    if (fmt == 0) dre_encode(x, c, n, E4M3_M, E4M3_E, k, l2hi);
+    else dre_encode(x, c, n, E5M2_M, E5M2_E, k, l2hi);
 }

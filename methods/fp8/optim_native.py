@@ -99,7 +99,8 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def _build() -> Path:
+def _build(extra_flags: tuple[str, ...] = ()) -> Path:
+    """The kernel built with CFLAGS + ``extra_flags`` (cached by source, flags, compiler and CPU)."""
     cc = compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler (cc, gcc or clang; or $CC) on PATH")
@@ -108,7 +109,8 @@ def _build() -> Path:
     except (OSError, subprocess.SubprocessError) as e:
         raise NativeUnavailable(f"C compiler {cc!r} does not run: {e}") from None
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(CFLAGS).encode(), version.encode(),
+    flags = CFLAGS + tuple(extra_flags)
+    key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     out = cache_dir() / f"optim_native-{key}.so"
     if out.exists():
@@ -117,7 +119,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        r = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise NativeUnavailable(f"{cc} failed on {SOURCE.name}: {(r.stderr or r.stdout).strip()[:500]}")
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same file
@@ -133,10 +135,7 @@ def library() -> ctypes.CDLL:
     with _LOCK:
         if _LIB is None and _ERROR is None:
             try:
-                lib = ctypes.CDLL(str(_build()))
-                lib.fp8_adamw_blocks.argtypes = [ctypes.POINTER(_Args)]
-                lib.fp8_adamw_blocks.restype = ctypes.c_int
-                _LIB = lib
+                _LIB = load(_build())
             except NativeUnavailable as e:
                 _ERROR = str(e)
             except (OSError, subprocess.SubprocessError) as e:
@@ -144,6 +143,25 @@ def library() -> ctypes.CDLL:
         if _LIB is None:
             raise NativeUnavailable(_ERROR)
         return _LIB
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """A built kernel, its entry points typed."""
+    lib = ctypes.CDLL(str(path))
+    lib.fp8_adamw_blocks.argtypes = [ctypes.POINTER(_Args)]
+    lib.fp8_adamw_blocks.restype = ctypes.c_int
+    lib.fp8_adamw_simd.argtypes = []
+    lib.fp8_adamw_simd.restype = ctypes.c_int
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.fp8_log2.argtypes, lib.fp8_log2.restype = [p, p, i64], None
+    lib.fp8_dre_encode.argtypes = [p, p, i64, ctypes.c_int32, ctypes.c_float, ctypes.c_float]
+    lib.fp8_dre_encode.restype = None
+    return lib
+
+
+def simd() -> str:
+    """The path the kernel took here: "avx512" (16 lanes in intrinsics) or "portable" (plain C loops)."""
+    return "avx512" if library().fp8_adamw_simd() == 512 else "portable"
 
 
 def unsupported(opt, p: torch.Tensor) -> str | None:

@@ -104,6 +104,24 @@ def test_native_step_matches_the_reference(dtype, opts, kind):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype,opts,kind", [CASES[0], CASES[2], CASES[3], CASES[4], CASES[5]])
+def test_avx512_lanes_and_the_portable_loops_agree_bit_for_bit(monkeypatch, dtype, opts, kind):
+    """The intrinsics do the portable loops' operations (log2, the DRE code search, the FP8 casts); the
+    divisions as Markstein's correction, which is correctly rounded, as a division is, at these operands.
+    Both are checked against the reference above only on the CPU at hand: this pins them together."""
+    if optim_native.simd() != "avx512":
+        pytest.skip("no AVX-512 here: the kernel runs the portable loops (tested against the reference above)")
+    wide, wopt = _run("native", 3, dtype, **opts)
+    monkeypatch.setattr(optim_native, "_LIB", optim_native.load(optim_native._build(("-mno-avx512f",))))
+    assert optim_native.simd() == "portable"
+    plain, popt = _run("native", 3, dtype, **opts)
+    for a, b in zip(wide, plain):
+        assert torch.equal(a, b)
+        for k in wopt.state[a]:
+            assert torch.equal(_u8(wopt.state[a][k]), _u8(popt.state[b][k])), k
+
+
+@needs_kernel
 def test_native_step_splits_a_parameter_over_threads_without_changing_it(monkeypatch):
     monkeypatch.setattr(optim_native, "MIN_BLOCKS_PER_THREAD", 2)
     threads = torch.get_num_threads()
