@@ -297,24 +297,27 @@ static void moment_table(float *restrict lt, int fmt, int tr) {
     });
 }
 
+#if defined(__AVX512F__)
+/* t[|c|] with the sign of c for 16 codes, as permutes of the table (a gather is slow on many CPUs) */
+static inline __m512 lookup16(const uint8_t *c, const float *t) {
+    __m512i ci = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+    __mmask16 b5 = _mm512_test_epi32_mask(ci, _mm512_set1_epi32(32));
+    __mmask16 b6 = _mm512_test_epi32_mask(ci, _mm512_set1_epi32(64));
+    __m512 lo = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(_mm512_loadu_ps(t), ci, _mm512_loadu_ps(t + 16)),
+                                     _mm512_permutex2var_ps(_mm512_loadu_ps(t + 32), ci, _mm512_loadu_ps(t + 48)));
+    __m512 hi = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(_mm512_loadu_ps(t + 64), ci, _mm512_loadu_ps(t + 80)),
+                                     _mm512_permutex2var_ps(_mm512_loadu_ps(t + 96), ci, _mm512_loadu_ps(t + 112)));
+    __m512i r = _mm512_castps_si512(_mm512_mask_blend_ps(b6, lo, hi));
+    __m512i sg = _mm512_slli_epi32(_mm512_and_si512(ci, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_or_si512(r, sg));
+}
+#endif
+
 /* x = t[|c|] with the sign of c (t: the block's 128 decoded magnitudes) */
 static void lookup_block(float *restrict x, const uint8_t *restrict c, int64_t B, const float *restrict t) {
     int64_t i = 0;
 #if defined(__AVX512F__)
-    /* as permutes of the table held in 8 registers (a gather is slow on many CPUs) */
-    __m512 t0 = _mm512_loadu_ps(t), t1 = _mm512_loadu_ps(t + 16), t2 = _mm512_loadu_ps(t + 32),
-           t3 = _mm512_loadu_ps(t + 48), t4 = _mm512_loadu_ps(t + 64), t5 = _mm512_loadu_ps(t + 80),
-           t6 = _mm512_loadu_ps(t + 96), t7 = _mm512_loadu_ps(t + 112);
-    for (; i + 16 <= B; i += 16) {
-        __m512i ci = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + i)));
-        __mmask16 b5 = _mm512_test_epi32_mask(ci, _mm512_set1_epi32(32));
-        __mmask16 b6 = _mm512_test_epi32_mask(ci, _mm512_set1_epi32(64));
-        __m512 lo = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(t0, ci, t1), _mm512_permutex2var_ps(t2, ci, t3));
-        __m512 hi = _mm512_mask_blend_ps(b5, _mm512_permutex2var_ps(t4, ci, t5), _mm512_permutex2var_ps(t6, ci, t7));
-        __m512i r = _mm512_castps_si512(_mm512_mask_blend_ps(b6, lo, hi));
-        __m512i sg = _mm512_slli_epi32(_mm512_and_si512(ci, _mm512_set1_epi32(0x80)), 24);
-        _mm512_storeu_ps(x + i, _mm512_castsi512_ps(_mm512_or_si512(r, sg)));
-    }
+    for (; i + 16 <= B; i += 16) _mm512_storeu_ps(x + i, lookup16(c + i, t));
 #endif
     for (; i < B; i++) x[i] = u2f(f2u(t[c[i] & 0x7Fu]) | ((uint32_t)(c[i] & 0x80u) << 24));
 }
@@ -338,20 +341,22 @@ static const float *pow_table(PowCache *pc, int moment, uint16_t kbits, const fl
     return t;
 }
 
-/* lt: moment_table of the format and transform; pw: pow_table of the block's k (DRE only). A block holds
- * at most 128 magnitudes: each is decoded once into a table (the arithmetic of one value, so the same
- * bits; the product with s is sign-symmetric), then looked up */
+/* The block's 128 decoded magnitudes (plain or DRE; lt: moment_table of the format and transform, pw:
+ * pow_table of the block's k). A block holds at most 128 magnitudes: each is decoded once into a table
+ * (the arithmetic of one value, so the same bits; the product with s is sign-symmetric), then looked up */
+static inline void decode_table(float *restrict t, int tr, float s, const float *restrict pw, const float *restrict lt) {
+    if (tr == 2) for (int j = 0; j < 128; j++) t[j] = pw[j] * s;  /* (|c| / fmax)^(1/k) * s */
+    else for (int j = 0; j < 128; j++) t[j] = lt[j] * s;
+}
+
 static void decode_block(float *restrict x, const uint8_t *restrict c, int64_t B, int fmt, int tr, float s,
                          const float *restrict pw, const float *restrict lt) {
-    float t[128];
-    if (tr == 2) {  /* (|c| / fmax)^(1/k) * s */
-        for (int j = 0; j < 128; j++) t[j] = pw[j] * s;
-    } else if (tr == 1) {  /* (c * s)^2: no sign to restore */
+    if (tr == 1) {  /* (c * s)^2: no sign to restore */
         FMT_DISPATCH(fmt, { (void)FMAX; for (int64_t i = 0; i < B; i++) { float y = dec8(c[i], M, E) * s; x[i] = y * y; } });
         return;
-    } else {
-        for (int j = 0; j < 128; j++) t[j] = lt[j] * s;
     }
+    float t[128];
+    decode_table(t, tr, s, pw, lt);
     lookup_block(x, c, B, t);
 }
 
@@ -363,20 +368,27 @@ static inline uint32_t amax_bits(const float *restrict x, int64_t B) {
     return am;
 }
 
-static void encode_block(float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr, float log2nr,
-                         float *scale, uint16_t *kout) {
-    if (tr == 1)  /* sqrt: store sqrt(max(v, 0)) */
-        for (int64_t i = 0; i < B; i++) { float y = x[i] < 0.0f ? 0.0f : x[i]; x[i] = __builtin_sqrtf(y); }
-    float amax = u2f(amax_bits(x, B));
+/* smallest nonzero |x| as fp32 bits (zeros and NaN count as inf, as torch.where(a > 0, a, inf) does) */
+static inline uint32_t amin_bits(const float *restrict x, int64_t B) {
+    uint32_t mn = 0x7F800000u;
+    for (int64_t i = 0; i < B; i++) {
+        uint32_t u = f2u(x[i]) & 0x7FFFFFFFu;
+        u = (u == 0 || u > 0x7F800000u) ? 0x7F800000u : u;
+        mn = u < mn ? u : mn;
+    }
+    return mn;
+}
+
+/* a block's scale (and DRE exponent) from its amax_bits am (and, DRE, amin_bits mn) */
+typedef struct { float scale, k, l2hi; uint16_t kb; } Coder;
+
+static inline Coder coder(int fmt, int tr, float log2nr, uint32_t am, uint32_t mn) {
+    Coder q = {0.0f, 0.0f, 0.0f, 0};
+    float amax = u2f(am);
     FMT_DISPATCH(fmt, {
+        (void)M;
+        (void)E;
         if (tr == 2) {
-            /* smallest nonzero |x| (zeros and NaN count as inf, as torch.where(a > 0, a, inf) does) */
-            uint32_t mn = 0x7F800000u;
-            for (int64_t i = 0; i < B; i++) {
-                uint32_t u = f2u(x[i]) & 0x7FFFFFFFu;
-                u = (u == 0 || u > 0x7F800000u) ? 0x7F800000u : u;
-                mn = u < mn ? u : mn;
-            }
             float amin = u2f(mn);
             /* optim_codec.dre_exponent: log2nr / log2(amax / amin), a Python float over a tensor being
              * reciprocal() * log2nr; then where(amax > 0, k, 1), clamp, bf16 */
@@ -384,14 +396,24 @@ static void encode_block(float *restrict x, uint8_t *restrict c, int64_t B, int 
             kf = amax > 0.0f ? kf : 1.0f;
             kf = kf < 0.0625f ? 0.0625f : kf;
             kf = kf > 16.0f ? 16.0f : kf;
-            uint16_t kb = f32_to_bf16(kf);
-            float k = bf16_to_f32(kb), hi = amax < 1e-30f ? 1e-30f : amax, l2hi = log2_(hi);
-            /* log2(a / hi) as log2(a) - log2(hi): no division, and a = hi still maps to fmax exactly */
-            dre_encode(x, c, B, M, E, k, l2hi);
-            *scale = hi;
-            *kout = kb;
+            q.kb = f32_to_bf16(kf);
+            q.k = bf16_to_f32(q.kb);
+            q.scale = amax < 1e-30f ? 1e-30f : amax;
+            q.l2hi = log2_(q.scale);  /* log2(a / hi) as log2(a) - log2(hi): no division; a = hi still maps to fmax */
         } else {
-            float s = (amax < 1e-30f ? 1e-30f : amax) / FMAX;
+            q.scale = (amax < 1e-30f ? 1e-30f : amax) / FMAX;
+        }
+    });
+    return q;
+}
+
+/* the codes of a block under its coder */
+static void encode_with(const float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr, const Coder *q) {
+    FMT_DISPATCH(fmt, {
+        if (tr == 2) {
+            dre_encode(x, c, B, M, E, q->k, q->l2hi);
+        } else {
+            const float s = q->scale;
             int64_t i = 0;
 #if defined(__AVX512F__)
             /* x / s as Markstein's q + (x - q s) / s in fused multiply-adds: correctly rounded, as the
@@ -400,22 +422,36 @@ static void encode_block(float *restrict x, uint8_t *restrict c, int64_t B, int 
                 const __m512 sv = _mm512_set1_ps(s), y = _mm512_set1_ps(1.0f / s), hi = _mm512_set1_ps(FMAX),
                              lo = _mm512_set1_ps(-FMAX);
                 for (; i + 16 <= B; i += 16) {
-                    __m512 xv = _mm512_loadu_ps(x + i), q = _mm512_mul_ps(xv, y);
-                    q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, sv, xv), y, q);
-                    q = _mm512_max_ps(lo, _mm512_min_ps(hi, q));  /* NaN passes both, as below */
-                    _mm_storeu_si128((__m128i *)(c + i), enc8_v(q, M, E));
+                    __m512 xv = _mm512_loadu_ps(x + i), qv = _mm512_mul_ps(xv, y);
+                    qv = _mm512_fmadd_ps(_mm512_fnmadd_ps(qv, sv, xv), y, qv);
+                    qv = _mm512_max_ps(lo, _mm512_min_ps(hi, qv));  /* NaN passes both, as below */
+                    _mm_storeu_si128((__m128i *)(c + i), enc8_v(qv, M, E));
                 }
             }
 #endif
             for (; i < B; i++) {
-                float q = x[i] / s;
-                q = q > FMAX ? FMAX : q;
-                q = q < -FMAX ? -FMAX : q;
-                c[i] = enc8(q, M, E);
+                float qs = x[i] / s;
+                qs = qs > FMAX ? FMAX : qs;
+                qs = qs < -FMAX ? -FMAX : qs;
+                c[i] = enc8(qs, M, E);
             }
-            *scale = s;
         }
     });
+}
+
+static inline void encode_reduced(const float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr,
+                                  float log2nr, float *scale, uint16_t *kout, uint32_t am, uint32_t mn) {
+    Coder q = coder(fmt, tr, log2nr, am, mn);
+    encode_with(x, c, B, fmt, tr, &q);
+    *scale = q.scale;
+    if (tr == 2) *kout = q.kb;
+}
+
+static void encode_block(float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr, float log2nr,
+                         float *scale, uint16_t *kout) {
+    if (tr == 1)  /* sqrt: store sqrt(max(v, 0)) */
+        for (int64_t i = 0; i < B; i++) { float y = x[i] < 0.0f ? 0.0f : x[i]; x[i] = __builtin_sqrtf(y); }
+    encode_reduced(x, c, B, fmt, tr, log2nr, scale, kout, amax_bits(x, B), tr == 2 ? amin_bits(x, B) : 0);
 }
 
 /* ---- the step ------------------------------------------------------------------------------------- */
@@ -435,38 +471,113 @@ static void load_block(float *restrict x, const void *src, int bf16, int64_t e0,
     for (int64_t i = nv; i < B; i++) x[i] = 0.0f;  /* the reference pads the last block with zeros */
 }
 
+#if defined(__AVX512F__)
+/* the update's scalars on 16 lanes */
+typedef struct { __m512 b1c, b1c_m1, b2, b2c, decay, bc2, ybc2, eps, step; } Lanes;
+
+static inline Lanes lanes(float b1c, float b1c_m1, float b2, float b2c, float decay, float bc2, float eps, float step) {
+    Lanes L = {_mm512_set1_ps(b1c), _mm512_set1_ps(b1c_m1), _mm512_set1_ps(b2), _mm512_set1_ps(b2c),
+               _mm512_set1_ps(decay), _mm512_set1_ps(bc2), _mm512_set1_ps(1.0f / bc2), _mm512_set1_ps(eps),
+               _mm512_set1_ps(step)};
+    return L;
+}
+
+/* (step m) / (sqrt(v) / bc2 + eps) with the two divisions off the divider (the step's slowest unit): a / b
+ * as q = a y, then q + (a - q b) y in fused multiply-adds (Markstein), which is a / b correctly rounded
+ * where y is 1 / b correctly rounded (so sqrt(v) / bc2 is exact: y a scalar division once; bc2 is checked
+ * to be normal by the caller) and, for the per-value divisor, where y (rcp14 and a Newton step, within
+ * about an ulp) is close enough, which fails only where a / b lies within ~2^-28 relative of a rounding
+ * midpoint (none in 3.2e8 random quotients). Divisors outside [2^-125, 2^125] (0, inf, NaN) divide. */
+static inline __m512 adam_delta16(__m512 vi, __m512 mi, const Lanes *L) {
+    __m512 sq = _mm512_sqrt_ps(vi);
+    __m512 q = _mm512_mul_ps(sq, L->ybc2);
+    q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, L->bc2, sq), L->ybc2, q);
+    __m512 den = _mm512_add_ps(q, L->eps);
+    __m512 num = _mm512_mul_ps(L->step, mi);
+    __m512 y = _mm512_rcp14_ps(den);
+    y = _mm512_fmadd_ps(_mm512_fnmadd_ps(den, y, _mm512_set1_ps(1.0f)), y, y);
+    q = _mm512_mul_ps(num, y);
+    q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, den, num), y, q);
+    __mmask16 small = _mm512_cmp_ps_mask(den, _mm512_set1_ps(0x1p-125f), _CMP_NGE_UQ),
+              big = _mm512_cmp_ps_mask(den, _mm512_set1_ps(0x1p125f), _CMP_NLE_UQ);
+    if (!_kortestz_mask16_u8(small, big)) q = _mm512_mask_div_ps(q, _kor_mask16(small, big), num, den);
+    return q;
+}
+
+static inline __m512 bf16x16(const uint16_t *h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)h)), 16));
+}
+
+/* One full block in one pass of 16 lanes: load the gradient and the weight, look up m and v in their
+ * decode tables tm and tv, lerp, addcmul, addcdiv, keep m, v and w (fp32) for the encode, and reduce
+ * |m| and |v| to their amax (and amin, for DRE) bits on the way: red = {max m, min m, max v, min v}. */
+static void fused_block(const Args *a, int64_t e0, const float *restrict tm, const float *restrict tv,
+                        float *restrict m, float *restrict v, float *restrict w, uint32_t red[4], const Lanes *L) {
+    const int64_t B = a->block;
+    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+    __m512i mxm = _mm512_setzero_si512(), mxv = mxm, mnm = inf, mnv = inf;
+    for (int64_t i = 0; i < B; i += 16) {
+        __m512 gi = a->g_bf16 ? bf16x16((const uint16_t *)a->g + e0 + i) : _mm512_loadu_ps((const float *)a->g + e0 + i);
+        __m512 wi = a->master ? _mm512_loadu_ps(a->master + e0 + i)
+                    : a->p_bf16 ? bf16x16((const uint16_t *)a->p + e0 + i) : _mm512_loadu_ps((const float *)a->p + e0 + i);
+        __m512 mi = lookup16(a->mc + e0 + i, tm), vi = lookup16(a->vc + e0 + i, tv);
+        mi = a->lerp_hi ? _mm512_fmadd_ps(L->b1c_m1, _mm512_sub_ps(gi, mi), gi)
+                        : _mm512_fmadd_ps(L->b1c, _mm512_sub_ps(gi, mi), mi);
+        vi = _mm512_fmadd_ps(_mm512_mul_ps(L->b2c, gi), gi, _mm512_mul_ps(vi, L->b2));
+        wi = _mm512_add_ps(_mm512_mul_ps(wi, L->decay), adam_delta16(vi, mi, L));
+        _mm512_storeu_ps(m + i, mi);
+        _mm512_storeu_ps(v + i, vi);
+        _mm512_storeu_ps(w + i, wi);
+        __m512i um = _mm512_and_si512(_mm512_castps_si512(mi), absm), uv = _mm512_and_si512(_mm512_castps_si512(vi), absm);
+        mxm = _mm512_max_epu32(mxm, um);
+        mxv = _mm512_max_epu32(mxv, uv);
+        if (a->m_tr == 2)  /* amin_bits: zeros and NaN count as inf */
+            mnm = _mm512_min_epu32(mnm, _mm512_mask_mov_epi32(um, _mm512_cmpeq_epi32_mask(um, _mm512_setzero_si512()) |
+                                                                  _mm512_cmpgt_epu32_mask(um, inf), inf));
+        if (a->v_tr == 2)
+            mnv = _mm512_min_epu32(mnv, _mm512_mask_mov_epi32(uv, _mm512_cmpeq_epi32_mask(uv, _mm512_setzero_si512()) |
+                                                                  _mm512_cmpgt_epu32_mask(uv, inf), inf));
+    }
+    red[0] = _mm512_reduce_max_epu32(mxm);
+    red[1] = _mm512_reduce_min_epu32(mnm);
+    red[2] = _mm512_reduce_max_epu32(mxv);
+    red[3] = _mm512_reduce_min_epu32(mnv);
+}
+#endif
+
+/* the updated fp32 weights of a block into the master copy and the parameter */
+static inline void store_weights(const Args *a, const float *restrict w, int64_t e0, int64_t nv) {
+    if (a->master) memcpy(a->master + e0, w, (size_t)nv * 4);
+    if (!a->p_bf16) {
+        memcpy((float *)a->p + e0, w, (size_t)nv * 4);
+    } else if (a->stochastic) {
+        /* round_bf16_stochastic: add the low 16 bits of hash32(index ^ salt), keep the high 16 */
+        uint16_t *p = (uint16_t *)a->p + e0;
+        const uint32_t salt = a->salt, base = (uint32_t)e0;
+        for (int64_t i = 0; i < nv; i++) {
+            uint32_t h = hash32((base + (uint32_t)i) ^ salt) & 0xFFFFu;
+            p[i] = (uint16_t)((f2u(w[i]) + h) >> 16);
+        }
+    } else {
+        uint16_t *p = (uint16_t *)a->p + e0;
+        for (int64_t i = 0; i < nv; i++) p[i] = f32_to_bf16(w[i]);
+    }
+}
+
 /* addcmul, then addcdiv: v = v b2 + (b2c g) g; w = w decay + (step m) / (sqrt(v) / bc2 + eps) */
 static inline void update_block(float *restrict w, const float *restrict m, float *restrict v, const float *restrict g,
                                 int64_t B, float b2, float b2c, float decay, float bc2, float eps, float step) {
     int64_t i = 0;
 #if defined(__AVX512F__)
-    /* The two divisions without the divider (the step's slowest unit): a / b as q = a y, then
-     * q + (a - q b) y, both in fused multiply-adds (Markstein), which is a / b correctly rounded where y is
-     * 1 / b correctly rounded (so sqrt(v) / bc2 is exact: y a scalar division once) and, for the per-value
-     * divisor, where y (rcp14 and a Newton step, within about an ulp) is close enough, which fails only
-     * where a / b lies within ~2^-28 relative of a rounding midpoint. Divisors outside [2^-125, 2^125]
-     * (0, inf, NaN included) divide. */
-    const __m512 vb2 = _mm512_set1_ps(b2), vb2c = _mm512_set1_ps(b2c), vdecay = _mm512_set1_ps(decay),
-                 vbc2 = _mm512_set1_ps(bc2), ybc2 = _mm512_set1_ps(1.0f / bc2), veps = _mm512_set1_ps(eps),
-                 vstep = _mm512_set1_ps(step), one = _mm512_set1_ps(1.0f), lo = _mm512_set1_ps(0x1p-125f),
-                 hi = _mm512_set1_ps(0x1p125f);
-    const int bc2_ok = bc2 >= 0x1p-125f && bc2 <= 0x1p125f;
-    for (; bc2_ok && i + 16 <= B; i += 16) {
-        __m512 gi = _mm512_loadu_ps(g + i);
-        __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(vb2c, gi), gi, _mm512_mul_ps(_mm512_loadu_ps(v + i), vb2));
-        _mm512_storeu_ps(v + i, vi);
-        __m512 sq = _mm512_sqrt_ps(vi);
-        __m512 q = _mm512_mul_ps(sq, ybc2);
-        q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, vbc2, sq), ybc2, q);
-        __m512 den = _mm512_add_ps(q, veps);
-        __m512 num = _mm512_mul_ps(vstep, _mm512_loadu_ps(m + i));
-        __m512 y = _mm512_rcp14_ps(den);
-        y = _mm512_fmadd_ps(_mm512_fnmadd_ps(den, y, one), y, y);
-        q = _mm512_mul_ps(num, y);
-        q = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, den, num), y, q);
-        __mmask16 small = _mm512_cmp_ps_mask(den, lo, _CMP_NGE_UQ), big = _mm512_cmp_ps_mask(den, hi, _CMP_NLE_UQ);
-        if (!_kortestz_mask16_u8(small, big)) q = _mm512_mask_div_ps(q, _kor_mask16(small, big), num, den);
-        _mm512_storeu_ps(w + i, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(w + i), vdecay), q));
+    if (bc2 >= 0x1p-125f && bc2 <= 0x1p125f) {  /* adam_delta16's scalar reciprocal is exact */
+        const Lanes L = lanes(0.0f, 0.0f, b2, b2c, decay, bc2, eps, step);
+        for (; i + 16 <= B; i += 16) {
+            __m512 gi = _mm512_loadu_ps(g + i);
+            __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(L.b2c, gi), gi, _mm512_mul_ps(_mm512_loadu_ps(v + i), L.b2));
+            _mm512_storeu_ps(v + i, vi);
+            __m512 q = adam_delta16(vi, _mm512_loadu_ps(m + i), &L);
+            _mm512_storeu_ps(w + i, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(w + i), L.decay), q));
+        }
     }
 #endif
     for (; i < B; i++) {
@@ -487,8 +598,29 @@ int fp8_adamw_blocks(const Args *a) {
     memset(pc.key, 0xFF, sizeof pc.key);
     moment_table(mlt, a->m_fmt, a->m_tr);
     moment_table(vlt, a->v_fmt, a->v_tr);
+#if defined(__AVX512F__)
+    /* full blocks of plain or DRE moments take one fused pass (the partial last block, sqrt and an
+     * abnormal bc2 take the loops below) */
+    const int fusable = B % 16 == 0 && a->m_tr != 1 && a->v_tr != 1 && bc2 >= 0x1p-125f && bc2 <= 0x1p125f;
+    const Lanes L = lanes(b1c, b1c_m1, b2, b2c, decay, bc2, eps, step);
+#endif
     for (int64_t b = a->b0; b < a->b1; b++) {
         const int64_t e0 = b * B, nv = a->n - e0 < B ? a->n - e0 : B;
+#if defined(__AVX512F__)
+        if (fusable && nv == B) {
+            float tm[128], tv[128];
+            uint32_t red[4];
+            decode_table(tm, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(&pc, 0, a->mk[b], mlt) : NULL, mlt);
+            decode_table(tv, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(&pc, 1, a->vk[b], vlt) : NULL, vlt);
+            fused_block(a, e0, tm, tv, m, v, w, red, &L);
+            encode_reduced(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->m_log2nr, a->ms + b, a->mk ? a->mk + b : NULL,
+                           red[0], red[1]);
+            encode_reduced(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->v_log2nr, a->vs + b, a->vk ? a->vk + b : NULL,
+                           red[2], red[3]);
+            store_weights(a, w, e0, nv);
+            continue;
+        }
+#endif
         load_block(g, a->g, a->g_bf16, e0, nv, B);
         if (a->master) load_block(w, a->master, 0, e0, nv, B);
         else load_block(w, a->p, a->p_bf16, e0, nv, B);
@@ -501,21 +633,7 @@ int fp8_adamw_blocks(const Args *a) {
         update_block(w, m, v, g, B, b2, b2c, decay, bc2, eps, step);
         encode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->m_log2nr, a->ms + b, a->mk ? a->mk + b : NULL);
         encode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->v_log2nr, a->vs + b, a->vk ? a->vk + b : NULL);
-        if (a->master) memcpy(a->master + e0, w, (size_t)nv * 4);
-        if (!a->p_bf16) {
-            memcpy((float *)a->p + e0, w, (size_t)nv * 4);
-        } else if (a->stochastic) {
-            /* round_bf16_stochastic: add the low 16 bits of hash32(index ^ salt), keep the high 16 */
-            uint16_t *p = (uint16_t *)a->p + e0;
-            const uint32_t salt = a->salt, base = (uint32_t)e0;
-            for (int64_t i = 0; i < nv; i++) {
-                uint32_t h = hash32((base + (uint32_t)i) ^ salt) & 0xFFFFu;
-                p[i] = (uint16_t)((f2u(w[i]) + h) >> 16);
-            }
-        } else {
-            uint16_t *p = (uint16_t *)a->p + e0;
-            for (int64_t i = 0; i < nv; i++) p[i] = f32_to_bf16(w[i]);
-        }
+        store_weights(a, w, e0, nv);
     }
     return 0;
 }

@@ -51,6 +51,7 @@ CASES = [
     (torch.float32, dict(v_transform="sqrt", block_size=64), "sqrt"),
     (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95)), "sqrt"),  # lerp's other branch
     (torch.bfloat16, dict(v_format="e5m2", v_transform="none", stochastic_rounding=False), "exact"),
+    (torch.float32, dict(block_size=64), "dre"),  # fp32 weights and gradients through the fused pass
 ]
 
 
@@ -104,7 +105,7 @@ def test_native_step_matches_the_reference(dtype, opts, kind):
 
 
 @needs_kernel
-@pytest.mark.parametrize("dtype,opts,kind", [CASES[0], CASES[2], CASES[3], CASES[4], CASES[5]])
+@pytest.mark.parametrize("dtype,opts,kind", [CASES[i] for i in (0, 2, 3, 4, 5, 8)])
 def test_avx512_lanes_and_the_portable_loops_agree_bit_for_bit(monkeypatch, dtype, opts, kind):
     """The intrinsics do the portable loops' operations (log2, the DRE code search, the FP8 casts); the
     divisions as Markstein's correction, which is correctly rounded, as a division is, at these operands.
