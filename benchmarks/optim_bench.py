@@ -207,6 +207,10 @@ def cpu_section(shape_name: str, steps: int, warmup: int, optimizers=None) -> di
     # the larger of two measurements: a copy slowed by another process's burst would flatter every step
     bw = max(bw_before, copy_bandwidth())
     out.update(copy_gb_per_s=bw / 1e9, copy_gb_per_s_before=bw_before / 1e9, results=r)
+    if "median_s" in r.get(OWN, {}):  # which build of the native kernel ran: its AVX-512 lanes or plain loops
+        from methods.fp8 import optim_native
+
+        r[OWN]["kernel"] = optim_native.simd()
     for row in r.values():
         if "gb_per_s" in row:
             row["frac_of_copy"] = row["gb_per_s"] * 1e9 / bw
@@ -293,7 +297,9 @@ def main(argv=None) -> int:
         if "skipped" in s:
             print(f"[gpu] skipped: {s['skipped']}")
             continue
-        print(f"[{s['device']}] {s['model']}, {s.get('threads', '-')} thread(s), copy {s['copy_gb_per_s']:.1f} GB/s")
+        kernel = s["results"].get(OWN, {}).get("kernel")
+        print(f"[{s['device']}] {s['model']}, {s.get('threads', '-')} thread(s), copy {s['copy_gb_per_s']:.1f} GB/s"
+              + (f", native kernel: {kernel}" if kernel else ""))
         print(f"  {'optimizer':<24} {'ms/step':>9} {'ns/param':>9} {'B/param':>8} {'GB/s':>6} {'of copy':>8}")
         for name, r in s["results"].items():
             if "skipped" in r:

@@ -85,7 +85,9 @@ def optim_part(opt: pd.DataFrame) -> list[str]:
         if len(own):
             said = "; ".join(f"{cell('own_over_this', r.own_over_this)}x {r.optimizer}'s step time"
                              for r in t[t["optimizer"] != OWN_OPTIM].itertuples())
-            lines += [f"- {shape} ({cell('n_params', r0['n_params'])} parameters): own FP8 AdamW takes {said}."]
+            kernel = own.iloc[0].get("kernel") if "kernel" in own else None
+            build = f" (native kernel: {kernel})" if isinstance(kernel, str) else ""
+            lines += [f"- {shape} ({cell('n_params', r0['n_params'])} parameters): own FP8 AdamW{build} takes {said}."]
         cols = ["optimizer", "param_dtype", "median_ms", "bytes_per_param", "gb_per_s", "copy_gb_per_s",
                 "frac_of_copy", "own_over_this"]
         lines += ["", md_table(t[cols], src), ""]

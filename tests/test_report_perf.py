@@ -29,7 +29,7 @@ def optim_res():
         return {"median_s": ms / 1e3, "n_params": n, "bytes_per_param": bpp, "param_dtype": "bfloat16",
                 "gb_per_s": bpp * n / (ms / 1e3) / 1e9, "frac_of_copy": bpp * n / (ms / 1e3) / 20e9}
     sec = {"device": "cpu", "threads": 1, "model": "tiny", "copy_gb_per_s": 20.0,
-           "results": {"own_fp8_adamw_native": r(30, 10.08), "torchao_adamw_fp8": r(90, 10.06),
+           "results": {"own_fp8_adamw_native": {**r(30, 10.08), "kernel": "avx512"}, "torchao_adamw_fp8": r(90, 10.06),
                        "torch_fused_adamw_fp32": r(6, 28.0), "fp32_state_adamw_nearest": {"skipped": "Boom: simulated"}}}
     return {"cpu": [sec], "gpu": {"skipped": "no CUDA device"}}
 
@@ -106,6 +106,7 @@ def test_performance_section_prints_the_csv_cells(res):
     assert tao["own_over_this"] == pytest.approx(30 / 90)
     assert f"{cell('own_over_this', tao['own_over_this'])}x torchao_adamw_fp8's step time" in text
     assert "tiny / fp32_state_adamw_nearest: skipped: Boom: simulated" in text
+    assert "own FP8 AdamW (native kernel: avx512) takes" in text  # which build of the kernel ran
     env = fp8.iloc[0]  # the device line: CPU model, threads, cores reserved, from the CSV
     assert f"Measured on {env['cpu_model']}, 1 torch thread(s); the job reserved 2 of {env['cpu_count']} cores" in text
 

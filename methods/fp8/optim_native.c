@@ -1,17 +1,24 @@
 /* FP8-state AdamW step on the CPU in one pass per block (``methods/fp8/optim_native.py`` builds and calls it).
  *
  * Per block of B values: the gradient, the weight (or master copy) and the FP8 codes of m and v are read
- * once into four fp32 arrays on the stack (4 x B x 4 bytes, L1-sized), decoded, updated, reduced
- * (per-block amax, and amin for DRE), encoded and written back once. Every loop is a plain loop over the
- * block that the compiler vectorises (-O3 -march=native); there are no library calls in them.
+ * once, decoded, updated, reduced (per-block amax, and amin for DRE) into fp32 arrays on the stack
+ * (L1-sized), encoded and written back once. Two builds of the same operations:
+ *   - portable: plain loops over the block that the compiler vectorises (-O3 -march=native);
+ *   - AVX-512 (where the compiler targets it): full blocks in one fused pass of 16 lanes, then the
+ *     encodes, in intrinsics. Table lookups are register permutes (a gather is slow on many CPUs) and the
+ *     divisions Markstein corrections in fused multiply-adds (the divider is the step's slowest unit).
+ *     It gives the portable build's bits (tests/optim/test_optim_native*.py pin the two together).
+ * There are no library calls in the loops.
  *
  * The arithmetic is the reference's (``FP8AdamW(impl="torch")``: ``optim_codec.decode``,
  * ``adamw_base.adamw_update_``, ``optim_codec.encode``, ``round_bf16_stochastic``) op for op and in fp32,
  * with the same rounding order (lerp and addcmul as the eager CPU kernels' fused multiply-adds), the same
  * FP8 and bf16 casts (round to nearest even, c10's bit recipes) and the same hash. The one difference,
- * DRE only: log2 and exp2 are the polynomials below (explicit fused multiply-adds, no division; within
- * ~2 fp32 ulps) where eager calls SLEEF or MKL, the decode divides by k as a multiply by 1/k through a
- * per-block table of the 128 magnitudes, and the encode takes log2(a / amax) as log2(a) - log2(amax).
+ * DRE only: log2 is the kernel's own (a table and a polynomial, within ~1 fp32 ulp) where eager calls
+ * SLEEF or MKL; the encode rounds exp2(log2(a / amax) k) fmax to FP8 by searching the FP8 midpoints in
+ * log2 space (no exp2; below), with log2(a / amax) as log2(a) - log2(amax); the decode evaluates
+ * exp2(log2(|c| / fmax) / k) once per magnitude and k (a polynomial in FMAs, times 1/k). So a code moves
+ * by one step only where a value lies within a few fp32 ulps of a rounding midpoint (counted in the test).
  * Compiled with -ffp-contract=off, so no other multiply-add is fused behind the reference's back.
  */
 #include <stdint.h>

@@ -9,14 +9,21 @@ transcendental functions and casts that Inductor emits. Built with the system C 
 which releases the GIL during the call; large parameters are split over ``torch.get_num_threads()``
 threads by block.
 
+Where the compiler targets AVX-512 (``-march=native`` on such a CPU), full blocks take one fused pass in
+16-lane intrinsics: lookups as register permutes, divisions as Markstein corrections, the DRE encode as a
+search of the FP8 midpoints in log2 space; elsewhere the same operations run as plain loops. The two give
+the same bits (``tests/optim/test_optim_native.py``); :func:`simd` says which one a build took.
+
 Agreement with the reference (``tests/optim/test_optim_native.py``): the casts, the rounding order of
 lerp / addcmul / addcdiv, the reductions and the stochastic-rounding hash are the reference's bit for bit,
 so without DRE codes and scales are identical, and so are bf16 weights except where eager's vectorised
 sqrt, an ulp off on some inputs, puts the fp32 weight on the other side of a bf16 midpoint (measured on
-an AVX-512 EPYC: a few in 10^5). DRE takes log2 and exp2 from the kernel's own polynomials (within ~2
-fp32 ulps; eager calls SLEEF or MKL) and saves two divisions per value (see the C file), so an FP8 code
-can move by one step where a value lies within a few ulps of a rounding midpoint, and a bf16 weight by
-one ulp where its stochastic draw sits at the boundary: both measured and bounded in the test.
+an AVX-512 EPYC: a few in 10^5). DRE takes log2 from the kernel's own table and polynomial (within ~1
+fp32 ulp; eager calls SLEEF or MKL) and saves the exp2 of the encode and two divisions per value (see the
+C file), so an FP8 code can move by one step where a value lies within a few ulps of a rounding midpoint,
+and a bf16 weight by one ulp where its stochastic draw sits at the boundary: both measured and bounded
+in the test; the log2 and the encode on their own are tested against float64 in
+``tests/optim/test_optim_native_math.py``.
 
 Where the compiler is missing or fails, :func:`library` raises :class:`NativeUnavailable` with the
 reason; ``FP8AdamW(impl="auto")`` records it and takes the compiled step instead.
