@@ -257,12 +257,11 @@ static inline __m128i dre_enc_v(__m512 x, __m512 k16, __m512 l2hi, const DreTab 
     __m512 lm = _mm512_set1_ps(t->log2max);
     __m512 U = _mm512_min_ps(lm, _mm512_fmadd_ps(_mm512_sub_ps(log2_v(a), l2hi), k16, lm));  /* NaN passes */
     __m512i n = _mm512_cvt_roundps_epi32(U, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 fr = _mm512_sub_ps(U, _mm512_cvtepi32_ps(n));
-    __m512i j = _mm512_permutexvar_epi32(n, _mm512_loadu_si512(t->base));  /* lanes n & 15 */
+    __m512 fr = _mm512_reduce_ps(U, _MM_FROUND_TO_NEG_INF);  /* U - floor(U), exact */
+    __m512i j = _mm512_permutexvar_epi32(n, _mm512_add_epi32(_mm512_loadu_si512(t->base), _mm512_set1_epi32(E << M)));
     __mmask16 up = _mm512_cmp_ps_mask(fr, _mm512_permutexvar_ps(n, _mm512_loadu_ps(t->thr)), _CMP_GE_OQ);
-    j = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
+    j = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));  /* lanes n & 15, plus bias << M */
     __m512i c = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srai_epi32(n, 4), M), j);
-    c = _mm512_add_epi32(c, _mm512_set1_epi32(E << M));
     __mmask16 low = _mm512_cmp_ps_mask(U, _mm512_set1_ps(t->min_exp), _CMP_NGE_UQ);
     if (low) {
         float Us[16];
