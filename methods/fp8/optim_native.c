@@ -23,8 +23,12 @@
  */
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__)
+/* the 16-lane build: AVX-512 F and DQ (vreduceps), every AVX-512 CPU but the Xeon Phi */
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define LANES512 1
 #include <immintrin.h>
+#else
+#define LANES512 0
 #endif
 
 #define MAX_BLOCK 4096
@@ -215,7 +219,7 @@ static inline __attribute__((always_inline)) uint8_t dre_enc(float x, float k16,
     return (uint8_t)(c | ((ux >> 24) & 0x80u));
 }
 
-#if defined(__AVX512F__)
+#if LANES512
 /* log2_ on 16 lanes, op for op (so bit for bit): getexp and getmant are e and m (with 0, inf and NaN as
  * log2_ sets them), and the tables sit in two registers each */
 static inline __m512 log2_v(__m512 x) {
@@ -283,7 +287,7 @@ static inline __attribute__((always_inline)) void dre_encode(const float *restri
                                                              const int M, const int E, float k, float l2hi) {
     const DreTab *tab = M == 3 ? &DRE_E4M3 : &DRE_E5M2;
     int64_t i = 0;
-#if defined(__AVX512F__)
+#if LANES512
     __m512 kv = _mm512_set1_ps(16.0f * k), lv = _mm512_set1_ps(l2hi);
     for (; i + 16 <= n; i += 16)
         _mm_storeu_si128((__m128i *)(c + i), dre_enc_v(_mm512_loadu_ps(x + i), kv, lv, tab, M, E));
@@ -303,7 +307,7 @@ static void moment_table(float *restrict lt, int fmt, int tr) {
     });
 }
 
-#if defined(__AVX512F__)
+#if LANES512
 /* t[|c|] with the sign of c for 16 codes, as permutes of the table (a gather is slow on many CPUs) */
 static inline __m512 lookup16(const uint8_t *c, const float *t) {
     __m512i ci = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
@@ -322,7 +326,7 @@ static inline __m512 lookup16(const uint8_t *c, const float *t) {
 /* x = t[|c|] with the sign of c (t: the block's 128 decoded magnitudes) */
 static void lookup_block(float *restrict x, const uint8_t *restrict c, int64_t B, const float *restrict t) {
     int64_t i = 0;
-#if defined(__AVX512F__)
+#if LANES512
     for (; i + 16 <= B; i += 16) _mm512_storeu_ps(x + i, lookup16(c + i, t));
 #endif
     for (; i < B; i++) x[i] = u2f(f2u(t[c[i] & 0x7Fu]) | ((uint32_t)(c[i] & 0x80u) << 24));
@@ -421,7 +425,7 @@ static void encode_with(const float *restrict x, uint8_t *restrict c, int64_t B,
         } else {
             const float s = q->scale;
             int64_t i = 0;
-#if defined(__AVX512F__)
+#if LANES512
             /* x / s as Markstein's q + (x - q s) / s in fused multiply-adds: correctly rounded, as the
              * division is, for y = 1 / s correctly rounded and s normal (and q never overflows: |x| <= amax) */
             if (s <= 0x1p125f) {  /* not inf or NaN (a block holding one): those divide */
@@ -477,7 +481,7 @@ static void load_block(float *restrict x, const void *src, int bf16, int64_t e0,
     for (int64_t i = nv; i < B; i++) x[i] = 0.0f;  /* the reference pads the last block with zeros */
 }
 
-#if defined(__AVX512F__)
+#if LANES512
 /* the update's scalars on 16 lanes */
 typedef struct { __m512 b1c, b1c_m1, b2, b2c, decay, bc2, ybc2, eps, step; } Lanes;
 
@@ -574,7 +578,7 @@ static inline void store_weights(const Args *a, const float *restrict w, int64_t
 static inline void update_block(float *restrict w, const float *restrict m, float *restrict v, const float *restrict g,
                                 int64_t B, float b2, float b2c, float decay, float bc2, float eps, float step) {
     int64_t i = 0;
-#if defined(__AVX512F__)
+#if LANES512
     if (bc2 >= 0x1p-125f && bc2 <= 0x1p125f) {  /* adam_delta16's scalar reciprocal is exact */
         const Lanes L = lanes(0.0f, 0.0f, b2, b2c, decay, bc2, eps, step);
         for (; i + 16 <= B; i += 16) {
@@ -604,7 +608,7 @@ int fp8_adamw_blocks(const Args *a) {
     memset(pc.key, 0xFF, sizeof pc.key);
     moment_table(mlt, a->m_fmt, a->m_tr);
     moment_table(vlt, a->v_fmt, a->v_tr);
-#if defined(__AVX512F__)
+#if LANES512
     /* full blocks of plain or DRE moments take one fused pass (the partial last block, sqrt and an
      * abnormal bc2 take the loops below) */
     const int fusable = B % 16 == 0 && a->m_tr != 1 && a->v_tr != 1 && bc2 >= 0x1p-125f && bc2 <= 0x1p125f;
@@ -612,7 +616,7 @@ int fp8_adamw_blocks(const Args *a) {
 #endif
     for (int64_t b = a->b0; b < a->b1; b++) {
         const int64_t e0 = b * B, nv = a->n - e0 < B ? a->n - e0 : B;
-#if defined(__AVX512F__)
+#if LANES512
         if (fusable && nv == B) {
             float tm[128], tv[128];
             uint32_t red[4];
@@ -646,7 +650,7 @@ int fp8_adamw_blocks(const Args *a) {
 
 /* which path this build took: 512 for the AVX-512 lanes, 0 for the portable loops */
 int fp8_adamw_simd(void) {
-#if defined(__AVX512F__)
+#if LANES512
     return 512;
 #else
     return 0;
@@ -656,7 +660,7 @@ int fp8_adamw_simd(void) {
 /* ---- for the tests: the kernel's log2 and DRE encode on their own ---------------------------------- */
 void fp8_log2(const float *x, float *y, int64_t n) {
     int64_t i = 0;
-#if defined(__AVX512F__)
+#if LANES512
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, log2_v(_mm512_loadu_ps(x + i)));
 #endif
     for (; i < n; i++) y[i] = log2_(x[i]);
