@@ -22,6 +22,7 @@
  * Compiled with -ffp-contract=off, so no other multiply-add is fused behind the reference's back.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 /* the 16-lane build: AVX-512 F and DQ (vreduceps), every AVX-512 CPU but the Xeon Phi */
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -332,22 +333,28 @@ static void lookup_block(float *restrict x, const uint8_t *restrict c, int64_t B
     for (; i < B; i++) x[i] = u2f(f2u(t[c[i] & 0x7Fu]) | ((uint32_t)(c[i] & 0x80u) << 24));
 }
 
-/* (|c| / fmax)^(1/k) for the 128 magnitudes, per DRE exponent k: blocks share a few hundred bf16 k, so
- * the exp2s are computed once per k and call (a direct-mapped cache; the same bits as per block) */
-#define POW_SLOTS 64
+/* (|c| / fmax)^(1/k) for the 128 magnitudes, per format and DRE exponent k. k is a bf16 in [1/16, 16]
+ * (optim_codec clamps it): 1025 values, so a table per k, filled on first use and kept (it depends on
+ * nothing else), computes the exp2s once per k and thread instead of once per block (the same bits).
+ * Per thread, so threads never share an entry being written; allocated on first use (1 MB) and kept
+ * for the thread's life. */
+#define K_LO 0x3D80u  /* bf16(1/16) */
+#define K_HI 0x4180u  /* bf16(16) */
 typedef struct {
-    uint32_t key[POW_SLOTS];  /* moment << 16 | k's bf16 bits; 0xFFFFFFFF: empty */
-    float t[POW_SLOTS][128];
-} PowCache;
+    uint8_t ready[2][K_HI - K_LO + 1];
+    float t[2][K_HI - K_LO + 1][128];
+} PowTables;
 
-static const float *pow_table(PowCache *pc, int moment, uint16_t kbits, const float *restrict lt) {
-    uint32_t key = (uint32_t)moment << 16 | kbits, slot = (kbits ^ (kbits >> 6) ^ (uint32_t)moment) % POW_SLOTS;
-    float *t = pc->t[slot];
-    if (pc->key[slot] != key) {
-        float rk = 1.0f / bf16_to_f32(kbits);  /* eager divides by k: one rounding more here, within the bound */
-        for (int j = 0; j < 128; j++) t[j] = exp2_(lt[j] * rk);
-        pc->key[slot] = key;
+static const float *pow_table(PowTables *pt, float *restrict scratch, int fmt, uint16_t kbits,
+                              const float *restrict lt) {
+    float *t = scratch;  /* a k outside the clamp (a state from elsewhere) or no table: computed each time */
+    if (pt && kbits >= K_LO && kbits <= K_HI) {
+        if (pt->ready[fmt][kbits - K_LO]) return pt->t[fmt][kbits - K_LO];
+        t = pt->t[fmt][kbits - K_LO];
     }
+    float rk = 1.0f / bf16_to_f32(kbits);  /* eager divides by k: one rounding more here, within the bound */
+    for (int j = 0; j < 128; j++) t[j] = exp2_(lt[j] * rk);
+    if (t != scratch) pt->ready[fmt][kbits - K_LO] = 1;
     return t;
 }
 
@@ -604,8 +611,9 @@ int fp8_adamw_blocks(const Args *a) {
     const float b1c = a->b1c, b1c_m1 = a->b1c_m1, b2 = a->b2, b2c = a->b2c, decay = a->decay,
                 bc2 = a->bc2_sqrt, eps = a->eps, step = a->step_size;
     float mlt[128], vlt[128];
-    static __thread PowCache pc;  /* 32 KB: per thread, off the stack */
-    memset(pc.key, 0xFF, sizeof pc.key);
+    static __thread PowTables *pt;
+    if (!pt && (a->m_tr == 2 || a->v_tr == 2)) pt = calloc(1, sizeof *pt);  /* NULL: every block computes */
+    float scratch_m[128], scratch_v[128];
     moment_table(mlt, a->m_fmt, a->m_tr);
     moment_table(vlt, a->v_fmt, a->v_tr);
 #if LANES512
@@ -620,8 +628,8 @@ int fp8_adamw_blocks(const Args *a) {
         if (fusable && nv == B) {
             float tm[128], tv[128];
             uint32_t red[4];
-            decode_table(tm, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(&pc, 0, a->mk[b], mlt) : NULL, mlt);
-            decode_table(tv, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(&pc, 1, a->vk[b], vlt) : NULL, vlt);
+            decode_table(tm, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(pt, scratch_m, a->m_fmt, a->mk[b], mlt) : NULL, mlt);
+            decode_table(tv, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(pt, scratch_v, a->v_fmt, a->vk[b], vlt) : NULL, vlt);
             fused_block(a, e0, tm, tv, m, v, w, red, &L);
             encode_reduced(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->m_log2nr, a->ms + b, a->mk ? a->mk + b : NULL,
                            red[0], red[1]);
@@ -634,8 +642,8 @@ int fp8_adamw_blocks(const Args *a) {
         load_block(g, a->g, a->g_bf16, e0, nv, B);
         if (a->master) load_block(w, a->master, 0, e0, nv, B);
         else load_block(w, a->p, a->p_bf16, e0, nv, B);
-        decode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(&pc, 0, a->mk[b], mlt) : NULL, mlt);
-        decode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(&pc, 1, a->vk[b], vlt) : NULL, vlt);
+        decode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(pt, scratch_m, a->m_fmt, a->mk[b], mlt) : NULL, mlt);
+        decode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(pt, scratch_v, a->v_fmt, a->vk[b], vlt) : NULL, vlt);
         /* adamw_update_: lerp as fma(w, end - start, start) (or fma(w - 1, end - start, end) for w >= 0.5),
          * addcmul as fma(value * t1, t2, self), addcdiv as self + (value * t1) / t2 */
         if (a->lerp_hi) for (int64_t i = 0; i < B; i++) m[i] = __builtin_fmaf(b1c_m1, g[i] - m[i], g[i]);
