@@ -396,15 +396,11 @@ static inline uint32_t amin_bits(const float *restrict x, int64_t B) {
     return mn;
 }
 
-/* a block's scale (and DRE exponent) from its amax_bits am (and, DRE, amin_bits mn) */
-typedef struct { float scale, k, l2hi; uint16_t kb; } Coder;
-
-static inline Coder coder(int fmt, int tr, float log2nr, uint32_t am, uint32_t mn) {
-    Coder q = {0.0f, 0.0f, 0.0f, 0};
+/* the codes, scale (and DRE exponent) of a block whose amax_bits (and, DRE, amin_bits) are am and mn */
+static inline void encode_reduced(const float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr,
+                                  float log2nr, float *scale, uint16_t *kout, uint32_t am, uint32_t mn) {
     float amax = u2f(am);
     FMT_DISPATCH(fmt, {
-        (void)M;
-        (void)E;
         if (tr == 2) {
             float amin = u2f(mn);
             /* optim_codec.dre_exponent: log2nr / log2(amax / amin), a Python float over a tensor being
@@ -413,24 +409,14 @@ static inline Coder coder(int fmt, int tr, float log2nr, uint32_t am, uint32_t m
             kf = amax > 0.0f ? kf : 1.0f;
             kf = kf < 0.0625f ? 0.0625f : kf;
             kf = kf > 16.0f ? 16.0f : kf;
-            q.kb = f32_to_bf16(kf);
-            q.k = bf16_to_f32(q.kb);
-            q.scale = amax < 1e-30f ? 1e-30f : amax;
-            q.l2hi = log2_(q.scale);  /* log2(a / hi) as log2(a) - log2(hi): no division; a = hi still maps to fmax */
+            uint16_t kb = f32_to_bf16(kf);
+            float hi = amax < 1e-30f ? 1e-30f : amax;
+            /* log2(a / hi) as log2(a) - log2(hi): no division; a = hi still maps to fmax */
+            dre_encode(x, c, B, M, E, bf16_to_f32(kb), log2_(hi));
+            *scale = hi;
+            *kout = kb;
         } else {
-            q.scale = (amax < 1e-30f ? 1e-30f : amax) / FMAX;
-        }
-    });
-    return q;
-}
-
-/* the codes of a block under its coder */
-static void encode_with(const float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr, const Coder *q) {
-    FMT_DISPATCH(fmt, {
-        if (tr == 2) {
-            dre_encode(x, c, B, M, E, q->k, q->l2hi);
-        } else {
-            const float s = q->scale;
+            const float s = (amax < 1e-30f ? 1e-30f : amax) / FMAX;
             int64_t i = 0;
 #if LANES512
             /* x / s as Markstein's q + (x - q s) / s in fused multiply-adds: correctly rounded, as the
@@ -447,21 +433,14 @@ static void encode_with(const float *restrict x, uint8_t *restrict c, int64_t B,
             }
 #endif
             for (; i < B; i++) {
-                float qs = x[i] / s;
-                qs = qs > FMAX ? FMAX : qs;
-                qs = qs < -FMAX ? -FMAX : qs;
-                c[i] = enc8(qs, M, E);
+                float q = x[i] / s;
+                q = q > FMAX ? FMAX : q;
+                q = q < -FMAX ? -FMAX : q;
+                c[i] = enc8(q, M, E);
             }
+            *scale = s;
         }
     });
-}
-
-static inline void encode_reduced(const float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr,
-                                  float log2nr, float *scale, uint16_t *kout, uint32_t am, uint32_t mn) {
-    Coder q = coder(fmt, tr, log2nr, am, mn);
-    encode_with(x, c, B, fmt, tr, &q);
-    *scale = q.scale;
-    if (tr == 2) *kout = q.kb;
 }
 
 static void encode_block(float *restrict x, uint8_t *restrict c, int64_t B, int fmt, int tr, float log2nr,
@@ -624,12 +603,14 @@ int fp8_adamw_blocks(const Args *a) {
 #endif
     for (int64_t b = a->b0; b < a->b1; b++) {
         const int64_t e0 = b * B, nv = a->n - e0 < B ? a->n - e0 : B;
+        const float *pm = a->m_tr == 2 ? pow_table(pt, scratch_m, a->m_fmt, a->mk[b], mlt) : NULL,
+                    *pv = a->v_tr == 2 ? pow_table(pt, scratch_v, a->v_fmt, a->vk[b], vlt) : NULL;
 #if LANES512
         if (fusable && nv == B) {
             float tm[128], tv[128];
             uint32_t red[4];
-            decode_table(tm, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(pt, scratch_m, a->m_fmt, a->mk[b], mlt) : NULL, mlt);
-            decode_table(tv, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(pt, scratch_v, a->v_fmt, a->vk[b], vlt) : NULL, vlt);
+            decode_table(tm, a->m_tr, a->ms[b], pm, mlt);
+            decode_table(tv, a->v_tr, a->vs[b], pv, vlt);
             fused_block(a, e0, tm, tv, m, v, w, red, &L);
             encode_reduced(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->m_log2nr, a->ms + b, a->mk ? a->mk + b : NULL,
                            red[0], red[1]);
@@ -642,8 +623,8 @@ int fp8_adamw_blocks(const Args *a) {
         load_block(g, a->g, a->g_bf16, e0, nv, B);
         if (a->master) load_block(w, a->master, 0, e0, nv, B);
         else load_block(w, a->p, a->p_bf16, e0, nv, B);
-        decode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->ms[b], a->m_tr == 2 ? pow_table(pt, scratch_m, a->m_fmt, a->mk[b], mlt) : NULL, mlt);
-        decode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->vs[b], a->v_tr == 2 ? pow_table(pt, scratch_v, a->v_fmt, a->vk[b], vlt) : NULL, vlt);
+        decode_block(m, a->mc + e0, B, a->m_fmt, a->m_tr, a->ms[b], pm, mlt);
+        decode_block(v, a->vc + e0, B, a->v_fmt, a->v_tr, a->vs[b], pv, vlt);
         /* adamw_update_: lerp as fma(w, end - start, start) (or fma(w - 1, end - start, end) for w >= 0.5),
          * addcmul as fma(value * t1, t2, self), addcdiv as self + (value * t1) / t2 */
         if (a->lerp_hi) for (int64_t i = 0; i < B; i++) m[i] = __builtin_fmaf(b1c_m1, g[i] - m[i], g[i]);
