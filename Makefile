@@ -50,7 +50,7 @@ browser:
 # The HTML report, opened in headless Chromium and checked; its landing page saved as reports/report_landing.png.
 report-html: $(STAMP) browser
 	$(BIN)/snakemake --cores 1 --report reports/report.html $(SNAKEMAKE_ARGS)
-	$(BIN)/python -m pipelines.report_check reports/report.html
+	$(BIN)/python -m pipelines.report.browser_check reports/report.html
 
 clean-results:
 	rm -rf results/runs results/data results/summary.csv reports/figures reports/tables reports/REPORT.md \

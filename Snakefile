@@ -14,12 +14,12 @@ configfile: "pipelines/config.yaml"
 report: "reports/landing.rst"
 
 
-include: "pipelines/common.smk"
-include: "pipelines/train.smk"
-include: "pipelines/memory.smk"
-include: "pipelines/bench.smk"
-include: "pipelines/stability.smk"
-include: "pipelines/report.smk"
+include: "pipelines/rules/common.smk"
+include: "pipelines/rules/run.smk"
+include: "pipelines/rules/memory.smk"
+include: "pipelines/rules/bench.smk"
+include: "pipelines/rules/analysis.smk"
+include: "pipelines/rules/report.smk"
 
 
 # On a cluster (pipelines/profiles/slurm) only data preparation and training are jobs; the rest is light.

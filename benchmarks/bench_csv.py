@@ -15,7 +15,7 @@ import torch
 
 
 def run_env(job_cores: int) -> dict:
-    from pipelines.environment import cpu_info
+    from common.environment import cpu_info
 
     try:
         import torchao
@@ -28,7 +28,7 @@ def run_env(job_cores: int) -> dict:
 
 
 def write_csv(path, rows: list[dict]) -> None:
-    from pipelines.atomic import write_text  # a reader never sees half a file
+    from common.atomic import write_text  # a reader never sees half a file
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))

@@ -30,7 +30,7 @@ from torch import nn
 # ------------------------------------------------------------------------------------------ CPU
 def _train_shape() -> tuple[int, int]:
     try:
-        from pipelines.config import load
+        from pipelines.run.config import load
 
         t = load()["train"]
         return int(t["batch_size"]), int(t["seq_len"])
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     if "gpu" in res and "skipped" in res["gpu"]:
         print(f"GPU section skipped: {res['gpu']['skipped']}", file=sys.stderr)
     if args.out:
-        from pipelines.atomic import write_json  # a reader never sees half a file
+        from common.atomic import write_json  # a reader never sees half a file
 
         write_json(args.out, res)
     if args.csv:

@@ -312,7 +312,7 @@ def main(argv=None) -> int:
             if "_over_" in k:
                 print(f"  {k} = {v:.3f}")
     if args.out:
-        from pipelines.atomic import write_json  # a reader never sees half a file
+        from common.atomic import write_json  # a reader never sees half a file
 
         write_json(args.out, res)
     if args.csv:

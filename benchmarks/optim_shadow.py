@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     from methods.fp8.adamw_base import AdamW
     from methods.fp8.adamw import FP8AdamW
     from models import build_model, get_model_config
-    from pipelines import config as config_mod
-    from pipelines.data import Batches, Corpus, prepare
-    from pipelines.train import lr_at
+    from pipelines.run import config as config_mod
+    from pipelines.run.data import Batches, Corpus, prepare
+    from pipelines.run.train import lr_at
 
     rc = config_mod.resolve_run(config_mod.load(), "cpu", args.model, "bf16-amp", args.seed, {"steps": args.steps})
     train = rc["train"]
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             / sum(p.numel() for p in ps)}
     print(json.dumps(out, indent=2))
     if args.out:
-        from pipelines.atomic import write_json  # a reader never sees half a file
+        from common.atomic import write_json  # a reader never sees half a file
 
         write_json(args.out, out)
     return 0

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.atomic import atomic_path
-from pipelines.stats import paired_gap_pct
+from common.atomic import atomic_path
+from pipelines.analysis.stats import paired_gap_pct
 
 METHODS = ("fp32", "bf16-amp")
 

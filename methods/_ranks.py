@@ -1,6 +1,6 @@
 """What every multi-rank (data-parallel) method does inside a rank: the process group, the rank's rows of
 the global batch, the global-batch loss, and the ``ranks`` option. Shared by DeepSpeed ZeRO
-(``methods.zero``) and torch's DDP / FSDP2 (``methods.data_parallel``); ``pipelines.distributed`` starts
+(``methods.zero``) and torch's DDP / FSDP2 (``methods.data_parallel``); ``pipelines.run.launch`` starts
 the ranks.
 
 Every rank receives the *global* batch a single-process method sees and trains on an equal share of its
@@ -92,7 +92,7 @@ class RankShare:
 
 @dataclass(frozen=True, kw_only=True)
 class MultiRank(Method):
-    """A method one run of which is ``world_size`` processes (``pipelines.distributed`` starts them)."""
+    """A method one run of which is ``world_size`` processes (``pipelines.run.launch`` starts them)."""
 
     #: ranks of one run; 0: one per visible GPU, 2 on a CPU
     ranks: int = 0

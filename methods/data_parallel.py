@@ -1,7 +1,7 @@
 """torch's own data parallelism, as users run it: DistributedDataParallel and FSDP2 (``fully_shard``), N ranks.
 
 Each run is ``world_size`` processes (2 on a CPU over gloo; one per visible GPU over NCCL; option
-``ranks``) started by ``pipelines.distributed``, exactly as the ZeRO methods are: every rank builds the
+``ranks``) started by ``pipelines.run.launch``, exactly as the ZeRO methods are: every rank builds the
 same seeded fp32 model, receives the *global* batch and trains on its share of the rows; the logged loss
 is the global-batch mean and the ranks' gradients are averaged, so a step is the single-process step.
 
@@ -24,7 +24,7 @@ is the global-batch mean and the ranks' gradients are averaged, so a step is the
 Gradient clipping is by the global norm: DDP's grads are identical on every rank after the all-reduce;
 FSDP2's are sharded DTensors, whose norm ``get_total_norm`` reduces over ranks. The memory ledger is
 rank 0's, walked from the real (sharded) tensors. Checkpoints go through ``torch.distributed.checkpoint``
-(each rank its shard), committed by ``pipelines.dist_checkpoint`` once every rank has written: a killed
+(each rank its shard), committed by ``pipelines.run.dist_checkpoint`` once every rank has written: a killed
 run resumes, as ZeRO runs do. ``train.compile`` compiles the DDP module (DDP's graph-break optimizer) or each block before
 it is sharded (FSDP2).
 """
@@ -52,7 +52,7 @@ class DataParallelTrainee(_ranks.RankShare, Trainee):
     wrapper, a compiled module, or the FSDP2-sharded model itself)."""
 
     #: multi-rank state: not the loop's single-file checkpoint, but torch.distributed.checkpoint
-    #: (``save_sharded``), which ``pipelines.dist_checkpoint`` commits once every rank has written
+    #: (``save_sharded``), which ``pipelines.run.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
     def __init__(self, method: "_DataParallel", wrapped: nn.Module, model: nn.Module,

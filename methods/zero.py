@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO, as users run it: ``deepspeed.initialize`` with ``bf16`` and a ZeRO stage, N ranks.
 
 Each run is ``world_size`` processes (2 on a CPU, over gloo; one per GPU over NCCL; option ``ranks``)
-started by ``pipelines.distributed``. Every rank receives the *global* batch the single-process methods
+started by ``pipelines.run.launch``. Every rank receives the *global* batch the single-process methods
 see and trains on its share of the rows; the reported loss is the global-batch mean (all-reduced) and
 DeepSpeed averages the gradients over ranks, so the step is the single-process step.
 
@@ -84,7 +84,7 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
     """A DeepSpeed engine behind the loop's interface. The loop hands every rank the global batch."""
 
     #: ZeRO's state is partitioned over ranks: not the loop's single-file checkpoint, but DeepSpeed's own
-    #: (``save_sharded``), which ``pipelines.dist_checkpoint`` commits once every rank has written
+    #: (``save_sharded``), which ``pipelines.run.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
     def __init__(self, method: "_Zero", engine, hp: HParams, ctx: RunContext):
@@ -151,7 +151,7 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
     def save_sharded(self, root, tag: str) -> None:
         """Collective. The module's bf16 weights (rank 0) and every rank's fp32 master partition and client
         optimizer state (m, v, step) under ``root/tag``; DeepSpeed's own ``latest`` file is not written:
-        ``pipelines.dist_checkpoint`` commits the checkpoint once all ranks are done."""
+        ``pipelines.run.dist_checkpoint`` commits the checkpoint once all ranks are done."""
         self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
 
     def load_sharded(self, root, tag: str) -> None:

@@ -34,7 +34,7 @@ def write_small_config(root: Path, **train) -> Path:
     (never the checkout's results/) and ``train`` overrides; returns the path of the YAML written."""
     import yaml
 
-    from pipelines.config import CONFIG_PATH
+    from pipelines.run.config import CONFIG_PATH
 
     (root / "text.txt").write_text(small_text(), encoding="utf-8")
     cfg = yaml.safe_load(CONFIG_PATH.read_text())
@@ -49,7 +49,7 @@ def write_small_config(root: Path, **train) -> Path:
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """A prepared corpus (vocab 512) from ``small_text``."""
-    from pipelines.data import prepare
+    from pipelines.run.data import prepare
 
     root = tmp_path_factory.mktemp("corpus")
     src = root / "text.txt"
@@ -61,7 +61,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def corpus(corpus_dir):
-    from pipelines.data import Corpus
+    from pipelines.run.data import Corpus
 
     return Corpus.open(corpus_dir)
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.metrics import read_events
+from pipelines.run.events import read_events
 
 
 def read_back(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pipelines.tensorboard_export import EVENTS_NAME
+    from pipelines.report.tensorboard_export import EVENTS_NAME
 
     acc = EventAccumulator(str(Path(run_dir) / EVENTS_NAME), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
@@ -43,7 +43,7 @@ def assert_matches_metrics(run_dir: Path, export: bool = True) -> dict[str, dict
     """Export ``run_dir`` (unless ``export`` is False), read its event file back and check: the ``run`` text
     names seed and status; every scalar of metrics.jsonl is there at its step, equal to the logged value
     rounded to float32 (TensorBoard scalars are float32 ``simple_value``s), and no step is extra."""
-    from pipelines.tensorboard_export import export as do_export
+    from pipelines.report.tensorboard_export import export as do_export
 
     if export:
         do_export(run_dir)

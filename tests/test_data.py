@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import pytest
 
-from pipelines import data as D
+from pipelines.run import data as D
 
 
 def test_prepared_corpus(corpus):

@@ -36,7 +36,7 @@ def test_model_that_cannot_fit_is_refused_with_the_estimate(small_config, tmp_pa
 
 CRASHING_WRITER = """
 import os, signal, sys
-from pipelines.atomic import atomic_path
+from common.atomic import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("new " * 100000)
     os.kill(os.getpid(), signal.SIGKILL)   # dies after writing, before the rename
@@ -53,13 +53,13 @@ def test_crash_between_write_and_rename_leaves_the_old_file(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "summary.json"]
     assert leftovers and all(n.startswith(".summary.json.") for n in leftovers)  # hidden temp, not the result
     # the collector globs summary.json only, so the leftover temp file is never read as a result
-    from pipelines.collect import collect
+    from pipelines.analysis.collect import collect
 
     assert len(collect(sorted(tmp_path.glob("*/summary.json")) + [target])) == 1
 
 
 def test_exception_inside_the_write_removes_the_temp_file(tmp_path):
-    from pipelines.atomic import atomic_path, write_text
+    from common.atomic import atomic_path, write_text
 
     target = tmp_path / "table.csv"
     write_text(target, "a,b\n1,2\n")

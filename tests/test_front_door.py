@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 
 from methods.registry import _REGISTRY, method_names
 from models.config import SIZES
-from pipelines import config as config_mod
-from pipelines.config import ConfigError
-from pipelines.metrics import STATUSES
-from pipelines.train import TRAIN_FLAGS, parse_args, resolve
-from pipelines.validate import check_run, schema
+from pipelines.run import config as config_mod
+from pipelines.run.config import ConfigError
+from pipelines.run.events import STATUSES
+from pipelines.run.train import TRAIN_FLAGS, parse_args, resolve
+from pipelines.run.validate import check_run, schema
 from tests.conftest import ROOT, write_small_config
 
 TRAIN_PROPS = schema()["$defs"]["train"]["properties"]

@@ -1,4 +1,4 @@
-"""The learning-rate frontier (pipelines/frontier.py), its report section and the per-method lr grid
+"""The learning-rate frontier (pipelines/analysis/frontier.py), its report section and the per-method lr grid
 (``lrs_for``) of the config, on synthetic summary tables whose answers are worked out by hand."""
 import copy
 import re
@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import config as config_mod
-from pipelines.collect import add_reference_columns
-from pipelines.frontier import COMMAND, frontier, statements, write_outputs
-from pipelines.markdown import cell
-from pipelines.report_stability import SUBSECTIONS, stability_section
-from pipelines.stats import Analysis
+from pipelines.run import config as config_mod
+from pipelines.analysis.collect import add_reference_columns
+from pipelines.analysis.frontier import COMMAND, frontier, statements, write_outputs
+from pipelines.analysis.markdown import cell
+from pipelines.report.stability_section import SUBSECTIONS, stability_section
+from pipelines.analysis.stats import Analysis
 
 GRID = [1e-3, 1e-2, 1e-1]
 L0 = 8.0  # every run's step-0 val loss
@@ -142,7 +142,7 @@ def test_report_section_prints_the_csv(tmp_path):
     res.mkdir()
     summary_of(BOUNDED).to_csv(res / "summary.csv", index=False)
     write_outputs(res / "summary.csv", res, Analysis(margin_pct=0.5))
-    from pipelines.compare import noise_floors
+    from pipelines.analysis.comparison import noise_floors
 
     noise_floors(summary_of(BOUNDED), Analysis(margin_pct=0.5)).to_csv(res / "noise_floor.csv", index=False)
     text = stability_section(res, tmp_path / "figures", tmp_path)
@@ -189,7 +189,7 @@ def test_report_section_points_to_the_profile_without_a_frontier(tmp_path):
 
 
 def test_report_section_falls_back_to_stability_runs_on_disk(tmp_path):
-    from pipelines.metrics import RunWriter
+    from pipelines.run.events import RunWriter
 
     res = tmp_path / "results"
     s = summary_of(BOUNDED)
@@ -260,8 +260,8 @@ def test_bad_lrs_are_refused(cfg):
 def test_heatmap_marks_broken_cells_and_outlines_the_frontier(bounded, tmp_path):
     import matplotlib.patches as mpatches
 
-    from pipelines.figures import FigureData
-    from pipelines.figures_stability import fig_lr_frontier
+    from pipelines.report.figures import FigureData
+    from pipelines.report.figures_stability import fig_lr_frontier
 
     fig = fig_lr_frontier(FigureData(pd.DataFrame(), frontier_cells=bounded[1]))
     ax = fig.axes[0]

@@ -1,4 +1,4 @@
-"""The long-horizon study (pipelines/long_horizon.py) and its report subsection, on run folders written here
+"""The long-horizon study (pipelines/analysis/long_horizon.py) and its report subsection, on run folders written here
 with evaluations and telemetry whose answers are worked out by hand."""
 import json
 
@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import config as config_mod
-from pipelines.long_horizon import PROFILE, long_horizon, runs_on_disk, trend, write_outputs
-from pipelines.markdown import fmt
-from pipelines.report_stability import long_horizon_subsection
-from pipelines.stats import Analysis
+from pipelines.run import config as config_mod
+from pipelines.analysis.long_horizon import PROFILE, long_horizon, runs_on_disk, trend, write_outputs
+from pipelines.analysis.markdown import fmt
+from pipelines.report.stability_section import long_horizon_subsection
+from pipelines.analysis.stats import Analysis
 
 STEPS, DEFAULT = 1000, 100
 AN = Analysis(margin_pct=0.5, min_seeds=3, far_factor=5.0)
@@ -101,8 +101,8 @@ def test_figure_draws_the_curve(results, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from pipelines.figures import FigureData
-    from pipelines.figures_stability import fig_long_horizon
+    from pipelines.report.figures import FigureData
+    from pipelines.report.figures_stability import fig_long_horizon
 
     write_outputs(results, AN, DEFAULT)
     data = FigureData(summary=pd.DataFrame(), long_horizon_curve=pd.read_csv(results / "long_horizon_curve.csv"))
@@ -130,7 +130,7 @@ def _claims(tmp_path, verdict):
 
 
 def test_the_weights_claim_reads_all_three_tests(results, tmp_path):
-    from pipelines.report_stability import weights_claim_evidence
+    from pipelines.report.stability_section import weights_claim_evidence
 
     _claims(results, "does not hold")
     # only the default run: its verdict alone cannot settle "does not hold" for all three

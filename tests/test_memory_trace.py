@@ -18,7 +18,7 @@ from methods.memory_trace import UntraceableError, trace_step
 from methods.registry import get_method
 from models.config import SIZES, ModelConfig
 from models.llama import build_model
-from pipelines.memory_traced import GIB, fit_table, max_micro_batch, phase_lines
+from pipelines.analysis.memory_traced import GIB, fit_table, max_micro_batch, phase_lines
 
 TINY = SIZES["tiny"]
 SEQ = 64
@@ -204,7 +204,7 @@ def test_a_traced_variant_is_its_own_row():
     so the fit table sees two methods, not one traced twice."""
     import pandas as pd
 
-    from pipelines.memory_traced import trace_rows
+    from pipelines.analysis.memory_traced import trace_rows
 
     variants = {"fp8-own-tensorwise-coat": {"method": "fp8-own-tensorwise", "options": {"fp8_saved_nonlinear": True}}}
     rows = pd.DataFrame(trace_rows("tiny", [32, 64], ["fp8-own-tensorwise"], variants=variants))

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.collect import collect, write_all
-from pipelines.compare import write_outputs
-from pipelines.figures import FIGURES, FigureData, build
-from pipelines.metrics import RunWriter
-from pipelines.markdown import cell, fmt
-from pipelines.report import build_report
+from pipelines.analysis.collect import collect, write_all
+from pipelines.analysis.comparison import write_outputs
+from pipelines.report.figures import FIGURES, FigureData, build
+from pipelines.run.events import RunWriter
+from pipelines.analysis.markdown import cell, fmt
+from pipelines.report.report_md import build_report
 
 N_PARAMS = 5_261_568
 STEPS = 40
@@ -143,7 +143,7 @@ def test_verdicts_come_from_paired_intervals(built):
 
 
 def test_lean_gap_is_attributed_to_stepping_in_backward_only_when_fp8_optim_is_equivalent(built):
-    from pipelines.compare import claims
+    from pipelines.analysis.comparison import claims
 
     comp = pd.read_csv(built["res"] / "comparison.csv")
     comp = comp[comp["profile"] == "cpu"].copy()
@@ -178,7 +178,7 @@ def test_claims_have_measured_values_and_verdicts(built):
 
 
 def test_no_claim_verdict_rests_on_fewer_seeds_than_required(built):
-    from pipelines.compare import claims
+    from pipelines.analysis.comparison import claims
 
     comp = pd.read_csv(built["res"] / "comparison.csv")
     cl = pd.read_csv(built["res"] / "claims.csv")
@@ -236,7 +236,7 @@ def test_every_number_in_the_report_comes_from_a_csv(built):
     body = text.split("## The seed's claims", 1)[1]  # the environment section holds versions and dates
     body = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", body)  # figure links
     body = re.sub(r"^#+ .*$", "", body, flags=re.M)  # headings (e.g. 'Memory at 10B parameters')
-    from pipelines.figures import FIGURES as F
+    from pipelines.report.figures import FIGURES as F
 
     for _fn, caption in F.values():
         body = body.replace(caption, "")
@@ -311,7 +311,7 @@ def test_option_cost_is_paired_by_seed():
     only one of them has are left out."""
     import pandas as pd
 
-    from pipelines.report_memory import paired_option_cost
+    from pipelines.report.memory_section import paired_option_cost
 
     rows = [("base", s, v) for s, v in ((0, 4.0), (1, 5.0), (2, 4.5))] + \
            [("var", s, v) for s, v in ((0, 4.04), (1, 5.05), (2, 4.545), (3, 9.9))]

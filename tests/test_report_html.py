@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from docutils.core import publish_parts
 
-from pipelines import html_table, landing, report_check, report_items
+from pipelines.report import html_table
+from pipelines.report import landing
+from pipelines.report import browser_check as report_check
+from pipelines.report import items as report_items
 
 
 def rst_to_html(text: str) -> str:
@@ -19,7 +22,7 @@ def rst_to_html(text: str) -> str:
 
 
 def test_every_figure_has_a_group_and_every_table_a_clean_caption():
-    from pipelines.figures import FIGURES
+    from pipelines.report.figures import FIGURES
 
     assert set(FIGURES) <= set(report_items.FIGURE_GROUPS), set(FIGURES) - set(report_items.FIGURE_GROUPS)
     assert set(report_items.FIGURE_GROUPS.values()) <= set(report_items.GROUPS)
@@ -31,7 +34,7 @@ def test_every_figure_has_a_group_and_every_table_a_clean_caption():
 
 
 def test_unknown_names_are_refused_by_name():
-    with pytest.raises(KeyError, match="'nope' has no group in pipelines/report_items.py"):
+    with pytest.raises(KeyError, match="'nope' has no group in pipelines/report/items.py"):
         report_items.figure_group("nope")
     with pytest.raises(KeyError, match="unknown table 'nope'; registered in"):
         report_items.table("nope")
@@ -89,7 +92,7 @@ FRAME = pd.DataFrame({"method": ["b", "a", "c", "d"], "gap_mean_pct": [0.5, -1.2
 
 
 def test_table_page_holds_every_row_formatted_as_in_report_md():
-    from pipelines.markdown import cell
+    from pipelines.analysis.markdown import cell
 
     page = html_table.render(FRAME, "T", "results/x.csv")
     assert page.count("<tr>") == len(FRAME) + 1

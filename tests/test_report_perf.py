@@ -7,8 +7,8 @@ import pytest
 
 from benchmarks import fp8_bench, gpu_cost, optim_bench
 from benchmarks.bench_csv import run_env, write_csv
-from pipelines.markdown import cell
-from pipelines.report_perf import ANCHORS_CSV, FP8_CSV, OPTIM_CSV, PRED_CSV, performance_section, predicted_section
+from pipelines.analysis.markdown import cell
+from pipelines.report.perf_section import ANCHORS_CSV, FP8_CSV, OPTIM_CSV, PRED_CSV, performance_section, predicted_section
 
 # A fixed benchmark result, as the benchmarks return it (times in seconds / ms), so the expected ratios are known.
 FP8_RES = {
@@ -139,7 +139,7 @@ def test_predicted_section_prints_the_csv_cells_and_names_every_disagreement(res
 
 
 def test_gpu_scaling_draws_the_prediction_and_measured_points(res):
-    from pipelines.figures import FigureData, fig_gpu_scaling
+    from pipelines.report.figures import FigureData, fig_gpu_scaling
 
     pred = pd.read_csv(res / PRED_CSV)
     fig = fig_gpu_scaling(FigureData(pd.DataFrame(), predicted=pred))
@@ -158,8 +158,8 @@ def test_gpu_scaling_draws_the_prediction_and_measured_points(res):
 
 
 def test_bench_tables_follow_the_profiles_bench_setting():
-    from pipelines import config as cfgmod
-    from pipelines.report_items import TABLES, tables_for
+    from pipelines.run import config as cfgmod
+    from pipelines.report.items import TABLES, tables_for
 
     bench_tables = {n for n, t in TABLES.items() if t.bench}
     assert bench_tables == {"bench_fp8_linear", "bench_optim"}

@@ -1,4 +1,4 @@
-"""pipelines/report_stress.py on hand-made runs: the CSVs hold the paired gaps and the injected layer's
+"""pipelines/analysis/stress_tables.py on hand-made runs: the CSVs hold the paired gaps and the injected layer's
 fractions computed here by hand, the subsections print them, and say which profile to run when absent."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from pipelines import report_stress as rs
-from pipelines import stress_variants as sv
-from pipelines.markdown import cell
+from pipelines.analysis import stress_tables as rs
+from pipelines.run import stress_variants as sv
+from pipelines.analysis.markdown import cell
 
 REF = {0: 5.0, 1: 5.2}
 
@@ -73,7 +73,7 @@ def test_tables_hold_the_paired_numbers(results):
 
 
 def test_subsections_print_the_csv_numbers_and_figures(results, tmp_path):
-    from pipelines.figures import FigureData, _save
+    from pipelines.report.figures import FigureData, _save
 
     fig_dir, report_dir = results / "figs", results
     rs.build_tables(results)  # rule stress_tables
@@ -101,7 +101,7 @@ def test_absent_runs_name_the_profile(tmp_path):
 
 
 def test_collect_summarizes_saturated_and_underflowed_fractions(tmp_path):
-    from pipelines.collect import fp8_fractions
+    from pipelines.analysis.collect import fp8_fractions
 
     row = _write_run(tmp_path, "fp8-own-tensorwise", 0, 5.0, telemetry=[(0, _tele(0.01, 0.0)), (10, _tele(0.03, 0.002))])
     fr = fp8_fractions(row["run_dir"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.metrics import read_events
+from pipelines.run.events import read_events
 from tests.conftest import ROOT, write_small_config
 
 STEPS = 8

@@ -1,10 +1,10 @@
-"""The paired statistics every loss verdict rests on (pipelines/stats.py)."""
+"""The paired statistics every loss verdict rests on (pipelines/analysis/stats.py)."""
 import math
 import random
 
 import pytest
 
-from pipelines.stats import Analysis, base_verdict, noise_floor, paired_gap_pct, t_interval, t_quantile, verdict
+from pipelines.analysis.stats import Analysis, base_verdict, noise_floor, paired_gap_pct, t_interval, t_quantile, verdict
 
 # two-sided Student-t critical values, from any printed table
 T_TABLE = {(0.95, 1): 12.706, (0.95, 2): 4.303, (0.95, 3): 3.182, (0.95, 4): 2.776, (0.95, 9): 2.262,

@@ -225,8 +225,8 @@ def test_norm_gains_hook_up_forward_and_gradient():
 
 # -- the stress profile ----------------------------------------------------------------------------------
 def test_stress_profile_lists_the_generated_variants():
-    from pipelines import config
-    from pipelines.stress_variants import ladder_bits, second_moment_name, variants
+    from pipelines.run import config
+    from pipelines.run.stress_variants import ladder_bits, second_moment_name, variants
 
     cfg = config.load()
     p = cfg["profiles"]["stress"]

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.metrics import read_events
+from pipelines.run.events import read_events
 from tests.conftest import run_cli, write_small_config
 
 pytest.importorskip("tensorboard", reason="tensorboard is pinned in requirements.txt; `make venv` installs it")
-from pipelines.tensorboard_export import EVENTS_NAME, export  # noqa: E402
+from pipelines.report.tensorboard_export import EVENTS_NAME, export  # noqa: E402
 from tests.tensorboard_readback import assert_matches_metrics, expected_scalars, read_back  # noqa: E402
 
 # Families of multi-rank methods: their runs are read back where their engine's tests run them anyway.
@@ -19,7 +19,7 @@ CHECKED_ELSEWHERE = {"zero": "tests/engines/test_zero.py", "dp": "tests/scaleout
 
 def family_representatives() -> dict[str, str]:
     """The first registered method of every family (baseline, fp8-own, fp8-optim, torchao, te, zero, dp)."""
-    from pipelines.compare import registry_rows
+    from pipelines.analysis.comparison import registry_rows
 
     reg = registry_rows()
     return {fam: rows["method"].iloc[0] for fam, rows in reg.groupby("family", sort=False)}
@@ -41,7 +41,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     The export is the workflow's command line."""
     import torch
 
-    from pipelines import train
+    from pipelines.run import train
 
     root = tmp_path_factory.mktemp("tb")
     cfgfile = write_small_config(root, steps=4, eval_every=2, eval_tokens=256, warmup_steps=2, timing_warmup_steps=1,
@@ -55,7 +55,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             assert rc == 0, (fam, method, rc)
     finally:
         torch.set_num_threads(threads)
-    r = run_cli("-m", "pipelines.tensorboard_export", *[str(root / fam) for fam in reps])
+    r = run_cli("-m", "pipelines.report.tensorboard_export", *[str(root / fam) for fam in reps])
     assert r.returncode == 0, r.stderr
     return {fam: root / fam for fam in reps}
 
@@ -96,8 +96,8 @@ def test_wall_time_is_the_runs_training_time(runs):
 
 def test_partial_or_missing_logs_are_refused(tmp_path):
     (tmp_path / "metrics.partial.jsonl").write_text(json.dumps({"event": "run_start"}) + "\n")
-    r = run_cli("-m", "pipelines.tensorboard_export", str(tmp_path))
+    r = run_cli("-m", "pipelines.report.tensorboard_export", str(tmp_path))
     assert r.returncode == 2 and "has not finished" in r.stderr
     assert not (tmp_path / EVENTS_NAME).exists()
-    r = run_cli("-m", "pipelines.tensorboard_export", str(tmp_path / "nope"))
+    r = run_cli("-m", "pipelines.report.tensorboard_export", str(tmp_path / "nope"))
     assert r.returncode == 2 and "no such run folder" in r.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.metrics import read_events
+from pipelines.run.events import read_events
 from tests.conftest import run_cli, write_small_config
 
 
@@ -23,9 +23,9 @@ def train(configfile, out, method="fp32", seed=0, *extra):
 
 
 def refused(capsys, *argv):
-    """``pipelines.train`` in this process (a refusal exits before any work, so no subprocess is needed to
+    """``pipelines.run.train`` in this process (a refusal exits before any work, so no subprocess is needed to
     see it; saves the ~3 s start of one per case): its exit code and stderr."""
-    from pipelines import train as T
+    from pipelines.run import train as T
 
     capsys.readouterr()
     try:
@@ -106,7 +106,7 @@ def test_diverging_run_is_recorded_and_exits_zero(configfile, tmp_path):
 
 def test_failing_run_is_recorded(configfile, tmp_path, monkeypatch):
     from methods.base import Trainee
-    from pipelines import train as T
+    from pipelines.run import train as T
 
     def boom(self, x, y, lr):
         raise RuntimeError("simulated kernel failure")

@@ -1,4 +1,4 @@
-"""One validation for every way into a run (pipelines.validate, methods.options): every registered
+"""One validation for every way into a run (pipelines.run.validate, methods.options): every registered
 method's options have rules, bad values are refused with one line naming option, value and valid values,
 and the workflow refuses a bad profile before building its DAG with the same message."""
 import dataclasses
@@ -8,9 +8,9 @@ import yaml
 
 from methods.options import TYPES, Choice, Range, rules_of, type_name
 from methods.registry import _REGISTRY, get_method, method_names
-from pipelines import config as config_mod
-from pipelines.config import ConfigError
-from pipelines.validate import check_profile, check_run, describe
+from pipelines.run import config as config_mod
+from pipelines.run.config import ConfigError
+from pipelines.run.validate import check_profile, check_run, describe
 
 METHODS = method_names()
 

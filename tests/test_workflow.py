@@ -78,11 +78,11 @@ def test_smoke_workflow_end_to_end(workdir):
     r = snakemake(workdir, *args, "--report", "reports/report.html")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     html = (workdir / "reports" / "report.html").read_text(errors="replace")
-    from pipelines.figures import FIGURES
+    from pipelines.report.figures import FIGURES
 
     assert all(f"{name}.png" in html for name in FIGURES), [n for n in FIGURES if f"{n}.png" not in html]
-    from pipelines.report_items import tables_for
-    from pipelines.tensorboard_export import EVENTS_NAME
+    from pipelines.report.items import tables_for
+    from pipelines.report.tensorboard_export import EVENTS_NAME
 
     assert all(f"tables/{t}.html" in html for t in tables_for("smoke"))
     landing = (workdir / "reports" / "landing.rst").read_text()
@@ -107,9 +107,9 @@ def test_smoke_workflow_end_to_end(workdir):
 
 def test_html_report_opens_on_the_answers_in_a_browser(workdir):
     """The smoke workflow's report.html in headless Chromium: the landing page shows every claim with its
-    verdict, every table and figure is a report item linked from it (pipelines/report_check.py); and the
+    verdict, every table and figure is a report item linked from it (pipelines/report/browser_check.py); and the
     check fails when a claim or an item is missing."""
-    from pipelines import report_check
+    from pipelines.report import browser_check as report_check
 
     browser = report_check.find_chromium()
     if browser is None:
@@ -122,12 +122,12 @@ def test_html_report_opens_on_the_answers_in_a_browser(workdir):
         r = snakemake(workdir, *args, "--report", "reports/report.html")
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     shot, dom_path = workdir / "reports" / "report_landing.png", workdir / "reports" / "report_dom.html"
-    r = run_cli("-m", "pipelines.report_check", "reports/report.html", "--screenshot", str(shot), "--dom-out",
+    r = run_cli("-m", "pipelines.report.browser_check", "reports/report.html", "--screenshot", str(shot), "--dom-out",
                 str(dom_path), cwd=workdir, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
-    from pipelines.figures import FIGURES
-    from pipelines.report_items import tables_for
+    from pipelines.report.figures import FIGURES
+    from pipelines.report.items import tables_for
 
     dom = dom_path.read_text()
     claims = pd.read_csv(workdir / "results" / "claims.csv")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.atomic import write_json
+from common.atomic import write_json
 
 GPU_METHODS = ["bf16-amp", "fp8-torchao-tensorwise", "fp8-torchao-rowwise", "fp8-own-tensorwise", "fp8-own-blockwise",
                "fp8-optim", "fp8-e2e", "fp8-te-delayed", "fp8-te-current", "fp8-te-block"]
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     models = args.models or (["tiny"] if dry else ["1b"])
     steps = args.steps or (3 if dry else 40)
     from methods.registry import method_names
-    from pipelines.config import check_choice
-    from pipelines.environment import environment
+    from pipelines.run.config import check_choice
+    from common.environment import environment
 
     for m in args.methods:
         check_choice("method", m, method_names())
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         if args.configfile:
             cmd += ["--configfile", args.configfile]
         if share < (10 if dry else 45):
-            from pipelines.metrics import RunWriter
+            from pipelines.run.events import RunWriter
 
             w = RunWriter(rdir)
             w.event("run_start", config={"method": method, "model": model})
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         else:
             rc = run(cmd, share, log)
             if rc != 0 and not (rdir / "summary.json").exists():
-                from pipelines.metrics import RunWriter
+                from pipelines.run.events import RunWriter
 
                 w = RunWriter(rdir)
                 w.finish({"profile": "gpu-reference", "model": model, "method": method, "seed": 0, "status": "failed",
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         summaries.append(rdir / "summary.json")
 
     # 3. one table in the report's format, and the run folders in one archive
-    from pipelines.collect import collect, write_csv
+    from pipelines.analysis.collect import collect, write_csv
 
     df = collect(summaries)
     df["run_dir"] = [str(Path(p).parent.relative_to(out)) for p in summaries]

@@ -30,7 +30,7 @@ def bf16_amp_step0(corpus):
     import torch
     from torch import nn
 
-    from pipelines.data import Batches
+    from pipelines.run.data import Batches
     from tests.conftest import build_trainee
 
     x, y = Batches(corpus, 4, 64, seed=0).get(0)

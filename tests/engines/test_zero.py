@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from methods.registry import get_method, method_names
-from pipelines.data import Batches, Corpus, batch_hash
-from pipelines.metrics import read_events
+from pipelines.run.data import Batches, Corpus, batch_hash
+from pipelines.run.events import read_events
 from tests.conftest import ROOT, build_trainee, run_cli
 
 ZERO = [m for m in method_names() if get_method(m).family == "zero"]
@@ -75,7 +75,7 @@ def test_nothing_was_compiled(ranks_result):
 
 
 def test_zero_run_through_the_training_cli(engine_configfile, tmp_path):
-    """The real loop: 2 ranks launched by pipelines.train, one summary, the batches every method sees."""
+    """The real loop: 2 ranks launched by pipelines.run.train, one summary, the batches every method sees."""
     out = tmp_path / "zero2"
     r = run_cli("-m", "pipelines.train", "--configfile", str(engine_configfile), "--model", "tiny",
                 "--method", "zero2-fp8-optim", "--seed", "0", "--out", str(out), "--threads", "2", timeout=300)

@@ -31,7 +31,7 @@ def main(corpus_dir: str, out: str, methods: list[str]) -> None:
     from methods.base import HParams, RunContext
     from methods.registry import get_method
     from models import build_model, get_model_config
-    from pipelines.data import Batches, Corpus
+    from pipelines.run.data import Batches, Corpus
 
     torch.set_num_threads(1)
     rank, ws = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -289,7 +289,7 @@ def test_simulated_twin_quantizes_and_multiplies_bit_for_bit_as_native(fmt):
 def test_ladder_formats_train_and_their_operands_lie_on_the_grid(corpus):
     from methods.fp8.linear import FP8Linear
     from methods.registry import get_method
-    from pipelines.data import Batches
+    from pipelines.run.data import Batches
     from tests.fp8.conftest import build_micro
 
     with pytest.raises(ValueError, match=r"option fwd_format = 'e9m2'; valid: e4m3 .*eXmY"):

@@ -28,7 +28,7 @@ def test_registered_and_available_on_cpu():
 
 def train(trainee, corpus, steps, batch=4, seq=32):
     """``steps`` optimizer steps on real text (the session corpus, vocab 512)."""
-    from pipelines.data import Batches
+    from pipelines.run.data import Batches
 
     b = Batches(corpus, batch, seq, seed=0)
     losses = [trainee.train_step(*b.get(i), lr=3e-3).loss for i in range(steps)]

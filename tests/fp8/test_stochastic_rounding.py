@@ -92,7 +92,7 @@ def test_an_update_below_half_a_spacing_moves_codes_only_when_rounded_stochastic
 
 
 def test_fp8_naive_with_stochastic_rounding_trains_and_resumes(corpus):
-    from pipelines.data import Batches
+    from pipelines.run.data import Batches
 
     b = Batches(corpus, 4, 32, seed=0)
     tr = build_micro("fp8-naive", vocab=corpus.vocab_size, stochastic_rounding=True)

@@ -1,6 +1,6 @@
 """Run under torchrun by tests/scaleout/test_resume_ranks.py: for each DDP / FSDP2 method, in one pair of
 ranks (one launch for all), train 4 steps with a checkpoint committed after step 2 through
-``pipelines.dist_checkpoint`` (torch.distributed.checkpoint underneath), then build the method afresh, load
+``pipelines.run.dist_checkpoint`` (torch.distributed.checkpoint underneath), then build the method afresh, load
 that checkpoint and take steps 2 and 3 again. Rank 0 writes both runs' losses and grad norms as JSON.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/scaleout/dp_resume_ranks.py CORPUS OUT M1,M2
@@ -21,8 +21,8 @@ def main(corpus_dir: str, out: str, methods: list[str]) -> None:
     from methods.base import HParams, RunContext
     from methods.registry import get_method
     from models import build_model, get_model_config
-    from pipelines import dist_checkpoint
-    from pipelines.data import Batches, Corpus
+    from pipelines.run import dist_checkpoint
+    from pipelines.run.data import Batches, Corpus
 
     torch.set_num_threads(1)
     rank, ws = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

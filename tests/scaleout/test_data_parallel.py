@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from methods.registry import get_method, method_names
-from pipelines import config as config_mod
-from pipelines.data import Batches, Corpus, batch_hash, prepare
-from pipelines.metrics import read_events
+from pipelines.run import config as config_mod
+from pipelines.run.data import Batches, Corpus, batch_hash, prepare
+from pipelines.run.events import read_events
 from tests.conftest import ROOT, build_trainee
 
 DP = ["ddp-bf16", "fsdp2-bf16", "fsdp2-fp8-torchao"]

@@ -1,6 +1,6 @@
 """Multi-rank resume: a 2-rank ZeRO-2 run on the CPU, SIGKILLed mid-way (every process of it: launcher,
 torchrun and both ranks, as when a node dies), then rerun with the same command, resumes from its last
-committed checkpoint (pipelines.dist_checkpoint over DeepSpeed's engine checkpointing) and logs the same
+committed checkpoint (pipelines.run.dist_checkpoint over DeepSpeed's engine checkpointing) and logs the same
 losses, bit for bit, as an uninterrupted run: gloo's sums and the CPU kernels are deterministic for a fixed
 thread count, and the checkpoint holds every state a step reads (fp32 master partitions, the client
 AdamW's m, v and step, RNG states of each rank)."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.metrics import read_events
+from pipelines.run.events import read_events
 from tests.conftest import ROOT, write_small_config
 
 STEPS, EVERY = 6, 2
@@ -108,7 +108,7 @@ DP = ["ddp-bf16", "fsdp2-bf16", "fsdp2-fp8-torchao"]
 
 
 def test_ddp_and_fsdp2_resume_bit_for_bit_from_a_committed_checkpoint(corpus_dir, tmp_path):
-    """torch.distributed.checkpoint through pipelines.dist_checkpoint, for every DDP / FSDP2 method in one pair
+    """torch.distributed.checkpoint through pipelines.run.dist_checkpoint, for every DDP / FSDP2 method in one pair
     of gloo ranks: steps 2 and 3 after loading the checkpoint of step 2 equal the uninterrupted steps, bit for
     bit (the end-to-end kill path, launcher and loop, is the ZeRO test's above: the same code for all)."""
     from tests.conftest import run_cli

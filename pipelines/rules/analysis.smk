@@ -1,0 +1,132 @@
+# From the runs on disk to tables (pipelines/analysis/): the summary, the per-method comparison with the
+# noise floor and the claims, the traced-memory tables, the learning-rate frontier, the long horizon and
+# the stress tables.
+
+
+rule collect:
+    input:
+        run_summaries,
+    output:
+        summary=SUMMARY_CSV,
+        eval_gaps=EVAL_GAPS_CSV,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/collect.log",
+    shell:
+        "python -m pipelines.analysis.collect --out {output.summary:q} {input:q} > {log:q} 2>&1"
+
+
+rule compare:
+    input:
+        summary=SUMMARY_CSV,
+        traced=MEMORY_TRACED_CSV,
+    output:
+        comparison=f"{RESULTS}/comparison.csv",
+        comparison_md=f"{RESULTS}/comparison.md",
+        noise_floor=f"{RESULTS}/noise_floor.csv",
+        claims=f"{RESULTS}/claims.csv",
+        memory=f"{RESULTS}/memory_model.csv",
+        optim_ablation=f"{RESULTS}/optim_ablation.csv",
+    params:
+        analysis=ANALYSIS_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/compare.log",
+    shell:
+        'python -m pipelines.analysis.comparison --summary {input.summary:q} --out-dir "$(dirname {output.comparison:q})" '
+        "--analysis {params.analysis:q} --traced {input.traced:q} > {log:q} 2>&1"
+
+
+rule memory_traced:
+    input:
+        parts=TRACE_PART_CSVS,
+        rank_parts=TRACE_RANK_PART_CSVS,
+    output:
+        traced=MEMORY_TRACED_CSV,
+        fit=MEMORY_FIT_CSV,
+        ranks=MEMORY_TRACED_RANKS_CSV,
+    params:
+        settings=MEMORY_TRACE_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/memory_traced.log",
+    shell:
+        "python -m pipelines.analysis.memory_traced merge --out {output.traced:q} --fit {output.fit:q} "
+        "--ranks-out {output.ranks:q} --rank-parts {input.rank_parts:q} "
+        "--settings {params.settings:q} {input.parts:q} > {log:q} 2>&1"
+
+
+# Where FP8 breaks: the learning-rate frontier from the summary (pipelines/analysis/frontier.py). It runs in every
+# profile; where the summary holds no recipe over a grid of lrs it falls back to the stability profile's
+# runs on disk, else writes the CSVs with headers only (the report then names the profile to run).
+
+FRONTIER_CSV = f"{RESULTS}/frontier.csv"
+FRONTIER_CELLS_CSV = f"{RESULTS}/frontier_cells.csv"
+FRONTIER_CSVS = [FRONTIER_CSV, FRONTIER_CELLS_CSV]
+
+
+rule frontier:
+    input:
+        summary=SUMMARY_CSV,
+    output:
+        frontier=FRONTIER_CSV,
+        cells=FRONTIER_CELLS_CSV,
+    params:
+        analysis=ANALYSIS_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/frontier.log",
+    shell:
+        'python -m pipelines.analysis.frontier --summary {input.summary:q} --results "$(dirname {output.frontier:q})" '
+        "--analysis {params.analysis:q} > {log:q} 2>&1"
+
+
+# Long horizon (pipelines/analysis/long_horizon.py): the long_horizon profile's runs on disk (any profile's report
+# shows them once they ran), their paired gap at the default horizon and at the end; headers only if none.
+LONG_HORIZON_CSV = f"{RESULTS}/long_horizon.csv"
+LONG_HORIZON_CURVE_CSV = f"{RESULTS}/long_horizon_curve.csv"
+STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_CURVE_CSV]
+
+
+rule long_horizon:
+    input:
+        summary=SUMMARY_CSV,
+        noise_floor=f"{RESULTS}/noise_floor.csv",
+    output:
+        table=LONG_HORIZON_CSV,
+        curve=LONG_HORIZON_CURVE_CSV,
+    params:
+        analysis=ANALYSIS_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/long_horizon.log",
+    shell:
+        'python -m pipelines.analysis.long_horizon --results "$(dirname {output.table:q})" --analysis {params.analysis:q} '
+        "> {log:q} 2>&1"
+
+
+# Stress tests (pipelines/analysis/stress_tables.py): the precision ladder, outlier injection, quantized norm gains and
+# the FP8 second moment, from the summary (or the stability / stress runs on disk); headers only if none ran.
+STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers", "norm_gains", "second_moment")]
+STABILITY_CSVS += STRESS_CSVS
+
+
+rule stress_tables:
+    input:
+        summary=SUMMARY_CSV,
+    output:
+        ladder=STRESS_CSVS[0],
+        outliers=STRESS_CSVS[1],
+        norm_gains=STRESS_CSVS[2],
+        second_moment=STRESS_CSVS[3],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/stress_tables.log",
+    shell:
+        'python -m pipelines.analysis.stress_tables --results "$(dirname {output.ladder:q})" > {log:q} 2>&1'

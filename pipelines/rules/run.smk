@@ -1,0 +1,53 @@
+# Data preparation and one rule per training run.
+
+
+rule prepare_data:
+    output:
+        meta=f"{DATA_DIR}/meta.json",
+        tokenizer=f"{DATA_DIR}/tokenizer.json",
+        train=f"{DATA_DIR}/train.bin",
+        val=f"{DATA_DIR}/val.bin",
+    params:
+        data=DATA_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{DATA_DIR}.log",
+    shell:
+        'python -m pipelines.run.data --out "$(dirname {output.meta:q})" --settings {params.data:q} > {log:q} 2>&1'
+
+
+rule run_config:
+    output:
+        f"{RUN_DIR}/config.json",
+    params:
+        # Resolved when the DAG is built (a change to it reruns the run); the job only writes it, with a
+        # stdlib-only writer: a `run:` block makes Snakemake parse the whole workflow again per job
+        # (~10 s each, minutes for a profile of 30 runs).
+        cfg=lambda wildcards: json.dumps(run_config(wildcards), sort_keys=True),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RUN_DIR}/config.log",
+    shell:
+        "python -m common.atomic {output:q} {params.cfg:q} > {log:q} 2>&1"
+
+
+rule train:
+    input:
+        cfg=f"{RUN_DIR}/config.json",
+        data=f"{DATA_DIR}/meta.json",
+    # One output, written last and atomically (after metrics.jsonl is renamed into place): its presence
+    # means the run is complete. A killed run leaves no output, so rerunning the workflow reruns it,
+    # and the training command resumes from the run's last checkpoint.
+    output:
+        summary=f"{RUN_DIR}/summary.json",
+    threads: run_threads
+    resources:
+        gpu=run_gpus,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RUN_DIR}/train.log",
+    shell:
+        'python -m pipelines.train --config {input.cfg:q} --out "$(dirname {output.summary:q})" --threads {threads} > {log:q} 2>&1'
