@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.analysis import stress_tables as rs
+from pipelines.report import stress_section as section
 from pipelines.run import stress_variants as sv
 from pipelines.analysis.markdown import cell
 
@@ -78,10 +79,10 @@ def test_subsections_print_the_csv_numbers_and_figures(results, tmp_path):
     fig_dir, report_dir = results / "figs", results
     rs.build_tables(results)  # rule stress_tables
     data = FigureData(summary=pd.DataFrame(), stress={n: pd.read_csv(rs.csv_path(results, n)) for n in rs.TABLES})
-    for name, fn in (("stress_ladder", rs.fig_stress_ladder), ("stress_outliers", rs.fig_stress_outliers)):
+    for name, fn in (("stress_ladder", section.fig_stress_ladder), ("stress_outliers", section.fig_stress_outliers)):
         _save(fn(data), fig_dir, name)  # rule figure
-    assert isinstance(rs.fig_stress_ladder(FigureData(summary=pd.DataFrame())), str)
-    texts = [fn(results, fig_dir, report_dir) for fn in rs.STRESS_SUBSECTIONS]
+    assert isinstance(section.fig_stress_ladder(FigureData(summary=pd.DataFrame())), str)
+    texts = [fn(results, fig_dir, report_dir) for fn in section.STRESS_SUBSECTIONS]
     assert all(t.startswith("### ") for t in texts)
     lad = pd.read_csv(rs.csv_path(results, "ladder"))
     for v in lad["gap_mean_pct"].dropna():
@@ -95,7 +96,7 @@ def test_subsections_print_the_csv_numbers_and_figures(results, tmp_path):
 
 
 def test_absent_runs_name_the_profile(tmp_path):
-    for fn in rs.STRESS_SUBSECTIONS:
+    for fn in section.STRESS_SUBSECTIONS:
         text = fn(tmp_path, tmp_path / "f", tmp_path)
         assert "profile=stability" in text and text.startswith("### ")
 

@@ -78,15 +78,15 @@ def fig_long_horizon(d):
     return fig
 
 
-# The stress figures are drawn by pipelines.analysis.stress_tables, imported only when one of them is drawn: it reads
+# The stress figures are drawn by pipelines.report.stress_section, imported only when one of them is drawn: it reads
 # the stress variants, which import the recipes (and torch), several seconds every figure job would pay.
 def fig_stress_ladder(d):
-    from pipelines.analysis.stress_tables import fig_stress_ladder as draw
+    from pipelines.report.stress_section import fig_stress_ladder as draw
 
     return draw(d)
 
 
 def fig_stress_outliers(d):
-    from pipelines.analysis.stress_tables import fig_stress_outliers as draw
+    from pipelines.report.stress_section import fig_stress_outliers as draw
 
     return draw(d)

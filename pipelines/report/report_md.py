@@ -299,7 +299,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     """Collect whatever finished runs are on disk, then tables, figures and the report: no training."""
     from pipelines.analysis import frontier
     from pipelines.analysis import long_horizon
-    from pipelines.analysis import stress_tables as report_stress
+    from pipelines.analysis import stress_tables
     from pipelines.analysis.collect import collect, write_all
     from pipelines.analysis.comparison import load_analysis
     from pipelines.report.figures import FigureData, build
@@ -312,7 +312,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
     frontier.write_outputs(results / "summary.csv", results, load_analysis())
     long_horizon.write_outputs(results, load_analysis())
-    report_stress.build_tables(results)
+    stress_tables.build_tables(results)
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)
 

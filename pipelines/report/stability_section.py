@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipelines.analysis.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, lr_text, statements
 from pipelines.analysis.markdown import fmt, md_table
-from pipelines.analysis.stress_tables import STRESS_SUBSECTIONS
+from pipelines.report.stress_section import STRESS_SUBSECTIONS
 
 Subsection = Callable[[Path, Path, Path], str]
 
