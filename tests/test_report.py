@@ -143,7 +143,7 @@ def test_verdicts_come_from_paired_intervals(built):
 
 
 def test_lean_gap_is_attributed_to_stepping_in_backward_only_when_fp8_optim_is_equivalent(built):
-    from pipelines.analysis.comparison import claims
+    from pipelines.analysis.claims import claims
 
     comp = pd.read_csv(built["res"] / "comparison.csv")
     comp = comp[comp["profile"] == "cpu"].copy()
@@ -178,7 +178,7 @@ def test_claims_have_measured_values_and_verdicts(built):
 
 
 def test_no_claim_verdict_rests_on_fewer_seeds_than_required(built):
-    from pipelines.analysis.comparison import claims
+    from pipelines.analysis.claims import claims
 
     comp = pd.read_csv(built["res"] / "comparison.csv")
     cl = pd.read_csv(built["res"] / "claims.csv")

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import write_csv
-from pipelines.analysis.markdown import md_table
 from pipelines.run.events import read_events
 from pipelines.analysis.stats import paired_gap_pct, t_interval
 from pipelines.run import stress_variants as sv

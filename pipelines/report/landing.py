@@ -77,7 +77,7 @@ def data_uri(png: Path) -> str:
 
 
 def methods_part(comp: pd.DataFrame, forest_png: Path, forest_note: str | None) -> list[str]:
-    from pipelines.analysis.comparison import _main_rows  # the rows the claims are judged on
+    from pipelines.analysis.claims import _main_rows  # the rows the claims are judged on
 
     out = _heading("Headline: paired loss gap per method", "-")
     if forest_note:
