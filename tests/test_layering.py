@@ -1,6 +1,9 @@
 """The import graph of the project's own code: no module imports, even from inside a function, a module that
-imports it back (directly or through others), ``models/`` knows no recipe and no workflow, and ``methods/fp8/``
-is a library that imports only torch, triton, the standard library and itself.
+imports it back (directly or through others), ``models/`` knows no recipe and no workflow, ``methods/fp8/``
+is a library that imports only torch, triton, the standard library and itself, and the workflow's stages point
+one way: ``pipelines/run`` imports neither the analysis nor the report, ``pipelines/analysis`` never the report,
+``pipelines/`` never the benchmarks (the benchmarks may use the workflow's code), and ``common/`` (what both
+need) neither of them.
 
 Read from the source (``ast``), so a function-local import counts as much as a top-level one. A package
 import (``import methods``) is the registry's plugin loader, not a dependency of one module on another, and
@@ -13,7 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("methods", "models", "pipelines", "benchmarks")
+PACKAGES = ("common", "methods", "models", "pipelines", "benchmarks")
 
 
 def _modules() -> dict[str, Path]:
@@ -134,3 +137,44 @@ def test_the_fp8_library_check_catches_a_crossing(tmp_path):
     f.write_text("import math\nimport torch.nn\ndef g():\n    from methods.base import Trainee\n"
                  "    import numpy\n    from methods.fp8.formats import E4M3\n")
     assert _outside_fp8_library(_imported_names(f)) == {"methods.base", "methods.base.Trainee", "numpy"}
+
+
+#: (importer prefix, forbidden prefixes): the stages of the workflow and the rooms around it point one way
+DIRECTIONS = [
+    ("pipelines.run", ("pipelines.analysis", "pipelines.report", "benchmarks")),
+    ("pipelines.analysis", ("pipelines.report", "benchmarks")),
+    ("pipelines", ("benchmarks",)),
+    ("common", ("pipelines", "benchmarks")),
+]
+
+
+def _crossings(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    def under(mod: str, prefix: str) -> bool:
+        return mod == prefix or mod.startswith(prefix + ".")
+
+    return sorted({(m, d) for m, deps in graph.items() for src, banned in DIRECTIONS if under(m, src)
+                   for d in deps if any(under(d, b) for b in banned)})
+
+
+def test_the_stages_import_one_way():
+    graph = _graph()
+    assert any(m.startswith("pipelines.analysis.") for m in graph) and any(m.startswith("pipelines.run.") for m in graph)
+    assert _crossings(graph) == []
+
+
+def test_the_stage_check_catches_a_crossing():
+    graph = {"pipelines.analysis.frontier": {"pipelines.report.figures"}, "pipelines.run.train": {"pipelines.run.data"},
+             "pipelines.run.config": {"benchmarks.gpu_cost"}, "benchmarks.fp8_bench": {"pipelines.run.config"}}
+    assert _crossings(graph) == [("pipelines.analysis.frontier", "pipelines.report.figures"),
+                                 ("pipelines.run.config", "benchmarks.gpu_cost")]
+
+
+def test_the_bench_names_the_workflow_checks_are_the_benchmarks_own():
+    from benchmarks.gpu_cost import DEVICES, EXTRA_SHAPES
+    from benchmarks.optim_bench import CPU_OPTIMIZERS, LAYER_SHAPES
+    from common import bench_choices as names
+
+    assert set(names.OPTIM_LAYER_SHAPES) == set(LAYER_SHAPES)
+    assert set(names.OPTIM_OPTIMIZERS) == set(CPU_OPTIMIZERS)
+    assert set(names.GPU_DEVICES) == set(DEVICES)
+    assert set(names.GPU_EXTRA_SHAPES) == set(EXTRA_SHAPES)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from common.bench_choices import GPU_DEVICES, GPU_EXTRA_SHAPES, OPTIM_LAYER_SHAPES, OPTIM_OPTIMIZERS
 from pipelines.run.corpus_dir import data_dir_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,17 +153,14 @@ def bench_settings(cfg: dict, profile: str) -> dict:
 
     b = deep_merge(cfg["bench"], cfg["profiles"][profile].get("bench"))
     if b.get("enabled"):
-        from benchmarks.optim_bench import CPU_OPTIMIZERS, LAYER_SHAPES
-
         for s in b["optim_shapes"]:
-            check_choice("bench optim shape", s, [*SIZES, *LAYER_SHAPES])
+            check_choice("bench optim shape", s, [*SIZES, *OPTIM_LAYER_SHAPES])
         for o in b["optim_optimizers"]:
-            check_choice("bench optimizer", o, CPU_OPTIMIZERS)
-    from benchmarks.gpu_cost import DEVICES, EXTRA_SHAPES  # the GPU prediction runs in every profile
-
-    check_choice("bench gpu_device", b["gpu_device"], DEVICES)
+            check_choice("bench optimizer", o, OPTIM_OPTIMIZERS)
+    # the GPU prediction runs in every profile
+    check_choice("bench gpu_device", b["gpu_device"], GPU_DEVICES)
     for m in b["gpu_models"]:
-        check_choice("bench gpu model", m, [*SIZES, *EXTRA_SHAPES])
+        check_choice("bench gpu model", m, [*SIZES, *GPU_EXTRA_SHAPES])
     return b
 
 
