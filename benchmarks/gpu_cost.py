@@ -25,8 +25,8 @@ Attention (bf16 in every recipe), the output head (kept high precision by every 
 element-wise ops (norms, RoPE, SwiGLU, residual adds, cross-entropy) and the optimizer step cost the same
 under every recipe; they are why the speedup stays below the 2x of the peak ratio. The inputs (peaks,
 efficiencies, bytes) are written to ``--inputs-csv`` and printed in the report; none is fitted to the
-anchors. ``--anchors-csv`` sets the prediction beside published speedups (``ANCHORS``, from
-/work/shared/ANCHORS.md), each at the anchor's own shape, device and parallelism.
+anchors. ``--anchors-csv`` sets the prediction beside published speedups (``ANCHORS``, each with its public
+source), each at the anchor's own shape, device and parallelism.
 
 Not modelled: communication (FSDP all-gathers and reduce-scatters are taken as overlapped with compute),
 pipeline bubbles, the CUDA context, fusion of a cast into the op before it (TE's LayerNormLinear), FP8
@@ -54,13 +54,13 @@ class Device:
     source: str
 
 
-# H200 SXM: 989 TFLOP/s bf16 dense, 1979 FP8 dense, 4.8 TB/s HBM3e (NVIDIA's data sheet, as the issue states).
-# mm_eff and bw_eff from /work/shared/GPU.md, measured on the H200 this project is lent: bf16 matmul ~790 TFLOP/s
-# on random data (790/989), device copy ~4.3 TB/s (4.3/4.8); FP8 GEMMs are assumed to reach the same fraction of
-# their peak (GPU.md: "that 2x bounds any FP8 GEMM speedup"). attn_eff and kernel_gap_s are assumptions, not
+# H200 SXM: 989 TFLOP/s bf16 dense, 1979 FP8 dense, 4.8 TB/s HBM3e (NVIDIA's data sheet).
+# mm_eff and bw_eff as measured on an H200: bf16 matmul ~790 TFLOP/s on random data (790/989), device-to-device
+# copy ~4.3 TB/s (4.3/4.8); FP8 GEMMs are assumed to reach the same fraction of their peak (so the 2x of the
+# peaks bounds any FP8 GEMM speedup). attn_eff and kernel_gap_s are assumptions, not
 # measurements: flash attention at half the bf16 peak (FlashAttention-2 class), 2 us per kernel.
 H200 = Device("H200 SXM", 989e12, 1979e12, 4.8e12, mm_eff=790 / 989, bw_eff=4.3 / 4.8, attn_eff=0.5,
-              kernel_gap_s=2e-6, source="peaks: issue 13 / data sheet; mm_eff, bw_eff: GPU.md measured ceilings; "
+              kernel_gap_s=2e-6, source="peaks: data sheet; mm_eff, bw_eff: ceilings measured on an H200; "
                                         "attn_eff, kernel_gap_s: assumed")
 # H100 SXM, where the published anchors ran: the same tensor-core peaks, 3.35 TB/s HBM3 (data sheet); the
 # efficiency fractions are the H200's (assumed to carry over: same Hopper SM).
@@ -124,8 +124,8 @@ RECIPES = {
                          kernels_per_operand=2, read_bytes=2 * BF16, write_bytes=2 * FP8),
     "delayed": Recipe("delayed", "fp8-own-delayed, TE DelayedScaling",
                       kernels_per_operand=1, read_bytes=BF16, write_bytes=2 * FP8),
-    # blockwise_gemm_factor 0.85: an assumption (fp32 promotion every 128 elements on CUDA cores); no anchor in
-    # ANCHORS.md measures it
+    # blockwise_gemm_factor 0.85: an assumption (fp32 promotion every 128 elements on CUDA cores); no published
+    # anchor measures it
     "blockwise": Recipe("blockwise", "fp8-own-blockwise, TE Float8BlockScaling, DeepSeek-V3",
                         kernels_per_operand=1, read_bytes=BF16, write_bytes=2 * FP8 + 2 * FP32 / 128,
                         gemm_factor=0.85),
@@ -153,8 +153,8 @@ def inputs_table(dev: Device) -> list[dict]:
         ("bf16_dense_peak", dev.bf16_flops / 1e12, "TFLOP/s", "data sheet"),
         ("fp8_dense_peak", dev.fp8_flops / 1e12, "TFLOP/s", "data sheet"),
         ("hbm_bandwidth", dev.hbm_bytes_per_s / 1e12, "TB/s", "data sheet"),
-        ("mm_eff", dev.mm_eff, "of peak", "GPU.md: bf16 matmul ~790 TFLOP/s measured on an H200; FP8 assumed alike"),
-        ("bw_eff", dev.bw_eff, "of bandwidth", "GPU.md: device copy ~4.3 TB/s measured on an H200"),
+        ("mm_eff", dev.mm_eff, "of peak", "bf16 matmul ~790 TFLOP/s measured on an H200 (random data); FP8 assumed alike"),
+        ("bw_eff", dev.bw_eff, "of bandwidth", "device-to-device copy ~4.3 TB/s measured on an H200"),
         ("attn_eff", dev.attn_eff, "of bf16 peak", "assumed (flash attention, bf16 in every recipe)"),
         ("kernel_gap", dev.kernel_gap_s * 1e6, "us per kernel", "assumed"),
         ("causal_fraction", CAUSAL_FRACTION, "of the score matrix", "causal flash attention skips the masked half"),
@@ -244,7 +244,7 @@ class Anchor:
     settings_note: str
 
 
-# From /work/shared/ANCHORS.md (sections 3, 4 and the public issue threads). Shapes, micro-batches and rank counts
+# Published speedups (the source of each is named in the row). Shapes, micro-batches and rank counts
 # the sources do not give are marked as assumed in settings_note.
 ANCHORS = [
     Anchor("torchao tensorwise, Llama-3-8B", "torchao float8 README (+25.0%); torchtitan "

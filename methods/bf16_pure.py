@@ -1,4 +1,4 @@
-"""bf16-pure: the seed's "mixed precision" at 12 B/param: bf16 weights and grads, fp32 Adam m and v,
+"""bf16-pure: the article's "mixed precision" at 12 B/param: bf16 weights and grads, fp32 Adam m and v,
 no fp32 master copy. Plain bf16 updates lose steps smaller than half a bf16 ulp of the weight;
 ``stochastic_rounding=True`` rounds the update unbiasedly instead."""
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from methods.registry import register
 @dataclass(frozen=True, kw_only=True)
 class BF16Pure(Method):
     stochastic_rounding: bool = False
-    summary = "bf16 weights and grads, fp32 Adam m and v, no master copy (seed's 12 B/param)"
+    summary = "bf16 weights and grads, fp32 Adam m and v, no master copy (the article's 12 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp32", "v": "fp32", "compute": "bf16"}
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:

@@ -1,4 +1,4 @@
-"""FP8 optimizer states: the seed's 6 B/param recipe, its variants, and two torchao anchors.
+"""FP8 optimizer states: the article's 6 B/param recipe, its variants, and two torchao anchors.
 
 - ``fp8-optim``: bf16 weights and grads, Adam m and v in block-scaled FP8 (own ``FP8AdamW``),
   stochastic rounding of the bf16 update, no master copy: 2 + 2 + 2.03 B/param.
@@ -44,7 +44,7 @@ class FP8Optim(Method):
                     "v_format": Choice(tuple(optim_codec.FORMATS)), "m_transform": Choice(("none", "dre")),
                     "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(IMPLS)}
     family = "fp8-optim"
-    summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (seed's 6 B/param)"
+    summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (the article's 6 B/param)"
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
               "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
 
@@ -200,7 +200,7 @@ class TorchaoAdamW8bit(_TorchaoLowBit):
         return AdamW8bit
 
 
-# ---- the seed's end-to-end FP8 recipe --------------------------------------------------------------
+# ---- the article's end-to-end FP8 recipe --------------------------------------------------------------
 @register("fp8-e2e")
 @dataclass(frozen=True, kw_only=True)
 class FP8EndToEnd(FP8Optim, FP8Own):
@@ -208,7 +208,7 @@ class FP8EndToEnd(FP8Optim, FP8Own):
     plus the FP8-state AdamW of ``fp8-optim`` (its options too). Norms, embedding and head stay bf16."""
 
     family = "fp8-optim"
-    summary = ("the seed's end-to-end FP8: own FP8 linears (tensorwise e4m3/e5m2) + FP8 Adam m, v; "
+    summary = ("the article's end-to-end FP8: own FP8 linears (tensorwise e4m3/e5m2) + FP8 Adam m, v; "
                "bf16 weights and grads, no master")
     stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
               "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}

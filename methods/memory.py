@@ -7,9 +7,9 @@ machine here can hold. Each method states its own bytes through ``Method.analyti
 default (below) reads the dtypes in ``Method.stores``, and methods with scales, quantized states,
 FP8 weight copies or amax histories override it.
 
-Next to the methods stand the seed's rows (16 / 12 / 6 B per parameter: fp32, bf16 "mixed precision",
+Next to the methods stand the article's rows (16 / 12 / 6 B per parameter: fp32, bf16 "mixed precision",
 FP8 optimizer states; no master copy, no scales) and a few reference recipes that are not run here but
-that the seed's arithmetic is usually compared with, labelled as such.
+that the article's arithmetic is usually compared with, labelled as such.
 
 ``python -m methods.memory --params 10e9 [--json]`` prints the table; :func:`analytic_table` returns it
 as data for the report and its figures. ``python -m methods.memory trace --model 10b --method fp8-e2e
@@ -46,24 +46,24 @@ class FixedRow:
     """A row with bytes per parameter fixed by its source rather than computed from tensors."""
 
     name: str
-    kind: str  # "seed" or "reference"
+    kind: str  # "article" or "reference"
     bpp: dict  # component -> bytes per parameter
     note: str
 
 
 SEED_ROWS = (
-    FixedRow("seed: fp32", "seed", {"weights": 4, "grads": 4, "optim": 8},
+    FixedRow("article: fp32", "article", {"weights": 4, "grads": 4, "optim": 8},
              "fp32 weights, grads, Adam m and v"),
-    FixedRow("seed: bf16 mixed precision", "seed", {"weights": 2, "grads": 2, "optim": 8},
+    FixedRow("article: bf16 mixed precision", "article", {"weights": 2, "grads": 2, "optim": 8},
              "bf16 weights and grads, fp32 m and v; no master copy"),
-    FixedRow("seed: FP8 optimizer states", "seed", {"weights": 2, "grads": 2, "optim": 2},
+    FixedRow("article: FP8 optimizer states", "article", {"weights": 2, "grads": 2, "optim": 2},
              "bf16 weights and grads, FP8 m and v; no master copy, no scales"),
 )
 
 REFERENCE_ROWS = (
     FixedRow("ref: bf16 + fp32 master (typical mixed precision)", "reference",
              {"weights": 2, "master": 4, "grads": 2, "optim": 8},
-             "what mixed precision usually keeps (apex O2, DeepSpeed bf16): the seed's 12 B omits the "
+             "what mixed precision usually keeps (apex O2, DeepSpeed bf16): the article's 12 B omits the "
              "4 B master"),
     FixedRow("ref: Megatron bf16 (fp32 main grads)", "reference",
              {"weights": 2, "master": 4, "grads": 4, "optim": 8},
@@ -96,7 +96,7 @@ def analytic_table(n_params: float, methods: list[str] | None = None, cfg: Model
                    include_seed: bool = True, include_reference: bool = True) -> list[dict]:
     """Rows of bytes per parameter by component and GB (1e9 bytes) at ``n_params``.
 
-    Each row: ``row`` (name), ``kind`` ("seed" | "method" | "reference"), ``bytes_per_param`` (dict by
+    Each row: ``row`` (name), ``kind`` ("article" | "method" | "reference"), ``bytes_per_param`` (dict by
     component), ``total_bytes_per_param``, ``gb``, ``note``; method rows also carry ``family`` and the
     stored dtypes (``stores``). ``methods`` defaults to every registered method (available here or not:
     the model needs no hardware). ``cfg`` overrides the shape used for the small per-tensor terms.
@@ -125,7 +125,7 @@ def format_table(rows: list[dict], n_params: float) -> str:
     for r in rows:
         if r["kind"] != kind:
             kind = r["kind"]
-            lines.append({"seed": "-- the seed's accounting", "method": "-- methods in fp8bench (analytic; "
+            lines.append({"article": "-- the article's accounting", "method": "-- methods in fp8bench (analytic; "
                           "checked against measured tensors on the tiny model)",
                           "reference": "-- reference recipes (not run here)"}[kind])
         comp = "  ".join(f"{r['bytes_per_param'][c]:>7.3f}" for c in COMPONENTS)

@@ -1,4 +1,4 @@
-"""Stress options of the own FP8 recipes (issue 11): outlier injection and quantized norm gains.
+"""Stress options of the own FP8 recipes: outlier injection and quantized norm gains.
 
 Both act on a model after ``convert_to_fp8`` and change nothing in ``models/``: the injection sets fixed
 channel factors on FP8 linears (``FP8Linear.set_channel_scale``), the norm gains put a quantizing forward in

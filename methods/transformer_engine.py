@@ -42,8 +42,8 @@ def te_importable() -> Requirement:
     """``transformer_engine.pytorch`` imports (the package can be present while its CUDA extension is not)."""
     req = needs_module("transformer_engine", INSTALL_HINT)
     if not req.met:
-        # A machine that knows why TE cannot be installed there (pipelines/gpu/h200.sh: the core wheel is
-        # too large to carry to the lent H200) says so instead of the generic install hint.
+        # A machine that knows why TE cannot be installed there (FP8BENCH_TE_MISSING_REASON, e.g. set by
+        # pipelines/gpu/h200.sh on a machine without a TE build) says so instead of the generic install hint.
         why = os.environ.get("FP8BENCH_TE_MISSING_REASON")
         return Requirement(req.what, False, why) if why else req
     try:

@@ -71,13 +71,13 @@ def test_fp8_optimizer_memory_bounds(name):
 def test_seed_rows_at_10b(capsys):
     assert memory.main(["--params", "10e9", "--json"]) == 0
     rows = {r["row"]: r for r in json.loads(capsys.readouterr().out)}
-    assert [round(rows[k]["gb"], 6) for k in ("seed: fp32", "seed: bf16 mixed precision",
-                                               "seed: FP8 optimizer states")] == [160, 120, 60]
+    assert [round(rows[k]["gb"], 6) for k in ("article: fp32", "article: bf16 mixed precision",
+                                               "article: FP8 optimizer states")] == [160, 120, 60]
     assert set(method_names()) <= set(rows)
-    # the corrected rows sit next to the seed's: FP8 states carry their scales
+    # the corrected rows sit next to the article's: FP8 states carry their scales
     assert 60.0 < rows["fp8-optim"]["gb"] < 61.0
     assert memory.main(["--params", "125e6"]) == 0
-    assert "seed: fp32" in capsys.readouterr().out
+    assert "article: fp32" in capsys.readouterr().out
 
 
 def test_table_rows_are_bytes_per_param_times_count():

@@ -233,7 +233,7 @@ def csv_strings(paths) -> set[str]:
 
 def test_every_number_in_the_report_comes_from_a_csv(built):
     text = built["text"]
-    body = text.split("## The seed's claims", 1)[1]  # the environment section holds versions and dates
+    body = text.split("## The article's claims", 1)[1]  # the environment section holds versions and dates
     body = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", body)  # figure links
     body = re.sub(r"^#+ .*$", "", body, flags=re.M)  # headings (e.g. 'Memory at 10B parameters')
     from pipelines.report.figures import FIGURES as F

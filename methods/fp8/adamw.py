@@ -8,7 +8,7 @@ against 8 for fp32 moments. The update itself runs in fp32 through the same arit
 gradient, encode again. The step therefore uses the exact fp32 moments; quantisation error only reaches
 the next step.
 
-Parameters are either bf16 with stochastic rounding and no master copy (the seed's 6 B/param) or bf16
+Parameters are either bf16 with stochastic rounding and no master copy (the article's 6 B/param) or bf16
 with an fp32 master copy (``master_weights=True``). Three implementations of the step (``impl``):
 
 - ``"torch"``: the PyTorch path in this file, the reference (decode to full-size fp32, update, encode);

@@ -1,7 +1,7 @@
 """AdamW with explicit control of what is stored in which dtype.
 
 ``torch.optim.AdamW`` keeps its moments in the parameter dtype, so on bf16 weights it would keep bf16
-moments. The seed's "mixed precision" recipe keeps bf16 weights and grads but fp32 m and v, and some
+moments. The article's "mixed precision" recipe keeps bf16 weights and grads but fp32 m and v, and some
 recipes keep an fp32 master copy; this optimiser does either. All arithmetic is fp32.
 
 Where the result lands in a bf16 parameter without a master copy, it is rounded either to nearest

@@ -186,7 +186,7 @@ def is_format_name(name) -> bool:
     return True
 
 
-#: The precision ladder of issue 11, for a profile to run: (format for every GEMM operand, exponent bits
+#: The precision ladder, for a profile to run: (format for every GEMM operand, exponent bits
 #: removed, mantissa bits removed), both counted from bf16 = E8M7 (IEEE-like, so e8m7 rounds exactly as a
 #: bf16 cast does). E8M4..E8M2 keep bf16's range and remove mantissa only; the FP8 and 6-bit formats
 #: trade range for precision and remove both. (``tests/fp8/test_exmy.py`` checks the counts.)

@@ -1,6 +1,6 @@
 """The FP8-stored linear of the negative control ``fp8-naive`` (the recipe and its Adam step over the codes:
 ``methods.fp8_naive``): weights and gradients *stored* in FP8, one per-tensor scale each,
-and no high-precision copy anywhere — the configuration the seed calls unstable. It is built to be
+and no high-precision copy anywhere — the configuration the article calls unstable. It is built to be
 measured, not tuned.
 
 Per converted linear:

@@ -63,7 +63,7 @@ def traced_10b(traced: pd.DataFrame, methods: list[str], model: str = "10b", exp
     ok = all(abs(g - e) <= 0.02 * e for g, e in zip(per10, expected))
     return {
         "claim": "a 10B-parameter model needs 160 / 120 / 60 GB",
-        "seed_value": " / ".join(str(e) for e in expected),
+        "article_value": " / ".join(str(e) for e in expected),
         "measured": f"{trip(per10)} (per 1e10 parameters; at {model}, {n / 1e9:.2f}B parameters: {trip(at)})",
         "n_seeds": np.nan,
         "basis": (f"persistent state of {' / '.join(methods)} traced at {model} over two real training steps "
@@ -78,7 +78,7 @@ def traced_10b(traced: pd.DataFrame, methods: list[str], model: str = "10b", exp
 
 def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float = 0.1,
            traced: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The seed's four claims with the measured values and a verdict (holds / does not hold / inconclusive),
+    """The article's four claims with the measured values and a verdict (holds / does not hold / inconclusive),
     each derived from per-seed measurements by the rule printed beside it; none rests on fewer than
     ``an.min_seeds`` seeds (``n_seeds``: the fewest seeds of the methods it rests on)."""
     an = an or Analysis()
@@ -107,7 +107,7 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
                 f"{spread:.2f} B/param)")
     rows.append({
         "claim": "fp32 / bf16 mixed precision / FP8 optimizer states keep 16 / 12 / 6 bytes per parameter",
-        "seed_value": "16 / 12 / 6", "measured": fmt_triple(measured, 2), "n_seeds": n_mem,
+        "article_value": "16 / 12 / 6", "measured": fmt_triple(measured, 2), "n_seeds": n_mem,
         "basis": "state_bytes_per_param of fp32 / bf16-pure / fp8-optim, measured from live tensors after step 1",
         "verdict": memory_verdict(all(m is not None and abs(m - e) <= bpp_tolerance + spread
                                       for m, (_, e) in zip(measured, triple))),
@@ -122,7 +122,7 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
         gb = [None if m is None else m * 10e9 / 1e9 for m in measured]
         rows.append({
             "claim": "a 10B-parameter model needs 160 / 120 / 60 GB",
-            "seed_value": "160 / 120 / 60", "measured": fmt_triple(gb, 1), "n_seeds": n_mem,
+            "article_value": "160 / 120 / 60", "measured": fmt_triple(gb, 1), "n_seeds": n_mem,
             "basis": "measured bytes/param × 1e10 parameters (GB = 1e9 bytes; activations not included: "
                      "results/memory_traced.csv was not available)",
             "verdict": memory_verdict(all(g is not None and abs(g - e) <= 0.02 * e for g, e in zip(gb, (160, 120, 60)))),
@@ -148,7 +148,7 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
             v = {"equivalent": "does not hold", "better": "does not hold"}.get(vb, "inconclusive")
     rows.append({
         "claim": "FP8 weights and gradients (no high-precision copy) are unstable: training diverges or ends worse",
-        "seed_value": "unstable", "measured": m, "n_seeds": n,
+        "article_value": "unstable", "measured": m, "n_seeds": n,
         "basis": "fp8-naive: weights and grads stored in FP8 with one per-tensor scale, no master copy",
         "verdict": v,
         "rule": (f"with at least {an.min_seeds} seeds run: holds if any seed diverges or the verdict is worse (CI "
@@ -182,7 +182,7 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
                 "stepping inside backward (per-tensor clipping), not from storing the moments in FP8")
     rows.append({
         "claim": "FP8 optimizer states keep training stable",
-        "seed_value": "stable", "measured": m, "n_seeds": n,
+        "article_value": "stable", "measured": m, "n_seeds": n,
         "basis": "fp8-optim (FP8 m, v), fp8-e2e (plus FP8 linears), fp8-lean (plus step-in-backward)",
         "verdict": v,
         "rule": (f"does not hold if any of them, run on at least {an.min_seeds} seeds, diverges or is worse; holds if "

@@ -9,7 +9,7 @@ COMPONENTS = ["weights", "master", "grads", "optim", "meta"]
 
 
 def memory_model(comp: pd.DataFrame, n_params: float = 10e9) -> pd.DataFrame:
-    """The analytic model at ``n_params`` (the seed's rows, every method, reference recipes) next to the
+    """The analytic model at ``n_params`` (the article's rows, every method, reference recipes) next to the
     bytes/param measured in these results."""
     from methods.memory import analytic_table
 

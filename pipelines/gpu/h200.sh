@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU reference on a lent H200 (no internet, ~10 minutes): installs the wheels carried in .whl/,
+# One-shot GPU reference on one H200 (no internet needed, ~10 minutes): installs the wheels carried in .whl/,
 # runs the kernel and optimizer benchmarks and short training runs of the main methods on a >=1B model,
 # and writes results in the formats the report reads.
 #
@@ -22,7 +22,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/fp8bench-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "${PYTHON:-python3}" -c "import transformer_engine" 2>/dev/null; then
-  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (its 276 MB core wheel is over the 64 MiB a command can carry to the lent H200, and it has no internet)}"
+  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (no TransformerEngine wheel was provided in .whl/ and it builds only against a CUDA toolkit with network access to its sources; README: GPU install)}"
 fi
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"   # the interpreter with the project's dependencies (tests pass theirs)

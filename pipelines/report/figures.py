@@ -246,7 +246,7 @@ def fig_memory(d: FigureData):
     for v in SEED_BPP.values():
         ax.axvline(v, color="black", ls=":", lw=0.8)
     ax.set(xlabel="bytes per parameter, measured from live tensors after step 1 (per rank for ZeRO)", ylabel="",
-           title="Training state per parameter (dotted: the seed's 16 / 12 / 6)")
+           title="Training state per parameter (dotted: the article's 16 / 12 / 6)")
     ax.legend(loc="lower right", fontsize=8)
     ax.invert_yaxis()
     return fig
@@ -294,7 +294,7 @@ def fig_memory_scaling(d: FigureData):
                             "GB": measured.sum(axis=1).values * n_meas.reindex(measured.index).values / 1e9})
         ax.scatter(pts["params"], pts["GB"], color="black", marker="x", zorder=5, label="measured (this run)")
     ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="persistent training state (GB = 1e9 B)",
-           title="Memory vs model size: analytic model (lines), measured runs (x), seed's 16 / 12 / 6 B/param (dotted)")
+           title="Memory vs model size: analytic model (lines), measured runs (x), the article's 16 / 12 / 6 B/param (dotted)")
     ax.legend(fontsize=7, ncol=2)
     return fig
 

@@ -30,8 +30,8 @@ class Table:
 
 TABLES: dict[str, Table] = {
     "claims": Table(
-        "claims.csv", "The seed's claims and their verdicts",
-        "The seed's four claims, what was measured, on how many seeds, and the verdict with the rule it follows "
+        "claims.csv", "The article's claims and their verdicts",
+        "The article's four claims, what was measured, on how many seeds, and the verdict with the rule it follows "
         "from (``results/claims.csv``). A claim never rests on fewer than ``analysis.min_seeds`` seeds."),
     "comparison": Table(
         "comparison.csv", "Per-method comparison against bf16-amp",
@@ -45,7 +45,7 @@ TABLES: dict[str, Table] = {
         "spread over seeds."),
     "memory_model": Table(
         "memory_model.csv", "Memory model at 10B parameters",
-        "The analytic bytes per parameter of the seed's accounting, of every method and of reference recipes, "
+        "The analytic bytes per parameter of the article's accounting, of every method and of reference recipes, "
         "scaled to 10B parameters, next to the bytes per parameter measured from live tensors in these runs "
         "(``results/memory_model.csv``)."),
     "memory_traced": Table(

@@ -3,7 +3,7 @@
     python -m pipelines.report.landing --results results --figures reports/figures --out reports/landing.rst \
         --tables claims comparison ... --figure-names forest loss_curves ...
 
-``snakemake --report`` opens on this text: the seed's claims with their verdicts, the headline figure
+``snakemake --report`` opens on this text: the article's claims with their verdicts, the headline figure
 (``forest``), the per-method verdicts, the noise floor, where the GPU reference stands, and a link to every
 table and figure the report holds. Every number comes from a CSV under ``results/``; nothing is typed in.
 
@@ -49,13 +49,13 @@ def _heading(title: str, char: str) -> list[str]:
 
 
 def claims_part(claims: pd.DataFrame) -> list[str]:
-    out = _heading("The seed's claims", "-")
+    out = _heading("The article's claims", "-")
     out += ["Each verdict follows from per-seed measurements by a stated rule; `claims.html`_ has the rule and the "
             "basis of each (``n seeds``: the fewest seeds of the methods a claim rests on).", ""]
     for r in claims.itertuples():
         # a claim from the deterministic full-size trace rests on no seeds (n_seeds empty)
         basis = "traced, no seeds" if pd.isna(r.n_seeds) else f"{int(r.n_seeds)} seeds"
-        out += [f"- **{esc(r.verdict)}**: {esc(r.claim)}. Seed's value {esc(r.seed_value)}; measured "
+        out += [f"- **{esc(r.verdict)}**: {esc(r.claim)}. Article's value {esc(r.article_value)}; measured "
                 f"{esc(r.measured)} ({basis})."]
     return out + [""]
 

@@ -157,8 +157,7 @@ def predicted_section(results: str | Path) -> str:
         cols = ["anchor", "recipe", "device", "model", "seq_len", "micro_batch", "ranks", "anchor_lo", "anchor_hi",
                 "predicted", "verdict", "settings"]
         lines += ["### Prediction beside published anchors", "",
-                  "Each anchor at its own shape, device and parallelism (sources in `results/bench/gpu_anchors.csv` "
-                  "and /work/shared/ANCHORS.md); `anchor_lo` empty means \"no speedup\" (at most `anchor_hi`).", "",
+                  "Each anchor at its own shape, device and parallelism (sources in `results/bench/gpu_anchors.csv`); `anchor_lo` empty means \"no speedup\" (at most `anchor_hi`).", "",
                   md_table(anchors[cols], f"results/{ANCHORS_CSV}"), ""]
         bad = anchors[anchors["verdict"] != "agrees"]
         good = anchors[anchors["verdict"] == "agrees"]

@@ -65,10 +65,10 @@ def environment_section(summary: pd.DataFrame) -> str:
 
 
 def claims_section(claims: pd.DataFrame) -> str:
-    view = claims[[c for c in ("claim", "seed_value", "measured", "n_seeds", "verdict", "rule", "activations", "peak",
+    view = claims[[c for c in ("claim", "article_value", "measured", "n_seeds", "verdict", "rule", "activations", "peak",
                                "basis") if c in claims and (c not in ("activations", "peak") or claims[c].notna().any())]]
     notes = [f"- {n}" for n in claims["note"].fillna("") if n]
-    return "\n".join(["## The seed's claims", "",
+    return "\n".join(["## The article's claims", "",
                       "Each verdict follows from per-seed measurements by the rule beside it; `n_seeds` is the fewest "
                       "seeds of the methods a claim rests on.", "",
                       md_table(view, "results/claims.csv"), "", *notes])
@@ -141,22 +141,22 @@ def findings_section(comp: pd.DataFrame) -> str:
 def memory_section(mm: pd.DataFrame) -> str:
     n = mm["n_params"].iloc[0]
     comp_cols = ["weights_bpp", "master_bpp", "grads_bpp", "optim_bpp", "meta_bpp"]
-    seed = mm[mm["kind"] == "seed"][["row", *comp_cols, "analytic_bpp", "gb_at_n"]]
+    article = mm[mm["kind"] == "article"][["row", *comp_cols, "analytic_bpp", "gb_at_n"]]
     meth = mm[mm["kind"] == "method"][["row", *comp_cols, "analytic_bpp", "gb_at_n", "measured_bpp", "measured_gb_at_n"]]
     ref = mm[mm["kind"] == "reference"][["row", "analytic_bpp", "gb_at_n", "note"]]
     return "\n".join([
         f"## Memory at {n / 1e9:g}B parameters",
         "",
-        "(a) The seed's accounting (no master copy, no scales):",
+        "(a) The article's accounting (no master copy, no scales):",
         "",
-        md_table(seed, "results/memory_model.csv"),
+        md_table(article, "results/memory_model.csv"),
         "",
         "(b) Every method: the analytic model (`python -m methods.memory`) next to the bytes/param measured "
         "from live tensors on this run's model, scaled to the same size. ZeRO rows are per rank.",
         "",
         md_table(meth, "results/memory_model.csv"),
         "",
-        "Reference recipes the seed's numbers are usually compared with (not run here):",
+        "Reference recipes the article's numbers are usually compared with (not run here):",
         "",
         md_table(ref, "results/memory_model.csv"),
     ])

@@ -183,6 +183,6 @@ def weights_claim_evidence(results_dir: str | Path) -> str:
 def stability_section(results_dir: str | Path, fig_dir: str | Path, report_dir: str | Path) -> str:
     results_dir, fig_dir, report_dir = Path(results_dir), Path(fig_dir), Path(report_dir)
     parts = [p(results_dir, fig_dir, report_dir) for p in SUBSECTIONS]
-    intro = ("The seed warns that FP8 weights and gradients make pre-training unstable. A run that happens to "
+    intro = ("The article warns that FP8 weights and gradients make pre-training unstable. A run that happens to "
              "survive one setting says little; this section pushes each recipe until it breaks.")
     return "\n\n".join(["## Where FP8 breaks", intro, *[p.strip() for p in parts if p and p.strip()]])

@@ -1,4 +1,4 @@
-"""The variants of the ``stress`` profile (issue 11), generated here and written out in ``pipelines/config.yaml``
+"""The variants of the ``stress`` profile, generated here and written out in ``pipelines/config.yaml``
 (``tests/test_stress.py`` holds the YAML to this), and how a run's name maps back to its stress cell.
 
     python -m pipelines.run.stress_variants      # prints the profile's variants as YAML, to paste
