@@ -309,8 +309,9 @@ start_munged() {
   if [[ ! -s $key ]]; then
     # A key of its own, so this cluster neither needs nor disturbs the machine's /etc/munge/munge.key.
     (umask 077 && head -c 1024 /dev/urandom >"$key")
-    chown munge:munge "$key"
   fi
+  # Every start: a reinstall of munge may have given its user another uid.
+  chown -R munge:munge "$MUNGE_DIR"
   rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock" "$(pidfile_of munged)"
   runuser -u munge -- munged --socket="$MUNGE_SOCKET" --key-file="$key" \
     --pid-file="$(pidfile_of munged)" --log-file="$(log_of munged)" --seed-file="$MUNGE_DIR/munged.seed" ||
