@@ -28,6 +28,7 @@ from pipelines.run import launch
 from pipelines.run import config as config_mod
 from common.atomic import write_json
 from pipelines.run.config import ConfigError
+from pipelines.run.divergence import Divergence
 from pipelines.run.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
 from common.environment import environment
 from pipelines.run.events import RunWriter
@@ -223,22 +224,26 @@ class Run:
                     self.summary[key] = max(self.summary.get(key, v), v)
 
     def divergence(self, res, first_loss: float | None) -> str:
-        if not math.isfinite(res.loss):
-            return f"non-finite loss {res.loss}"
-        if isinstance(res.grad_norm, float) and math.isinf(res.grad_norm):
-            return "infinite gradient norm"
-        if res.grad_norm != res.grad_norm and self.method_has_grad_norm():  # NaN grad norm
-            return "NaN gradient norm"
-        factor = self.train["divergence_factor"]
-        if first_loss is not None and res.loss > factor * first_loss:
-            return f"loss {res.loss:.3f} > {factor} x step-0 loss {first_loss:.3f}"
-        return ""
+        # what ends a run at once: a non-finite value (pipelines.run.divergence defines "diverged")
+        return Divergence.at_step(res.loss, res.grad_norm, self.method_has_grad_norm())
+
+    def judge_end(self) -> None:
+        """The divergence rules judged once a run ran all its steps (pipelines.run.divergence): a final val
+        loss above the step-0 one, or a loss spike that did not recover, make the finished run ``diverged``."""
+        s = self.summary
+        if s["status"] != "ok" or len(self.events_train) != self.train["steps"] or len(self.evals) < 2:
+            return
+        found = Divergence.from_train(self.train).at_end([e["loss"] for e in self.events_train],
+                                                          self.evals[0]["val_loss"], self.evals[-1]["val_loss"])
+        if found:
+            s.update(status="diverged", reason=f"step {found[1]}: {found[0]}", diverged_step=found[1])
 
     def method_has_grad_norm(self) -> bool:
         # Methods that step inside backward (fp8-lean) cannot know the global norm and report NaN.
         return getattr(self.trainee, "reports_grad_norm", True)
 
     def finalize(self) -> dict:
+        self.judge_end()
         s, train = self.summary, self.train
         steps = self.events_train
         s["steps"] = len(steps)
