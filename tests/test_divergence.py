@@ -110,3 +110,13 @@ def test_the_loop_turns_a_finished_run_diverged_and_keeps_its_summary():
     # a run that stopped early (failed, or diverged on a non-finite value) is not judged again
     failed = _run(80, losses[:40], [(0, L0)], status="failed")
     assert failed["status"] == "failed"
+
+
+def test_the_rule_a_reason_comes_from_is_named():
+    from pipelines.run.divergence import kinds
+
+    reason, _ = D.at_end([L0, 9.0, 30.0] + [150.0] * 77, L0, 154.0)
+    assert kinds(reason) == ["above start", "unrecovered spike"]
+    assert kinds("step 8: " + D.at_step(5.0, float("inf"))) == ["non-finite"]
+    assert kinds("step 3: non-finite val loss nan") == ["non-finite"]
+    assert kinds("step 2: loss 30.0 > 3.0 x step-0 loss 8.4") == ["other"] and kinds(None) == ["other"]

@@ -12,7 +12,7 @@ def digits_for(col: str) -> int:
     c = col.lower()
     if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "seeds", "diverged_step"):
         return 0
-    if c.startswith("diverged_step") or c.startswith("steps_vs") or c.endswith("_index"):  # counts of steps
+    if c.startswith("diverged_step") or c.startswith("steps_vs") or c.endswith("_index") or "grid_steps" in c:  # counts of steps
         return 0
     if "sensitivity" in c:  # a loss difference in nats, as the losses are printed
         return 3

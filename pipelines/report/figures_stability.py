@@ -13,8 +13,9 @@ from pipelines.analysis.frontier import COMMAND, REFERENCE
 
 
 def fig_lr_frontier(d):
-    """Recipe x lr: colour the mean paired gap against bf16-amp (%), cells whose runs diverged or failed
-    hatched and marked, each recipe's max stable lr outlined."""
+    """Recipe x lr: colour the mean paired gap against bf16-amp (%); cells where a seed diverged hatched and
+    marked with how many (``div k/n``; failed runs likewise), each recipe's divergence lr (the smallest lr at
+    which any seed diverged) framed in black, its max within-margin lr outlined in green."""
     cells = d.frontier_cells
     if cells is None or cells.empty:
         return f"no learning-rate frontier in these results ({COMMAND})"
@@ -42,12 +43,15 @@ def fig_lr_frontier(d):
             text = "–" if np.isnan(r.gap_mean_pct) else f"{r.gap_mean_pct:+.1f}"
         dark = np.isfinite(r.gap_mean_pct) and abs(r.gap_mean_pct) > 0.6 * lim and not broken
         ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
-        if r.max_stable:  # inset, so that the axes do not clip it; green reads on red, blue and white alike
+        if r.max_within_margin:  # inset, so that the axes do not clip it; green reads on red, blue and white alike
             ax.add_patch(Rectangle((j - 0.45, i - 0.42), 0.9, 0.84, fill=False, edgecolor="#00b000", lw=2.5))
+        if r.first_divergence:
+            ax.add_patch(Rectangle((j - 0.47, i - 0.45), 0.94, 0.9, fill=False, edgecolor="black", lw=2.5))
     ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
     ax.set_yticks(range(len(methods)), methods, fontsize=8)
     ax.set(xlabel="peak learning rate", title=f"Where each recipe breaks ({key[0]}/{key[1]})\n"
-                                              "paired gap; green: max stable lr; hatched: diverged or failed")
+                                              "paired gap; hatched: diverged (div k/n) or failed; black frame: divergence lr; "
+                                              "green: max within-margin lr")
     ax.grid(False)
     return fig
 

@@ -89,9 +89,10 @@ TABLES: dict[str, Table] = {
         "speedup the source reports, and whether they agree (``results/bench/gpu_anchors.csv``)."),
     "frontier": Table(
         "frontier.csv", "Learning-rate frontier per recipe",
-        "Per recipe (``results/frontier.csv``): the max stable learning rate of the grid, how many grid steps it "
-        "lies from bf16-amp's, the lr sensitivity (Wortsman et al. 2023) and the seeds, with the rules; empty where "
-        "no recipe ran over a grid of learning rates (the ``stability`` profile does)."),
+        "Per recipe (``results/frontier.csv``): the divergence learning rate (the smallest grid lr at which a seed "
+        "diverged) and how many grid steps it lies from bf16-amp's, paired by seed; the max within-margin learning "
+        "rate; the lr sensitivity (Wortsman et al. 2023) and the seeds, with the rules; empty where no recipe ran "
+        "over a grid of learning rates (the ``stability`` profile does). Per seed: ``results/frontier_seeds.csv``."),
     "summary": Table(
         "summary.csv", "All runs",
         "One row per run (``results/summary.csv``): status and reason, losses, paired gap, throughput, memory."),

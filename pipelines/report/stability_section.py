@@ -14,16 +14,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.analysis.frontier import CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, lr_text, statements
+from pipelines.analysis.frontier import (CELLS_CSV, COMMAND, FRONTIER_CSV, PROFILE, REFERENCE, SEEDS_CSV, lr_text,
+                                         statements)
 from pipelines.analysis.markdown import fmt, md_table
 from pipelines.report.stress_section import STRESS_SUBSECTIONS
 
 Subsection = Callable[[Path, Path, Path], str]
 
-FRONTIER_VIEW = ["method", "n_seeds", "max_stable_lr", "steps_vs_reference", "lr_sensitivity", "lr_sensitivity_sd",
-                 "n_sensitivity_seeds", "best_lr", "best_loss"]
-CELL_VIEW = ["method", "lr", "status", "stable", "excess_pct", "gaps_pct", "gap_mean_pct", "gap_ci_lo_pct",
-             "gap_ci_hi_pct", "diverged_step_min"]
+FRONTIER_VIEW = ["method", "n_seeds", "divergence_lr", "divergence_grid_steps", "divergence_vs_reference",
+                 "divergence_paired_grid_steps", "divergence_kinds", "within_margin_lr", "within_margin_grid_steps",
+                 "lr_sensitivity", "lr_sensitivity_sd", "n_sensitivity_seeds", "best_lr", "best_loss"]
+SEED_VIEW = ["method", "seed", "divergence_lr", "diverged_on_grid", "divergence_kinds", "diverged_step",
+             "paired_grid_steps", "vs_reference"]
+CELL_VIEW = ["method", "lr", "status", "divergence_kinds", "within_margin", "excess_pct", "gaps_pct", "gap_mean_pct",
+             "gap_ci_lo_pct", "gap_ci_hi_pct", "diverged_step_min"]
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -61,7 +65,7 @@ def _noise_floor_line(results_dir: Path, profile: str, model: str, margin: float
 
 
 def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
-    fr, cells = _read(results_dir / FRONTIER_CSV), _read(results_dir / CELLS_CSV)
+    fr, cells, seeds = (_read(results_dir / n) for n in (FRONTIER_CSV, CELLS_CSV, SEEDS_CSV))
     head = ["### Learning-rate frontier", ""]
     if fr.empty:
         return "\n".join(head + [
@@ -70,21 +74,30 @@ def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> s
             f"also in another profile's report."])
     out = head + [
         f"Each recipe trained over a grid of peak learning rates (from `{fr['source'].iloc[0]}`), paired by seed: "
-        f"runs at the same seed share initial weights and batches. Rules: {fr['rule'].iloc[0]}; "
-        f"{fr['sensitivity_rule'].iloc[0]}. `steps_vs_reference` is how many grid steps a recipe's max stable lr "
-        f"lies above (+) or below (-) `{REFERENCE}`'s; a recipe with no stable grid lr counts one step below the "
-        f"grid.", ""]
+        f"runs at the same seed share initial weights and batches, so the grid shows where each recipe breaks "
+        f"and whether an FP8 recipe breaks at a lower learning rate than `{REFERENCE}` (the article's \"training "
+        f"pace\"). Definition: {fr['divergence_definition'].iloc[0]}. Rules: {fr['divergence_rule'].iloc[0]}; "
+        f"{fr['rule'].iloc[0]}; {fr['sensitivity_rule'].iloc[0]}. `divergence_grid_steps` is how many grid "
+        f"steps a recipe's divergence lr (the smallest over its seeds) lies above (+) or below (-) "
+        f"`{REFERENCE}`'s, `divergence_paired_grid_steps` the same per seed (`>=` / `<=`: a bound, one side did "
+        f"not diverge on the grid); `within_margin_grid_steps` the same for the max within-margin lr (a recipe "
+        f"with none counts one step below the grid).", ""]
     for (profile, model), g in fr.groupby(["profile", "model"], sort=False):
         if fr.groupby(["profile", "model"]).ngroups > 1:
             out += [f"#### {profile} / {model}", ""]
         out += [f"Grid: {g['grid'].iloc[0]}; margin {g['margin_pct'].iloc[0]:g}%.", "",
                 md_table(g[FRONTIER_VIEW], f"results/{FRONTIER_CSV}"), ""]
+        s = seeds[(seeds["profile"] == profile) & (seeds["model"] == model)] if len(seeds) else seeds
+        if len(s):
+            out += [f"Per recipe and seed (`results/{SEEDS_CSV}`): the smallest grid lr at which the run diverged "
+                    f"(none: not on the grid), the rule that fired, the step, and the grid steps to "
+                    f"`{REFERENCE}`'s at the same seed.", "", md_table(s[SEED_VIEW], f"results/{SEEDS_CSV}"), ""]
         out += _noise_floor_line(results_dir, profile, model, float(g["margin_pct"].iloc[0]))
         c = cells[(cells["profile"] == profile) & (cells["model"] == model)]
         if len(c):
-            out += ["Per recipe and lr (`results/frontier_cells.csv`): statuses, each seed's excess over the best "
-                    f"loss at its seed (%), and the paired gap against `{REFERENCE}` at the same seed and lr (per "
-                    "seed, mean, Student-t interval from 2 seeds on).", "",
+            out += ["Per recipe and lr (`results/frontier_cells.csv`): statuses, the divergence rules that fired, "
+                    "each seed's excess over the best loss at its seed (%), and the paired gap against "
+                    f"`{REFERENCE}` at the same seed and lr (per seed, mean, Student-t interval from 2 seeds on).", "",
                     md_table(c[CELL_VIEW], f"results/{CELLS_CSV}"), ""]
     out += [f"- {s}" for s in statements(fr)] + [""]
     out += _figure(fig_dir, report_dir, "lr_frontier")

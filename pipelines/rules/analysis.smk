@@ -65,7 +65,8 @@ rule memory_traced:
 
 FRONTIER_CSV = f"{RESULTS}/frontier.csv"
 FRONTIER_CELLS_CSV = f"{RESULTS}/frontier_cells.csv"
-FRONTIER_CSVS = [FRONTIER_CSV, FRONTIER_CELLS_CSV]
+FRONTIER_SEEDS_CSV = f"{RESULTS}/frontier_seeds.csv"
+FRONTIER_CSVS = [FRONTIER_CSV, FRONTIER_CELLS_CSV, FRONTIER_SEEDS_CSV]
 
 
 rule frontier:
@@ -74,6 +75,7 @@ rule frontier:
     output:
         frontier=FRONTIER_CSV,
         cells=FRONTIER_CELLS_CSV,
+        seeds=FRONTIER_SEEDS_CSV,
     params:
         analysis=ANALYSIS_JSON,
     conda:

@@ -27,6 +27,20 @@ import math
 from dataclasses import dataclass
 
 
+#: the rule each part of a ``diverged`` run's reason comes from, as tables name it
+KINDS = {"non-finite": ("non-finite", "infinite gradient norm", "NaN gradient norm"),
+         "above start": ("above the step-0 val loss",),
+         "unrecovered spike": ("a spike that did not recover",)}
+
+
+def kinds(reason) -> list[str]:
+    """Which of the rules a diverged run's recorded reason names (``KINDS``), in their order; a reason from
+    none of them (a run recorded by an earlier rule) is ``other``."""
+    text = str(reason) if isinstance(reason, str) else ""
+    found = [k for k, marks in KINDS.items() if any(m in text for m in marks)]
+    return found or ["other"]
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
