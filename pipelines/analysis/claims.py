@@ -1,12 +1,19 @@
 """The article's claims with the measured values and a verdict (holds / does not hold / inconclusive), each
-decided from the per-method comparison (``pipelines.analysis.comparison``) and the full-size trace by the rule
-printed beside it (``results/claims.csv``)."""
+decided by the rule printed beside it (``results/claims.csv``): the memory claims from the per-method comparison
+(``pipelines.analysis.comparison``) and the full-size trace, the stability claims from the default run, the
+learning-rate frontier, the long horizon and the outlier injection (``pipelines.analysis.stability_claims``).
+Each stability row names the recipes that decide it (the claim's configuration) and those reported beside it
+with the second change they add."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from pipelines.analysis import stability_claims as sc
 from pipelines.analysis.stats import Analysis, base_verdict
+
+COLUMNS = ["claim", "article_value", "measured", "n_seeds", "basis", "verdict", "rule", "decided_by", "beside",
+           "reading", "activations", "peak", "note"]
 
 
 def _main_rows(comp: pd.DataFrame) -> pd.DataFrame:
@@ -77,10 +84,11 @@ def traced_10b(traced: pd.DataFrame, methods: list[str], model: str = "10b", exp
 
 
 def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float = 0.1,
-           traced: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The article's four claims with the measured values and a verdict (holds / does not hold / inconclusive),
+           traced: pd.DataFrame | None = None, stability: sc.StabilityTables | None = None) -> pd.DataFrame:
+    """The article's claims with the measured values and a verdict (holds / does not hold / inconclusive),
     each derived from per-seed measurements by the rule printed beside it; none rests on fewer than
-    ``an.min_seeds`` seeds (``n_seeds``: the fewest seeds of the methods it rests on)."""
+    ``an.min_seeds`` seeds (``n_seeds``: the fewest seeds of the measurements it rests on). ``stability``: the
+    frontier, long-horizon and outlier tables (empty where those tests did not run)."""
     an = an or Analysis()
     rows_main = _main_rows(comp)
     rows = []
@@ -130,64 +138,10 @@ def claims(comp: pd.DataFrame, an: Analysis | None = None, bpp_tolerance: float 
             "note": "",
         })
 
-    naive = _one(rows_main, "fp8-naive")
-    if naive is None:
-        v, m, n = "not measured (fp8-naive did not run)", "–", 0
-    else:
-        n = int(naive["n_judged"])
-        vb = base_verdict(naive["verdict"])
-        m = _method_text("fp8-naive", naive)
-        if not pd.isna(naive.get("weight_codes_unchanged_frac_mean", np.nan)):
-            m += (f"; FP8 weight codes unchanged by a step: {100 * naive['weight_codes_unchanged_frac_mean']:.1f}% "
-                  f"on average, up to {100 * naive['weight_codes_unchanged_frac_max']:.1f}%")
-        if n < an.min_seeds:
-            v = f"inconclusive ({n} seeds)"
-        elif vb in ("diverged", "worse"):
-            v = "holds"
-        else:
-            v = {"equivalent": "does not hold", "better": "does not hold"}.get(vb, "inconclusive")
-    rows.append({
-        "claim": "FP8 weights and gradients (no high-precision copy) are unstable: training diverges or ends worse",
-        "article_value": "unstable", "measured": m, "n_seeds": n,
-        "basis": "fp8-naive: weights and grads stored in FP8 with one per-tensor scale, no master copy",
-        "verdict": v,
-        "rule": (f"with at least {an.min_seeds} seeds run: holds if any seed diverges or the verdict is worse (CI "
-                 f"above +{an.margin_pct:g}%), does not hold if equivalent or better, otherwise inconclusive; with fewer "
-                 f"seeds, inconclusive"),
-        "note": ("the share of FP8 weight codes a step leaves unchanged (telemetry, per layer) shows whether "
-                 "fp8-naive stalls rather than diverges"),
-    })
-
-    names = ("fp8-optim", "fp8-e2e", "fp8-lean")
-    picked = [(name, _one(rows_main, name)) for name in names]
-    judged = [(name, r) for name, r in picked if r is not None and int(r["n_judged"]) >= an.min_seeds]
-    refuters = [int(r["n_judged"]) for _, r in judged if base_verdict(r["verdict"]) in ("diverged", "worse")]
-    m = "; ".join(_method_text(name, r) for name, r in picked)
-    if refuters:
-        v, n = "does not hold", min(refuters)
-    else:
-        n = min(int(r["n_judged"]) if r is not None else 0 for _, r in picked)
-        if n < an.min_seeds:
-            v = f"inconclusive ({n} seeds)"
-        elif all(base_verdict(r["verdict"]) in ("equivalent", "better") for _, r in picked):
-            v = "holds"
-        else:
-            v = "inconclusive"
-    verdicts = {name: base_verdict(r["verdict"]) for name, r in picked if r is not None}
-    note = ""
-    if verdicts.get("fp8-lean") in ("worse", "diverged") and verdicts.get("fp8-optim") in ("equivalent", "better"):
-        # fp8-lean holds the same FP8 states as fp8-optim; it differs in stepping inside backward
-        note = ("fp8-lean is " + verdicts["fp8-lean"] + " while fp8-optim, with the same FP8 states but global-norm "
-                "clipping and gradients held until the step, is " + verdicts["fp8-optim"] + ": the gap comes from "
-                "stepping inside backward (per-tensor clipping), not from storing the moments in FP8")
-    rows.append({
-        "claim": "FP8 optimizer states keep training stable",
-        "article_value": "stable", "measured": m, "n_seeds": n,
-        "basis": "fp8-optim (FP8 m, v), fp8-e2e (plus FP8 linears), fp8-lean (plus step-in-backward)",
-        "verdict": v,
-        "rule": (f"does not hold if any of them, run on at least {an.min_seeds} seeds, diverges or is worse; holds if "
-                 f"all three, each on at least {an.min_seeds} seeds, are equivalent or better (CI inside "
-                 f"±{an.margin_pct:g}% or below it); otherwise inconclusive"),
-        "note": note,
-    })
-    return pd.DataFrame(rows)
+    st = stability or sc.StabilityTables()
+    rows.append(sc.weights_row(rows_main, st, an))
+    rows.append(sc.pace_row(st, an))
+    rows.append(sc.outliers_row(st, an))
+    rows.append(sc.optim_row(rows_main, an, _method_text))
+    out = pd.DataFrame(rows)
+    return out.reindex(columns=[c for c in COLUMNS if c in out] + [c for c in out if c not in COLUMNS])

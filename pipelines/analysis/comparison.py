@@ -4,7 +4,8 @@ its command also writes the tables built on them (the claims, the memory model, 
     python -m pipelines.analysis.comparison --summary results/summary.csv --out-dir results [--analysis JSON]
 
 writes ``comparison.csv`` + ``comparison.md``, ``noise_floor.csv``, ``claims.csv``, ``memory_model.csv`` and
-``optim_ablation.csv``. Every registered method gets a comparison row, also when it did not run (status
+``optim_ablation.csv``; the claims also read the stability tables already in ``--out-dir`` (``frontier.csv``,
+``long_horizon.csv``, ``stress_outliers.csv``). Every registered method gets a comparison row, also when it did not run (status
 ``not run``) or was skipped; the numbers the report prints are these files' numbers.
 
 Per method and lr: the paired gaps of its seeds against ``bf16-amp`` at the same seed (``loss_gap_pct`` of
@@ -197,7 +198,10 @@ def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | N
     floors = noise_floors(summary, an)
     comp = comparison(summary, an=an, floors=floors)
     traced = pd.read_csv(traced_csv) if traced_csv and Path(traced_csv).is_file() else None
-    cl = claims(comp, an, traced=traced)
+    # the stability claims read the frontier, long-horizon and outlier tables written beside (empty if absent)
+    from pipelines.analysis.stability_claims import StabilityTables
+
+    cl = claims(comp, an, traced=traced, stability=StabilityTables.load(out_dir))
     mm = memory_model(comp)
     ab = optim_ablation(summary, comp)
     paths = {"comparison": out_dir / "comparison.csv", "comparison_md": out_dir / "comparison.md",

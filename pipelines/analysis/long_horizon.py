@@ -4,18 +4,28 @@
 
 The default profile trains 200 steps; fp8-naive's telemetry there shows most of its FP8 weight codes
 unchanged by a step (the update is below half an E4M3 spacing), yet it finishes ``ok``. The
-``long_horizon`` profile trains bf16-amp, fp8-naive (plain and with its weight update rounded
-stochastically), fp8-e2e, fp8-optim and fp8-own-tensorwise for 10x the tokens, to show whether that stall
-turns into a growing loss gap or a divergence.
+``long_horizon`` profile trains bf16-amp, fp32 (the null: a change that should not matter), fp8-naive (plain
+and with its weight update rounded stochastically), fp8-e2e and fp8-optim for 10x the tokens on 3 seeds, to
+show whether that stall turns into a loss gap that grows as the cosine schedule lowers the lr, or a divergence.
 
-Writes ``results/long_horizon.csv`` (one row per run: status, the paired gap against bf16-amp at the same
-seed at the default horizon and at the end, the share of unchanged FP8 weight codes early and late) and
-``results/long_horizon_curve.csv`` (the paired gap at every evaluation). Reads the runs of the
-``long_horizon`` profile on disk, so any profile's report shows them once they ran.
+Everything is paired by seed against bf16-amp (same initial weights, same batches). Writes
 
-A gap **grows** when its change from the default horizon to the end exceeds the margin
-(``analysis.margin_pct``) and, with fewer than ``analysis.min_seeds`` seeds, also ``far_factor`` x the noise
-floor (the suite's rule for a verdict on few seeds); it **shrinks** symmetrically; otherwise it holds.
+- ``results/long_horizon.csv``: one row per recipe: the paired gap at the evaluation nearest the default
+  horizon and at the end (per seed, mean, Student-t interval), the verdict at the end against the margin
+  (``pipelines.analysis.stats.verdict``, with this horizon's own noise floor), and the **trend**;
+- ``results/long_horizon_runs.csv``: one row per run (status, reason, both gaps, the share of unchanged FP8
+  weight codes early and late);
+- ``results/long_horizon_curve.csv``: one row per recipe and evaluation step: the paired gaps over seeds,
+  their mean and Student-t interval (the figure's band).
+
+The **noise floor** of this horizon is fp32's largest |paired gap| at the end (``analysis.null_methods``): the
+default horizon's floor says nothing about how far two harmless recipes drift apart in 2000 steps.
+
+**Trend** (per recipe): the per-seed change gap(end) - gap(default horizon), its mean and Student-t interval
+over seeds: ``grows`` where the interval lies above 0, ``shrinks`` where below, ``holds`` where it contains 0;
+``diverged`` where any seed diverged; ``inconclusive (n seeds)`` on fewer than ``analysis.min_seeds`` seeds.
+
+Reads the runs of the ``long_horizon`` profile on disk, so any profile's report shows them once they ran.
 """
 from __future__ import annotations
 
@@ -26,17 +36,31 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import write_csv
+from pipelines.analysis.stats import Analysis, noise_floor, t_interval, verdict
 from pipelines.run.events import read_events
-from pipelines.analysis.stats import Analysis
 
 PROFILE = "long_horizon"
 COMMAND = f"snakemake --cores all --config profile={PROFILE}"
 REFERENCE = "bf16-amp"
-LONG_CSV, CURVE_CSV = "long_horizon.csv", "long_horizon_curve.csv"
-COLUMNS = ["model", "method", "seed", "status", "reason", "diverged_step", "steps", "tokens", "default_steps",
-           "tokens_ratio", "horizon_step", "gap_at_default_pct", "gap_final_pct", "gap_change_pct", "trend",
-           "unchanged_early", "unchanged_late", "final_val_loss"]
-CURVE_COLUMNS = ["profile", "model", "method", "lr", "seed", "status", "step", "val_loss", "ref_val_loss", "gap_pct"]
+LONG_CSV, RUNS_CSV, CURVE_CSV = "long_horizon.csv", "long_horizon_runs.csv", "long_horizon_curve.csv"
+COLUMNS = [
+    "model", "method", "n_seeds", "seeds", "status", "n_diverged", "diverged_steps", "steps", "default_steps",
+    "tokens_ratio", "horizon_step", "gaps_default_pct", "gap_default_mean_pct", "gap_default_ci_lo_pct",
+    "gap_default_ci_hi_pct", "gaps_end_pct", "gap_end_mean_pct", "gap_end_ci_lo_pct", "gap_end_ci_hi_pct",
+    "verdict_end", "changes_pct", "change_mean_pct", "change_ci_lo_pct", "change_ci_hi_pct", "trend",
+    "noise_floor_pct", "null_method", "null_gaps_end_pct", "margin_pct", "unchanged_early", "unchanged_late",
+    "verdict_rule", "trend_rule",
+]
+RUN_COLUMNS = ["model", "method", "seed", "status", "reason", "diverged_step", "steps", "tokens", "default_steps",
+               "tokens_ratio", "horizon_step", "gap_at_default_pct", "gap_final_pct", "gap_change_pct",
+               "unchanged_early", "unchanged_late", "final_val_loss"]
+CURVE_COLUMNS = ["model", "method", "step", "n_seeds", "gaps_pct", "gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct"]
+
+
+def trend_rule(an: Analysis) -> str:
+    return (f"trend: per seed the change gap(end) - gap(default horizon) of the paired gap vs {REFERENCE}; grows "
+            f"if the {an.confidence:.0%} Student-t interval of its mean over seeds lies above 0, shrinks if below, "
+            f"holds if it contains 0; diverged if any seed diverged; fewer than {an.min_seeds} seeds: inconclusive")
 
 
 def runs_on_disk(results: Path) -> pd.DataFrame:
@@ -67,58 +91,118 @@ def _at(series: pd.Series, step: int) -> float:
     return float(series.iloc[int(np.argmin(np.abs(series.index.to_numpy() - step)))])
 
 
-def trend(change: float, n_seeds: int, an: Analysis, noise_floor_pct: float | None) -> str:
-    if not np.isfinite(change):
+def trend(changes, an: Analysis, diverged: bool = False) -> str:
+    """The trend of a recipe's gap from its per-seed changes (``trend_rule``)."""
+    if diverged:
+        return "diverged"
+    x = [float(v) for v in changes if v is not None and np.isfinite(v)]
+    if not x:
         return "n/a"
-    bar = an.margin_pct
-    if n_seeds < an.min_seeds and noise_floor_pct is not None and np.isfinite(noise_floor_pct):
-        bar = max(bar, an.far_factor * noise_floor_pct)
-    return "grows" if change > bar else "shrinks" if change < -bar else "holds"
+    if len(x) < an.min_seeds:
+        return f"inconclusive ({len(x)} seed{'s' * (len(x) > 1)})"
+    ci = t_interval(x, an.confidence)
+    return "grows" if ci.lo > 0 else "shrinks" if ci.hi < 0 else "holds"
 
 
-def long_horizon(runs: pd.DataFrame, default_steps: int, an: Analysis,
-                 noise_floor_pct: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-run table, per-eval curve) of the long_horizon runs; ``default_steps`` is the default profile's
-    horizon, where the gap is read a second time."""
-    from pipelines.analysis.collect import eval_gaps
+def _join(values, digits: int = 2) -> str:
+    return " / ".join("–" if not np.isfinite(v) else f"{v:+.{digits}f}" for v in values)
 
-    if runs.empty:
-        return pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=CURVE_COLUMNS)
-    curve = eval_gaps(runs)[CURVE_COLUMNS]
-    n_seeds = runs.groupby("method")["seed"].nunique()
+
+def _per_run(runs: pd.DataFrame, curve_runs: pd.DataFrame, default_steps: int) -> pd.DataFrame:
     rows = []
     for r in runs.itertuples():
-        c = curve[(curve["method"] == r.method) & (curve["seed"] == r.seed) & (curve["model"] == r.model)]
+        c = curve_runs[(curve_runs["method"] == r.method) & (curve_runs["seed"] == r.seed)
+                       & (curve_runs["model"] == r.model)]
         c = c.dropna(subset=["gap_pct"]).set_index("step")["gap_pct"].sort_index()
         horizon = int(c.index[np.argmin(np.abs(c.index.to_numpy() - default_steps))]) if len(c) else default_steps
         at_default = _at(c, default_steps)
         final = float(r.loss_gap_pct) if pd.notna(r.loss_gap_pct) else float("nan")
-        change = final - at_default
         unchanged = unchanged_by_step(r.run_dir)
         rows.append({
             "model": r.model, "method": r.method, "seed": int(r.seed), "status": r.status, "reason": r.reason,
             "diverged_step": r.diverged_step, "steps": r.steps, "tokens": r.tokens, "default_steps": default_steps,
             "tokens_ratio": float(r.steps) / default_steps if pd.notna(r.steps) else float("nan"),
             "horizon_step": horizon, "gap_at_default_pct": at_default, "gap_final_pct": final,
-            "gap_change_pct": change,
-            "trend": "diverged" if r.status == "diverged" else trend(change, int(n_seeds[r.method]), an, noise_floor_pct),
+            "gap_change_pct": final - at_default,
             "unchanged_early": _at(unchanged, default_steps), "unchanged_late": _at(unchanged, int(r.steps or 0)),
             "final_val_loss": r.final_val_loss})
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=RUN_COLUMNS)
     first = [REFERENCE] if REFERENCE in set(table["method"]) else []
     order = first + sorted(set(table["method"]) - set(first))
     table["_o"] = table["method"].map(order.index)
-    table = table.sort_values(["model", "_o", "seed"], kind="stable").drop(columns="_o").reset_index(drop=True)
-    return table, curve
+    return table.sort_values(["model", "_o", "seed"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def _noise_floor(results: Path) -> float | None:
-    """The largest noise floor measured in these results (the default lr's), for the few-seed rule."""
-    path = results / "noise_floor.csv"
-    if not path.is_file():
-        return None
-    nf = pd.read_csv(path)
-    return float(nf["noise_floor_pct"].max()) if len(nf) else None
+def _curve(curve_runs: pd.DataFrame, an: Analysis) -> pd.DataFrame:
+    rows = []
+    c = curve_runs[curve_runs["method"] != REFERENCE].dropna(subset=["gap_pct"])
+    for (model, method, step), g in c.groupby(["model", "method", "step"], sort=True):
+        g = g.sort_values("seed")
+        ci = t_interval(g["gap_pct"], an.confidence)
+        rows.append({"model": model, "method": method, "step": int(step), "n_seeds": ci.n,
+                     "gaps_pct": _join(g["gap_pct"]), "gap_mean_pct": ci.mean, "gap_ci_lo_pct": ci.lo,
+                     "gap_ci_hi_pct": ci.hi})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _null_floor(per_run: pd.DataFrame, an: Analysis) -> tuple[float, str, str]:
+    """This horizon's noise floor: the largest |paired gap| at the end of the null methods' finished runs."""
+    for null in an.null_methods:
+        r = per_run[(per_run["method"] == null) & (per_run["status"] == "ok")].sort_values("seed")
+        if len(r):
+            return noise_floor(r["gap_final_pct"]), null, _join(r["gap_final_pct"])
+    return float("nan"), "", ""
+
+
+def long_horizon(runs: pd.DataFrame, default_steps: int, an: Analysis
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(per-recipe table, per-run table, per-step curve) of the long_horizon runs; ``default_steps`` is the
+    default profile's horizon, where the gap is read a second time."""
+    from pipelines.analysis.collect import eval_gaps
+
+    if runs.empty:
+        return (pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=RUN_COLUMNS),
+                pd.DataFrame(columns=CURVE_COLUMNS))
+    curve_runs = eval_gaps(runs)
+    per_run = _per_run(runs, curve_runs, default_steps)
+    floor, null, null_gaps = _null_floor(per_run, an)
+    rows = []
+    for (model, method), g in per_run.groupby(["model", "method"], sort=False):
+        ok = g[g["status"] == "ok"]
+        diverged = bool((g["status"] == "diverged").any())
+        d_ci = t_interval(ok["gap_at_default_pct"], an.confidence)
+        e_ci = t_interval(ok["gap_final_pct"], an.confidence)
+        changes = ok["gap_change_pct"]
+        c_ci = t_interval(changes, an.confidence)
+        is_ref = method == REFERENCE
+        statuses = g["status"].tolist()
+        rows.append({
+            "model": model, "method": method, "n_seeds": int(g["seed"].nunique()),
+            "seeds": ",".join(str(int(s)) for s in g["seed"]),
+            "status": ", ".join(f"{k}×{statuses.count(k)}" for k in dict.fromkeys(statuses)),
+            "n_diverged": int((g["status"] == "diverged").sum()),
+            "diverged_steps": " / ".join(f"{int(s)}" for s in g["diverged_step"].dropna()),
+            "steps": int(g["steps"].max()) if g["steps"].notna().any() else np.nan,
+            "default_steps": default_steps, "tokens_ratio": g["tokens_ratio"].max(),
+            "horizon_step": int(g["horizon_step"].mode().iloc[0]),
+            "gaps_default_pct": "reference" if is_ref else _join(ok["gap_at_default_pct"]),
+            "gap_default_mean_pct": np.nan if is_ref else d_ci.mean,
+            "gap_default_ci_lo_pct": np.nan if is_ref else d_ci.lo,
+            "gap_default_ci_hi_pct": np.nan if is_ref else d_ci.hi,
+            "gaps_end_pct": "reference" if is_ref else _join(ok["gap_final_pct"]),
+            "gap_end_mean_pct": np.nan if is_ref else e_ci.mean,
+            "gap_end_ci_lo_pct": np.nan if is_ref else e_ci.lo, "gap_end_ci_hi_pct": np.nan if is_ref else e_ci.hi,
+            "verdict_end": "reference" if is_ref else verdict(ok["gap_final_pct"], an, floor, diverged),
+            "changes_pct": "reference" if is_ref else _join(changes),
+            "change_mean_pct": np.nan if is_ref else c_ci.mean, "change_ci_lo_pct": np.nan if is_ref else c_ci.lo,
+            "change_ci_hi_pct": np.nan if is_ref else c_ci.hi,
+            "trend": "reference" if is_ref else trend(changes, an, diverged),
+            "noise_floor_pct": floor, "null_method": null, "null_gaps_end_pct": null_gaps,
+            "margin_pct": an.margin_pct,
+            "unchanged_early": g["unchanged_early"].mean(), "unchanged_late": g["unchanged_late"].mean(),
+            "verdict_rule": an.rule(), "trend_rule": trend_rule(an),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS), per_run, _curve(curve_runs, an)
 
 
 def default_steps() -> int:
@@ -128,15 +212,14 @@ def default_steps() -> int:
 
 
 def write_outputs(results: str | Path, an: Analysis | None = None, default: int | None = None) -> dict[str, Path]:
-    """The two CSVs under ``results``; ``default``: the default horizon in steps (pipelines/config.yaml's)."""
+    """The three CSVs under ``results``; ``default``: the default horizon in steps (pipelines/config.yaml's)."""
     from pipelines.analysis.comparison import load_analysis
 
     results = Path(results)
-    table, curve = long_horizon(runs_on_disk(results), default or default_steps(), an or load_analysis(),
-                                _noise_floor(results))
-    paths = {"table": results / LONG_CSV, "curve": results / CURVE_CSV}
-    for key, df in (("table", table), ("curve", curve)):
-        write_csv(df, paths[key])
+    tables = long_horizon(runs_on_disk(results), default or default_steps(), an or load_analysis())
+    paths = {"table": results / LONG_CSV, "runs": results / RUNS_CSV, "curve": results / CURVE_CSV}
+    for path, df in zip(paths.values(), tables):
+        write_csv(df, path)
     return paths
 
 
@@ -154,8 +237,9 @@ def main(argv=None) -> int:
     if table.empty:
         print(f"no long-horizon runs on disk; run: {COMMAND}")
     else:
-        print(table[["method", "seed", "status", "gap_at_default_pct", "gap_final_pct", "trend",
-                     "unchanged_early", "unchanged_late"]].to_string(index=False))
+        print(table[["method", "n_seeds", "status", "gap_default_mean_pct", "gap_end_mean_pct", "gap_end_ci_lo_pct",
+                     "gap_end_ci_hi_pct", "verdict_end", "change_mean_pct", "trend", "noise_floor_pct"]]
+              .to_string(index=False))
     return 0
 
 

@@ -73,7 +73,7 @@ def _paired(df: pd.DataFrame, method: str, reference: str) -> dict:
     gaps = [paired_gap_pct(v, ref[s][1]) for s, (st, v) in sorted(runs.items())
             if st == "ok" and s in ref and ref[s][0] == "ok" and math.isfinite(v)]
     ci = t_interval(gaps)
-    return {"n_seeds": len(runs), "n_diverged": sum(st == "diverged" for st, _ in runs.values()),
+    return {"n_seeds": len(runs), "n_diverged": sum(st == "diverged" for st, _ in runs.values()), "n_paired": ci.n,
             "gap_mean_pct": ci.mean, "gap_ci_lo_pct": ci.lo, "gap_ci_hi_pct": ci.hi,
             "gap_min_pct": min(gaps) if gaps else math.nan, "gap_max_pct": max(gaps) if gaps else math.nan}
 
@@ -126,6 +126,9 @@ def outliers_table(df: pd.DataFrame) -> pd.DataFrame:
             p = _paired(df, name, base)
             rows.append({"granularity": gran, "k": k, "method": name, "n_seeds": p["n_seeds"],
                          "n_diverged": p["n_diverged"], "gap_vs_uninjected_pct": p["gap_mean_pct"],
+                         # the interval over the paired seeds (the outlier claim's rule reads it)
+                         "gap_vs_uninjected_ci_lo_pct": p["gap_ci_lo_pct"], "gap_vs_uninjected_ci_hi_pct": p["gap_ci_hi_pct"],
+                         "n_paired": p["n_paired"],
                          "gap_vs_bf16_amp_pct": _paired(df, name, REFERENCE)["gap_mean_pct"],
                          **_layer_fractions(df[df["method"] == name]["run_dir"], sv.OUTLIER_LAYER)})
     return pd.DataFrame(rows)

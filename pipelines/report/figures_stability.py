@@ -58,26 +58,31 @@ def fig_lr_frontier(d):
 
 def fig_long_horizon(d):
     """The paired gap against bf16-amp over training steps in the long_horizon profile, one line per recipe
-    (mean over seeds), the default profile's horizon marked: does an early gap grow, hold or close?"""
+    (mean over seeds) with its Student-t interval as a band, the default profile's horizon marked: does an
+    early gap grow, hold or close? fp32 (the null) is drawn in grey: its band is this horizon's noise."""
     from pipelines.analysis.long_horizon import COMMAND as LONG_COMMAND, default_steps
 
     c = d.long_horizon_curve
-    if c is None or c.empty or c["gap_pct"].notna().sum() == 0:
+    if c is None or c.empty or c["gap_mean_pct"].notna().sum() == 0:
         return f"no long-horizon runs in these results ({LONG_COMMAND})"
-    c = c[c["method"] != REFERENCE].dropna(subset=["gap_pct"])
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    for (method, model), g in c.groupby(["method", "model"]):
-        m = g.groupby("step")["gap_pct"].mean()
-        n = g["seed"].nunique()
-        ax.plot(m.index, m.to_numpy(), marker="o", ms=3, label=f"{method} (n={n})")
-        broken = g[g["status"] != "ok"]
-        if len(broken):  # where a run ended early: its last evaluation
-            last = broken.sort_values("step").groupby("seed").tail(1)
-            ax.scatter(last["step"], last["gap_pct"], marker="x", s=60, color="black", zorder=3)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    for (model, method), g in c.groupby(["model", "method"], sort=True):
+        g = g.sort_values("step")
+        n = int(g["n_seeds"].max())
+        null = method == "fp32"
+        line, = ax.plot(g["step"], g["gap_mean_pct"], marker="o", ms=3, color="grey" if null else None,
+                        ls="--" if null else "-", label=f"{method} (n={n}{', the null' if null else ''})")
+        band = g.dropna(subset=["gap_ci_lo_pct", "gap_ci_hi_pct"])
+        ax.fill_between(band["step"], band["gap_ci_lo_pct"], band["gap_ci_hi_pct"], color=line.get_color(),
+                        alpha=0.15, lw=0)
+        short = g[g["n_seeds"] < n]  # a run of this recipe ended early (diverged or failed) before these steps
+        if len(short):
+            ax.scatter(short["step"].iloc[:1], short["gap_mean_pct"].iloc[:1], marker="x", s=60, color="black",
+                       zorder=3)
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(default_steps(), color="grey", ls=":", lw=1, label="default horizon")
     ax.set(xlabel="step", ylabel=f"paired val-loss gap vs {REFERENCE} (%)",
-           title="Long horizon: 10x the default tokens (x: run ended early)")
+           title="Long horizon: 10x the default tokens\nmean over seeds, band: Student-t interval over seeds; x: fewer seeds from here")
     ax.legend(fontsize=7)
     return fig
 

@@ -24,7 +24,7 @@ from pipelines.analysis.markdown import fmt, md_table
 from pipelines.run.events import read_events
 from pipelines.report.memory_section import traced_section
 from pipelines.report.perf_section import performance_section, predicted_section
-from pipelines.report.stability_section import stability_section, weights_claim_evidence
+from pipelines.report.stability_section import stability_claims_readings, stability_section
 
 REFERENCE = "bf16-amp"
 
@@ -65,8 +65,9 @@ def environment_section(summary: pd.DataFrame) -> str:
 
 
 def claims_section(claims: pd.DataFrame) -> str:
-    view = claims[[c for c in ("claim", "article_value", "measured", "n_seeds", "verdict", "rule", "activations", "peak",
-                               "basis") if c in claims and (c not in ("activations", "peak") or claims[c].notna().any())]]
+    view = claims[[c for c in ("claim", "article_value", "measured", "n_seeds", "verdict", "rule", "decided_by",
+                               "activations", "peak", "basis")
+                   if c in claims and (c not in ("activations", "peak") or claims[c].notna().any())]]
     notes = [f"- {n}" for n in claims["note"].fillna("") if n]
     return "\n".join(["## The article's claims", "",
                       "Each verdict follows from per-seed measurements by the rule beside it; `n_seeds` is the fewest "
@@ -272,7 +273,7 @@ def build_report(results: str | Path, fig_dir: str | Path, out: str | Path,
         "",
         environment_section(summary), "",
         claims_section(claims), "",
-        weights_claim_evidence(results), "",
+        stability_claims_readings(results), "",
         noise_floor_section(floors), "",
         comparison_section(comp, os.path.relpath(Path(fig_dir) / "forest.png", out.parent)), "",
         findings_section(comp), "",
@@ -309,10 +310,11 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     if not paths:
         raise SystemExit(f"no finished runs under {pattern}; run the workflow first")
     write_all(collect(paths), results / "summary.csv")
-    write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
+    # the stability tables first: the claims (written with the comparison) read them
     frontier.write_outputs(results / "summary.csv", results, load_analysis())
     long_horizon.write_outputs(results, load_analysis())
     stress_tables.build_tables(results)
+    write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
     build(FigureData.load(results / "summary.csv"), fig_dir)
     build_report(results, fig_dir, out)
 

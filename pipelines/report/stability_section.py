@@ -104,93 +104,84 @@ def frontier_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> s
     return "\n".join(out)
 
 
-LONG_VIEW = ["method", "seed", "status", "steps", "tokens_ratio", "horizon_step", "gap_at_default_pct", "gap_final_pct",
-             "gap_change_pct", "trend", "unchanged_early", "unchanged_late"]
+LONG_VIEW = ["method", "n_seeds", "status", "gaps_default_pct", "gap_default_mean_pct", "gaps_end_pct", "gap_end_mean_pct",
+             "gap_end_ci_lo_pct", "gap_end_ci_hi_pct", "verdict_end", "change_mean_pct", "change_ci_lo_pct",
+             "change_ci_hi_pct", "trend", "unchanged_early", "unchanged_late"]
+LONG_RUN_VIEW = ["method", "seed", "status", "steps", "horizon_step", "gap_at_default_pct", "gap_final_pct",
+                 "gap_change_pct", "unchanged_early", "unchanged_late", "reason"]
+
+
+def long_horizon_reading(r) -> str:
+    """One recipe's long-horizon result in a sentence, from its long_horizon.csv row."""
+    if r["trend"] == "diverged":
+        steps = r["diverged_steps"]  # one step reads back from the CSV as a number
+        steps = f"{steps:.0f}" if isinstance(steps, float) else str(steps)
+        return (f"{r['method']}: diverged on {int(r['n_diverged'])} of {int(r['n_seeds'])} seeds (at step "
+                f"{steps}; {r['status']}).")
+    stall = (f"; share of FP8 weight codes unchanged by a step {fmt(r['unchanged_early'], 3)} at the default "
+             f"horizon, {fmt(r['unchanged_late'], 3)} at the end" if pd.notna(r["unchanged_early"]) else "")
+    return (f"{r['method']}: gap {fmt(r['gap_default_mean_pct'], 2)}% at step {int(r['horizon_step'])} -> "
+            f"{fmt(r['gap_end_mean_pct'], 2)}% [{fmt(r['gap_end_ci_lo_pct'], 2)}, {fmt(r['gap_end_ci_hi_pct'], 2)}] at "
+            f"step {int(r['steps'])} ({r['verdict_end']}); change {fmt(r['change_mean_pct'], 2)} "
+            f"[{fmt(r['change_ci_lo_pct'], 2)}, {fmt(r['change_ci_hi_pct'], 2)}]: {r['trend']}{stall}.")
 
 
 def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
-    from pipelines.analysis.long_horizon import COMMAND as LONG_COMMAND, LONG_CSV, PROFILE as LONG_PROFILE
+    from pipelines.analysis.long_horizon import (COMMAND as LONG_COMMAND, LONG_CSV, PROFILE as LONG_PROFILE,
+                                                 RUNS_CSV)
 
-    lh = _read(results_dir / LONG_CSV)
+    lh, runs = _read(results_dir / LONG_CSV), _read(results_dir / RUNS_CSV)
     head = ["### Long horizon", ""]
     if lh.empty:
         return "\n".join(head + [
-            f"No long-horizon runs on disk. The `{LONG_PROFILE}` profile trains bf16-amp, fp8-naive (plain and with "
-            f"stochastic rounding of its weight update), fp8-e2e, fp8-optim and fp8-own-tensorwise for 10x the "
-            f"default tokens (`{LONG_COMMAND}`); once its runs are on disk, this section shows them."])
-    steps, default = int(lh["steps"].max()), int(lh["default_steps"].iloc[0])
+            f"No long-horizon runs on disk. The `{LONG_PROFILE}` profile trains bf16-amp, fp32 (the null), fp8-naive "
+            f"(plain and with stochastic rounding of its weight update), fp8-e2e and fp8-optim for 10x the default "
+            f"tokens on 3 seeds (`{LONG_COMMAND}`); once its runs are on disk, this section shows them."])
+    first = lh.iloc[0]
+    steps, default = int(lh["steps"].max()), int(first["default_steps"])
+    floor = (f"This horizon's own noise floor: {fmt(first['noise_floor_pct'], 2)}%, the largest |paired gap| of "
+             f"`{first['null_method']}` at the end (per seed {first['null_gaps_end_pct']}), beside the margin "
+             f"{fmt(first['margin_pct'], 2)}%." if pd.notna(first["noise_floor_pct"]) else
+             "This horizon has no noise floor: its null method (fp32) did not finish here.")
     out = head + [
         f"Each recipe trained {steps} steps, {steps / default:g}x the default profile's {default} (same batch "
-        f"and sequence length, so {steps / default:g}x the tokens), paired by seed with `{REFERENCE}`. The gap "
-        f"is read at the evaluation nearest the default horizon (`horizon_step`) and at the end; it `grows` or "
-        f"`shrinks` when the change exceeds the margin (and, on fewer seeds than the verdicts need, "
-        f"far_factor x the noise floor), else it `holds`. `unchanged_early` / `unchanged_late`: fp8-naive's share "
-        f"of FP8 weight codes a step left as they were, at the default horizon and at the end (`results/{LONG_CSV}`).",
-        "", md_table(lh[LONG_VIEW], f"results/{LONG_CSV}"), ""]
-    for r in lh[lh["method"] != REFERENCE].itertuples():
-        if r.status != "ok":
-            out.append(f"- {r.method} (seed {r.seed}): {r.status} ({r.reason}).")
-            continue
-        stall = (f"; unchanged FP8 codes {fmt(r.unchanged_early, 3)} -> {fmt(r.unchanged_late, 3)}"
-                 if pd.notna(r.unchanged_early) else "")
-        out.append(f"- {r.method} (seed {r.seed}): gap {fmt(r.gap_at_default_pct, 2)}% at step {r.horizon_step} -> "
-                   f"{fmt(r.gap_final_pct, 2)}% at step {r.steps}: {r.trend}{stall}.")
-    out.append("")
+        f"and sequence length, so {steps / default:g}x the tokens; the cosine schedule decays over the longer run), "
+        f"paired by seed with `{REFERENCE}`. The gap is read at the evaluation nearest the default horizon (step "
+        f"{int(first['horizon_step'])}) and at the end. Rules: verdict at the end: {first['verdict_rule']}; "
+        f"{first['trend_rule']}. `unchanged_early` / `unchanged_late`: the share of FP8 weight codes a step left "
+        f"as they were (fp8-naive's telemetry), mean over seeds, at the default horizon and at the end "
+        f"(`results/{LONG_CSV}`).", "", floor, "", md_table(lh[LONG_VIEW], f"results/{LONG_CSV}"), ""]
+    out += [f"- {long_horizon_reading(r)}" for _, r in lh[lh["method"] != REFERENCE].iterrows()] + [""]
+    if len(runs):
+        out += [f"Per run (`results/{RUNS_CSV}`):", "", md_table(runs[LONG_RUN_VIEW], f"results/{RUNS_CSV}"), ""]
     out += _figure(fig_dir, report_dir, "long_horizon")
     return "\n".join(out)
 
 
 SUBSECTIONS: list[Subsection] = [frontier_subsection, *STRESS_SUBSECTIONS, long_horizon_subsection]
 
-WEIGHTS_CLAIM = "FP8 weights and gradients"  # the start of the claim's text in results/claims.csv
-NAIVE = "fp8-naive"
-
-
-def weights_claim_evidence(results_dir: str | Path) -> str:
-    """The FP8-weights claim read on all three tests: the default run (results/claims.csv), the lr frontier
-    (does fp8-naive break a grid step before bf16-amp?) and the long horizon (does its gap grow or the run
-    diverge?). Joint reading: holds if any test shows the instability; does not hold only if every test ran
-    and none does; otherwise inconclusive. Empty where the claim is not in the table."""
-    results_dir = Path(results_dir)
-    claims = _read(results_dir / "claims.csv")
-    row = claims[claims["claim"].astype(str).str.startswith(WEIGHTS_CLAIM)] if len(claims) else claims
-    if row.empty:
+def stability_claims_readings(results_dir: str | Path) -> str:
+    """The stability claims of results/claims.csv read in one line each: the verdict, how the recipes that decide
+    the claim fail where they do (diverge, stall, or neither) with the numbers, and the recipes reported beside
+    it with the second change they add. Empty where the table has no stability rows."""
+    claims = _read(Path(results_dir) / "claims.csv")
+    if claims.empty or "reading" not in claims:
         return ""
-    default = str(row["verdict"].iloc[0])
-    shows, lines = [], [f"- Default run: {default} (the claims table above)."]
-    shows.append(True if default == "holds" else False if default == "does not hold" else None)
-    fr = _read(results_dir / FRONTIER_CSV)
-    fr = fr[fr["method"] == NAIVE] if len(fr) else fr
-    if fr.empty:
-        lines.append(f"- Learning-rate frontier: not run (`{COMMAND}`).")
-        shows.append(None)
-    else:
-        r = fr.iloc[0]
-        steps = r["steps_vs_reference"]
-        lines.append(f"- Learning-rate frontier: {NAIVE}'s max stable lr {lr_text(r['max_stable_lr'])}, "
-                     f"{fmt(steps, 0)} grid step(s) from {REFERENCE}'s ({int(r['n_seeds'])} seeds; grid "
-                     f"{r['grid']}).")
-        shows.append(bool(steps <= -1) if pd.notna(steps) else None)
-    from pipelines.analysis.long_horizon import COMMAND as LONG_COMMAND, LONG_CSV
-
-    lh = _read(results_dir / LONG_CSV)
-    lh = lh[lh["method"] == NAIVE] if len(lh) else lh
-    if lh.empty:
-        lines.append(f"- Long horizon: not run (`{LONG_COMMAND}`).")
-        shows.append(None)
-    else:
-        trends = set(lh["trend"].astype(str))
-        gaps = ", ".join(f"seed {t.seed}: {fmt(t.gap_at_default_pct, 2)}% -> {fmt(t.gap_final_pct, 2)}% ({t.trend})"
-                         for t in lh.itertuples())
-        lines.append(f"- Long horizon ({int(lh['steps'].max())} steps): {NAIVE}'s paired gap from the default "
-                     f"horizon to the end, {gaps}.")
-        shows.append(True if trends & {"diverged", "grows"} else False if trends <= {"holds", "shrinks"} else None)
-    joint = ("holds" if any(x is True for x in shows) else
-             "does not hold" if all(x is False for x in shows) else "inconclusive")
-    why = {"holds": "at least one test shows it",
-           "does not hold": "all three tests ran and none shows it",
-           "inconclusive": "no test shows it, and not every test ran or was conclusive"}[joint]
-    return "\n".join([f"The claim \"{row['claim'].iloc[0]}\" on all three tests: **{joint}** ({why}).", "", *lines])
+    rows = claims[claims["reading"].notna() | claims["decided_by"].notna()]
+    if rows.empty:
+        return ""
+    out = ["How the recipes that decide each stability claim fail where they do (`results/claims.csv`: "
+           "`decided_by`, `reading`, `beside`):", ""]
+    for r in rows.itertuples():
+        line = f"- {r.claim}: **{r.verdict}**"
+        if isinstance(r.decided_by, str) and r.decided_by:
+            line += f" (decided by {r.decided_by})"
+        if isinstance(r.reading, str) and r.reading:
+            line += f". {r.reading}"
+        if isinstance(r.beside, str) and r.beside:
+            line += f". Beside, not deciding: {r.beside}"
+        out.append(line + ".")
+    return "\n".join(out)
 
 
 def stability_section(results_dir: str | Path, fig_dir: str | Path, report_dir: str | Path) -> str:

@@ -1,6 +1,19 @@
 # From the runs on disk to tables (pipelines/analysis/): the summary, the per-method comparison with the
 # noise floor and the claims, the traced-memory tables, the learning-rate frontier, the long horizon and
-# the stress tables.
+# the stress tables (the last three before the claims, which read them).
+
+
+# The stability tables (rules frontier, long_horizon, stress_tables below); the claims (rule compare) read them.
+FRONTIER_CSV = f"{RESULTS}/frontier.csv"
+FRONTIER_CELLS_CSV = f"{RESULTS}/frontier_cells.csv"
+FRONTIER_SEEDS_CSV = f"{RESULTS}/frontier_seeds.csv"
+FRONTIER_CSVS = [FRONTIER_CSV, FRONTIER_CELLS_CSV, FRONTIER_SEEDS_CSV]
+LONG_HORIZON_CSV = f"{RESULTS}/long_horizon.csv"
+LONG_HORIZON_RUNS_CSV = f"{RESULTS}/long_horizon_runs.csv"
+LONG_HORIZON_CURVE_CSV = f"{RESULTS}/long_horizon_curve.csv"
+STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_RUNS_CSV, LONG_HORIZON_CURVE_CSV]
+STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers", "norm_gains", "second_moment")]
+STABILITY_CSVS += STRESS_CSVS
 
 
 rule collect:
@@ -21,6 +34,8 @@ rule compare:
     input:
         summary=SUMMARY_CSV,
         traced=MEMORY_TRACED_CSV,
+        # the stability claims: the frontier, the long horizon and the outlier injection
+        stability=[FRONTIER_CSV, LONG_HORIZON_CSV, STRESS_CSVS[1]],
     output:
         comparison=f"{RESULTS}/comparison.csv",
         comparison_md=f"{RESULTS}/comparison.md",
@@ -63,11 +78,6 @@ rule memory_traced:
 # profile; where the summary holds no recipe over a grid of lrs it falls back to the stability profile's
 # runs on disk, else writes the CSVs with headers only (the report then names the profile to run).
 
-FRONTIER_CSV = f"{RESULTS}/frontier.csv"
-FRONTIER_CELLS_CSV = f"{RESULTS}/frontier_cells.csv"
-FRONTIER_SEEDS_CSV = f"{RESULTS}/frontier_seeds.csv"
-FRONTIER_CSVS = [FRONTIER_CSV, FRONTIER_CELLS_CSV, FRONTIER_SEEDS_CSV]
-
 
 rule frontier:
     input:
@@ -88,18 +98,16 @@ rule frontier:
 
 
 # Long horizon (pipelines/analysis/long_horizon.py): the long_horizon profile's runs on disk (any profile's report
-# shows them once they ran), their paired gap at the default horizon and at the end; headers only if none.
-LONG_HORIZON_CSV = f"{RESULTS}/long_horizon.csv"
-LONG_HORIZON_CURVE_CSV = f"{RESULTS}/long_horizon_curve.csv"
-STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_CURVE_CSV]
+# shows them once they ran), per recipe the paired gap at the default horizon and at the end with intervals, the
+# verdict at the end against this horizon's own noise floor (fp32) and the trend; headers only if none.
 
 
 rule long_horizon:
     input:
         summary=SUMMARY_CSV,
-        noise_floor=f"{RESULTS}/noise_floor.csv",
     output:
         table=LONG_HORIZON_CSV,
+        runs=LONG_HORIZON_RUNS_CSV,
         curve=LONG_HORIZON_CURVE_CSV,
     params:
         analysis=ANALYSIS_JSON,
@@ -114,8 +122,6 @@ rule long_horizon:
 
 # Stress tests (pipelines/analysis/stress_tables.py): the precision ladder, outlier injection, quantized norm gains and
 # the FP8 second moment, from the summary (or the stability / stress runs on disk); headers only if none ran.
-STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers", "norm_gains", "second_moment")]
-STABILITY_CSVS += STRESS_CSVS
 
 
 rule stress_tables:
