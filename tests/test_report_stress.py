@@ -98,7 +98,7 @@ def test_subsections_print_the_csv_numbers_and_figures(results, tmp_path):
 def test_absent_runs_name_the_profile(tmp_path):
     for fn in section.STRESS_SUBSECTIONS:
         text = fn(tmp_path, tmp_path / "f", tmp_path)
-        assert "profile=stability" in text and text.startswith("### ")
+        assert "profile=stress" in text and text.startswith("### ")
 
 
 def test_collect_summarizes_saturated_and_underflowed_fractions(tmp_path):

@@ -1,5 +1,6 @@
 """The stress tables: the precision ladder, outlier injection, quantized norm gains and the FP8 second moment,
-from the ``stress`` (or ``stability``) profile's runs; REPORT.md's stress subsections
+from the ``stress`` profile's runs (or a profile that runs the stress variants at one lr beside a learning-rate
+grid); REPORT.md's stress subsections
 (``pipelines.report.stress_section``) print them.
 
 ``build_tables`` turns ``results/summary.csv`` (and each run's ``metrics.jsonl`` for the injected layer's
@@ -23,10 +24,10 @@ from pipelines.analysis.stats import paired_gap_pct, t_interval
 from pipelines.run import stress_variants as sv
 
 PROFILE = "stress"
-#: where the stress runs are read: the stability profile carries them beside its frontier; stress runs them alone
+#: where the stress runs are read: the stress profile runs them; a frontier profile may carry them at one lr
 PROFILES = ("stability", "stress")
 REFERENCE = "bf16-amp"
-HOW = "`snakemake --cores all --config profile=stability` (or `profile=stress` for the stress tests alone)"
+HOW = "`snakemake --cores all --config profile=stress`"
 TABLES = ("ladder", "outliers", "norm_gains", "second_moment")
 
 
