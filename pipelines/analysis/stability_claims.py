@@ -26,13 +26,18 @@ NAIVE = "fp8-naive"
 PAIRED = re.compile(r"seed \d+: (?:[<>]= )?([+-]\d+)")
 #: a step that leaves at least this share of a recipe's FP8 weight codes unchanged, on average, is a stall
 STALL_SHARE = 0.5
-#: recipes whose only FP8 part is the optimizer state: neither weights nor gradients enter FP8
-OPTIMIZER_ONLY = {"fp8-optim", "fp8-optim-master", "fp8-lean", "fp8-optim-torchao", "int8-optim-torchao"}
+#: the pace claim's configuration: FP8 weights and gradients without a high-precision copy of the weights, as the
+#: article runs them (fp8-naive stores both in FP8; fp8-e2e, the article's end-to-end recipe, runs every linear in
+#: FP8 with bf16 weights and FP8 optimizer states)
+PACE_DECIDING = ("fp8-naive", "fp8-e2e")
 #: what a recipe reported beside a claim adds to the claim's configuration
 SECOND_CHANGE = {
     "fp8-naive-sr": "adds stochastic rounding of the FP8 weight update (the stall's mitigation)",
     "fp8-lean": "adds stepping inside backward with per-tensor clipping (no gradients held, no global norm)",
     "fp8-optim": "puts only the optimizer states in FP8: neither weights nor gradients",
+    "fp8-own-tensorwise": "keeps an fp32 master copy: FP8 only inside the linears' matrix products",
+    "fp8-torchao-tensorwise": "keeps an fp32 master copy: FP8 only inside the linears' matrix products",
+    "fp8-own-delayed": "keeps an fp32 master copy: FP8 only inside the linears' matrix products",
     "fp8-own-rowwise": "adds finer scaling (one scale per row)",
     "fp8-own-blockwise": "adds finer scaling (1x128 / 128x128 blocks)",
 }
@@ -213,16 +218,12 @@ def weights_row(rows_main: pd.DataFrame, st: StabilityTables, an: Analysis) -> d
 
 
 def pace_recipes(fr: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """(deciding, beside) among the frontier's FP8 recipes: those that put weights and gradients in FP8 decide;
-    recipes whose only FP8 part is the optimizer state, and variants, are reported beside."""
+    """(deciding, beside) among the frontier's FP8 recipes: the article's FP8 configurations without a
+    high-precision copy of the weights (``PACE_DECIDING``) decide; every other FP8 recipe is reported beside."""
     if fr.empty:
         return [], []
-    fp8 = [m for m in fr[fr["is_fp8"].astype(bool)]["method"]]
-    from methods.registry import method_names
-
-    registered = set(method_names())
-    deciding = [m for m in fp8 if m in registered and m not in OPTIMIZER_ONLY]
-    return deciding, [m for m in fp8 if m not in deciding]
+    fp8 = list(fr[fr["is_fp8"].astype(bool)]["method"])
+    return [m for m in PACE_DECIDING if m in fp8], [m for m in fp8 if m not in PACE_DECIDING]
 
 
 def pace_row(st: StabilityTables, an: Analysis) -> dict:
@@ -234,7 +235,8 @@ def pace_row(st: StabilityTables, an: Analysis) -> dict:
             f"{REFERENCE} on every seed (lower, paired by seed in grid steps); does not hold if every one diverges at "
             f"the same or a higher lr on every seed (same / higher); otherwise inconclusive")
     basis = ("the learning-rate frontier (results/frontier.csv): the smallest grid lr at which each seed diverged, "
-             f"against {REFERENCE}'s at the same seed; decided by the recipes with FP8 weights and gradients")
+             f"against {REFERENCE}'s at the same seed; decided by the article's FP8 configurations without a "
+             f"high-precision copy of the weights: {', '.join(PACE_DECIDING)}")
     if not deciding:
         return {"claim": claim, "article_value": "lower lr needed", "measured": "–", "n_seeds": 0, "basis": basis,
                 "verdict": "not measured (no frontier: the stability profile)", "rule": rule, "decided_by": "",
@@ -258,7 +260,7 @@ def pace_row(st: StabilityTables, an: Analysis) -> dict:
         f"{m}: {_lr(r['divergence_lr'])} ({r['divergence_paired_grid_steps']}: {r['divergence_vs_reference']})"
         for m, r in rows.items())
     reading = "; ".join(_pace_reading(m, r) for m, r in rows.items())
-    side = "; ".join(f"{m} ({SECOND_CHANGE.get(m, 'a variant: ' + m)}): {_lr(_row(fr, m)['divergence_lr'])} "
+    side = "; ".join(f"{m} ({SECOND_CHANGE.get(m, 'another FP8 recipe')}): {_lr(_row(fr, m)['divergence_lr'])} "
                      f"({_row(fr, m)['divergence_vs_reference']})" for m in beside)
     return {"claim": claim, "article_value": "lower lr needed", "measured": measured, "n_seeds": n, "basis": basis,
             "verdict": v, "rule": rule, "decided_by": ", ".join(deciding), "beside": side, "reading": reading,
