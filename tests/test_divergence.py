@@ -31,7 +31,8 @@ def test_window_means_are_the_moving_average():
     losses = [float(x) for x in range(1, 16)]
     means = D.window_means(losses)
     assert len(means) == 6 and means[0] == pytest.approx(5.5) and means[-1] == pytest.approx(10.5)
-    assert D.window_means(losses[:9]) == []
+    # a run shorter than the window is one window
+    assert D.window_means(losses[:6]) == [pytest.approx(3.5)] and D.window(6) == 6 and D.window(80) == 10
 
 
 def test_a_healthy_run_and_a_spike_that_recovers_are_not_diverged():
@@ -60,6 +61,13 @@ def test_an_unrecovered_spike_is_diverged_from_where_it_began():
     # the reference is the lowest window mean, not the luckiest single step
     best = min(D.window_means(losses))
     assert f"1.5 x {best:.3f}" in reason
+
+
+def test_a_run_shorter_than_the_window_is_judged_on_all_its_steps():
+    # lr 300 without clipping for 6 steps: the val loss ends near its start, the training loss far above it
+    reason, step = D.at_end([6.24, 9.0, 4000.0, 2e5, 3e5, 1e6], 6.24, 6.238)
+    assert "spike that did not recover" in reason and step == 2  # 9.0 is below 1.5 x 6.24, 4000 is not
+    assert D.at_end([6.24, 6.1, 6.0, 5.9, 5.95, 5.85], 6.24, 6.0) is None
 
 
 def test_a_final_val_loss_above_the_start_alone_is_diverged_at_the_last_step():

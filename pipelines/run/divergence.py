@@ -8,7 +8,8 @@ A run **diverged** when any of these holds:
    the model worse than its random initialisation.
 3. **unrecovered spike**: the run finished and the mean training loss of its last ``spike_window`` steps is
    above ``spike_factor`` x its reference, the lower of the step-0 loss and the lowest mean of any
-   ``spike_window`` consecutive steps. A spike that comes back down by the end is not a divergence.
+   ``spike_window`` consecutive steps (a run shorter than the window: its whole run is the window). A spike
+   that comes back down by the end is not a divergence.
 
 Rules 2 and 3 are judged at the end of a run that ran all its steps: the run keeps its status ``diverged``
 with the reason and ``diverged_step`` (for rule 3 the step from which the windowed mean stayed above the
@@ -80,10 +81,14 @@ class Divergence:
         return "" if math.isfinite(val_loss) else f"non-finite val loss {val_loss}"
 
     # -- at the end ------------------------------------------------------------------------------
+    def window(self, n_steps: int) -> int:
+        """The window of a run of ``n_steps``: spike_window, or the whole run where it is shorter."""
+        return max(1, min(self.spike_window, n_steps))
+
     def window_means(self, losses: list[float]) -> list[float]:
-        """mean of losses[t - w + 1 .. t] for every t >= w - 1 (w = spike_window)."""
-        w = self.spike_window
-        if len(losses) < w:
+        """mean of losses[t - w + 1 .. t] for every t >= w - 1 (w = ``window(len(losses))``)."""
+        w = self.window(len(losses))
+        if not losses:
             return []
         out, total = [], sum(losses[:w])
         out.append(total / w)
@@ -103,7 +108,7 @@ class Divergence:
     def _first_above(self, losses: list[float], window: int, threshold: float) -> int:
         """The first step of window ``window`` (steps window .. window + w - 1) whose loss exceeds ``threshold``:
         where the stretch that never came back began; the window's last step if no single step does."""
-        w = self.spike_window
+        w = self.window(len(losses))
         return next((t for t in range(window, window + w) if losses[t] > threshold), window + w - 1)
 
     def at_end(self, losses: list[float], initial_val: float | None, final_val: float | None) -> tuple[str, int] | None:
@@ -112,7 +117,7 @@ class Divergence:
         if not losses or not all(_finite(x) for x in losses):
             return None  # a non-finite loss has ended the run already (rule 1)
         reasons, steps = [], []
-        w, first = self.spike_window, losses[0]
+        w, first = self.window(len(losses)), losses[0]
         means = self.window_means(losses)
         if means:
             ref, refs = first, []
