@@ -74,12 +74,12 @@ def comp_rows(verdict="equivalent", n=3, unchanged=0.896):
 def test_weights_claim_reads_the_default_run_the_frontier_and_the_long_horizon(tmp_path):
     grows = naive_long_horizon(tmp_path)
     row = sc.weights_row(comp_rows(), tables(naive_breaks=(3, 3, 3), lh=grows), AN)
-    # the default run and the frontier show nothing, the long horizon shows the gap growing: holds
+    # the main runs and the frontier show nothing, the long horizon shows the gap growing: holds
     assert row["verdict"] == "holds" and row["decided_by"] == "fp8-naive" and row["n_seeds"] == 3
     assert "long horizon (1000 steps): gap +2.00% at step 100 -> +5.03%" in row["measured"] and ": grows" in row["measured"]
     assert "frontier: diverges from lr 1, paired by seed seed 0: +0; seed 1: +0; seed 2: +0 grid steps" in row["measured"]
     assert row["reading"] == ("fp8-naive stalls: 89.6% of its FP8 weight codes unchanged by a step on average in the "
-                              "default run (up to 99.3%); 90.0% -> 97.0% over the long horizon")
+                              "main runs (up to 99.3%); 90.0% -> 97.0% over the long horizon")
     assert row["beside"].startswith("fp8-naive-sr (adds stochastic rounding of the FP8 weight update")
     assert "frontier (bounded) diverges at a lower lr than bf16-amp on every seed" in row["rule"]
     assert "gap(end) - gap(default horizon) above 0" in row["rule"]
@@ -90,7 +90,7 @@ def test_weights_claim_does_not_hold_only_when_every_test_says_so(tmp_path):
     st = tables(naive_breaks=(3, 3, 3), lh=holding)
     assert sc.weights_row(comp_rows(unchanged=0.2), st, AN)["verdict"] == "does not hold"
     assert sc.weights_row(comp_rows(unchanged=0.2), st, AN)["reading"] == "fp8-naive neither: 20.0% of its FP8 weight " \
-        "codes unchanged by a step on average in the default run (up to 99.3%); 20.0% -> 30.0% over the long horizon"
+        "codes unchanged by a step on average in the main runs (up to 99.3%); 20.0% -> 30.0% over the long horizon"
     # one test missing: no "does not hold"
     no_lh = tables(naive_breaks=(3, 3, 3))
     assert sc.weights_row(comp_rows(), no_lh, AN)["verdict"] == "inconclusive"

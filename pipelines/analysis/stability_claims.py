@@ -1,5 +1,5 @@
 """The article's stability claims, each decided by the recipes that are the claim's configuration, from the
-stability tests: the default run's paired verdicts (``comparison.csv``), the learning-rate frontier
+stability tests: the main runs' paired verdicts (``comparison.csv``), the learning-rate frontier
 (``frontier.csv``: where each recipe diverges against bf16-amp, paired by seed), the long horizon
 (``long_horizon.csv``: the paired gap at 10x the tokens and its trend) and the outlier injection
 (``stress_outliers.csv``). A recipe that adds a second change to a claim's configuration is reported beside
@@ -84,15 +84,17 @@ def _n(v) -> int:
 # ------------------------------------------------------------------------------------- per test
 
 def default_test(r, an: Analysis) -> tuple[bool | None, int, str]:
-    """(shows instability?, seeds, text) from a recipe's comparison row at the profile's main lr."""
+    """(shows instability?, seeds, text) from a recipe's comparison row at the profile's main lr (its most common
+    one: the default lr in the cpu and the stability profile), the "main runs"."""
     if r is None:
-        return None, 0, "default run: not run"
+        return None, 0, "main runs: not run"
     n = _n(r["n_judged"])
     v = base_verdict(r["verdict"])
     gap = (f"{_f(r['gap_mean_pct'])}% [{_f(r['gap_ci_lo_pct'])}, {_f(r['gap_ci_hi_pct'])}]"
            if _n(r["n_seeds"]) >= 2 else f"{_f(r['gap_mean_pct'])}%")
-    text = (f"default run: {r['verdict']}" + (f" at step {_n(r['diverged_step'])}" if v == "diverged" else f", gap {gap}")
-            + f" ({n} seeds)")
+    where = f" ({r['profile']} profile, lr {_lr(r['lr'])})" if "profile" in r and "lr" in r else ""
+    text = (f"main runs{where}: {base_verdict(r['verdict'])}"
+            + (f" at step {_n(r['diverged_step'])}" if v == "diverged" else f", gap {gap}") + f" ({n} seeds)")
     if n < an.min_seeds:
         return None, n, text
     return {"diverged": True, "worse": True, "equivalent": False, "better": False}.get(v), n, text
@@ -136,12 +138,12 @@ def long_horizon_test(lh: pd.DataFrame, method: str, an: Analysis) -> tuple[bool
 
 def stall_text(comp_row, lh_row) -> tuple[bool, str]:
     """Whether a recipe stalls (``STALL_SHARE``) and the numbers: the mean share of its FP8 weight codes a
-    step left unchanged in the default run (and its maximum), and at the long horizon's start and end."""
+    step left unchanged in the main runs (and its maximum), and at the long horizon's default horizon and end."""
     parts, shares = [], []
     if comp_row is not None and pd.notna(comp_row.get("weight_codes_unchanged_frac_mean", np.nan)):
         m, mx = float(comp_row["weight_codes_unchanged_frac_mean"]), comp_row.get("weight_codes_unchanged_frac_max")
         shares.append(m)
-        parts.append(f"{100 * m:.1f}% of its FP8 weight codes unchanged by a step on average in the default run"
+        parts.append(f"{100 * m:.1f}% of its FP8 weight codes unchanged by a step on average in the main runs"
                      + (f" (up to {100 * float(mx):.1f}%)" if pd.notna(mx) else ""))
     if lh_row is not None and pd.notna(lh_row.get("unchanged_early", np.nan)):
         shares += [float(lh_row["unchanged_early"]), float(lh_row["unchanged_late"])]
@@ -151,11 +153,11 @@ def stall_text(comp_row, lh_row) -> tuple[bool, str]:
 
 
 def how_it_fails(method: str, comp_row, fr: pd.DataFrame, lh: pd.DataFrame) -> str:
-    """``diverges`` (where bf16-amp does not: a seed of the default run or the long horizon, or a lower lr on
+    """``diverges`` (where bf16-amp does not: a seed of the main runs or the long horizon, or a lower lr on
     the frontier at some seed), ``stalls`` (``stall_text``), both, or ``neither``, with the numbers."""
     why = []
     if comp_row is not None and "diverged" in str(comp_row.get("status", "")):
-        why.append(f"diverged in the default run at step {_n(comp_row['diverged_step'])}")
+        why.append(f"diverged in the main runs at step {_n(comp_row['diverged_step'])}")
     f = _row(fr, method)
     if f is not None and any(int(x) < 0 for x in PAIRED.findall(str(f["divergence_paired_grid_steps"]))):
         why.append(f"diverges on the frontier below {REFERENCE}'s lr on some seed ({f['divergence_paired_grid_steps']})")
@@ -179,9 +181,9 @@ def _joint(shows: list[bool | None]) -> str:
 
 
 def _n_seeds(answers: list[tuple[bool | None, int]]) -> int:
-    """The fewest seeds of the tests that answered (those of every test where none did)."""
+    """The fewest seeds of the tests that answered; where none did, the most any test that ran had."""
     answered = [n for x, n in answers if x is not None]
-    return min(answered) if answered else min((n for _, n in answers), default=0)
+    return min(answered) if answered else max((n for _, n in answers), default=0)
 
 
 # ------------------------------------------------------------------------------------------- rows
@@ -203,14 +205,15 @@ def weights_row(rows_main: pd.DataFrame, st: StabilityTables, an: Analysis) -> d
         "article_value": "unstable", "measured": f"{NAIVE}: " + "; ".join(t for _, _, t in tests),
         "n_seeds": _n_seeds([(x, n) for x, n, _ in tests]),
         "basis": (f"{NAIVE}: weights and grads stored in FP8 with one per-tensor scale, no master copy; three tests: "
-                  f"the default run, the learning-rate frontier, the long horizon"),
+                  f"the main runs, the learning-rate frontier, the long horizon"),
         "verdict": v,
-        "rule": (f"each test with at least {an.min_seeds} seeds shows the instability if: default run diverged or worse "
+        "rule": (f"each test with at least {an.min_seeds} seeds shows the instability if: main runs (the profile's "
+                 f"most common lr) diverged or worse "
                  f"(CI above +{an.margin_pct:g}%); frontier (bounded) diverges at a lower lr than {REFERENCE} on every "
                  f"seed; long horizon diverged, worse at the end or its gap grows (paired interval of gap(end) - "
                  f"gap(default horizon) above 0). Holds if any test shows it; does not hold if all three ran and "
                  f"each shows the opposite (equivalent or better; same or higher lr; equivalent or better and holding "
-                 f"or shrinking); otherwise inconclusive"),
+                 f"or shrinking); otherwise inconclusive; no test with enough seeds: inconclusive (n seeds)"),
         "decided_by": NAIVE, "beside": "; ".join(beside),
         "reading": how_it_fails(NAIVE, comp, st.frontier, st.long_horizon),
         "note": "",
@@ -356,8 +359,8 @@ def optim_row(rows_main: pd.DataFrame, an: Analysis, method_text) -> dict:
         note = ("fp8-lean is " + base_verdict(lean["verdict"]) + " while fp8-optim, with the same FP8 states but "
                 "global-norm clipping and gradients held until the step, is " + verdicts["fp8-optim"] + ": the gap "
                 "comes from stepping inside backward (per-tensor clipping), not from storing the moments in FP8")
-    how = "; ".join(f"{name} {'diverges' if verdicts.get(name) == 'diverged' else 'neither'}"
-                    + (f" ({method_text(name, r)})" if r is not None else " (not run)") for name, r in picked)
+    how = "; ".join(f"{name} {'diverges' if verdicts.get(name) == 'diverged' else 'neither'}: "
+                    + method_text(name, r).split(": ", 1)[1] for name, r in picked)
     return {
         "claim": "FP8 optimizer states keep training stable",
         "article_value": "stable", "measured": "; ".join(method_text(name, r) for name, r in picked), "n_seeds": n,

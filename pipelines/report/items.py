@@ -31,8 +31,10 @@ class Table:
 TABLES: dict[str, Table] = {
     "claims": Table(
         "claims.csv", "The article's claims and their verdicts",
-        "The article's four claims, what was measured, on how many seeds, and the verdict with the rule it follows "
-        "from (``results/claims.csv``). A claim never rests on fewer than ``analysis.min_seeds`` seeds."),
+        "The article's claims, what was measured, on how many seeds, and the verdict with the rule it follows "
+        "from (``results/claims.csv``); the stability claims name the recipes that decide them, those reported "
+        "beside them and how they fail (diverge, stall, or neither). A claim never rests on fewer than "
+        "``analysis.min_seeds`` seeds."),
     "comparison": Table(
         "comparison.csv", "Per-method comparison against bf16-amp",
         "One row per method (``results/comparison.csv``): status, seeds, mean final val loss, the paired gap "

@@ -55,8 +55,10 @@ def claims_part(claims: pd.DataFrame) -> list[str]:
     for r in claims.itertuples():
         # a claim from the deterministic full-size trace rests on no seeds (n_seeds empty)
         basis = "traced, no seeds" if pd.isna(r.n_seeds) else f"{int(r.n_seeds)} seeds"
+        reading = getattr(r, "reading", None)  # the stability claims: how their recipes fail where they do
         out += [f"- **{esc(r.verdict)}**: {esc(r.claim)}. Article's value {esc(r.article_value)}; measured "
-                f"{esc(r.measured)} ({basis})."]
+                f"{esc(r.measured)} ({basis})." + (f" Reading: {esc(reading)}." if isinstance(reading, str) and reading
+                                                   else "")]
     return out + [""]
 
 
