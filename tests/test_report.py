@@ -53,7 +53,7 @@ def fake_run(root: Path, method: str, seed: int, status: str = "ok", *, profile=
                                                      "amax": float(10 + i + step), "scale": 448 / (10 + i + step),
                                                      "saturated_frac": 0.001 * i} for i in range(4)])
         if diverge_at is not None and step == diverge_at:
-            summary.update(status="diverged", reason=f"step {step}: loss above 3 x step-0 loss", diverged_step=step)
+            summary.update(status="diverged", reason=f"step {step}: non-finite loss inf", diverged_step=step)
             break
     summary.update(steps=len(losses), tokens=len(losses) * 512, final_train_loss=float(np.mean(losses[-10:])),
                    tokens_per_s=tps, step_time_s=0.25, initial_val_loss=8.3, wall_time_s=10.0)

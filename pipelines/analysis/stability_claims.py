@@ -210,8 +210,9 @@ def weights_row(rows_main: pd.DataFrame, st: StabilityTables, an: Analysis) -> d
         "rule": (f"each test with at least {an.min_seeds} seeds shows the instability if: main runs (the profile's "
                  f"most common lr) diverged or worse "
                  f"(CI above +{an.margin_pct:g}%); frontier (bounded) diverges at a lower lr than {REFERENCE} on every "
-                 f"seed; long horizon diverged, worse at the end or its gap grows (paired interval of gap(end) - "
-                 f"gap(default horizon) above 0). Holds if any test shows it; does not hold if all three ran and "
+                 f"seed (its divergence lr, paired by seed); long horizon diverged, worse at the end or its gap grows "
+                 f"(trend: paired interval of gap(end) - gap(default horizon) above 0). Holds if any test shows it; "
+                 f"does not hold if all three ran and "
                  f"each shows the opposite (equivalent or better; same or higher lr; equivalent or better and holding "
                  f"or shrinking); otherwise inconclusive; no test with enough seeds: inconclusive (n seeds)"),
         "decided_by": NAIVE, "beside": "; ".join(beside),
@@ -234,7 +235,8 @@ def pace_row(st: StabilityTables, an: Analysis) -> dict:
     deciding, beside = pace_recipes(fr)
     claim = "FP8 weights and gradients need a slower training pace: they diverge at a lower learning rate than bf16"
     rule = (f"on a bounded frontier ({REFERENCE} diverges on every seed at the grid's top and on none at its bottom), "
-            f"each deciding recipe on at least {an.min_seeds} seeds: holds if any diverges at a lower lr than "
+            f"each deciding recipe on at least {an.min_seeds} seeds, its divergence lr (the smallest grid lr at which "
+            f"a seed diverged) against {REFERENCE}'s at the same seed: holds if any diverges at a lower lr than "
             f"{REFERENCE} on every seed (lower, paired by seed in grid steps); does not hold if every one diverges at "
             f"the same or a higher lr on every seed (same / higher); otherwise inconclusive")
     basis = ("the learning-rate frontier (results/frontier.csv): the smallest grid lr at which each seed diverged, "

@@ -365,7 +365,7 @@ def fig_divergence(d: FigureData):
         last = c[c["step"] == step]["loss"]
         y = float(last.iloc[0]) if len(last) and np.isfinite(last.iloc[0]) else float(ax.get_ylim()[1])
         ax.scatter([step], [min(y, 50)], marker="X", s=80, color=line[0].get_color(), zorder=5)
-    ax.set(xlabel="optimizer step", ylabel="training loss (clipped at 50)", title="Diverged runs (X: where the run was stopped)")
+    ax.set(xlabel="optimizer step", ylabel="training loss (clipped at 50)", title="Diverged runs (X: the step each diverged at)")
     ax.legend(fontsize=7)
     return fig
 
