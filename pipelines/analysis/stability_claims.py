@@ -361,7 +361,8 @@ def optim_row(rows_main: pd.DataFrame, an: Analysis, method_text) -> dict:
         note = ("fp8-lean is " + base_verdict(lean["verdict"]) + " while fp8-optim, with the same FP8 states but "
                 "global-norm clipping and gradients held until the step, is " + verdicts["fp8-optim"] + ": the gap "
                 "comes from stepping inside backward (per-tensor clipping), not from storing the moments in FP8")
-    how = "; ".join(f"{name} {'diverges' if verdicts.get(name) == 'diverged' else 'neither'}: "
+    how = "; ".join(f"{name}: not run" if r is None else
+                    f"{name} {'diverges' if verdicts.get(name) == 'diverged' else 'neither'}: "
                     + method_text(name, r).split(": ", 1)[1] for name, r in picked)
     return {
         "claim": "FP8 optimizer states keep training stable",
