@@ -71,7 +71,7 @@ def comp_rows(verdict="equivalent", n=3, unchanged=0.896):
                           "weight_codes_unchanged_frac_mean": unchanged, "weight_codes_unchanged_frac_max": 0.993}])
 
 
-def test_weights_claim_reads_the_default_run_the_frontier_and_the_long_horizon(tmp_path):
+def test_weights_claim_reads_the_main_runs_the_frontier_and_the_long_horizon(tmp_path):
     grows = naive_long_horizon(tmp_path)
     row = sc.weights_row(comp_rows(), tables(naive_breaks=(3, 3, 3), lh=grows), AN)
     # the main runs and the frontier show nothing, the long horizon shows the gap growing: holds
