@@ -71,44 +71,50 @@ def _pow2(k: torch.Tensor) -> torch.Tensor:
     return (k.long() + 1023).bitwise_left_shift(52).view(torch.float64)
 
 
-def _binade(a: torch.Tensor, fmt: ExMy) -> tuple[torch.Tensor, torch.Tensor]:
-    """For magnitudes ``a`` (float64 values of ``fmt``): the exponent e of their binade (at least the
-    smallest normal exponent) and whether ``a`` is exactly 2^e of a binade above the smallest normal one."""
-    mant, exp = torch.frexp(a)  # a = mant · 2^exp, mant in [0.5, 1); a = 0 gives (0, 0)
-    e = torch.where(a > 0, exp - 1, fmt.min_exponent).clamp(min=fmt.min_exponent)
-    power_of_two = (mant == 0.5) & (exp - 1 > fmt.min_exponent)
-    return e, power_of_two
+def _floating(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as fp32 or float64 (what ``frexp`` takes; every value of these formats is exact in fp32)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _spacing_exponent(w: torch.Tensor, upwards: torch.Tensor | bool, fmt: ExMy) -> tuple[torch.Tensor, torch.Tensor]:
+    """log2 of the spacing of ``fmt`` from each ``w`` (values of ``fmt``) towards +inf where ``upwards``,
+    else towards -inf; and where that spacing is infinite instead (outwards from ±max of a saturating format).
+
+    The one definition of the spacing (module docstring): 2^(e - m) for the binade [2^e, 2^(e+1)) of |w|,
+    e at least the smallest normal exponent; half that towards zero from an exact power of two 2^e above
+    the smallest normal binade."""
+    a = _floating(w).abs()
+    # below the smallest normal (subnormals, zero) the spacing is the smallest normal binade's: clamping
+    # there gives that binade's exponent (and a mantissa of 1/2 that the e > min test below discounts)
+    mant, ex = torch.frexp(a.clamp(min=fmt.min_normal))  # = mant · 2^ex, mant in [0.5, 1)
+    e = ex - 1
+    toward_zero = ((w > 0) != upwards) & (w != 0)
+    k = e - fmt.mantissa_bits - (toward_zero & (mant == 0.5) & (e > fmt.min_exponent)).int()
+    infinite = (~toward_zero & (a >= fmt.max)) if saturates(fmt) else torch.zeros_like(toward_zero)
+    return k, infinite
+
+
+def _spacing(w: torch.Tensor, upwards: bool, fmt: ExMy) -> torch.Tensor:
+    k, infinite = _spacing_exponent(w, upwards, fmt)
+    return torch.where(infinite, torch.inf, _pow2(k))
 
 
 def ulp(w: torch.Tensor, fmt: ExMy) -> torch.Tensor:
-    """The spacing of ``fmt`` in the binade of each ``w`` (values of ``fmt``), 2^(e - m), as float64."""
-    e, _ = _binade(w.double().abs(), fmt)
-    return _pow2(e - fmt.mantissa_bits)
-
-
-def _away_toward(w: torch.Tensor, fmt: ExMy) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spacing away from zero and towards zero at each ``w`` (float64 values of ``fmt``)."""
-    a = w.abs()
-    e, power_of_two = _binade(a, fmt)
-    u = _pow2(e - fmt.mantissa_bits)
-    away = torch.where(a >= fmt.max, torch.inf, u) if saturates(fmt) else u
-    toward = torch.where(power_of_two, u / 2, u)
-    return away, toward
+    """The spacing of ``fmt`` in the binade of each ``w``, 2^(e - m), as float64 (``w`` need not be a value
+    of ``fmt``: for any |w| in [2^e, 2^(e+1)) it is the distance between the values around it)."""
+    _, ex = torch.frexp(_floating(w).abs().clamp(min=fmt.min_normal))
+    return _pow2(ex - 1 - fmt.mantissa_bits)
 
 
 def spacing_above(w: torch.Tensor, fmt: ExMy) -> torch.Tensor:
     """Distance from each ``w`` (values of ``fmt``, any float dtype) to the next value of ``fmt`` towards
     +inf, float64 (inf at +max of a saturating format; the smallest subnormal at 0)."""
-    w = w.double()
-    away, toward = _away_toward(w, fmt)
-    return torch.where(w > 0, away, torch.where(w < 0, toward, fmt.min_subnormal))
+    return _spacing(w, True, fmt)
 
 
 def spacing_below(w: torch.Tensor, fmt: ExMy) -> torch.Tensor:
     """Distance from each ``w`` to the next value of ``fmt`` towards -inf (see :func:`spacing_above`)."""
-    w = w.double()
-    away, toward = _away_toward(w, fmt)
-    return torch.where(w > 0, toward, torch.where(w < 0, away, fmt.min_subnormal))
+    return _spacing(w, False, fmt)
 
 
 def is_even(w: torch.Tensor, fmt: ExMy) -> torch.Tensor:
@@ -121,11 +127,20 @@ def is_even(w: torch.Tensor, fmt: ExMy) -> torch.Tensor:
 def predicted_lost(w_units: torch.Tensor, u_units: torch.Tensor, fmt: ExMy) -> torch.Tensor:
     """Whether round-to-nearest-even of ``w_units + u_units`` in ``fmt`` gives ``w_units`` back, predicted
     from the spacing (module docstring). ``w_units``: values of ``fmt`` (already divided by the tensor's
-    dequantization factor); ``u_units``: the updates in the same units. A non-finite update is never lost."""
-    w, u = w_units.double(), u_units.double()
-    d = torch.where(u > 0, spacing_above(w, fmt), spacing_below(w, fmt))
-    half, au = d / 2, u.abs()  # d / 2 is exact (a power of two, or inf)
-    return (au < half) | ((au == half) & is_even(w, fmt))
+    dequantization factor); ``u_units``: the updates in the same units (fp32 or float64, used as they are).
+    A non-finite update is never lost.
+
+    With d = 2^k the spacing in the direction of u: lost iff |u| < d/2, or |u| = d/2 and w is even. Written
+    on exponents (``frexp``, |u| = um · 2^ux with um in [0.5, 1)): |u| < 2^(k-1) iff ux < k, and |u| = 2^(k-1)
+    iff um = 1/2 and ux = k; the parity is looked up for the ties only (rare)."""
+    u = _floating(u_units)
+    k, infinite = _spacing_exponent(w_units, u > 0, fmt)
+    um, ux = torch.frexp(u.abs())
+    out = ((ux < k) | (u == 0) | infinite) & (u.abs() < torch.inf)  # NaN and inf fail the last test
+    tie = (um == 0.5) & (ux == k) & ~infinite
+    if bool(tie.any()):
+        out[tie] = is_even(w_units[tie], fmt)
+    return out
 
 
 def lost(w: torch.Tensor, u: torch.Tensor, fmt: ExMy, scale_inv: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -180,18 +195,25 @@ def count_update(before: torch.Tensor, after: torch.Tensor, intended: torch.Tens
     rounding, and the dequantization factors before and after (1 for bf16). The update is
     ``u = intended − before·s_before``, the applied one ``a = after·s_after − before·s_before``."""
     fmt = format_of(before.dtype)
-    s0 = torch.as_tensor(scale_inv_before, dtype=torch.float64, device=before.device)
-    s1 = torch.as_tensor(scale_inv_after, dtype=torch.float64, device=before.device)
-    w_units = before.float().double()  # float8 has no direct cast to float64 on every backend
-    w = w_units * s0
-    u = intended.double() - w
-    applied = after.float().double() * s1 - w
+    w_units = before.float()  # exact; float8 has no direct cast to float64 on every backend
+    if isinstance(scale_inv_before, float) and scale_inv_before == scale_inv_after == 1.0:
+        # unscaled (bf16): fp32 suffices. u = intended - w is exact wherever it could be lost (Sterbenz:
+        # |u| <= |w|), and so is the applied update between two neighbouring bf16 values
+        u = intended.float() - w_units
+        u_units, applied = u, after.float() - w_units
+    else:  # code · fp32 scale is exact in float64 (4 + 24 significant bits)
+        s0 = torch.as_tensor(scale_inv_before, dtype=torch.float64, device=before.device)
+        s1 = torch.as_tensor(scale_inv_after, dtype=torch.float64, device=before.device)
+        w = w_units.double() * s0
+        u = intended.double() - w
+        u_units, applied = u / s0, after.float().double() * s1 - w
+    # (the sums: torch's reductions add pairwise, so an fp32 sum keeps ~fp32 precision of the total)
     return UpdateCounts(
         numel=before.numel(),
-        lost_pred=predicted_lost(w_units, u / s0, fmt).sum(),
-        unchanged=unchanged(before, after).sum(),
-        bias_num=(torch.sign(u) * (u - applied)).sum(),
-        bias_den=u.abs().sum())
+        lost_pred=torch.count_nonzero(predicted_lost(w_units, u_units, fmt)),
+        unchanged=torch.count_nonzero(unchanged(before, after)),
+        bias_num=(torch.sign(u) * (u - applied)).sum().double(),
+        bias_den=u.abs().sum().double())
 
 
 def lost_bias(u: torch.Tensor, applied: torch.Tensor) -> float:
@@ -259,3 +281,21 @@ class LostUpdates:
     @property
     def names(self) -> list[str]:
         return list(self._last)
+
+
+def layer_name(param_name: str) -> str:
+    """The telemetry layer of a parameter: its module for a ``weight`` (as the FP8 rows name it), else itself."""
+    return param_name[: -len(".weight")] if param_name.endswith(".weight") else param_name
+
+
+class ParamProbe:
+    """What an optimizer holds during a probed step: counts each low-precision parameter's update into
+    ``recorder`` under the parameter's telemetry name (``names``: parameter → name)."""
+
+    def __init__(self, recorder: LostUpdates, names: dict[torch.Tensor, str]):
+        self.recorder, self.names = recorder, names
+
+    def record(self, p: torch.Tensor, before: torch.Tensor, intended: torch.Tensor, rounding: str) -> None:
+        """``before``: a copy of ``p`` from before the step; ``intended``: the fp32 weight the update computed."""
+        name = self.names.get(p, f"param{len(self.recorder.names)}")
+        self.recorder.record(name, count_update(before, p.detach(), intended), rounding, format_of(p.dtype))
