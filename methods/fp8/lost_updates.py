@@ -35,8 +35,23 @@ intends, i.e. the fp32 weight it computed minus the stored one, weight decay inc
   the update mass that is predicted lost); stochastic rounding applies each update in expectation
   (``E[a_i] = u_i``), so the bias is 0 in expectation.
 
-The arithmetic runs in float64, where every value of these formats, every spacing (a power of two) and
-every product of a code with an fp32 scale is exact.
+Exactness: the predicate compares exponents (``frexp``), so it is exact in fp32 or float64; spacings come
+back as float64 powers of two. :func:`count_update` works in float64 where a tensor has a scale (a code
+times an fp32 scale is exact there) and in fp32 for bf16, where ``u = w_fp32 − w`` is exact wherever the
+update could be lost (|u| <= |w|: Sterbenz) and the rounding is one cast of ``w + u``: there predicted and
+measured agree bit for bit, but for a zero weight whose lost update flips it to −0.
+
+Where predicted and measured differ, by recipe (``Trainee.probe_updates`` records both):
+
+- ``bf16-pure`` (nearest): they are equal (above).
+- ``bf16-pure-sr``, ``fp8-optim``, ``fp8-e2e``, ``fp8-lean`` (stochastic rounding of bf16): a lost update
+  (|u| < d/2) moves the weight with probability |u|/d and a kept one stays with probability 1 − |u|/d, so
+  the measured share is not the predicted one, in either direction; the bias is ~0. FP8AdamW's native,
+  compiled and Triton steps never expose their fp32 weight: a probed step gets ``intended`` from the
+  reference update on copies, which those kernels match but for rare fp32 ulps (see their modules).
+- ``fp8-naive`` (nearest or stochastic): predicted at the tensor's scale before the step; the step
+  re-quantizes with a scale recomputed from the new amax, which moves codes whose values the update did
+  not change and can keep codes whose values it did; the applied update ``a`` includes that rescaling.
 """
 from __future__ import annotations
 

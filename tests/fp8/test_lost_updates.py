@@ -49,7 +49,8 @@ E5M2_CASES = [
     (1.25, +0.125, False),  # tie from an odd value (101b): 1.375 goes to 1.5 (110b)
     (-3.0, +0.25, True),    # -3.0 = -1.10b · 2^1: towards zero spacing 0.5 (not a power of two), tie, 3 (110b) even
     (-3.0, +0.26, False),
-    (-4.0, +0.25, True),    # -4.0 is a power of two: towards zero (up) the spacing is 0.5 (binade [2, 4)), half 0.25, tie, even
+    # -4.0 is a power of two: towards zero (up) the spacing is 0.5 (the binade [2, 4)); 0.25 is a tie, 4 (100b) even
+    (-4.0, +0.25, True),
     (-4.0, -0.5, True),     # away from zero (down) the spacing is 1.0: 0.5 is a tie, 4 (100b) even
     (57344.0, +4096.0, True),  # max: saturates
     (3 * 2.0 ** -16, +2.0 ** -17, False),  # subnormal 3·2^-16 (odd) + half the spacing 2^-16: a tie, to 4·2^-16
