@@ -108,6 +108,7 @@ FIGURE_GROUPS: dict[str, str] = {
     "gpu_scaling": "speed",
     "divergence": "stability",
     "fp8_telemetry": "stability",
+    "lost_updates": "stability",
     "lr_frontier": "stability",
     "long_horizon": "stability",
     "stress_ladder": "stability",
