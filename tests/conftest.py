@@ -91,6 +91,7 @@ LONG_FILES = (
     "tests/test_workflow.py", "tests/test_compile.py", "tests/test_resume.py", "tests/test_memory_trace.py",
     "tests/test_front_door.py", "tests/scaleout/test_resume_ranks.py", "tests/test_faults.py",
     "tests/test_train.py", "tests/scaleout/test_data_parallel.py", "tests/engines/test_zero.py",
+    "tests/test_seed_plan.py",
 )
 
 

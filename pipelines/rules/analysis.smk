@@ -3,6 +3,24 @@
 # the stress tables.
 
 
+# Adaptive seeds: round r's plan (which inconclusive methods get which seeds) from the runs before it.
+checkpoint seed_plan:
+    input:
+        plan_inputs,
+    output:
+        f"{RESULTS}/seed_plan/round{{round}}.json",
+    params:
+        settings=SEED_SETTINGS_JSON,
+        analysis=ANALYSIS_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/seed_plan_round{{round}}.log",
+    shell:
+        "python -m pipelines.analysis.seed_plan --round {wildcards.round} --settings {params.settings:q} "
+        "--analysis {params.analysis:q} --out {output:q} {input:q} > {log:q} 2>&1"
+
+
 rule collect:
     input:
         run_summaries,

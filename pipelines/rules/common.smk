@@ -65,7 +65,7 @@ DATA_DIR = str(fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], 0)["d
 RUN_DIR = f"{RESULTS}/runs/{{profile}}/{{model}}/{{method}}/{{run}}"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 EVAL_GAPS_CSV = f"{RESULTS}/eval_gaps.csv"
-ANALYSIS_JSON = json.dumps(config.get("analysis", {}), sort_keys=True)
+ANALYSIS_JSON = json.dumps(PSET["analysis"], sort_keys=True)  # the experiment's, with the profile's overrides
 REPORT_MD = "reports/REPORT.md"
 FIGURE_PNGS = [f"reports/figures/{name}.png" for name in FIGURES]
 
@@ -75,11 +75,42 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_]+",
     method=r"[A-Za-z0-9_.\-]+",
     run=r"seed\d+(_lr[0-9.e+-]+)?",
+    round=r"\d+",
     name="|".join(FIGURES),
 
 
+def summaries_of(runs):
+    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in runs]
+
+
+# Adaptive seeds (analysis.max_seeds; pipelines/analysis/seed_plan.py): round r's runs come from the plan the
+# checkpoint `seed_plan` writes after the rounds before it; none when adaptive seeds are off.
+from pipelines.analysis import seed_plan as fp8seeds
+
+SEED_SETTINGS = {"seeds": PSET["seeds"], "seeds_for": PSET["seeds_for"], "methods": PSET["methods"]}
+SEED_ROUNDS = fp8seeds.rounds(**SEED_SETTINGS, an=fp8seeds.Analysis.from_config(PSET["analysis"]))
+SEED_SETTINGS_JSON = json.dumps(SEED_SETTINGS, sort_keys=True)
+
+
+def runs_through(last_round):
+    """The profile's runs and those the plans of rounds 1..last_round add (each plan read once it exists)."""
+    runs = list(RUNS)
+    for r in range(1, last_round + 1):
+        added = fp8seeds.plan_runs(checkpoints.seed_plan.get(round=r).output[0], PSET["models"])
+        if not added:  # nothing left inconclusive: later rounds would add nothing either
+            break
+        runs += added
+    return runs
+
+
 def run_summaries(wildcards=None):
-    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in RUNS]
+    """Every run's summary.json: the profile's runs, and with adaptive seeds every round's."""
+    return summaries_of(runs_through(SEED_ROUNDS))
+
+
+def plan_inputs(wildcards):
+    """What round r's plan is decided on: the runs of the rounds before it."""
+    return summaries_of(runs_through(int(wildcards.round) - 1))
 
 
 def run_config(wildcards):
