@@ -22,7 +22,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/fp8bench-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "${PYTHON:-python3}" -c "import transformer_engine" 2>/dev/null; then
-  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (no TransformerEngine wheel was provided in .whl/ and it builds only against a CUDA toolkit with network access to its sources; README: GPU install)}"
+  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (no TransformerEngine wheel was provided in .whl/ and it builds only against a CUDA toolkit with network access to its sources; docs/gpu.md)}"
 fi
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"   # the interpreter with the project's dependencies (tests pass theirs)
