@@ -8,7 +8,7 @@
 #
 # Wheels: torchao (abi3), deepspeed (+ hjson, pydantic, ...) built here with `pip wheel --no-deps` for
 # cp312 manylinux x86-64, put in .whl/ at the repository root (ignored by git) and carried with the
-# command. TransformerEngine's core wheel (276 MB) is over what one command can carry; without it the TE
+# command. TransformerEngine's core wheel (276 MB) is not among them; without it the TE
 # methods are recorded as skipped with that reason.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
