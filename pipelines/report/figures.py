@@ -226,10 +226,11 @@ def fig_train_loss(d: FigureData):
         ax.set_title(f"{m} ({n} seed{'s' if n > 1 else ''})", fontsize=9)
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("training loss (nats/token)", fontsize=9)
     fig.supxlabel("optimizer step")
-    fig.supylabel(f"training loss (nats/token), moving average over {TRAIN_LOSS_WINDOW} steps")
-    fig.suptitle(f"Training loss per method: mean over seeds (bold), each seed (faint); dashed grey: {REFERENCE}'s mean",
-                 fontsize=10)
+    fig.suptitle(f"Training loss per method, moving average over {TRAIN_LOSS_WINDOW} steps: mean over seeds (bold), "
+                 f"each seed (faint); dashed grey: {REFERENCE}'s mean", fontsize=10)
     fig.tight_layout()
     return fig
 
