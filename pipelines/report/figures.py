@@ -34,6 +34,7 @@ REFERENCE = "bf16-amp"
 COMPONENTS = ["weights", "master", "grads", "optim", "meta"]
 CAPTIONS = Path(__file__).resolve().parent / "captions"
 ARTICLE_BPP = {"fp32 (article: 16)": 16, "bf16 mixed (article: 12)": 12, "FP8 optimizer (article: 6)": 6}
+TRAIN_LOSS_WINDOW = 10  # steps of the trailing moving average in the train_loss figure (its caption says so)
 
 
 @dataclass
@@ -190,6 +191,56 @@ def fig_loss_curves(d: FigureData):
     ax.set(xlabel="optimizer step", ylabel="validation loss (nats/token)", yscale="log",
            title=f"Validation loss, mean over {int(n.max())} seeds (methods run on every seed)")
     ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def smoothed_train_loss(curves: pd.DataFrame, window: int = TRAIN_LOSS_WINDOW) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per run (method, seed) the training loss as a trailing moving average over ``window`` steps (fewer at
+    the start), and per method the mean of those curves over its seeds at each step.
+
+    Returns ``(per_seed, mean)``: per_seed has method, seed, step, loss (smoothed); mean has method, step,
+    loss, n_seeds. Non-finite losses are left out before smoothing."""
+    tr = curves[curves["kind"] == "train"]
+    tr = tr[np.isfinite(pd.to_numeric(tr["loss"], errors="coerce"))].sort_values(["method", "seed", "step"])
+    if tr.empty:
+        return tr[["method", "seed", "step", "loss"]], pd.DataFrame(columns=["method", "step", "loss", "n_seeds"])
+    per_seed = tr[["method", "seed", "step"]].copy()
+    per_seed["loss"] = (tr.groupby(["method", "seed"])["loss"]
+                        .transform(lambda x: x.astype(float).rolling(window, min_periods=1).mean()))
+    mean = (per_seed.groupby(["method", "step"])["loss"].agg(loss="mean", n_seeds="size").reset_index())
+    return per_seed, mean
+
+
+def fig_train_loss(d: FigureData):
+    """Training loss per method, one panel each: every seed faint, the mean over seeds bold, and bf16-amp's
+    mean dashed grey in every panel; the verdicts' profile, model and lr; finished runs (status ok) only."""
+    train = _main_lr(d, _ok(d.curves[d.curves["kind"] == "train"]))
+    per_seed, mean = smoothed_train_loss(train)
+    if mean.empty:
+        return "no training steps of a finished run in these results"
+    methods = sorted(mean["method"].unique(), key=lambda m: (m != REFERENCE, m))
+    ref = mean[mean["method"] == REFERENCE]
+    cols = min(4, len(methods))
+    rowsn = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rowsn, cols, figsize=(3.2 * cols + 1, 2.5 * rowsn + 0.8), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        for _, one in per_seed[per_seed["method"] == m].groupby("seed"):
+            ax.plot(one["step"], one["loss"], color="C0", lw=0.7, alpha=0.35)
+        mm = mean[mean["method"] == m]
+        if m != REFERENCE and not ref.empty:
+            ax.plot(ref["step"], ref["loss"], color="grey", ls="--", lw=1.0)
+        ax.plot(mm["step"], mm["loss"], color="C0", lw=1.8)
+        n = int(mm["n_seeds"].max())
+        ax.set_title(f"{m} ({n} seed{'s' if n > 1 else ''})", fontsize=9)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("training loss (nats/token)", fontsize=9)
+    fig.supxlabel("optimizer step")
+    fig.suptitle(f"Training loss per method, moving average over {TRAIN_LOSS_WINDOW} steps: mean over seeds (bold), "
+                 f"each seed (faint); dashed grey: {REFERENCE}'s mean", fontsize=10)
+    fig.tight_layout()
     return fig
 
 
@@ -489,7 +540,8 @@ def _caption(name: str) -> str:
 
 
 FIGURES = {name: (fn, _caption(name)) for name, fn in (
-    ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("loss_gap", fig_loss_gap), ("memory", fig_memory),
+    ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("train_loss", fig_train_loss),
+    ("loss_gap", fig_loss_gap), ("memory", fig_memory),
     ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
     ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry),

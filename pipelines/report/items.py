@@ -100,6 +100,7 @@ TABLES: dict[str, Table] = {
 FIGURE_GROUPS: dict[str, str] = {
     "forest": "loss",
     "loss_curves": "loss",
+    "train_loss": "loss",
     "loss_gap": "loss",
     "lr_sweep": "loss",
     "memory": "memory",
