@@ -95,7 +95,8 @@ def test_a_claim_waits_until_the_run_holding_the_gpus_has_ended(tmp_path):
 
 # --- the workflow: a stated count of 2 GPUs, 4 runs ------------------------------------------------------------
 
-WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "requirements.txt"]
+WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "environment-gpu.post-deploy.sh",
+                  "requirements.txt"]
 
 
 def _train_processes(workdir: Path) -> dict[int, str | None]:
