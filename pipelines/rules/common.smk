@@ -154,7 +154,7 @@ def ranks_here(wildcards):
 def run_threads(wildcards):
     """Cores one run occupies on a machine: torch threads per rank times its ranks there (ZeRO, DDP, FSDP2 run
     several ranks). On a cluster this is per node (sbatch --cpus-per-task of each node's one task)."""
-    return PSET["train"]["threads"] * ranks_here(wildcards)
+    return run_config(wildcards)["train"]["threads"] * ranks_here(wildcards)
 
 
 def run_gpus(wildcards):
@@ -187,6 +187,7 @@ def run_tasks(wildcards):
 
 
 def run_mpi(wildcards):
+    """Set for a run over several nodes (its value names the launcher; the training command calls it)."""
     return "srun" if run_nodes(wildcards) > 1 else None
 
 
@@ -209,7 +210,6 @@ def bench_threads(wildcards):
     on a cluster the job has its node to itself (the slurm profile's --exclusive) and asks for the timed
     process's threads (there is no total of cores there)."""
     return BENCH["threads"] if on_cluster() else workflow.cores
-
 
 
 # Traced memory (pipelines/analysis/memory_traced.py): one job per (model, seq_len) of the profile's grid, then a merge.
