@@ -12,8 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
+CONDA_ENV_OF_TRAIN = """
+import sys
+from tests.test_cluster_resources import load_workflow
+with load_workflow(sys.argv[1], cores=1) as w:
+    print(w.get_rule("train").conda_env)
+"""
 CLUSTER_RULES = {"prepare_data", "train", "trace_memory", "trace_memory_ranks", "bench_fp8_linear", "bench_optim"}
 
 
@@ -66,9 +72,10 @@ def test_the_gpu_profile_trains_in_the_gpu_environment_and_nothing_else_does(gpu
     envs = {r.name: r.conda_env for r in gpu_workflow.rules if r.conda_env}
     assert envs.pop("train") == "../../environment-gpu.yml"
     assert set(envs.values()) == {"../../environment.yml"}
-    # the CPU default keeps the CPU environment for training too
-    with load_workflow("smoke", cores=1) as cpu:
-        assert cpu.get_rule("train").conda_env == "../../environment.yml"
+    # the CPU default keeps the CPU environment for training too (read in a process of its own: a second
+    # workflow read here would share the first one's globals)
+    r = run_cli("-c", CONDA_ENV_OF_TRAIN, "smoke", timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "../../environment.yml", r.stdout + r.stderr[-2000:]
     assert (ROOT / "environment-gpu.yml").is_file() and (ROOT / "environment-gpu.post-deploy.sh").is_file()
     gpu_env = (ROOT / "environment-gpu.yml").read_text()
     # the same pins as the CPU environment, torch from PyPI (CUDA) rather than the CPU index
@@ -118,6 +125,7 @@ def test_a_runs_request_follows_its_ranks_nodes_and_device(gpu_workflow, monkeyp
     assert "--gpus=1" in flags and "--nodes=1" in flags and "--ntasks=" not in flags and "--gres" not in flags
     assert re.search(r"--mem \d+", flags) and "-t 120" in flags
     threads = g["PSET"]["train"]["threads"]
+    assert threads == 4  # the gpu profile's (a run's cores follow its own train settings)
     # eight ranks on one node: --gpus=8 there, cores for every rank
     from methods.registry import get_method
 

@@ -100,21 +100,25 @@ WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.
 
 
 def _train_processes(workdir: Path) -> dict[int, str | None]:
-    """The training commands of this workflow alive now: pid -> the CUDA_VISIBLE_DEVICES it runs with."""
-    found = {}
+    """The training commands of this workflow alive now: pid -> the CUDA_VISIBLE_DEVICES it runs with. A
+    process a run forks (e.g. to start a subprocess) is the run's, not another run: only those whose parent
+    is no training process count."""
+    found, parents = {}, {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if cmd[1:3] != [b"-m", b"pipelines.train"] or str(workdir).encode() not in (proc / "cwd").resolve().as_posix().encode():
+            if cmd[1:3] != [b"-m", b"pipelines.train"] or str(workdir) not in (proc / "cwd").resolve().as_posix():
                 continue
             env = dict(kv.split(b"=", 1) for kv in (proc / "environ").read_bytes().split(b"\0") if b"=" in kv)
-        except (OSError, ValueError):
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         visible = env.get(b"CUDA_VISIBLE_DEVICES")
         found[int(proc.name)] = None if visible is None else visible.decode()
-    return found
+        parents[int(proc.name)] = ppid
+    return {pid: v for pid, v in found.items() if parents[pid] not in found}
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="needs /proc to watch the runs")
