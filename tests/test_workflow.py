@@ -8,7 +8,8 @@ import yaml
 
 from tests.conftest import ROOT, run_cli
 
-WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "requirements.txt"]
+WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "environment-gpu.post-deploy.sh",
+                  "requirements.txt"]
 
 
 @pytest.fixture(scope="module")

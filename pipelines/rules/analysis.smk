@@ -28,7 +28,7 @@ rule collect:
         summary=SUMMARY_CSV,
         eval_gaps=EVAL_GAPS_CSV,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/collect.log",
     shell:
@@ -49,7 +49,7 @@ rule compare:
     params:
         analysis=ANALYSIS_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
@@ -68,7 +68,7 @@ rule memory_traced:
     params:
         settings=MEMORY_TRACE_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/memory_traced.log",
     shell:
@@ -95,7 +95,7 @@ rule frontier:
     params:
         analysis=ANALYSIS_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/frontier.log",
     shell:
@@ -120,7 +120,7 @@ rule long_horizon:
     params:
         analysis=ANALYSIS_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/long_horizon.log",
     shell:
@@ -143,7 +143,7 @@ rule stress_tables:
         norm_gains=STRESS_CSVS[2],
         second_moment=STRESS_CSVS[3],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/stress_tables.log",
     shell:

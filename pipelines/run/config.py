@@ -65,7 +65,8 @@ def check_choice(kind: str, value: str, valid) -> None:
 
 
 def profile_settings(cfg: dict, profile: str) -> dict:
-    """The profile with defaults merged in: models, methods (expanded), seeds, train, data."""
+    """The profile with defaults merged in: models, methods (expanded), seeds, train, data, what its jobs ask
+    a scheduler for."""
     check_choice("profile", profile, cfg["profiles"])
     from methods.registry import method_names
     from models.config import SIZES
@@ -125,6 +126,7 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         "analysis": an,
         "memory_trace": memory_trace_settings(cfg, p),
         "bench": bench_settings(cfg, profile),
+        "jobs": deep_merge(cfg["jobs"], p.get("jobs")),
     }
 
 
