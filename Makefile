@@ -1,6 +1,7 @@
 # fp8bench — the two commands:
 #   make reproduce   fresh machine: .venv with the pinned deps, then `snakemake --cores all`
 #   make test        same .venv, the whole test suite (what .ci/run calls)
+#   make test-cluster  the SLURM path on a local two-node SLURM (root; .ci/run calls it after make test)
 # TORCH_INDEX: a pip index for torch itself, e.g. https://download.pytorch.org/whl/cpu on a CPU machine
 # whose default index would give a CUDA build.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,7 +14,7 @@ SNAKEMAKE_ARGS ?=
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: reproduce test smoke report report-html browser clean-results venv
+.PHONY: reproduce test test-cluster smoke report report-html browser clean-results venv
 
 venv: $(STAMP)
 
@@ -37,6 +38,16 @@ report: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The workflow on a real SLURM started on this machine (pipelines/cluster/slurm-local.sh: two fake nodes, accounting
+# for sacct): the `cluster` profile through pipelines/profiles/slurm, checked with sacct, and its two-rank run
+# against the same run launched here (tests/cluster/test_slurm.py). Needs root and apt-get for the Debian packages;
+# where the cluster cannot run, it says why and succeeds. .ci/run runs it after `make test`.
+test-cluster: $(STAMP)
+	@bash pipelines/cluster/slurm-local.sh install; rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "test-cluster: skipped: no local SLURM here (the reason is above)"; exit 0; fi; \
+	[ $$rc -eq 0 ] || exit $$rc; \
+	$(BIN)/python -m pytest -q -s -rs -p no:cacheprovider tests/cluster
 
 # Headless Chromium (Debian's package) for the browser check of report.html. Best effort: where it cannot be
 # installed (no apt-get, not root, no network) `make test` goes on and that check is skipped with the reason.

@@ -37,6 +37,7 @@ localrules:
     tensorboard,
     gpu_predicted,
     frontier,
+    seed_plan,
     long_horizon,
     stress_tables,
 

@@ -60,15 +60,17 @@ class FusedBackwardTrainee(Trainee):
             return StepResult(float(loss.detach()), math.nan)
         self._sq.clear()
         self._armed = True
+        probed = self.arm_probe()  # the updates run in backward's hooks: probed there
         try:
             loss.backward()
         finally:
             self._armed = False
+            extra = self.disarm_probe(probed)
         grad_norm = math.sqrt(host_float(torch.stack(self._sq).sum(), fake=0.0)) if self._sq else 0.0
-        return StepResult(host_float(loss.detach()), grad_norm)
+        return StepResult(host_float(loss.detach()), grad_norm, extra)
 
     def telemetry(self) -> list[dict]:
-        return optimizer_telemetry(self.model, self.optimizer)
+        return optimizer_telemetry(self.model, self.optimizer) + super().telemetry()
 
     @property
     def skipped_params(self) -> int:
@@ -90,7 +92,7 @@ def optimizer_telemetry(model, optimizer) -> list[dict]:
 
 
 class FP8OptimTrainee(Trainee):
-    """The base training step, plus FP8 optimizer-state telemetry."""
+    """The base training step, plus FP8 optimizer-state telemetry (and the base's ``weight_update`` rows)."""
 
     def telemetry(self) -> list[dict]:
-        return optimizer_telemetry(self.model, self.optimizer)
+        return optimizer_telemetry(self.model, self.optimizer) + super().telemetry()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +21,7 @@ from methods.analytic import default_analytic_bytes
 from methods.bf16_emulation import bf16_matmul_mode
 from methods.context import HParams, RunContext  # noqa: F401 - part of this module's API
 from methods.fp8.device import host_float
+from methods.fp8.lost_updates import LostUpdates, ParamProbe, layer_name
 from methods.ledger import ledger
 
 
@@ -56,6 +57,10 @@ def needs_cuda(min_cc: tuple[int, int] | None = None, what: str = "") -> Require
 class StepResult:
     loss: float
     grad_norm: float  # global L2 norm before clipping; NaN where a method cannot know it
+    #: what else the step measured, for the ``train_step`` event. On a step probed with
+    #: ``Trainee.probe_updates`` by a recipe whose weights live in a low-precision format: ``lost_pred_frac``,
+    #: ``unchanged_frac``, ``lost_bias`` over all of those weights (``methods.fp8.lost_updates``)
+    extra: dict = field(default_factory=dict)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -83,7 +88,17 @@ def clip_grads(params: list[torch.Tensor], max_norm: float) -> float:
 
 
 class Trainee:
-    """A model + optimizer under one method. The loop only uses this interface."""
+    """A model + optimizer under one method. The loop only uses this interface.
+
+    ``probe_updates``: the loop sets it before a step to have that step's weight updates measured where the
+    weights live in a low-precision format and the recipe can see the update (``fp8-naive``, ``bf16-pure``,
+    the FP8AdamW recipes): the whole-model figures come back in ``StepResult.extra`` and the per-layer ones
+    in the ``tensor="weight_update"`` rows of :meth:`telemetry` (``methods.fp8.lost_updates``). A probed
+    step trains exactly as an unprobed one; it costs a copy of the weights and, where a fused kernel does the
+    update, the reference update once more on copies. Other recipes ignore it.
+    """
+
+    probe_updates: bool = False
 
     def __init__(self, method: "Method", model: nn.Module, optimizer: torch.optim.Optimizer,
                  hp: HParams, ctx: RunContext):
@@ -93,6 +108,24 @@ class Trainee:
         # override Method.build (DDP, FSDP2, ZeRO) apply train.compile their own way, unguarded.
         self.compile_status = "off" if not ctx.compile else f"engine's own ({type(method).__name__}.build)"
         self.compile_graphs = self.compile_graph_breaks = 0
+        #: the counters of the probed steps (``weight_update`` telemetry rows)
+        self.lost_updates = LostUpdates()
+
+    def arm_probe(self) -> bool:
+        """At the start of a step: hand the optimizer a probe if this step is probed and the optimizer can
+        take one (``methods.fp8.adamw_base.AdamW``); whether it did. :meth:`disarm_probe` after the step."""
+        if not self.probe_updates or not hasattr(self.optimizer, "probe"):
+            return False
+        names = {p: layer_name(n) for n, p in self.model.named_parameters()}
+        self.optimizer.probe = ParamProbe(self.lost_updates, names)
+        return True
+
+    def disarm_probe(self, armed: bool) -> dict:
+        """At the end of a step: take the probe back; the step's whole-model figures ({} if not probed)."""
+        if not armed:
+            return {}
+        self.optimizer.probe = None
+        return self.lost_updates.finish_step()
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
@@ -116,9 +149,13 @@ class Trainee:
         loss = self.forward_loss(x, y)
         self.backward(loss)
         grad_norm = clip_grads(self.params, self.hp.grad_clip)
-        if math.isfinite(grad_norm):  # a non-finite step is reported, never applied
-            self.optimizer.step()
-        return StepResult(host_float(loss.detach()), grad_norm)
+        armed = self.arm_probe()
+        try:
+            if math.isfinite(grad_norm):  # a non-finite step is reported, never applied
+                self.optimizer.step()
+        finally:
+            extra = self.disarm_probe(armed)
+        return StepResult(host_float(loss.detach()), grad_norm, extra)
 
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -134,8 +171,10 @@ class Trainee:
         return sum(p.numel() for p in self.model.parameters())
 
     def telemetry(self) -> list[dict]:
-        """Per-layer FP8 statistics (amax, scale, saturated fraction); none for non-FP8 methods."""
-        return []
+        """Per-layer statistics: FP8 ones (amax, scale, saturated fraction) where a subclass has them, and
+        the ``tensor="weight_update"`` rows of the probed steps since the previous call (``lost_pred_frac``,
+        ``unchanged_frac``, ``lost_bias``, each also as ``*_window``: see ``methods.fp8.lost_updates``)."""
+        return self.lost_updates.rows()
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -12,7 +12,9 @@ from torch import nn
 
 from methods.base import HParams, Method, RunContext, StepResult, Trainee
 from methods.fp8.device import host_float
+from methods.fp8.formats import E4M3
 from methods.fp8.gemm import BACKENDS, dequantize_fast
+from methods.fp8.lost_updates import count_update
 from methods.fp8.linear import DEFAULT_KEEP
 from methods.fp8.naive import FP8StoredLinear, convert_to_fp8_stored
 from methods.ledger import ledger, tensor_bytes
@@ -54,10 +56,12 @@ class NaiveTrainee(Trainee):
         loss = self.forward_loss(x, y)
         loss.backward()
         grad_norm = self._clip()
+        extra = {}
         if math.isfinite(grad_norm):
-            self.optimizer.step()
-            self._fp8_step(lr)
-        return StepResult(host_float(loss.detach()), grad_norm)
+            self.optimizer.step()  # the fp32 rest (2^16 times finer than bf16): not probed
+            self._fp8_step(lr, probe=self.probe_updates)
+            extra = self.lost_updates.finish_step() if self.probe_updates else {}
+        return StepResult(host_float(loss.detach()), grad_norm, extra)
 
     @torch.no_grad()
     def _clip(self) -> float:
@@ -77,7 +81,9 @@ class NaiveTrainee(Trainee):
         return norm
 
     @torch.no_grad()
-    def _fp8_step(self, lr: float) -> None:
+    def _fp8_step(self, lr: float, probe: bool = False) -> None:
+        """Adam on each FP8-stored linear. ``probe``: count each update into ``self.lost_updates``: predicted
+        lost at the old per-tensor scale; measured on the codes, which the new scale moves too."""
         hp = self.hp
         b1, b2 = hp.beta1, hp.beta2
         for name, m in self.fp8:
@@ -93,6 +99,7 @@ class NaiveTrainee(Trainee):
             g = m.grad().dequantize_fast()
             w = dequantize_fast(m.weight_q())  # a temporary: the only stored weight is the FP8 one
             before = m.weight.detach().view(torch.uint8).clone()
+            s_before = m.weight_scale_inv.detach().clone() if probe else None
             st["exp_avg"].lerp_(g, 1 - b1)
             st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
             w.mul_(1 - lr * hp.weight_decay)
@@ -102,14 +109,27 @@ class NaiveTrainee(Trainee):
             # what the control exposes: how many weights kept their FP8 code through the update (they
             # moved at most by the common rescaling of the whole tensor: the update itself was lost)
             m.unchanged = (m.weight.detach().view(torch.uint8) == before).float().mean()
+            if probe:  # w: the fp32 weight the update computed, which store_weight rounded
+                self.lost_updates.record(
+                    name, count_update(before.view(m.weight.dtype), m.weight.detach(), w, s_before, m.weight_scale_inv),
+                    "nearest" if self.sr_generator is None else "stochastic", E4M3)
 
     def memory(self, owners: dict | None = None) -> dict[str, int]:
         return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state, owners)
 
     def telemetry(self) -> list[dict]:
+        """The FP8 rows of each linear; its ``weight_update`` row (``unchanged_frac``: the last step's share
+        of unchanged codes, counted every step) gains the probed steps' keys (``lost_pred_frac``,
+        ``lost_bias``, the ``*_window`` means) once a step was probed."""
         rows = []
         for name, m in self.fp8:
-            rows.extend(m.telemetry_rows(name))
+            for row in m.telemetry_rows(name):
+                if row["tensor"] == "weight_update":
+                    probed = self.lost_updates.row(name)
+                    probed.pop("unchanged_frac", None)  # the every-step count above is at least as recent
+                    row.update(probed)
+                rows.append(row)
+        self.lost_updates.clear_window()
         return rows
 
     def state_dict(self):

@@ -48,8 +48,9 @@ class FP8Trainee(Trainee):
         ``saturated_frac`` is the last quantization's, ``saturated_frac_window`` covers every one since
         the previous call. Group granularities add ``scale_max`` (``scale`` is then the smallest group
         scale, the one of the largest amax). With ``norm_gains`` fp8 / fp8-bump, one row per quantized norm
-        too (``tensor: gain``, its clipped fraction)."""
-        return fp8_telemetry(self.model) + norm_gain_telemetry(self.model)
+        too (``tensor: gain``, its clipped fraction). Then the base's ``weight_update`` rows of probed steps
+        (``fp8-e2e``: its bf16 weights under FP8AdamW)."""
+        return fp8_telemetry(self.model) + norm_gain_telemetry(self.model) + super().telemetry()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,7 +14,7 @@ Recipes (``transformer_engine.common.recipe``, TE 2.x):
 
 TE has no CPU path: it needs CUDA with compute capability >= 8.9 (block scaling: >= 9.0 and CUDA >= 12.9).
 Where that or TE itself is missing the run is recorded as ``skipped`` with the reason. GPU install: see
-README "GPU install".
+docs/gpu.md.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from methods.registry import register
 
 TE_VERSION = "2.20.2"
 INSTALL_HINT = (f"on a CUDA machine: pip install --no-build-isolation 'transformer_engine[pytorch]=={TE_VERSION}'; "
-                "see README 'GPU install'")
+                "see docs/gpu.md")
 
 
 def te_importable() -> Requirement:

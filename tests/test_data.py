@@ -167,3 +167,12 @@ def test_a_truncated_token_file_is_detected_and_rebuilt(small_source, tmp_path, 
         D.Corpus.open(out)
     assert np.array_equal(D.Corpus.open(D.prepare(data, out)).train, ref)
     assert "rebuilding it" in capsys.readouterr().err
+
+
+def test_python_stdlib_corpus_is_source_code_in_a_fixed_order():
+    """The second shipped corpus: the interpreter's own standard library, test suites left out, sorted, capped."""
+    docs = D.python_stdlib_documents(max_chars=200_000)
+    assert docs == D.python_stdlib_documents(max_chars=200_000)  # the same files in the same order
+    assert 200_000 <= sum(map(len, docs)) < 200_000 + max(map(len, docs))  # stops at the first file past the cap
+    assert all("def " in d or "import " in d or "class " in d for d in docs[:20])
+    assert "python_stdlib" in D.describe_source({"corpus": "python_stdlib"})

@@ -208,8 +208,8 @@ def test_at_least_six_figures_exist_and_are_referenced(built):
     pngs = sorted(built["figs"].glob("*.png"))
     assert len(pngs) == len(FIGURES) >= 6
     drawn = [n for n, note in built["notes"].items() if note is None]
-    assert {"loss_curves", "loss_gap", "memory", "throughput", "memory_scaling", "divergence", "lr_sweep",
-            "fp8_telemetry"} <= set(drawn)
+    assert {"loss_curves", "train_loss", "loss_gap", "memory", "throughput", "memory_scaling", "divergence",
+            "lr_sweep", "fp8_telemetry"} <= set(drawn)
     for p in pngs:
         assert p.stat().st_size > 2000 and p.with_suffix(".svg").is_file()
         assert f"figures/{p.name}" in built["text"]
@@ -329,3 +329,53 @@ def test_option_cost_is_paired_by_seed():
     iv, seeds = paired_option_cost(summary, "var", "base")
     assert seeds == [0, 1, 2] and iv.n == 3
     assert iv.mean == pytest.approx(1.0) and iv.lo == pytest.approx(1.0) and iv.hi == pytest.approx(1.0)
+
+
+def _trailing_mean(x, window):
+    """Reference moving average: the mean of the last ``window`` values up to and including each one."""
+    x = np.asarray(x, dtype=float)
+    return np.array([x[max(0, i - window + 1):i + 1].mean() for i in range(len(x))])
+
+
+def test_train_loss_figure_draws_the_mean_of_smoothed_seeds_at_the_verdicts_lr():
+    """fig_train_loss on synthetic curves: per method each seed's moving average (faint) and their mean
+    (bold), bf16-amp's mean dashed in the other panels; a run at another lr and a diverged run are left out."""
+    from pipelines.report.figures import TRAIN_LOSS_WINDOW, fig_train_loss
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 31)
+    runs = [("bf16-amp", s, 1e-3, "ok", 0.0) for s in range(3)] + [("fp8-x", s, 1e-3, "ok", 0.2) for s in range(2)]
+    runs += [("fp8-x", 2, 1e-3, "diverged", 60.0), ("bf16-amp", 0, 1e-2, "ok", 100.0)]
+    rows, raw = [], {}
+    for method, seed, lr, status, off in runs:
+        loss = 6.0 - 1.5 * (1 - np.exp(-steps / 10)) + off + rng.normal(0, 0.2, len(steps))
+        raw[(method, seed, lr, status)] = loss
+        rows += [{"profile": "cpu", "model": "tiny", "method": method, "seed": seed, "lr": lr, "status": status,
+                  "step": int(t), "loss": float(v), "kind": "train"} for t, v in zip(steps, loss)]
+    curves = pd.DataFrame(rows)
+    summary = pd.DataFrame([{"profile": "cpu", "model": "tiny", "method": m, "seed": s, "lr": lr, "status": st}
+                            for m, s, lr, st, _ in runs])
+    fig = fig_train_loss(FigureData(summary, curves=curves))
+    assert not isinstance(fig, str), fig
+
+    def expected(method, n):
+        return np.mean([_trailing_mean(raw[(method, s, 1e-3, "ok")], TRAIN_LOSS_WINDOW) for s in range(n)], axis=0)
+
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"bf16-amp (3 seeds)", "fp8-x (2 seeds)"}, set(panels)
+    ax = panels["fp8-x (2 seeds)"]
+    faint = [ln for ln in ax.get_lines() if ln.get_alpha() is not None and ln.get_alpha() < 1]
+    bold = [ln for ln in ax.get_lines() if ln.get_linewidth() > 1.5]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(faint) == 2 and len(bold) == 1 and len(dashed) == 1
+    np.testing.assert_allclose(bold[0].get_ydata(), expected("fp8-x", 2), rtol=1e-12)
+    np.testing.assert_allclose(dashed[0].get_ydata(), expected("bf16-amp", 3), rtol=1e-12)
+    smoothed = [_trailing_mean(raw[("fp8-x", s, 1e-3, "ok")], TRAIN_LOSS_WINDOW) for s in range(2)]
+    for line in faint:  # each faint line is one of the two smoothed seeds, each seed drawn once
+        assert any(np.allclose(line.get_ydata(), ref) for ref in smoothed)
+    assert not np.allclose(faint[0].get_ydata(), faint[1].get_ydata())
+    # nothing of the lr-1e-2 run (loss ~ 100) or the diverged one (~ 60) is drawn anywhere
+    assert max(np.max(ln.get_ydata()) for a in fig.axes for ln in a.get_lines()) < 10
+    assert f"moving average over {TRAIN_LOSS_WINDOW} steps" in FIGURES["train_loss"][1]
+    empty = curves[curves["kind"] == "val"]
+    assert isinstance(fig_train_loss(FigureData(summary, curves=empty)), str)

@@ -201,3 +201,38 @@ def test_a_corpus_too_small_for_one_batch_is_refused_naming_the_file(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"error: data.files {src} is too small: its training split" in r.stderr
     assert not (out / "summary.json").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_telemetry_steps_probe_lost_updates_into_events_summary_and_figure(configfile, tmp_path):
+    """bf16-pure's weights are bf16: on the telemetry steps (0, 3 and the last) the loop has the step measure
+    which updates round away; those steps carry the shares, are marked `probed` and stay out of the tokens/s
+    median; the summary holds their means (after step 0) and the figure draws them."""
+    import pandas as pd
+
+    from pipelines.analysis.collect import collect
+    from pipelines.report.figures import FigureData, fig_lost_updates, load_events
+
+    r = train(configfile, tmp_path / "pure", "bf16-pure", 0, "--set", "telemetry_every=3")
+    assert r.returncode == 0, r.stderr
+    ev = steps(tmp_path / "pure")
+    probed = [e["step"] for e in ev if e.get("probed")]
+    assert probed == [0, 3, 5]
+    for e in ev:
+        if e.get("probed"):
+            assert 0 <= e["lost_pred_frac"] <= 1 and 0 <= e["unchanged_frac"] <= 1
+            # nearest rounding of bf16: the prediction is the measurement (methods.fp8.lost_updates)
+            assert e["lost_pred_frac"] == pytest.approx(e["unchanged_frac"], abs=1e-6)
+        else:
+            assert "lost_pred_frac" not in e
+    s = summary(tmp_path / "pure")
+    later = [e for e in ev if e.get("probed") and e["step"] > 0]
+    assert s["lost_pred_frac_mean"] == pytest.approx(sum(e["lost_pred_frac"] for e in later) / len(later))
+    timed = sorted(e["tokens_per_s"] for e in ev[1:] if not e.get("probed"))  # timing_warmup_steps 1
+    assert s["tokens_per_s"] == pytest.approx(timed[len(timed) // 2] if len(timed) % 2 else
+                                              (timed[len(timed) // 2 - 1] + timed[len(timed) // 2]) / 2)
+    table = collect([tmp_path / "pure" / "summary.json"])
+    assert table["lost_pred_frac_mean"].iloc[0] == pytest.approx(s["lost_pred_frac_mean"])
+    curves, tele, probes = load_events(table)
+    assert list(probes["step"]) == [0, 3, 5]
+    assert not isinstance(fig_lost_updates(FigureData(table, curves, tele, probes)), str)
+    assert isinstance(fig_lost_updates(FigureData(pd.DataFrame(columns=table.columns))), str)

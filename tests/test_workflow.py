@@ -8,7 +8,8 @@ import yaml
 
 from tests.conftest import ROOT, run_cli
 
-WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "requirements.txt"]
+WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "environment-gpu.post-deploy.sh",
+                  "requirements.txt"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,15 @@ def test_smoke_workflow_end_to_end(workdir):
     for fig in ("loss_curves", "memory", "throughput"):
         assert (workdir / "reports" / "figures" / f"{fig}.png").stat().st_size > 1000
     report = (workdir / "reports" / "REPORT.md").read_text()
-    assert "bf16-pure" in report and "figures/loss_curves.png" in report
+    assert "bf16-pure" in report and "figures/loss_curves.png" in report and "figures/train_loss.png" in report
+    assert (workdir / "reports" / "figures" / "train_loss.png").stat().st_size > 1000
+    assert not (workdir / "reports" / "figures" / "train_loss.empty.txt").exists()  # drawn, not a note
+    # what a reader sees speaks of the project, not of how it was developed (tests/test_docs.py: the tree)
+    from tests.test_docs import banned_words_in
+
+    written = [workdir / "reports" / "REPORT.md", *sorted((workdir / "results").rglob("*.csv"))]
+    assert len(written) > 10
+    assert not [(p.name, w) for p in written for w in banned_words_in(p.read_text())]
     # the self-contained HTML report embeds every figure
     r = snakemake(workdir, *args, "--report", "reports/report.html")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -86,7 +95,7 @@ def test_smoke_workflow_end_to_end(workdir):
 
     assert all(f"tables/{t}.html" in html for t in tables_for("smoke"))
     landing = (workdir / "reports" / "landing.rst").read_text()
-    assert "fp8bench: the answers" in landing
+    assert "fp8bench: the answers" in landing and not banned_words_in(landing)
     # per-method lines at the verdicts' lr (fp32-lr300, at another lr, is REPORT.md's, as in the forest figure)
     assert any(ln.startswith("- **bf16-pure** [") and "gap" in ln for ln in landing.splitlines())
     # every run has its TensorBoard event file beside metrics.jsonl (tests/test_tensorboard.py reads them back)

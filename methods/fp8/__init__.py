@@ -11,7 +11,9 @@
 - ``naive``: the FP8-stored linear of the negative control (weights and grads *stored* in FP8);
 - ``saved``: nonlinear layers that keep their inputs for backward in FP8 (COAT);
 - ``adamw_base``, ``adamw``, ``optim_codec``, ``optim_fused``, ``optim_triton``, ``rounding``: AdamW, its
-  FP8-state variant and the state codec, its fused CPU and Triton steps, stochastic rounding.
+  FP8-state variant and the state codec, its fused CPU and Triton steps, stochastic rounding;
+- ``lost_updates``: whether an update survives the rounding of a weight stored in bf16 or FP8 (predicted
+  from the format's spacing, measured on the stored bits) and the lost-update bias, per probed step.
 
 This package imports only torch, triton and itself (``tests/test_layering.py``): the recipes that use it
 are ``methods/fp8_own.py``, ``methods/fp8_naive.py`` and ``methods/fp8_optim.py``; its benchmarks and

@@ -165,25 +165,29 @@ class FP8AdamW(AdamW):
             # weights, codes and scales in place and allocates nothing; tracing the CPU's chunked fused
             # step instead would cost one dispatch per chunk of 128 blocks, hours at 10B
             return
+        # a probed step: these kernels never expose the fp32 weight they round, so the reference update
+        # computes it first, on copies (the kernels' agreement with the reference: see their modules)
+        watch = (p.detach().clone(), self.reference_weight(p, group, st)) if self.probes(p, st) else None
         if path == "native":
             from methods.fp8 import optim_native
 
             optim_native.native_step(self, p, group, st)
-            return
-        if path == "triton":
+        elif path == "triton":
             from methods.fp8 import optim_triton
 
             optim_triton.fused_step(self, p, group, st)
-            return
-        from methods.fp8 import optim_fused
+        else:
+            from methods.fp8 import optim_fused
 
-        ran = optim_fused.fused_step(self, p, group, st, eager_ok=self.impl == "fused")
-        reason = optim_fused.FALLBACK.get(optim_fused.spec_for(self, p, st))
-        if reason:
-            self.fallback["fused"] = reason  # auto: the reference path from now on (see path_for)
-        if ran is None:  # auto and no compiler: nothing ran, so this step too takes the reference path
-            st["step"] -= 1
-            super().step_param(p, group)
+            ran = optim_fused.fused_step(self, p, group, st, eager_ok=self.impl == "fused")
+            reason = optim_fused.FALLBACK.get(optim_fused.spec_for(self, p, st))
+            if reason:
+                self.fallback["fused"] = reason  # auto: the reference path from now on (see path_for)
+            if ran is None:  # auto and no compiler: nothing ran, so this step too takes the reference path
+                st["step"] -= 1
+                return super().step_param(p, group)  # which counts a probed update itself
+        if watch is not None:
+            self.probe.record(p, *watch, self.rounding(p, st))
 
     @torch.no_grad()
     def state_stats(self, p: torch.Tensor) -> dict[str, float]:

@@ -5,7 +5,10 @@ moments. The article's "mixed precision" recipe keeps bf16 weights and grads but
 recipes keep an fp32 master copy; this optimiser does either. All arithmetic is fp32.
 
 Where the result lands in a bf16 parameter without a master copy, it is rounded either to nearest
-(the default cast) or stochastically (unbiased; see ``methods.fp8.rounding``).
+(the default cast) or stochastically (unbiased; see ``methods.fp8.rounding``). While ``probe`` is set
+(a trainee's probed step), each such parameter's update is counted into it: the fp32 weight the update
+computed against what the rounding stored (``methods.fp8.lost_updates``). Probing reads copies only, so a
+probed step trains exactly as an unprobed one.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import math
 
 import torch
 
-from methods.fp8.device import host_float
+from methods.fp8.device import host_float, is_fake
+from methods.fp8.lost_updates import ParamProbe
 from methods.fp8.rounding import stochastic_round_bf16
 
 
@@ -34,6 +38,10 @@ def adamw_update_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Te
 
 
 class AdamW(torch.optim.Optimizer):
+    #: set by a trainee for one probed step (``Trainee.probe_updates``): where each low-precision
+    #: parameter's update is counted; None on every other step
+    probe: ParamProbe | None = None
+
     def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  state_dtype: torch.dtype = torch.float32, master_weights: bool = False,
                  stochastic_rounding: bool = False, seed: int = 0):
@@ -76,11 +84,36 @@ class AdamW(torch.optim.Optimizer):
         st = self.state[p] if self.state[p] else self._init_state(p)
         st["step"] += 1
         w = st["master"] if "master" in st else p.float()
+        before = p.detach().clone() if self.probes(p, st) else None
         m, v = self._load_moments(st, p)
         adamw_update_(w, p.grad.float(), m, v, lr=group["lr"], betas=group["betas"], eps=group["eps"],
                       weight_decay=group["weight_decay"], step=host_float(st["step"], fake=1.0))
         self._store_moments(st, m, v)
         self._write_param(p, w, st)
+        if before is not None:  # w: the fp32 weight this update computed, which the write rounded into p
+            self.probe.record(p, before, w, self.rounding(p, st))
+
+    def probes(self, p: torch.Tensor, st: dict) -> bool:
+        """Whether this step counts ``p``'s update: probing, and ``p`` is a stored low-precision weight (bf16,
+        no master copy; an fp32 weight or a master copy never loses an update to the stored format)."""
+        return (self.probe is not None and p.dtype == torch.bfloat16 and "master" not in st
+                and not is_fake(p))
+
+    def rounding(self, p: torch.Tensor, st: dict) -> str:
+        """How the update is rounded into ``p``: "stochastic" or "nearest"."""
+        return "stochastic" if self.stochastic_rounding and p.dtype == torch.bfloat16 and "master" not in st \
+            else "nearest"
+
+    @torch.no_grad()
+    def reference_weight(self, p: torch.Tensor, group: dict, st: dict) -> torch.Tensor:
+        """The fp32 weight this step's reference update computes for ``p`` (``st["step"]`` already counts
+        the step), on copies: state, weight and gradient are left as they are. For kernels that never expose
+        it (``FP8AdamW``'s native, compiled and Triton steps), on probed steps only."""
+        m, v = (t.clone() for t in self._load_moments(st, p))
+        w = p.detach().to(torch.float32, copy=True)
+        adamw_update_(w, p.grad.float(), m, v, lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                      weight_decay=group["weight_decay"], step=host_float(st["step"], fake=1.0))
+        return w
 
     def group_of(self, p: torch.Tensor) -> dict:
         for group in self.param_groups:

@@ -14,7 +14,9 @@ Per converted linear:
   to E4M3 with a fresh per-tensor scale. An update smaller than half an E4M3 ulp of its weight (1/16 to
   1/8 of the weight's magnitude) is lost: that, not overflow, is what the control exposes. Telemetry
   reports it per layer as ``tensor="weight_update"``, ``unchanged_frac``: the fraction of weights whose
-  FP8 code the last step did not change.
+  FP8 code the last step did not change; on steps the loop probes (``Trainee.probe_updates``), the same
+  row adds the share predicted lost from the E4M3 spacing and the lost-update bias
+  (``methods.fp8.lost_updates``).
 
 Embeddings, norms and the head stay fp32 (same filter as the other FP8 methods) with ``torch.optim.AdamW``.
 """

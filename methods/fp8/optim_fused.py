@@ -12,7 +12,7 @@ that the one fp32 and one FP8 intermediate it keeps stay in L2.
 - Compiled per configuration (formats, transforms, master copy, rounding, dtypes); Dynamo's automatic
   dynamic shapes make the block count and the hyperparameters runtime values after their first change,
   so a model's shapes share two or three compilations (warm-up: ~6 s with a warm Inductor cache, ~25 s
-  cold, on the development machine).
+  cold, measured on a 2-core CPU).
 - Where ``torch.compile`` is the identity (``methods.memory_trace`` replaces it so that a step can be
   traced under fake tensors), or the tensors are fake, or ``impl="fused"`` cannot compile, the very same
   function runs eagerly over chunks of ``EAGER_CHUNK_BLOCKS`` blocks, so its temporaries stay bounded

@@ -24,7 +24,7 @@ COLUMNS = [
     "speedup", "step_time_s", "state_bytes_per_param", "weights_bytes", "master_bytes", "grads_bytes",
     "optim_bytes", "meta_bytes", "state_bytes", "peak_mem_bytes", "peak_mem_kind", "wall_time_s", "run_dir",
     "weight_codes_unchanged_frac_mean", "saturated_frac_max", "saturated_frac_mean", "underflow_frac_max",
-    "underflow_frac_mean",
+    "underflow_frac_mean", "lost_pred_frac_mean", "unchanged_frac_mean", "lost_bias_mean",
 ]
 #: FP8 linear telemetry fractions summarized per run (max and mean over layers, tensors and logged steps)
 FRACTIONS = {"saturated": "saturated_frac_window", "underflow": "underflow_frac_window"}
@@ -48,7 +48,8 @@ def load_summaries(paths: list[str | Path]) -> pd.DataFrame:
 
 def run_events(run_dir: str | Path) -> tuple[list[dict], float]:
     """A run's evaluations (step, val_loss) and the mean share of FP8 weight codes a step left unchanged
-    (``unchanged_frac`` telemetry of fp8-naive, over layers and logged steps after the first; NaN without)."""
+    (``unchanged_frac`` telemetry of fp8-naive's E4M3 weights, over layers and logged steps after the first; NaN
+    without)."""
     path = Path(str(run_dir)) / "metrics.jsonl"
     evals, unchanged = [], []
     if path.is_file():
@@ -56,7 +57,8 @@ def run_events(run_dir: str | Path) -> tuple[list[dict], float]:
             if ev["event"] == "eval" and ev.get("val_loss") is not None:
                 evals.append({"step": ev["step"], "val_loss": ev["val_loss"]})
             elif ev["event"] == "telemetry" and ev["step"] > 0:
-                unchanged += [r["unchanged_frac"] for r in ev.get("layers", []) if r.get("unchanged_frac") is not None]
+                unchanged += [r["unchanged_frac"] for r in ev.get("layers", [])
+                              if r.get("unchanged_frac") is not None and r.get("format", "e4m3") == "e4m3"]
     return evals, (sum(unchanged) / len(unchanged) if unchanged else float("nan"))
 
 

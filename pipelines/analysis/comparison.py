@@ -27,7 +27,7 @@ from pipelines.analysis.markdown import md_table  # one table renderer for every
 from pipelines.analysis.claims import claims
 from pipelines.analysis.memory_model import COMPONENTS, memory_model
 from pipelines.analysis.optim_ablation import optim_ablation
-from pipelines.analysis.stats import Analysis, noise_floor, t_interval, verdict
+from pipelines.analysis.stats import Analysis, noise_floor, seeds_to_decide, t_interval, verdict
 
 REFERENCE = "bf16-amp"
 SEVERITY = ["failed", "diverged", "skipped", "ok"]
@@ -135,6 +135,11 @@ def aggregate(summary: pd.DataFrame, an: Analysis | None = None, floors: pd.Data
             "noise_floor_pct": floor,
             "margin_pct": an.margin_pct,
             "verdict": v,
+            # seeds at which the interval would be decided, were the mean and spread to stay as observed
+            "seeds_to_decide": np.nan if row["method"] == an.reference else seeds_to_decide(gaps, an),
+            # the verdict on its first min_seeds seeds: what a fixed design would say (adaptive seeds add more)
+            "verdict_at_min_seeds": v if len(gaps) <= an.min_seeds or v in ("reference", "diverged")
+            else verdict(gaps.iloc[:an.min_seeds], an, floor),
             "verdict_rule": an.rule(),
             "tokens_per_s_median": gok["tokens_per_s"].median() if len(gok) else np.nan,
             "speedup_median": gok["speedup"].median() if len(gok) else np.nan,
@@ -217,7 +222,7 @@ def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | N
 def comparison_view(comp: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader scans, as printed in comparison.md and REPORT.md."""
     cols = ["profile", "model", "method", "lr", "status", "n_seeds", "val_loss_mean", "gap_mean_pct", "gap_ci_lo_pct",
-            "gap_ci_hi_pct", "verdict", "margin_pct", "tokens_per_s_median", "speedup_median", "state_bytes_per_param", "weights_bpp",
+            "gap_ci_hi_pct", "verdict", "seeds_to_decide", "margin_pct", "tokens_per_s_median", "speedup_median", "state_bytes_per_param", "weights_bpp",
             "master_bpp", "grads_bpp", "optim_bpp", "meta_bpp", "peak_mem_mib", "reason"]
     view = comp[[c for c in cols if c in comp]].copy()
     if view["profile"].nunique() == 1:

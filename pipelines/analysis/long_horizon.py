@@ -72,13 +72,15 @@ def runs_on_disk(results: Path) -> pd.DataFrame:
 
 def unchanged_by_step(run_dir: str | Path) -> pd.Series:
     """fp8-naive's ``unchanged_frac`` telemetry (share of FP8 weight codes a step left as they were), mean over
-    layers, per logged step after the first; empty for a recipe without it."""
+    its E4M3 weight layers (as ``collect.run_events`` counts them), per logged step after the first; empty for a
+    recipe without it."""
     path = Path(str(run_dir)) / "metrics.jsonl"
     out = {}
     if path.is_file():
         for ev in read_events(path):
             if ev["event"] == "telemetry" and ev["step"] > 0:
-                vals = [r["unchanged_frac"] for r in ev.get("layers", []) if r.get("unchanged_frac") is not None]
+                vals = [r["unchanged_frac"] for r in ev.get("layers", [])
+                        if r.get("unchanged_frac") is not None and r.get("format", "e4m3") == "e4m3"]
                 if vals:
                     out[ev["step"]] = float(np.mean(vals))
     return pd.Series(out, dtype=float).sort_index()

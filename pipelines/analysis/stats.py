@@ -36,6 +36,10 @@ class Analysis:
     min_seeds: int = 3
     far_factor: float = 5.0
     null_methods: tuple[str, ...] = ("fp32",)
+    #: adaptive seeds (opt-in): methods still inconclusive after the profile's seeds get ``seed_batch`` more
+    #: seeds a round, until decided or at ``max_seeds`` (None: off); ``pipelines.analysis.seed_plan``
+    max_seeds: int | None = None
+    seed_batch: int = 2
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "Analysis":
@@ -149,6 +153,28 @@ def verdict(gaps, an: Analysis, floor: float = math.nan, diverged: bool = False)
     if ci.hi < -m:
         return "better"
     return "inconclusive"
+
+
+def decided(mean: float, half_width: float, margin: float) -> bool:
+    """Whether an interval mean ± half_width is decided against ±margin: inside it (equivalent) or entirely
+    beyond it on one side (worse / better); the rules of :func:`verdict`."""
+    a = abs(mean)
+    return a + half_width <= margin or a - half_width > margin
+
+
+def seeds_to_decide(gaps, an: Analysis, cap: int = 100) -> float:
+    """The number of seeds at which a method's interval would be decided, if its paired gaps kept the mean and
+    spread observed here: the smallest n >= ``an.min_seeds`` with mean ± t_{n-1} sd/√n decided against the
+    margin (:func:`decided`). NaN with fewer than 2 finite gaps (no spread to project from); ``inf`` where no
+    n up to ``cap`` decides it (the mean sits at the margin, or the spread is too wide)."""
+    x = [float(v) for v in gaps if v is not None and math.isfinite(float(v))]
+    if len(x) < 2:
+        return math.nan
+    ci = t_interval(x, an.confidence)
+    for n in range(max(2, an.min_seeds), cap + 1):
+        if decided(ci.mean, t_quantile(an.confidence, n - 1) * ci.sd / math.sqrt(n), an.margin_pct):
+            return float(n)
+    return math.inf
 
 
 def base_verdict(v: str) -> str:

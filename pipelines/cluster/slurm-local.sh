@@ -246,6 +246,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 AccountingStorageTRES=gres/gpu
+# sacct shows each job's --comment (Snakemake's SLURM executor writes the rule and wildcards there).
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 
 GresTypes=gpu

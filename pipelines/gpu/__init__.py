@@ -1,1 +1,1 @@
-"""GPU reference runs (one prepared script for a briefly lent GPU)."""
+"""GPU reference runs (one prepared script, about 10 minutes on one GPU)."""

@@ -8,7 +8,7 @@
 #
 # Wheels: torchao (abi3), deepspeed (+ hjson, pydantic, ...) built here with `pip wheel --no-deps` for
 # cp312 manylinux x86-64, put in .whl/ at the repository root (ignored by git) and carried with the
-# command. TransformerEngine's core wheel (276 MB) is over what one command can carry; without it the TE
+# command. TransformerEngine's core wheel (276 MB) is not among them; without it the TE
 # methods are recorded as skipped with that reason.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +22,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/fp8bench-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "${PYTHON:-python3}" -c "import transformer_engine" 2>/dev/null; then
-  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (no TransformerEngine wheel was provided in .whl/ and it builds only against a CUDA toolkit with network access to its sources; README: GPU install)}"
+  export FP8BENCH_TE_MISSING_REASON="${FP8BENCH_TE_MISSING_REASON:-transformer-engine is not installed on this machine (no TransformerEngine wheel was provided in .whl/ and it builds only against a CUDA toolkit with network access to its sources; docs/gpu.md)}"
 fi
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"   # the interpreter with the project's dependencies (tests pass theirs)

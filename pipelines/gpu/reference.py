@@ -1,6 +1,6 @@
 """Driver of the GPU reference (``pipelines/gpu/h200.sh``): benchmarks, short training runs, one summary.
 
-Everything lands in ``--out`` as at most a few files (the lent machine returns at most 8):
+Everything lands in ``--out`` as a few flat files:
 ``meta.json`` (device, date, versions, settings), ``summary.csv`` (one row per run, the columns of
 ``results/summary.csv``; ``run_dir`` points into the archive), ``fp8_bench.json``, ``optim_bench.json``,
 ``runs.tar.gz`` (each run's config, metrics and summary), ``driver.log`` and ``log.txt``. Commit them under ``results/reference/<device>/``; the
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         tar.add(out / "runs", arcname="runs")
     import shutil
 
-    shutil.rmtree(out / "runs")  # the archive holds them; the lent machine returns only a few flat files
+    shutil.rmtree(out / "runs")  # the archive holds them: the output stays a few flat files
     log.close()
     meta["wall_s"] = round(time.time() - t0, 1)
     write_json(out / "meta.json", meta)

@@ -33,7 +33,8 @@ from pipelines.analysis.stats import base_verdict, t_interval  # noqa: E402
 REFERENCE = "bf16-amp"
 COMPONENTS = ["weights", "master", "grads", "optim", "meta"]
 CAPTIONS = Path(__file__).resolve().parent / "captions"
-SEED_BPP = {"fp32 (seed: 16)": 16, "bf16 mixed (seed: 12)": 12, "FP8 optimizer (seed: 6)": 6}
+ARTICLE_BPP = {"fp32 (article: 16)": 16, "bf16 mixed (article: 12)": 12, "FP8 optimizer (article: 6)": 6}
+TRAIN_LOSS_WINDOW = 10  # steps of the trailing moving average in the train_loss figure (its caption says so)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class FigureData:
     summary: pd.DataFrame
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)      # method, seed, lr, step, loss, kind
     telemetry: pd.DataFrame = field(default_factory=pd.DataFrame)   # method, seed, step, layer, tensor, amax, ...
+    probes: pd.DataFrame = field(default_factory=pd.DataFrame)      # method, seed, step, lr, lost_pred_frac, ...
     reference: pd.DataFrame = field(default_factory=pd.DataFrame)   # committed GPU summaries, with 'device_dir'
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/comparison.csv (verdicts, CIs)
     eval_gaps: pd.DataFrame = field(default_factory=pd.DataFrame)   # results/eval_gaps.csv (paired gap per step)
@@ -55,7 +57,7 @@ class FigureData:
     def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
         """The summary and, beside it, the tables the workflow derives from it (where they exist)."""
         summary = pd.read_csv(summary_csv)
-        curves, telemetry = load_events(summary)
+        curves, telemetry, probes = load_events(summary)
         refs = [pd.read_csv(p).assign(device_dir=Path(p).parent.name) for p in sorted(glob.glob(reference_glob))]
         here = Path(summary_csv).parent
 
@@ -65,15 +67,20 @@ class FigureData:
             except pd.errors.EmptyDataError:  # written with no columns: nothing of that kind ran
                 return pd.DataFrame()
 
-        return cls(summary, curves, telemetry, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
+        return cls(summary, curves, telemetry, probes, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
                    table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
                    table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"),
                    table("long_horizon_curve.csv"),
                    {p.stem.removeprefix("stress_"): table(p.name) for p in sorted(here.glob("stress_*.csv"))})
 
 
-def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    curves, tele = [], []
+#: what a probed step measured of the low-precision weights' update (train_step events; methods.fp8.lost_updates)
+PROBE_KEYS = ("lost_pred_frac", "unchanged_frac", "lost_bias")
+
+
+def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The runs' loss curves, per-layer telemetry rows and probed steps, from their metrics.jsonl."""
+    curves, tele, probes = [], [], []
     for r in summary.itertuples():
         path = Path(str(r.run_dir)) / "metrics.jsonl"
         if not path.is_file():
@@ -84,13 +91,16 @@ def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             kind = ev["event"]
             if kind == "train_step":
                 curves.append({**base, "step": ev["step"] + 1, "loss": ev["loss"], "kind": "train"})
+                if ev.get("probed"):
+                    probes.append({**base, "step": ev["step"], "step_lr": ev["lr"], **{k: ev.get(k) for k in PROBE_KEYS}})
             elif kind == "eval":
                 curves.append({**base, "step": ev["step"], "loss": ev["val_loss"], "kind": "val"})
             elif kind == "telemetry":
                 for row in ev.get("layers", []):
                     tele.append({**base, "step": ev["step"], **row})
     cols = ["profile", "model", "method", "seed", "lr", "status", "step", "loss", "kind"]
-    return pd.DataFrame(curves, columns=cols), pd.DataFrame(tele)
+    probe_cols = ["profile", "model", "method", "seed", "lr", "status", "step", "step_lr", *PROBE_KEYS]
+    return pd.DataFrame(curves, columns=cols), pd.DataFrame(tele), pd.DataFrame(probes, columns=probe_cols)
 
 
 def _ok(df: pd.DataFrame) -> pd.DataFrame:
@@ -184,6 +194,56 @@ def fig_loss_curves(d: FigureData):
     return fig
 
 
+def smoothed_train_loss(curves: pd.DataFrame, window: int = TRAIN_LOSS_WINDOW) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per run (method, seed) the training loss as a trailing moving average over ``window`` steps (fewer at
+    the start), and per method the mean of those curves over its seeds at each step.
+
+    Returns ``(per_seed, mean)``: per_seed has method, seed, step, loss (smoothed); mean has method, step,
+    loss, n_seeds. Non-finite losses are left out before smoothing."""
+    tr = curves[curves["kind"] == "train"]
+    tr = tr[np.isfinite(pd.to_numeric(tr["loss"], errors="coerce"))].sort_values(["method", "seed", "step"])
+    if tr.empty:
+        return tr[["method", "seed", "step", "loss"]], pd.DataFrame(columns=["method", "step", "loss", "n_seeds"])
+    per_seed = tr[["method", "seed", "step"]].copy()
+    per_seed["loss"] = (tr.groupby(["method", "seed"])["loss"]
+                        .transform(lambda x: x.astype(float).rolling(window, min_periods=1).mean()))
+    mean = (per_seed.groupby(["method", "step"])["loss"].agg(loss="mean", n_seeds="size").reset_index())
+    return per_seed, mean
+
+
+def fig_train_loss(d: FigureData):
+    """Training loss per method, one panel each: every seed faint, the mean over seeds bold, and bf16-amp's
+    mean dashed grey in every panel; the verdicts' profile, model and lr; finished runs (status ok) only."""
+    train = _main_lr(d, _ok(d.curves[d.curves["kind"] == "train"]))
+    per_seed, mean = smoothed_train_loss(train)
+    if mean.empty:
+        return "no training steps of a finished run in these results"
+    methods = sorted(mean["method"].unique(), key=lambda m: (m != REFERENCE, m))
+    ref = mean[mean["method"] == REFERENCE]
+    cols = min(4, len(methods))
+    rowsn = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rowsn, cols, figsize=(3.2 * cols + 1, 2.5 * rowsn + 0.8), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        for _, one in per_seed[per_seed["method"] == m].groupby("seed"):
+            ax.plot(one["step"], one["loss"], color="C0", lw=0.7, alpha=0.35)
+        mm = mean[mean["method"] == m]
+        if m != REFERENCE and not ref.empty:
+            ax.plot(ref["step"], ref["loss"], color="grey", ls="--", lw=1.0)
+        ax.plot(mm["step"], mm["loss"], color="C0", lw=1.8)
+        n = int(mm["n_seeds"].max())
+        ax.set_title(f"{m} ({n} seed{'s' if n > 1 else ''})", fontsize=9)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("training loss (nats/token)", fontsize=9)
+    fig.supxlabel("optimizer step")
+    fig.suptitle(f"Training loss per method, moving average over {TRAIN_LOSS_WINDOW} steps: mean over seeds (bold), "
+                 f"each seed (faint); dashed grey: {REFERENCE}'s mean", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def fig_loss_gap(d: FigureData):
     g = _main_lr(d, d.eval_gaps.dropna(subset=["gap_pct"])) if not d.eval_gaps.empty else d.eval_gaps
     if g.empty:
@@ -243,7 +303,7 @@ def fig_memory(d: FigureData):
     per = per.loc[per.sum(axis=1).sort_values(ascending=False).index]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(per) + 1.6))
     per.plot.barh(stacked=True, ax=ax, color=sns.color_palette("deep", len(COMPONENTS)), width=0.75)
-    for v in SEED_BPP.values():
+    for v in ARTICLE_BPP.values():
         ax.axvline(v, color="black", ls=":", lw=0.8)
     ax.set(xlabel="bytes per parameter, measured from live tensors after step 1 (per rank for ZeRO)", ylabel="",
            title="Training state per parameter (dotted: the article's 16 / 12 / 6)")
@@ -285,7 +345,7 @@ def fig_memory_scaling(d: FigureData):
     lines = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(9, 6))
     sns.lineplot(data=lines, x="params", y="GB", hue="method", ax=ax, lw=1)
-    for label, bpp in SEED_BPP.items():
+    for label, bpp in ARTICLE_BPP.items():
         ax.plot(sizes, bpp * sizes / 1e9, color="black", ls=":", lw=1)
         ax.annotate(label, (sizes[-1], bpp * sizes[-1] / 1e9), fontsize=7, ha="right", va="bottom")
     if not measured.empty:
@@ -425,6 +485,8 @@ def fig_fp8_telemetry(d: FigureData):
     if t.empty:
         return "no FP8 telemetry in these results"
     t = t[t["tensor"] == "input"] if "tensor" in t else t
+    if t.empty:  # only weight-update rows (recipes with low-precision weights but no FP8 linears)
+        return "no FP8 linear in these results"
     methods = list(dict.fromkeys(t["method"]))[:3]
     fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 8), squeeze=False)
     for j, m in enumerate(methods):
@@ -443,16 +505,47 @@ def fig_fp8_telemetry(d: FigureData):
     return fig
 
 
+def fig_lost_updates(d: FigureData):
+    """Per recipe with low-precision weights: the share of weight updates predicted to round away (|update| below
+    half the format's spacing at the weight) and the share of weights measured unchanged, over training (mean over
+    seeds, each seed faint), with the lr schedule beside them."""
+    p = _main_lr(d, d.probes)
+    if p.empty:
+        return "no recipe with low-precision weights was probed in these results"
+    methods = list(dict.fromkeys(p["method"]))[:6]
+    fig, axes = plt.subplots(1, len(methods), figsize=(max(8.0, 4.2 * len(methods)), 3.6), squeeze=False, sharey=True)
+    for ax, m in zip(axes[0], methods):
+        pm = p[p["method"] == m]
+        for col, style, label in (("lost_pred_frac", "-", "predicted lost"), ("unchanged_frac", "--", "measured unchanged")):
+            for _, one in pm.groupby("seed"):
+                ax.plot(one["step"], one[col], style, color="C0" if col == "lost_pred_frac" else "C3", alpha=0.25, lw=0.8)
+            mean = pm.groupby("step")[col].mean()
+            ax.plot(mean.index, mean.values, style, color="C0" if col == "lost_pred_frac" else "C3", lw=2, label=label)
+        ax.set(title=m, xlabel="step", ylim=(0, 1.02))
+        lr = ax.twinx()
+        sched = pm.groupby("step")["step_lr"].mean()
+        lr.plot(sched.index, sched.values, color="grey", lw=1, alpha=0.7)
+        lr.set_ylabel("lr", color="grey")
+        lr.tick_params(axis="y", colors="grey", labelsize=7)
+    axes[0, 0].set_ylabel("share of low-precision weights")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Weight updates lost to rounding: predicted from the update vs measured after it (grey: lr)")
+    fig.tight_layout()
+    return fig
+
+
 def _caption(name: str) -> str:
     path = CAPTIONS / f"{name}.rst"
     return path.read_text(encoding="utf-8").strip() if path.is_file() else name
 
 
 FIGURES = {name: (fn, _caption(name)) for name, fn in (
-    ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("loss_gap", fig_loss_gap), ("memory", fig_memory),
+    ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("train_loss", fig_train_loss),
+    ("loss_gap", fig_loss_gap), ("memory", fig_memory),
     ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
     ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry),
+    ("lost_updates", fig_lost_updates),
     ("lr_frontier", fig_lr_frontier), ("long_horizon", fig_long_horizon), ("stress_ladder", fig_stress_ladder),
     ("stress_outliers", fig_stress_outliers))}
 

@@ -103,6 +103,7 @@ TABLES: dict[str, Table] = {
 FIGURE_GROUPS: dict[str, str] = {
     "forest": "loss",
     "loss_curves": "loss",
+    "train_loss": "loss",
     "loss_gap": "loss",
     "lr_sweep": "loss",
     "memory": "memory",
@@ -111,6 +112,7 @@ FIGURE_GROUPS: dict[str, str] = {
     "gpu_scaling": "speed",
     "divergence": "stability",
     "fp8_telemetry": "stability",
+    "lost_updates": "stability",
     "lr_frontier": "stability",
     "long_horizon": "stability",
     "stress_ladder": "stability",

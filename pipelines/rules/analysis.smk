@@ -16,6 +16,24 @@ STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers",
 STABILITY_CSVS += STRESS_CSVS
 
 
+# Adaptive seeds: round r's plan (which inconclusive methods get which seeds) from the runs before it.
+checkpoint seed_plan:
+    input:
+        plan_inputs,
+    output:
+        f"{RESULTS}/seed_plan/round{{round}}.json",
+    params:
+        settings=SEED_SETTINGS_JSON,
+        analysis=ANALYSIS_JSON,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/seed_plan_round{{round}}.log",
+    shell:
+        "python -m pipelines.analysis.seed_plan --round {wildcards.round} --settings {params.settings:q} "
+        "--analysis {params.analysis:q} --out {output:q} {input:q} > {log:q} 2>&1"
+
+
 rule collect:
     input:
         run_summaries,
@@ -23,7 +41,7 @@ rule collect:
         summary=SUMMARY_CSV,
         eval_gaps=EVAL_GAPS_CSV,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/collect.log",
     shell:
@@ -46,7 +64,7 @@ rule compare:
     params:
         analysis=ANALYSIS_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/compare.log",
     shell:
@@ -65,7 +83,7 @@ rule memory_traced:
     params:
         settings=MEMORY_TRACE_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/memory_traced.log",
     shell:
@@ -89,7 +107,7 @@ rule frontier:
     params:
         analysis=ANALYSIS_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/frontier.log",
     shell:
@@ -112,7 +130,7 @@ rule long_horizon:
     params:
         analysis=ANALYSIS_JSON,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/long_horizon.log",
     shell:
@@ -133,7 +151,7 @@ rule stress_tables:
         norm_gains=STRESS_CSVS[2],
         second_moment=STRESS_CSVS[3],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/stress_tables.log",
     shell:

@@ -1,23 +1,28 @@
 # Benchmarks as workflow outputs (results/bench/*.csv), read by REPORT.md's "Kernel and optimizer performance"
 # and "Predicted GPU speed" sections and the gpu_scaling figure. Settings: pipelines/config.yaml `bench`.
 #
-# Timing jobs reserve every core (`threads: workflow.cores`): Snakemake then starts no other job beside them, so
-# no training run or memory trace competes for the cores or the memory bandwidth the copy roofline measures. It
-# costs their wall time (~2 minutes on 2 cores) once, serially; ratios alone would survive a neighbour (each is
-# formed within one interleaved run), but the GB/s and fraction-of-copy columns would not. The timed process
-# itself uses `bench.threads` torch threads (1, the training runs' setting); every CSV row records that, the
-# cores reserved (`job_cores`) and the machine's (`cpu_count`). Processes outside the workflow are not controlled.
+# Timing jobs run alone. Locally they reserve every core Snakemake was given (bench_threads): Snakemake then
+# starts no other job beside them, so no training run or memory trace competes for the cores or the memory
+# bandwidth the copy roofline measures. It costs their wall time (~2 minutes on 2 cores) once, serially; ratios
+# alone would survive a neighbour (each is formed within one interleaved run), but the GB/s and
+# fraction-of-copy columns would not. On a cluster each asks for a node of its own (`--exclusive` in
+# pipelines/profiles/slurm). The timed process itself uses `bench.threads` torch threads (1, the training runs'
+# setting); every CSV row records that, the cores the job was given (`job_cores`) and the machine's
+# (`cpu_count`). Processes outside the workflow are not controlled.
 
 
 rule bench_fp8_linear:
     output:
         BENCH_FP8_CSV,
-    threads: workflow.cores
+    threads: bench_threads
+    resources:
+        mem_mb=JOBS["bench"]["mem_mb"],
+        runtime=JOBS["bench"]["runtime"],
     params:
         rounds=BENCH["fp8_rounds"],
         torch_threads=BENCH["threads"],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/bench_fp8_linear.log",
     shell:
@@ -28,7 +33,10 @@ rule bench_fp8_linear:
 rule bench_optim:
     output:
         BENCH_OPTIM_CSV,
-    threads: workflow.cores
+    threads: bench_threads
+    resources:
+        mem_mb=JOBS["bench"]["mem_mb"],
+        runtime=JOBS["bench"]["runtime"],
     params:
         shapes=" ".join(BENCH["optim_shapes"]),
         optimizers=" ".join(BENCH["optim_optimizers"]),
@@ -36,7 +44,7 @@ rule bench_optim:
         warmup=BENCH["optim_warmup"],
         torch_threads=BENCH["threads"],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/bench_optim.log",
     shell:
@@ -57,7 +65,7 @@ rule gpu_predicted:
         seqs=" ".join(str(s) for s in BENCH["gpu_seq_lens"]),
         micro_batch=BENCH["gpu_micro_batch"],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/gpu_predicted.log",
     shell:

@@ -1,4 +1,5 @@
 # Helpers shared by the rules. No lambdas in rules: every input/param function lives here.
+import functools
 import json
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ DATA_DIR = str(fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], 0)["d
 RUN_DIR = f"{RESULTS}/runs/{{profile}}/{{model}}/{{method}}/{{run}}"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 EVAL_GAPS_CSV = f"{RESULTS}/eval_gaps.csv"
-ANALYSIS_JSON = json.dumps(config.get("analysis", {}), sort_keys=True)
+ANALYSIS_JSON = json.dumps(PSET["analysis"], sort_keys=True)  # the experiment's, with the profile's overrides
 REPORT_MD = "reports/REPORT.md"
 FIGURE_PNGS = [f"reports/figures/{name}.png" for name in FIGURES]
 
@@ -75,22 +76,53 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_]+",
     method=r"[A-Za-z0-9_.\-]+",
     run=r"seed\d+(_lr[0-9.e+-]+)?",
+    round=r"\d+",
     name="|".join(FIGURES),
 
 
+def summaries_of(runs):
+    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in runs]
+
+
+# Adaptive seeds (analysis.max_seeds; pipelines/analysis/seed_plan.py): round r's runs come from the plan the
+# checkpoint `seed_plan` writes after the rounds before it; none when adaptive seeds are off.
+from pipelines.analysis import seed_plan as fp8seeds
+
+SEED_SETTINGS = {"seeds": PSET["seeds"], "seeds_for": PSET["seeds_for"], "methods": PSET["methods"]}
+SEED_ROUNDS = fp8seeds.rounds(**SEED_SETTINGS, an=fp8seeds.Analysis.from_config(PSET["analysis"]))
+SEED_SETTINGS_JSON = json.dumps(SEED_SETTINGS, sort_keys=True)
+
+
+def runs_through(last_round):
+    """The profile's runs and those the plans of rounds 1..last_round add (each plan read once it exists)."""
+    runs = list(RUNS)
+    for r in range(1, last_round + 1):
+        added = fp8seeds.plan_runs(checkpoints.seed_plan.get(round=r).output[0], PSET["models"])
+        if not added:  # nothing left inconclusive: later rounds would add nothing either
+            break
+        runs += added
+    return runs
+
+
 def run_summaries(wildcards=None):
-    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in RUNS]
+    """Every run's summary.json: the profile's runs, and with adaptive seeds every round's."""
+    return summaries_of(runs_through(SEED_ROUNDS))
+
+
+def plan_inputs(wildcards):
+    """What round r's plan is decided on: the runs of the rounds before it."""
+    return summaries_of(runs_through(int(wildcards.round) - 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved_run(profile, model, method, run):
+    seed, lr = fp8cfg.parse_run_id(run)
+    return json.dumps(fp8cfg.resolve_run(config, profile, model, method, seed, lr=lr), sort_keys=True)
 
 
 def run_config(wildcards):
     """The resolved config of one run; a change to it reruns that run (params are a rerun trigger)."""
-    seed, lr = fp8cfg.parse_run_id(wildcards.run)
-    return fp8cfg.resolve_run(config, wildcards.profile, wildcards.model, wildcards.method, seed, lr=lr)
-
-
-def run_threads(wildcards):
-    """Cores one run occupies: torch threads per rank times ranks (ZeRO, DDP, FSDP2 run several ranks)."""
-    return PSET["train"]["threads"] * run_method(wildcards.method).world_size
+    return json.loads(_resolved_run(wildcards.profile, wildcards.model, wildcards.method, wildcards.run))
 
 
 def figure_caption(wildcards):
@@ -98,12 +130,117 @@ def figure_caption(wildcards):
     return FIGURES[wildcards.name][1]
 
 
-def run_gpus(wildcards):
-    """GPUs one run needs: one per rank when the profile trains on CUDA, none otherwise."""
-    if PSET["train"]["device"] == "cpu":
-        return 0
-    return run_method(wildcards.method).world_size
+# Where jobs run and what they ask for (docs/cluster.md). The same DAG runs on this machine (--cores), on one
+# multi-GPU node (a `gpu` total, one device per run: pipelines/run/devices.py) and on SLURM
+# (pipelines/profiles/slurm: every rule below that is not a localrule states threads, mem_mb and runtime).
+from pipelines.run import devices as fp8devices
+from pipelines.run.fits import host_mem_mb
 
+JOBS = PSET["jobs"]
+# The conda environment of the training runs under --use-conda: CUDA torch and TransformerEngine where the
+# profile trains on CUDA, else the pinned CPU one (every other rule: the CPU one; they need no GPU).
+CPU_ENV = "../../environment.yml"
+TRAIN_ENV = "../../environment-gpu.yml" if PSET["train"]["device"] == "cuda" else CPU_ENV
+
+
+def on_cluster():
+    """Whether the jobs go to a cluster's scheduler (or this is one of its jobs) rather than run on this
+    machine. Known once the DAG is built (in rule functions), not while the Snakefile is read."""
+    return not workflow.local_exec or fp8devices.under_slurm()
+
+
+def _gpu_total():
+    """This machine's GPUs (pipelines/run/devices.py: FP8BENCH_GPUS, else CUDA_VISIBLE_DEVICES, else nvidia-smi)
+    when the jobs run here, and then the workflow's `gpu` total: no more GPU runs start at once than there are
+    GPUs (`--resources gpu=N` wins). It must be set while the Snakefile is read, before the scheduler exists;
+    `workflow.nodes` (a number of cluster jobs) is set exactly when the jobs go elsewhere, or in a dry run
+    with --jobs; inside a SLURM job the scheduler has assigned the GPUs already."""
+    if workflow.nodes is not None or fp8devices.under_slurm():
+        return []
+    pool = fp8devices.pool()
+    if pool and "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", len(pool))
+    return pool
+
+
+LOCAL_GPUS = _gpu_total()
+
+
+def _run_shape(wildcards):
+    """(ranks, nodes, whether it trains on a GPU) of one run. `auto` is a GPU where the machine that plans
+    the jobs has one (locally); on a cluster name the device (`cuda`), the submit node cannot tell."""
+    m = run_method(wildcards.method)
+    device = run_config(wildcards)["train"]["device"]
+    gpu = device == "cuda" or (device == "auto" and not on_cluster() and bool(LOCAL_GPUS))
+    # MULTI-NODE: a multi-rank method's `nodes` option (pipelines/run/launch.py starts one torchrun per node)
+    return m.world_size, int(getattr(m, "nodes", 1) or 1), gpu
+
+
+def ranks_here(wildcards):
+    """Ranks of one run on one machine: all of them locally, one node's share on a cluster."""
+    ranks, nodes, _gpu = _run_shape(wildcards)
+    return -(-ranks // nodes) if on_cluster() else ranks
+
+
+def run_threads(wildcards):
+    """Cores one run occupies on a machine: torch threads per rank times its ranks there (ZeRO, DDP, FSDP2 run
+    several ranks). On a cluster this is per node (sbatch --cpus-per-task of each node's one task)."""
+    return run_config(wildcards)["train"]["threads"] * ranks_here(wildcards)
+
+
+def run_gpus(wildcards):
+    """GPUs one run holds: one per rank when it trains on a GPU, none otherwise. Locally this counts against
+    the `gpu` total (_gpu_total). On a cluster a run over several nodes asks per node instead (run_gres)."""
+    ranks, nodes, gpu = _run_shape(wildcards)
+    if not gpu:
+        return 0
+    if not on_cluster():
+        return ranks
+    return ranks if nodes == 1 else 0
+
+
+def run_gres(wildcards):
+    """On a cluster, a GPU run over several nodes: its GPUs per node (sbatch --gres=gpu:N); else none."""
+    _ranks, nodes, gpu = _run_shape(wildcards)
+    return f"gpu:{ranks_here(wildcards)}" if gpu and nodes > 1 and on_cluster() else None
+
+
+def run_nodes(wildcards):
+    """Nodes of one run (1 keeps a single-node run's GPUs on one node)."""
+    return _run_shape(wildcards)[1]
+
+
+def run_tasks(wildcards):
+    """A run over several nodes is one task per node (its torchrun); with `mpi` set the job-step executor
+    runs the command in the job itself, which then starts its nodes with srun. None: a plain job."""
+    nodes = run_nodes(wildcards)
+    return nodes if nodes > 1 else None
+
+
+def run_mpi(wildcards):
+    """Set for a run over several nodes (its value names the launcher; the training command calls it)."""
+    return "srun" if run_nodes(wildcards) > 1 else None
+
+
+def run_tasks_per_gpu(wildcards):
+    """0 keeps the SLURM executor from turning `tasks` into --ntasks-per-gpu for a multi-node GPU run."""
+    return 0 if run_gres(wildcards) else None
+
+
+def run_mem_mb(wildcards):
+    """Host memory of one run per node (pipelines/run/fits.py host_mem_mb, jobs.train.process_mb)."""
+    from models.config import get_model_config
+
+    train = run_config(wildcards)["train"]
+    cfg = get_model_config(wildcards.model).with_vocab(PSET["data"]["vocab_size"])
+    return host_mem_mb(run_method(wildcards.method), cfg, train, ranks_here(wildcards), JOBS["train"]["process_mb"])
+
+
+def bench_threads(wildcards):
+    """A timing job's cores. Locally every core Snakemake was given, so that no other job starts beside it;
+    on a cluster the job has its node to itself (the slurm profile's --exclusive) and asks for the timed
+    process's threads (there is no total of cores there)."""
+    return BENCH["threads"] if on_cluster() else workflow.cores
 
 
 # Traced memory (pipelines/analysis/memory_traced.py): one job per (model, seq_len) of the profile's grid, then a merge.

@@ -1,6 +1,7 @@
 # Memory of a real training step at full size, traced on the CPU (methods/memory_trace.py). No training
 # run depends on it; its jobs are the workflow's longest (minutes per model), so they start first and the
-# short training runs fill the other core around them instead of leaving a long tail at the end.
+# short training runs fill the other core around them instead of leaving a long tail at the end. On a
+# cluster each is a job of one core (jobs.trace_memory: memory, runtime).
 
 
 rule trace_memory:
@@ -11,8 +12,12 @@ rule trace_memory:
         seqs=TRACE_SEQ_ARG,
         methods=TRACE_METHODS_ARG,
         variants=TRACE_VARIANTS_JSON,
+    threads: 1
+    resources:
+        mem_mb=JOBS["trace_memory"]["mem_mb"],
+        runtime=JOBS["trace_memory"]["runtime"],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/trace_memory_{{model}}.log",
     shell:
@@ -30,8 +35,12 @@ rule trace_memory_ranks:
         seqs=TRACE_SEQ_ARG,
         ranks=TRACE_RANKS,
         methods=TRACE_METHODS_ARG,
+    threads: 1
+    resources:
+        mem_mb=JOBS["trace_memory"]["mem_mb"],
+        runtime=JOBS["trace_memory"]["runtime"],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/trace_memory_ranks_{{model}}.log",
     shell:

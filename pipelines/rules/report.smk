@@ -15,7 +15,7 @@ rule figure:
     params:
         caption=figure_caption,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/figure_{{name}}.log",
     shell:
@@ -33,7 +33,7 @@ rule report_md:
     output:
         REPORT_MD,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/report.log",
     shell:
@@ -49,7 +49,7 @@ rule table:
         caption=table_caption,
         results=RESULTS,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/table_{{table}}.log",
     shell:
@@ -68,7 +68,7 @@ rule landing:
         tables=TABLE_NAMES,
         figures=list(FIGURES),
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/landing.log",
     shell:
@@ -83,7 +83,7 @@ rule tensorboard:
     output:
         TB_EVENTS,
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/tensorboard.log",
     shell:
@@ -98,7 +98,7 @@ rule report:
         tables=TABLE_NAMES,
         figures=list(FIGURES),
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RESULTS}/logs/report_from_disk.log",
     shell:

@@ -9,8 +9,12 @@ rule prepare_data:
         val=f"{DATA_DIR}/val.bin",
     params:
         data=DATA_JSON,
+    threads: 1
+    resources:
+        mem_mb=JOBS["prepare_data"]["mem_mb"],
+        runtime=JOBS["prepare_data"]["runtime"],
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{DATA_DIR}.log",
     shell:
@@ -26,7 +30,7 @@ rule run_config:
         # (~10 s each, minutes for a profile of 30 runs).
         cfg=lambda wildcards: json.dumps(run_config(wildcards), sort_keys=True),
     conda:
-        "../../environment.yml"
+        CPU_ENV
     log:
         f"{RUN_DIR}/config.log",
     shell:
@@ -42,12 +46,26 @@ rule train:
     # and the training command resumes from the run's last checkpoint.
     output:
         summary=f"{RUN_DIR}/summary.json",
+    # What one run asks for (pipelines/rules/common.smk): cores and GPUs per machine it runs on, host memory
+    # per node, the profile's runtime; a run over several nodes is one task per node, started by the training
+    # command itself inside the job (`mpi`: no `srun -n1` around it).
     threads: run_threads
     resources:
         gpu=run_gpus,
+        gres=run_gres,
+        nodes=run_nodes,
+        tasks=run_tasks,
+        mpi=run_mpi,
+        tasks_per_gpu=run_tasks_per_gpu,
+        mem_mb=run_mem_mb,
+        runtime=JOBS["train"]["runtime"],
     conda:
-        "../../environment.yml"
+        TRAIN_ENV
     log:
         f"{RUN_DIR}/train.log",
+    # pipelines.run.devices: locally the run claims GPUs of its own and sees only those (CUDA_VISIBLE_DEVICES);
+    # under SLURM the scheduler's assignment stands.
     shell:
-        'python -m pipelines.train --config {input.cfg:q} --out "$(dirname {output.summary:q})" --threads {threads} > {log:q} 2>&1'
+        "python -m pipelines.run.devices {resources.gpu} -- "
+        'python -m pipelines.train --config {input.cfg:q} --out "$(dirname {output.summary:q})" --threads {threads} '
+        "> {log:q} 2>&1"

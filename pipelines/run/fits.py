@@ -1,8 +1,9 @@
-"""Refuse, before any work, a run whose memory cannot fit on the device.
+"""Refuse, before any work, a run whose memory cannot fit on the device; size a run's job on a cluster.
 
 Estimate = persistent training state from the analytic memory model (``methods.memory``, the same one
 checked against measured tensors) + a rough activation estimate. On the CPU all ranks of a multi-rank
-method share the machine's memory; on GPUs each rank has its own device.
+method share the machine's memory; on GPUs each rank has its own device. ``host_mem_mb`` turns the same
+estimate into the host memory a run's job asks a scheduler for, per node.
 """
 from __future__ import annotations
 
@@ -54,3 +55,13 @@ def check_fits(method, model_name: str, model_cfg, train: dict, headroom: float 
             f"{est['needed_bytes'] / GiB:.1f} GiB (analytic model: {est['state_bytes'] / GiB:.1f} GiB persistent "
             f"state + {est['activation_bytes'] / GiB:.1f} GiB activations{ranks}), but only {avail / GiB:.1f} GiB "
             f"is {where}; choose a smaller model or a leaner method (python -m methods.memory --model {model_name})")
+
+
+def host_mem_mb(method, model_cfg, train: dict, ranks_here: int, process_mb: int) -> int:
+    """Host memory (MB) for ``ranks_here`` processes of a run on one machine: each ``process_mb`` (Python,
+    torch, CUDA context, data) plus its tensors. On the CPU those are the estimate's state and activations,
+    with a quarter on top (the activation term is rough); on CUDA the host holds a copy of the rank's
+    training state while a checkpoint is written."""
+    est = estimate(method, model_cfg, train)
+    per_rank = est["state_bytes"] if train["device"] == "cuda" else 1.25 * (est["state_bytes"] + est["activation_bytes"])
+    return int(ranks_here * (process_mb + per_rank / 2**20)) + 1

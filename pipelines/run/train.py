@@ -34,6 +34,10 @@ from common.environment import environment
 from pipelines.run.events import RunWriter
 from pipelines.run.validate import check_run, load_run_config
 
+#: what a probed step measures of the low-precision weights' update (methods.fp8.lost_updates), averaged into
+#: the summary as ``<key>_mean``
+LOST_UPDATE_KEYS = ("lost_pred_frac", "unchanged_frac", "lost_bias")
+
 TRAIN_FLAGS = {  # CLI flag → train key
     "steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "threads": "threads",
     "device": "device", "eval_every": "eval_every",
@@ -176,19 +180,26 @@ class Run:
             h = batch_hash(x)
             x, y = x.to(self.device), y.to(self.device)
             lr = lr_at(step, train)
+            # on telemetry steps a recipe with low-precision weights also measures which updates round away
+            # (methods.fp8.lost_updates); the probe leaves the trajectory bit for bit as it is, but costs time,
+            # so probed steps are marked and left out of the tokens/s median
+            self.trainee.probe_updates = self.telemetry_step(step)
             _sync(self.device)
             t0 = time.perf_counter()
             res = self.trainee.train_step(x, y, lr)
             _sync(self.device)
             dt = time.perf_counter() - t0
+            self.trainee.probe_updates = False
             ev = {"step": step, "loss": res.loss, "lr": lr, "grad_norm": res.grad_norm, "step_time_s": dt,
                   "tokens_per_s": tokens_per_step / dt, "batch_hash": h}
+            if res.extra:
+                ev.update(res.extra, probed=True)
             writer.event("train_step", **ev)
             self.events_train.append(ev)
             if step == 0:
                 self.record_memory(writer)
                 self.first_loss = res.loss
-            if step % train["telemetry_every"] == 0 or step == train["steps"] - 1:
+            if self.telemetry_step(step):
                 rows = self.trainee.telemetry()
                 if rows:
                     writer.event("telemetry", step=step, layers=rows)
@@ -212,6 +223,9 @@ class Run:
             elif every and done % every == 0 and done < train["steps"]:
                 checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(),
                                 writer.offset())
+
+    def telemetry_step(self, step: int) -> bool:
+        return step % self.train["telemetry_every"] == 0 or step == self.train["steps"] - 1
 
     def digest_telemetry(self, rows: list[dict]) -> None:
         """Keep the worst value of each numeric telemetry field over layers and steps in the summary
@@ -251,9 +265,16 @@ class Run:
         if steps:
             tail = [e["loss"] for e in steps[-min(10, len(steps)):]]
             s["final_train_loss"] = sum(tail) / len(tail)
-            timed = steps[train["timing_warmup_steps"]:] or steps
+            after = steps[train["timing_warmup_steps"]:] or steps
+            timed = [e for e in after if not e.get("probed")] or after
             s["tokens_per_s"] = statistics.median(e["tokens_per_s"] for e in timed)
             s["step_time_s"] = statistics.median(e["step_time_s"] for e in timed)
+            # the lost-update measure over the probed steps after the first (step 0's update is Adam's sign step)
+            probed = [e for e in steps if e.get("probed") and e["step"] > 0]
+            for k in LOST_UPDATE_KEYS:
+                vals = [e[k] for e in probed if e.get(k) is not None and math.isfinite(e[k])]
+                if vals:
+                    s[f"{k}_mean"] = sum(vals) / len(vals)
         if self.evals:
             s["initial_val_loss"] = self.evals[0]["val_loss"]
             if s["status"] == "ok":

@@ -35,3 +35,25 @@ def build_micro(method_name: str, vocab: int = 512, seed: int = 0, **options):
     cfg = ModelConfig(dim=128, n_layers=2, n_heads=2, ffn_dim=344, vocab_size=vocab, max_seq_len=128)
     ctx = RunContext(device=torch.device("cpu"), seed=seed)
     return get_method(method_name, **options).build(build_model(cfg, seed), HParams(lr=3e-3), ctx)
+
+
+def probe_fp8_adamw(impl: str, probe: bool, device: torch.device = torch.device("cpu"), steps: int = 2):
+    """Two FP8AdamW steps (bf16 weights, stochastic rounding) on three parameters, probed or not; returns
+    the parameters, the optimizer and each step's whole-model figures (``methods.fp8.lost_updates``)."""
+    from methods.fp8.adamw import FP8AdamW
+    from methods.fp8.lost_updates import LostUpdates, ParamProbe
+
+    g = torch.Generator().manual_seed(11)
+    shapes = [(37, 19), (300,), (2, 256)]
+    params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).bfloat16().to(device)) for s in shapes]
+    opt = FP8AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
+                   lr=3e-5, impl=impl, seed=5)  # updates of ~3e-5 on weights of ~0.05: many below half a spacing
+    rec, figures = LostUpdates(), []
+    for _ in range(steps):
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=g) * torch.logspace(-4, 0, p.shape[-1])).bfloat16().to(device)
+        opt.probe = ParamProbe(rec, {p: f"p{i}" for i, p in enumerate(params)}) if probe else None
+        opt.step()
+        opt.probe = None
+        figures.append(rec.finish_step())
+    return params, opt, figures

@@ -102,3 +102,20 @@ def test_fused_step_rejects_fp16_params():
     opt = FP8AdamW([p], lr=1e-3, impl="triton")
     with pytest.raises(TypeError, match="bf16 and fp32"):
         opt.step()
+
+
+def test_probed_step_is_the_unprobed_step_and_predicts_as_the_reference():
+    """A probed step (``methods.fp8.lost_updates``) runs the reference update on copies before the kernel:
+    weights and states as without it; the predicted share is the reference path's on the first step."""
+    from tests.fp8.conftest import probe_fp8_adamw
+
+    plain, popt, _ = probe_fp8_adamw("triton", probe=False, device=DEVICE)
+    probed, qopt, figs = probe_fp8_adamw("triton", probe=True, device=DEVICE)
+    for a, b in zip(plain, probed):
+        assert torch.equal(a, b)
+        for k, v in popt.state[a].items():
+            assert torch.equal(v.view(torch.uint8) if v.dtype.itemsize == 1 else v,
+                               qopt.state[b][k].view(torch.uint8) if v.dtype.itemsize == 1 else qopt.state[b][k]), k
+    _, _, ref = probe_fp8_adamw("torch", probe=True, device=DEVICE)
+    assert figs[0]["lost_pred_frac"] == ref[0]["lost_pred_frac"]
+    assert abs(figs[0]["unchanged_frac"] - ref[0]["unchanged_frac"]) <= 0.01
