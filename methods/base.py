@@ -201,6 +201,13 @@ class Method:
     option_rules: ClassVar[dict] = {}
 
     def __post_init__(self):
+        # YAML and --method-option spell a sequence as a list; the method is frozen and hashed (its memory model
+        # is cached per method), so a list option is kept as the tuple the field declares
+        import dataclasses
+
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         self.validate()
 
     def validate(self) -> None:

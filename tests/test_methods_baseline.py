@@ -54,3 +54,14 @@ def test_python_m_methods_lists_availability():
     for name in method_names():
         assert name in r.stdout
     assert "fp32" in r.stdout and "available" in r.stdout
+
+
+def test_a_list_option_is_kept_as_the_tuple_its_field_declares():
+    """YAML and --method-option spell a sequence as a list; the frozen method must still hash (its analytic
+    memory model is cached per method), so the list becomes a tuple."""
+    from methods.registry import get_method
+    from models.config import get_model_config
+
+    m = get_method("fp8-naive", keep_high_precision=["lm_head"])
+    assert m.keep_high_precision == ("lm_head",) and hash(m) == hash(get_method("fp8-naive", keep_high_precision=("lm_head",)))
+    assert m.analytic_bytes(get_model_config("tiny"))["weights"] > 0
