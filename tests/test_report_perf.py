@@ -163,12 +163,14 @@ def test_bench_tables_follow_the_profiles_bench_setting():
 
     bench_tables = {n for n, t in TABLES.items() if t.bench}
     assert bench_tables == {"bench_fp8_linear", "bench_optim"}
-    assert not bench_tables & set(tables_for("smoke")) and bench_tables <= set(tables_for("cpu"))
+    # the first run (cpu) leaves the benchmarks to cpu_full
+    assert not bench_tables & set(tables_for("smoke")) and not bench_tables & set(tables_for("cpu"))
+    assert bench_tables <= set(tables_for("cpu_full"))
     assert {"gpu_predicted", "gpu_anchors"} <= set(tables_for("smoke"))  # the prediction runs everywhere
     cfg = cfgmod.load()
-    assert cfgmod.bench_enabled("cpu") and not cfgmod.bench_enabled("smoke")
+    assert cfgmod.bench_enabled("cpu_full") and not cfgmod.bench_enabled("cpu") and not cfgmod.bench_enabled("smoke")
     cfg["bench"]["optim_optimizers"] = ["adamw_magic"]
     with pytest.raises(cfgmod.ConfigError, match="unknown bench optimizer 'adamw_magic'; valid bench optimizers: "
                                                  "own_fp8_adamw_native"):
-        cfgmod.bench_settings(cfg, "cpu")
+        cfgmod.bench_settings(cfg, "cpu_full")
     assert not math.isnan(gpu_cost.H200.mm_eff)
