@@ -139,7 +139,7 @@ def _saved_per_method(cfg, ctx, tokens, out):
     for name in ("bf16-amp", "fp8-own-tensorwise", "fp8-own-rowwise", "fp8-own-blockwise", "fp8-own-delayed-smooth",
                  "fp8-naive"):
         tr = get_method(name).build(build_model(cfg, 0), HParams(lr=1e-3), ctx)
-        out[name] = saved_activation_bytes(lambda: tr.forward_loss(tokens[:, :-1], tokens[:, 1:]),
+        out[name] = saved_activation_bytes(lambda tr=tr: tr.forward_loss(tokens[:, :-1], tokens[:, 1:]),
                                            *tr.model.parameters())
 
 
@@ -226,13 +226,13 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
         a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
         b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
         flop = 2 * n ** 3
-        row = {"bf16 torch.mm": flop / _cuda_time(lambda: a @ b.t()) / 1e12}
+        row = {"bf16 torch.mm": flop / _cuda_time(lambda a=a, b=b: a @ b.t()) / 1e12}
         for label, ga, gb in (("tensorwise", TENSORWISE, TENSORWISE), ("rowwise", ROWWISE, ROWWISE),
                               ("blockwise 1x128 x 128x128", TILE_1x128, BLOCK_128x128)):
             qa = quantize(a, E4M3, ga, backend="triton")
             qb = quantize(b, E4M3, gb, backend="triton")
             try:
-                t = _cuda_time(lambda: scaled_mm_triton(qa, qb.t(), torch.bfloat16))
+                t = _cuda_time(lambda qa=qa, qb=qb: scaled_mm_triton(qa, qb.t(), torch.bfloat16))
                 row[f"own triton {label}"] = flop / t / 1e12
             except Exception as e:  # noqa: BLE001
                 row[f"own triton {label}"] = f"failed: {type(e).__name__}: {e}"
@@ -241,7 +241,8 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
                 sb = qb.scale_inv.reshape(()) if label == "tensorwise" else qb.scale_inv.reshape(1, n).contiguous()
                 try:
                     row[f"torch._scaled_mm {label}"] = flop / _cuda_time(
-                        lambda: torch._scaled_mm(qa.data, qb.data.t(), sa, sb, out_dtype=torch.bfloat16)) / 1e12
+                        lambda qa=qa, qb=qb, sa=sa, sb=sb: torch._scaled_mm(qa.data, qb.data.t(), sa, sb,
+                                                                           out_dtype=torch.bfloat16)) / 1e12
                 except Exception as e:  # noqa: BLE001
                     row[f"torch._scaled_mm {label}"] = f"failed: {type(e).__name__}: {e}"
         out["gemm_tflops"][str(n)] = row
@@ -253,7 +254,9 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
         for write_t in (False, True):
             nbytes = x.numel() * (x.element_size() + (2 if write_t else 1))
             resolved = type(blocks)(*blocks.resolve(tuple(x.shape)))
-            fn = (lambda bl=resolved, wt=write_t: quantize_triton_t(x, E4M3, bl, write_t=wt))
+            def fn(bl=resolved, wt=write_t):
+                return quantize_triton_t(x, E4M3, bl, write_t=wt)
+
             try:
                 qrow[f"{label}{' +transpose' if write_t else ''}"] = nbytes / _cuda_time(fn) / 1e9
             except Exception as e:  # noqa: BLE001

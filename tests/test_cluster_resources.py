@@ -61,7 +61,7 @@ def test_cluster_rules_state_their_resources_and_the_rest_are_local(gpu_workflow
     # no rule's cores need a total (`threads: workflow.cores` failed under a cluster executor without --cores):
     # here there is none, as under `--profile pipelines/profiles/slurm`, whose executor runs nothing locally
     with pytest.raises(Exception, match="requires a total number of cores"):
-        w.cores
+        _ = w.cores
     monkeypatch.setattr(type(w), "local_exec", property(lambda self: False))
     assert w.globals["bench_threads"](SimpleNamespace()) == w.globals["BENCH"]["threads"]
     wc = SimpleNamespace(profile="gpu", model="125m", method="fsdp2-bf16", run="seed0")

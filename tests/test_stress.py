@@ -46,7 +46,7 @@ def test_linear_underflow_fraction_last_and_window():
     lin = FP8Linear(64, 32, recipe=FP8Recipe())
     torch.nn.init.normal_(lin.weight, std=0.05)
     xs = []
-    for i in range(3):
+    for _ in range(3):
         x = torch.randn(16, 64)
         x[0, 0] = 1e4  # sets the per-tensor scale: small values flush
         x.requires_grad_()

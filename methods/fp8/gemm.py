@@ -149,7 +149,7 @@ def mm_scaled(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32
             sb = _rows_scale(bt, 0, N).reshape(1, N).contiguous()
         return torch._scaled_mm(a.data, b.data, sa, sb, out_dtype=out_dtype)
     acc = None
-    for i, k0 in enumerate(range(0, K, chunk)):
+    for k0 in range(0, K, chunk):
         ja, jb = k0 // min(a.blocks.cols, K), k0 // min(b.blocks.rows, K)
         sa = _rows_scale(a, ja, M).contiguous()
         sb = _rows_scale(bt, jb, N).reshape(1, N).contiguous()

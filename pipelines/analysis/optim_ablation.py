@@ -53,7 +53,7 @@ def optim_ablation(summary: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
         for r in comp[comp["method"] == method].itertuples():
             gg = g[(g["profile"] == r.profile) & (g["model"] == r.model)]
 
-            def worst(col):
+            def worst(col, gg=gg):
                 return gg[col].max() if col in gg and gg[col].notna().any() else np.nan
 
             rows.append({"profile": r.profile, "model": r.model, "method": method, "lr": r.lr,

@@ -66,7 +66,7 @@ def fig_long_horizon(d):
     if c is None or c.empty or c["gap_mean_pct"].notna().sum() == 0:
         return f"no long-horizon runs in these results ({LONG_COMMAND})"
     fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
-    for (model, method), g in c.groupby(["model", "method"], sort=True):
+    for (_model, method), g in c.groupby(["model", "method"], sort=True):
         g = g.sort_values("step")
         n = int(g["n_seeds"].max())
         null = method == "fp32"

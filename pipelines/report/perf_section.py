@@ -51,7 +51,6 @@ def fp8_part(fp8: pd.DataFrame) -> list[str]:
             continue
         own = t[t["method"] == OWN_LINEAR]
         if len(own):
-            o = own.iloc[0]
             others = t[t["method"] != OWN_LINEAR]
             said = "; ".join(f"{cell('own_speedup_vs_this', r.own_speedup_vs_this)}x {r.method}'s speed"
                              for r in others.itertuples())

@@ -18,6 +18,6 @@ def data_dir_for(results_dir: str | Path, data: dict) -> Path:
     if data.get("corpus") == "python_stdlib":  # the source code of the interpreter's own version
         import sys
 
-        key["python"] = "%d.%d.%d" % sys.version_info[:3]
+        key["python"] = "{}.{}.{}".format(*sys.version_info[:3])
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return Path(results_dir) / "data" / f"{data['corpus']}-v{data['vocab_size']}-{h}"

@@ -320,7 +320,7 @@ def describe_source(data: dict) -> str:
     if data.get("corpus") == "python_stdlib":
         import sys
 
-        return "the Python %d.%d.%d standard library's source (corpus python_stdlib)" % sys.version_info[:3]
+        return "the Python {}.{}.{} standard library's source (corpus python_stdlib)".format(*sys.version_info[:3])
     return f"corpus {data.get('corpus', '?')}"
 
 

@@ -37,12 +37,13 @@ def build_micro(method_name: str, vocab: int = 512, seed: int = 0, **options):
     return get_method(method_name, **options).build(build_model(cfg, seed), HParams(lr=3e-3), ctx)
 
 
-def probe_fp8_adamw(impl: str, probe: bool, device: torch.device = torch.device("cpu"), steps: int = 2):
+def probe_fp8_adamw(impl: str, probe: bool, device: torch.device | None = None, steps: int = 2):
     """Two FP8AdamW steps (bf16 weights, stochastic rounding) on three parameters, probed or not; returns
     the parameters, the optimizer and each step's whole-model figures (``methods.fp8.lost_updates``)."""
     from methods.fp8.adamw import FP8AdamW
     from methods.fp8.lost_updates import LostUpdates, ParamProbe
 
+    device = torch.device("cpu") if device is None else device
     g = torch.Generator().manual_seed(11)
     shapes = [(37, 19), (300,), (2, 256)]
     params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).bfloat16().to(device)) for s in shapes]

@@ -135,7 +135,7 @@ def test_saves_fp8_not_high_precision():
     for name in ("tensorwise", "rowwise", "blockwise"):
         f = FP8Linear.from_linear(lin, RECIPES[name])
 
-        def fp8():
+        def fp8(f=f):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 f(x)
 

@@ -104,7 +104,9 @@ def test_plain_e4m3_second_moment_collapses_the_denominator():
 def test_fp32_state_adamw_matches_torch_adamw():
     # the shared update path (methods.fp8.adamw_base.adamw_update_) is plain AdamW
     a, b = make_params(torch.float32), make_params(torch.float32)
-    groups = lambda ps: [{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}]
+    def groups(ps):
+        return [{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}]
+
     run(lambda ps: AdamW(groups(ps), **HP), a, 5)
     run(lambda ps: torch.optim.AdamW(groups(ps), foreach=False, **HP), b, 5)
     for x, y in zip(a, b):

@@ -58,7 +58,7 @@ def _run(impl, dtype, steps, **opts):
     params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).to(dtype).to(DEVICE)) for s in shapes]
     opt = FP8AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
                    lr=1e-2, impl=impl, seed=5, **opts)
-    for t in range(steps):
+    for _ in range(steps):
         for p in params:
             spread = torch.logspace(-4, 0, p.shape[-1])
             p.grad = (torch.randn(p.shape, generator=g) * spread).to(dtype).to(DEVICE)
