@@ -432,7 +432,6 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.set_num_threads(rc["train"]["threads"])
     out.mkdir(parents=True, exist_ok=True)
     # One writer per run folder (pipelines.run.dirlock): taken before anything in it is written or resumed, and
     # held until this process ends. The ranks of a multi-rank run are the lock holder's children: they don't.
@@ -451,6 +450,7 @@ def main(argv=None) -> int:
 
 def _run(args, argv, rc: dict, out: Path) -> int:
     """The run itself, in its locked folder."""
+    torch.set_num_threads(rc["train"]["threads"])
     if launch.writes_config() and (not args.config or Path(args.config).resolve() != (out / "config.json").resolve()):
         write_json(out / "config.json", rc)
     if ranks := launch.ranks_to_launch(rc):  # a multi-rank method: start its ranks, which run the loop
