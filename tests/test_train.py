@@ -49,6 +49,7 @@ def fp32_run(configfile, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fp32") / "a"
     r = train(configfile, out)
     assert r.returncode == 0, r.stderr
+    (out.parent / "stderr.txt").write_text(r.stderr)  # a pipe, not a terminal: what a run's log gets
     return out
 
 
@@ -75,6 +76,20 @@ def test_every_method_sees_the_same_batches(configfile, fp32_run, tmp_path):
     assert len(set(hashes["fp32"])) == 6  # and they differ from step to step
     s = {m: summary(out) for m, out in dirs.items()}
     assert s["bf16-pure"]["state_bytes_per_param"] == pytest.approx(12.0, abs=0.1)
+
+
+def test_progress_lines_reach_a_log_that_is_no_terminal(fp32_run):
+    """Without a terminal (the workflow sends stderr to train.log) the run still says how far it is: a line
+    after its first step, every train.log_every steps (10 here, more than the run's 6) and after its last."""
+    import re
+
+    err = (fp32_run.parent / "stderr.txt").read_text()
+    lines = [ln for ln in err.splitlines() if ln.startswith("step ")]
+    pattern = r"step (\d+)/6 \(\d+%\)  loss \d+\.\d{3}  tok/s [\d.]+k?  elapsed \S+  eta \S+"
+    assert all(re.fullmatch(pattern, ln) for ln in lines), lines
+    assert [int(re.match(pattern, ln).group(1)) for ln in lines] == [1, 6]
+    losses = [e["loss"] for e in steps(fp32_run)]
+    assert lines[-1].split("loss ")[1].startswith(f"{losses[-1]:.3f} ")  # the last step's loss
 
 
 def test_events_are_complete(fp32_run):

@@ -101,6 +101,13 @@ def test_smoke_workflow_end_to_end(workdir):
     # every run has its TensorBoard event file beside metrics.jsonl (tests/test_tensorboard.py reads them back)
     runs = sorted((workdir / "results" / "runs" / "smoke").glob("*/*/seed*"))
     assert len(runs) == 4 and all((r / EVENTS_NAME).stat().st_size > 100 for r in runs), runs
+    # each run's log (no terminal) has its progress lines: after the first step and every train.log_every
+    # (10) of its 20 steps; the diverging run's until it stopped
+    import re
+
+    for r in runs:
+        done = [int(m) for m in re.findall(r"^step (\d+)/20 \(", (r / "train.log").read_text(), flags=re.M)]
+        assert done == [1, 10, 20][:len(done)] and (len(done) == 3 or r.parent.name == "fp32-lr300"), (r, done)
     # `snakemake --cores 1 report` rebuilds tables, figures and REPORT.md from the runs on disk, training nothing
     (workdir / "reports" / "REPORT.md").unlink()
     (workdir / "reports" / "figures" / "memory.png").unlink()

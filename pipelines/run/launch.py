@@ -164,7 +164,9 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
     print(f"launching {world_size} ranks x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
     # Its own process group: DeepSpeed's single-node runner does not pass signals on to the ranks'
     # launcher, so a stop is sent to the whole group (torchrun's ranks get it from torchrun as well).
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    from pipelines.run.dirlock import held_fds  # the ranks' launcher holds the run folder's lock with us
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=held_fds())
     stopped: list[int] = []
 
     def forward(signum, _frame):  # stop the ranks with us; a stopped run leaves no summary, so it reruns

@@ -7,13 +7,18 @@ Flags override the profile's defaults (``--profile``, default ``cpu``). The loop
 method it runs: it builds the seeded fp32 model, hands it to ``method.build`` and drives the returned
 Trainee. Outputs in ``--out``: ``config.json`` (resolved), ``metrics.jsonl`` (events), ``summary.json``.
 A run that fails or diverges still ends with status and reason written, and exits 0: one bad recipe
-must not take the other runs of a workflow down. Bad input exits 2 before any work.
+must not take the other runs of a workflow down. Bad input exits 2 before any work, and so does a run
+folder that another process is writing (``pipelines.run.dirlock``: one writer per folder). Progress lines
+(``pipelines.run.progress``) go to stderr every ``train.log_every`` steps or 60 seconds.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import resource
+import socket
 import statistics
 import sys
 import time
@@ -24,7 +29,9 @@ import torch
 
 from pipelines.run import checkpoint
 from pipelines.run import dist_checkpoint
+from pipelines.run import dirlock
 from pipelines.run import launch
+from pipelines.run import progress as progress_mod
 from pipelines.run import config as config_mod
 from common.atomic import write_json
 from pipelines.run.config import ConfigError
@@ -32,6 +39,7 @@ from pipelines.run.divergence import Divergence
 from pipelines.run.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
 from common.environment import environment
 from pipelines.run.events import RunWriter
+from pipelines.run.progress import Progress
 from pipelines.run.validate import check_run, load_run_config
 
 #: what a probed step measures of the low-precision weights' update (methods.fp8.lost_updates), averaged into
@@ -169,13 +177,10 @@ class Run:
         every = train.get("checkpoint_every", 0) if single or sharded else 0
         if start == 0:
             self.evaluate(writer, 0)
-        try:
-            from tqdm import tqdm
-            bar = tqdm(range(start, train["steps"]), desc=f"{self.rc['method']} s{self.rc['seed']}", file=sys.stderr,
-                       mininterval=10, disable=None, initial=start, total=train["steps"])
-        except ImportError:  # pragma: no cover - tqdm is a dependency; progress is cosmetic
-            bar = range(train["steps"])
-        for step in bar:
+        # Plain progress lines on stderr (the run's log under the workflow), terminal or not; rank 0's only
+        progress = Progress(train["steps"], start, time.monotonic(),
+                            every_steps=train.get("log_every", progress_mod.EVERY_STEPS)) if self.rank == 0 else None
+        for step in range(start, train["steps"]):
             x, y = self.batches.get(step)
             h = batch_hash(x)
             x, y = x.to(self.device), y.to(self.device)
@@ -208,9 +213,11 @@ class Run:
             if why:
                 self.summary.update(status="diverged", reason=f"step {step}: {why}", diverged_step=step)
                 break
-            if hasattr(bar, "set_postfix") and step % 10 == 0:
-                bar.set_postfix(loss=f"{res.loss:.3f}")
             done = step + 1
+            line = progress and progress.feed(done, res.loss, tokens_per_step, dt, time.monotonic(),
+                                              probed=bool(res.extra))
+            if line:
+                print(line, file=sys.stderr, flush=True)
             if done % train["eval_every"] == 0 or done == train["steps"]:
                 val = self.evaluate(writer, done)
                 if not math.isfinite(val):
@@ -425,8 +432,25 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.set_num_threads(rc["train"]["threads"])
     out.mkdir(parents=True, exist_ok=True)
+    # One writer per run folder (pipelines.run.dirlock): taken before anything in it is written or resumed, and
+    # held until this process ends. The ranks of a multi-rank run are the lock holder's children: they don't.
+    with contextlib.ExitStack() as stack:
+        if not launch.in_rank():
+            try:
+                stack.enter_context(dirlock.hold(out))
+            except dirlock.Busy as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            # a rerun appends to the log the workflow keeps: this line says where each attempt begins
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on host {socket.gethostname()} writes {out}"
+                  f": {dirlock.command_line()}", file=sys.stderr, flush=True)
+        return _run(args, argv, rc, out)
+
+
+def _run(args, argv, rc: dict, out: Path) -> int:
+    """The run itself, in its locked folder."""
+    torch.set_num_threads(rc["train"]["threads"])
     if launch.writes_config() and (not args.config or Path(args.config).resolve() != (out / "config.json").resolve()):
         write_json(out / "config.json", rc)
     if ranks := launch.ranks_to_launch(rc):  # a multi-rank method: start its ranks, which run the loop
