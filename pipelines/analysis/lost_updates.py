@@ -222,7 +222,8 @@ def lost_updates(runs: pd.DataFrame, default_steps: int, an: Analysis) -> pd.Dat
                               "holds")
         tracks, gc = _decide(per["gap_corr"], an, "tracks", "moves against it", "not shown")
         if not np.isfinite(per["gap_corr"]).any():
-            tracks = f"n/a (no {REFERENCE} evaluations at the same seed)"
+            tracks = (f"n/a (no {REFERENCE} evaluations at the same seed)" if not per["n_evals"].any() else
+                      f"n/a (fewer than {MIN_POINTS} evaluations after the warmup, or a constant side)")
         bias, bc = _decide(per["bias"], an, "positive", "negative", "zero within the interval")
         first = ok.iloc[0] if len(ok) else per.iloc[0]
         formats = set().union(*(infos[d]["formats"] for d in g["run_dir"]))
@@ -249,6 +250,7 @@ def lost_updates(runs: pd.DataFrame, default_steps: int, an: Analysis) -> pd.Dat
             "rule": rule(an),
         })
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table = table.sort_values(GROUP, kind="stable", na_position="first").reset_index(drop=True)  # base before -sr
     table["sr_statement"] = _sr_statements(table)
     return table
 

@@ -126,11 +126,9 @@ def long_horizon_reading(r) -> str:
             f"[{fmt(r['change_ci_lo_pct'], 2)}, {fmt(r['change_ci_hi_pct'], 2)}]: {r['trend']}{stall}.")
 
 
-LOST_VIEW = ["method", "n_seeds", "early_steps", "late_steps", "lost_pred_early_frac", "lost_pred_late_frac",
-             "lost_pred_change_mean_frac", "lost_pred_change_ci_lo_frac", "lost_pred_change_ci_hi_frac", "stall",
-             "unchanged_early_frac", "unchanged_late_frac", "stall_measured", "lr_corr_pred_rho", "gap_corr_mean_rho",
-             "gap_corr_ci_lo_rho", "gap_corr_ci_hi_rho", "gap_tracks", "bias_mean_frac", "bias_ci_lo_frac",
-             "bias_ci_hi_frac", "bias", "pred_vs_measured_abs_diff_frac"]
+LOST_VIEW = ["method", "n_seeds", "early_steps", "late_steps", "lost_pred_early_frac", "lost_pred_late_frac", "stall",
+             "stall_measured", "lr_corr_pred_rho", "gap_corr_mean_rho", "gap_tracks", "bias_mean_frac", "bias",
+             "pred_vs_measured_abs_diff_frac"]
 
 
 def _signed(v, digits: int = 3) -> str:
