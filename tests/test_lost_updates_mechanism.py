@@ -11,7 +11,7 @@ import pytest
 from pipelines.analysis.long_horizon import PROFILE, write_outputs
 from pipelines.analysis.lost_updates import lost_updates, runs_with_probes, spearman
 from pipelines.analysis.stats import Analysis, t_interval
-from pipelines.report.stability_section import long_horizon_subsection, lost_updates_reading
+from pipelines.report.stability_section import long_horizon_subsection, lost_updates_reading, lost_updates_subsection
 
 STEPS, DEFAULT, WARMUP, PEAK = 1000, 100, 10, 1e-3
 AN = Analysis(margin_pct=0.5, min_seeds=3, far_factor=5.0)
@@ -221,3 +221,16 @@ def test_long_figure_draws_predicted_measured_and_the_lr(results):
     twin = [ax for ax in fig.axes if ax.get_ylabel() == "lr" and ax.bbox.bounds == panel.bbox.bounds]
     assert twin and twin[0].get_lines()[0].get_ydata()[0] == pytest.approx(lr_at(50))
     assert isinstance(fig_lost_updates_long(FigureData(summary=pd.DataFrame())), str)
+
+
+def test_another_profiles_probed_runs_get_their_own_subsection(results, tmp_path):
+    """The summary's runs of another profile (here the same folders under the name cpu) are rows of their own."""
+    runs_with_probes(results).assign(profile="cpu").to_csv(tmp_path / "summary.csv", index=False)
+    write_outputs(results, AN, DEFAULT, summary=tmp_path / "summary.csv")
+    lu = pd.read_csv(results / "lost_updates.csv")
+    assert lu.groupby("profile").size().to_dict() == {"cpu": 3, PROFILE: 3}
+    cpu, long = (lu[lu["profile"] == p].set_index("method") for p in ("cpu", PROFILE))
+    assert cpu["bias_mean_frac"].to_dict() == pytest.approx(long["bias_mean_frac"].to_dict())
+    text = lost_updates_subsection(results, tmp_path, tmp_path)
+    assert text.startswith("### Lost updates (cpu profile)") and text.count("**fp8-naive**") == 1
+    assert "### Lost updates" not in long_horizon_subsection(results, tmp_path, tmp_path)

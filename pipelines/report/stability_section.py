@@ -167,6 +167,9 @@ def lost_updates_reading(r) -> str:
     return text
 
 
+MAX_LOST_PARAGRAPHS = 8  # beyond that (a grid of lrs), the table speaks alone
+
+
 def lost_updates_part(results_dir: Path, profile: str) -> list[str]:
     """The lost-update mechanism of ``profile``'s runs (results/lost_updates.csv): its rules, table and one
     paragraph per recipe; nothing where none of its runs was probed."""
@@ -176,11 +179,26 @@ def lost_updates_part(results_dir: Path, profile: str) -> list[str]:
     lu = lu[lu["profile"] == profile] if len(lu) else lu
     if lu.empty:
         return []
+    view = LOST_VIEW if lu["lr"].nunique(dropna=False) == 1 else ["lr", *LOST_VIEW]
     out = [f"Lost updates (`results/{CSV}`): does the share of weight updates rounded away grow as the lr decays, "
            f"does the loss gap track it, and does stochastic rounding remove the lost updates' bias? Rules: "
-           f"{lu['rule'].iloc[0]}.", "", md_table(lu[LOST_VIEW], f"results/{CSV}"), ""]
-    out += [lost_updates_reading(r) + "\n" for _, r in lu.iterrows()]
+           f"{lu['rule'].iloc[0]}.", "", md_table(lu[view], f"results/{CSV}"), ""]
+    if len(lu) <= MAX_LOST_PARAGRAPHS:
+        out += [lost_updates_reading(r) + "\n" for _, r in lu.iterrows()]
     return out
+
+
+def lost_updates_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
+    """The lost-update mechanism of the probed runs of profiles other than long_horizon (whose runs the long
+    horizon subsection reads); empty where there are none."""
+    from pipelines.analysis.lost_updates import CSV, LONG_PROFILE
+
+    lu = _read(results_dir / CSV)
+    out = []
+    for profile in (dict.fromkeys(lu["profile"]) if len(lu) else []):
+        if profile != LONG_PROFILE:
+            out += [f"### Lost updates ({profile} profile)", "", *lost_updates_part(results_dir, profile)]
+    return "\n".join(out)
 
 
 def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
@@ -217,7 +235,8 @@ def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) 
     return "\n".join(out)
 
 
-SUBSECTIONS: list[Subsection] = [frontier_subsection, *STRESS_SUBSECTIONS, long_horizon_subsection]
+SUBSECTIONS: list[Subsection] = [frontier_subsection, *STRESS_SUBSECTIONS, long_horizon_subsection,
+                                  lost_updates_subsection]
 
 def stability_claims_readings(results_dir: str | Path) -> str:
     """The stability claims of results/claims.csv read in one line each: the verdict, how the recipes that decide
