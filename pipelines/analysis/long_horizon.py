@@ -17,6 +17,9 @@ Everything is paired by seed against bf16-amp (same initial weights, same batche
   weight codes early and late);
 - ``results/long_horizon_curve.csv``: one row per recipe and evaluation step: the paired gaps over seeds,
   their mean and Student-t interval (the figure's band).
+- ``results/lost_updates.csv`` (``pipelines.analysis.lost_updates``): per recipe with probed runs, whether the
+  lost-update share grows as the lr decays, whether the loss gap tracks it, and the lost updates' bias with and
+  without stochastic rounding.
 
 The **noise floor** of this horizon is fp32's largest |paired gap| at the end (``analysis.null_methods``): the
 default horizon's floor says nothing about how far two harmless recipes drift apart in 2000 steps.
@@ -213,15 +216,20 @@ def default_steps() -> int:
     return int(load()["train"]["steps"])
 
 
-def write_outputs(results: str | Path, an: Analysis | None = None, default: int | None = None) -> dict[str, Path]:
-    """The three CSVs under ``results``; ``default``: the default horizon in steps (pipelines/config.yaml's)."""
+def write_outputs(results: str | Path, an: Analysis | None = None, default: int | None = None,
+                  summary: str | Path | None = None) -> dict[str, Path]:
+    """The three CSVs under ``results`` and the lost-update mechanism's (``pipelines.analysis.lost_updates``, from
+    these runs and those of ``summary``); ``default``: the default horizon in steps (pipelines/config.yaml's)."""
+    from pipelines.analysis import lost_updates as lu
     from pipelines.analysis.comparison import load_analysis
 
-    results = Path(results)
-    tables = long_horizon(runs_on_disk(results), default or default_steps(), an or load_analysis())
+    results, an, default = Path(results), an or load_analysis(), default or default_steps()
+    tables = long_horizon(runs_on_disk(results), default, an)
     paths = {"table": results / LONG_CSV, "runs": results / RUNS_CSV, "curve": results / CURVE_CSV}
     for path, df in zip(paths.values(), tables):
         write_csv(df, path)
+    paths["lost_updates"] = results / lu.CSV
+    write_csv(lu.lost_updates(lu.runs_with_probes(results, summary), default, an), paths["lost_updates"])
     return paths
 
 
@@ -231,8 +239,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.analysis.long_horizon", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results", help="results folder: reads runs/long_horizon/, writes the CSVs")
     ap.add_argument("--analysis", help="analysis settings as JSON (default: pipelines/config.yaml's analysis)")
+    ap.add_argument("--summary", help="results/summary.csv: its probed runs join the lost-update table")
     args = ap.parse_args(argv)
-    paths = write_outputs(args.results, load_analysis(args.analysis))
+    paths = write_outputs(args.results, load_analysis(args.analysis), summary=args.summary)
     for p in paths.values():
         print(f"wrote {p}")
     table = pd.read_csv(paths["table"])

@@ -51,6 +51,7 @@ class FigureData:
     predicted: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/bench/gpu_predicted.csv (on paper)
     frontier_cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/frontier_cells.csv (lr frontier)
     long_horizon_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/long_horizon_curve.csv
+    long_probes: pd.DataFrame = field(default_factory=pd.DataFrame)  # the long_horizon runs' probed steps on disk
     stress: dict = field(default_factory=dict)  # name -> results/stress_<name>.csv (pipelines.analysis.stress_tables)
 
     @classmethod
@@ -70,7 +71,7 @@ class FigureData:
         return cls(summary, curves, telemetry, probes, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
                    table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
                    table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"),
-                   table("long_horizon_curve.csv"),
+                   table("long_horizon_curve.csv"), long_probes(here),
                    {p.stem.removeprefix("stress_"): table(p.name) for p in sorted(here.glob("stress_*.csv"))})
 
 
@@ -101,6 +102,15 @@ def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     cols = ["profile", "model", "method", "seed", "lr", "status", "step", "loss", "kind"]
     probe_cols = ["profile", "model", "method", "seed", "lr", "status", "step", "step_lr", *PROBE_KEYS]
     return pd.DataFrame(curves, columns=cols), pd.DataFrame(tele), pd.DataFrame(probes, columns=probe_cols)
+
+
+def long_probes(results: Path) -> pd.DataFrame:
+    """The probed steps of the long_horizon runs on disk under ``results`` (empty where none ran)."""
+    from pipelines.analysis.collect import runs_on_disk
+    from pipelines.analysis.lost_updates import LONG_PROFILE, probe_frame
+
+    runs = runs_on_disk(results, LONG_PROFILE)
+    return probe_frame(runs) if len(runs) else pd.DataFrame()
 
 
 def _ok(df: pd.DataFrame) -> pd.DataFrame:
@@ -512,6 +522,25 @@ def fig_lost_updates(d: FigureData):
     p = _main_lr(d, d.probes)
     if p.empty:
         return "no recipe with low-precision weights was probed in these results"
+    return _lost_updates_figure(p, "Weight updates lost to rounding: predicted from the update vs measured after it "
+                                   "(grey: lr)")
+
+
+def fig_lost_updates_long(d: FigureData):
+    """:func:`fig_lost_updates` for the long_horizon runs on disk (2000 steps: the cosine lr decays far enough to
+    show whether the stall grows as it falls), with the late window (last quarter) shaded."""
+    from pipelines.analysis.lost_updates import LATE_SHARE
+
+    p = d.long_probes
+    if p.empty:
+        return "no long-horizon run with low-precision weights on disk (profile long_horizon)"
+    return _lost_updates_figure(p, "Long horizon: weight updates lost to rounding over training (grey: lr; shaded: "
+                                   "the last quarter, where the lr is lowest)", late_share=LATE_SHARE)
+
+
+def _lost_updates_figure(p: pd.DataFrame, title: str, late_share: float | None = None):
+    """One panel per recipe: predicted lost and measured unchanged per seed (faint) and their mean, the lr on a twin
+    axis; ``late_share``: shade that last share of the steps."""
     methods = list(dict.fromkeys(p["method"]))[:6]
     fig, axes = plt.subplots(1, len(methods), figsize=(max(8.0, 4.2 * len(methods)), 3.6), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], methods):
@@ -522,6 +551,9 @@ def fig_lost_updates(d: FigureData):
             mean = pm.groupby("step")[col].mean()
             ax.plot(mean.index, mean.values, style, color="C0" if col == "lost_pred_frac" else "C3", lw=2, label=label)
         ax.set(title=m, xlabel="step", ylim=(0, 1.02))
+        if late_share:
+            end = float(pm["step"].max())
+            ax.axvspan(end * (1 - late_share), end, color="C1", alpha=0.1, lw=0)
         lr = ax.twinx()
         sched = pm.groupby("step")["step_lr"].mean()
         lr.plot(sched.index, sched.values, color="grey", lw=1, alpha=0.7)
@@ -529,7 +561,7 @@ def fig_lost_updates(d: FigureData):
         lr.tick_params(axis="y", colors="grey", labelsize=7)
     axes[0, 0].set_ylabel("share of low-precision weights")
     axes[0, 0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("Weight updates lost to rounding: predicted from the update vs measured after it (grey: lr)")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -545,7 +577,7 @@ FIGURES = {name: (fn, _caption(name)) for name, fn in (
     ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
     ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
     ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry),
-    ("lost_updates", fig_lost_updates),
+    ("lost_updates", fig_lost_updates), ("lost_updates_long", fig_lost_updates_long),
     ("lr_frontier", fig_lr_frontier), ("long_horizon", fig_long_horizon), ("stress_ladder", fig_stress_ladder),
     ("stress_outliers", fig_stress_outliers))}
 

@@ -95,6 +95,13 @@ TABLES: dict[str, Table] = {
         "diverged) and how many grid steps it lies from bf16-amp's, paired by seed; the max within-margin learning "
         "rate; the lr sensitivity (Wortsman et al. 2023) and the seeds, with the rules; empty where no recipe ran "
         "over a grid of learning rates (the ``stability`` profile does). Per seed: ``results/frontier_seeds.csv``."),
+    "lost_updates": Table(
+        "lost_updates.csv", "Lost updates over training per recipe",
+        "Per recipe whose weights live in a low-precision format (``results/lost_updates.csv``), paired by seed: the "
+        "share of weight updates predicted lost (and measured unchanged) early and late in training, whether it "
+        "grows as the lr decays, its rank correlation with the lr, whether the loss gap against bf16-amp tracks "
+        "it, the lost updates' bias with and without stochastic rounding, and how far predicted and measured "
+        "differ; the rules are in the ``rule`` column. Empty where no run was probed."),
     "summary": Table(
         "summary.csv", "All runs",
         "One row per run (``results/summary.csv``): status and reason, losses, paired gap, throughput, memory."),
@@ -113,6 +120,7 @@ FIGURE_GROUPS: dict[str, str] = {
     "divergence": "stability",
     "fp8_telemetry": "stability",
     "lost_updates": "stability",
+    "lost_updates_long": "stability",
     "lr_frontier": "stability",
     "long_horizon": "stability",
     "stress_ladder": "stability",

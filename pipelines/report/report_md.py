@@ -329,7 +329,7 @@ def from_disk(profile: str | None, results: Path, fig_dir: Path, out: Path) -> N
     write_all(collect(paths), results / "summary.csv")
     # the stability tables first: the claims (written with the comparison) read them
     frontier.write_outputs(results / "summary.csv", results, load_analysis())
-    long_horizon.write_outputs(results, load_analysis())
+    long_horizon.write_outputs(results, load_analysis(), summary=results / "summary.csv")
     stress_tables.build_tables(results)
     write_outputs(results / "summary.csv", results, traced_csv=results / "memory_traced.csv")
     build(FigureData.load(results / "summary.csv"), fig_dir)

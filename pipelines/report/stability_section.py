@@ -126,6 +126,81 @@ def long_horizon_reading(r) -> str:
             f"[{fmt(r['change_ci_lo_pct'], 2)}, {fmt(r['change_ci_hi_pct'], 2)}]: {r['trend']}{stall}.")
 
 
+LOST_VIEW = ["method", "n_seeds", "early_steps", "late_steps", "lost_pred_early_frac", "lost_pred_late_frac", "stall",
+             "stall_measured", "lr_corr_pred_rho", "gap_corr_mean_rho", "gap_tracks", "bias_mean_frac", "bias",
+             "pred_vs_measured_abs_diff_frac"]
+
+
+def _signed(v, digits: int = 3) -> str:
+    return "–" if v is None or not pd.notna(v) else f"{float(v):+.{digits}f}"
+
+
+def _ci(r, stem: str, digits: int = 3) -> str:
+    """``lo, hi`` of the interval columns ``<stem>_ci_lo_<unit>`` / ``<stem>_ci_hi_<unit>`` of a row."""
+    unit = "rho" if stem.startswith("gap_corr") else "frac"
+    return f"{_signed(r[f'{stem}_ci_lo_{unit}'], digits)}, {_signed(r[f'{stem}_ci_hi_{unit}'], digits)}"
+
+
+COMMON_CAUSE = " (both follow the lr schedule: they move together, which does not show that one causes the other)"
+
+
+def lost_updates_reading(r) -> str:
+    """One recipe's lost-update mechanism in a short paragraph, from its lost_updates.csv row."""
+    seeds = int(r["n_seeds"])
+    text = (f"**{r['method']}** ({seeds} seed{'s' * (seeds > 1)}; early: steps {r['early_steps']}, late: steps "
+            f"{r['late_steps']}). Predicted lost share {fmt(r['lost_pred_early_frac'], 3)} early -> "
+            f"{fmt(r['lost_pred_late_frac'], 3)} late, change {_signed(r['lost_pred_change_mean_frac'])} "
+            f"[{_ci(r, 'lost_pred_change')}]: **{r['stall']}** (measured unchanged {fmt(r['unchanged_early_frac'], 3)} "
+            f"-> {fmt(r['unchanged_late_frac'], 3)}: {r['stall_measured']}); rank correlation of the lost share with "
+            f"the step's lr {_signed(r['lr_corr_pred_rho'], 2)} (mean over seeds). ")
+    if str(r["gap_tracks"]).startswith("n/a"):
+        text += f"Loss gap: {r['gap_tracks']}. "
+    else:
+        text += (f"Loss gap against {REFERENCE} vs the lost share at the nearest probe, rank correlation over "
+                 f"{int(r['n_evals'])} evaluations per seed {r['gap_corrs_rho']}, mean "
+                 f"{_signed(r['gap_corr_mean_rho'], 2)} [{_ci(r, 'gap_corr', 2)}]: **{r['gap_tracks']}**"
+                 f"{COMMON_CAUSE if r['gap_tracks'] == 'tracks' else ''}. ")
+    text += (f"Lost-update bias {_signed(r['bias_mean_frac'])} [{_ci(r, 'bias')}]: **{r['bias']}**"
+             f"{'; ' + r['sr_statement'] if isinstance(r['sr_statement'], str) and r['sr_statement'] else ''}. "
+             f"Predicted vs measured: mean |difference| {fmt(r['pred_vs_measured_abs_diff_frac'], 4)} "
+             f"({r['agreement_note']}).")
+    return text
+
+
+MAX_LOST_PARAGRAPHS = 8  # beyond that (a grid of lrs), the table speaks alone
+
+
+def lost_updates_part(results_dir: Path, profile: str) -> list[str]:
+    """The lost-update mechanism of ``profile``'s runs (results/lost_updates.csv): its rules, table and one
+    paragraph per recipe; nothing where none of its runs was probed."""
+    from pipelines.analysis.lost_updates import CSV
+
+    lu = _read(results_dir / CSV)
+    lu = lu[lu["profile"] == profile] if len(lu) else lu
+    if lu.empty:
+        return []
+    view = LOST_VIEW if lu["lr"].nunique(dropna=False) == 1 else ["lr", *LOST_VIEW]
+    out = [f"Lost updates (`results/{CSV}`): does the share of weight updates rounded away grow as the lr decays, "
+           f"does the loss gap track it, and does stochastic rounding remove the lost updates' bias? Rules: "
+           f"{lu['rule'].iloc[0]}.", "", md_table(lu[view], f"results/{CSV}"), ""]
+    if len(lu) <= MAX_LOST_PARAGRAPHS:
+        out += [lost_updates_reading(r) + "\n" for _, r in lu.iterrows()]
+    return out
+
+
+def lost_updates_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
+    """The lost-update mechanism of the probed runs of profiles other than long_horizon (whose runs the long
+    horizon subsection reads); empty where there are none."""
+    from pipelines.analysis.lost_updates import CSV, LONG_PROFILE
+
+    lu = _read(results_dir / CSV)
+    out = []
+    for profile in (dict.fromkeys(lu["profile"]) if len(lu) else []):
+        if profile != LONG_PROFILE:
+            out += [f"### Lost updates ({profile} profile)", "", *lost_updates_part(results_dir, profile)]
+    return "\n".join(out)
+
+
 def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) -> str:
     from pipelines.analysis.long_horizon import (COMMAND as LONG_COMMAND, LONG_CSV, PROFILE as LONG_PROFILE,
                                                  RUNS_CSV)
@@ -155,10 +230,13 @@ def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) 
     if len(runs):
         out += [f"Per run (`results/{RUNS_CSV}`):", "", md_table(runs[LONG_RUN_VIEW], f"results/{RUNS_CSV}"), ""]
     out += _figure(fig_dir, report_dir, "long_horizon")
+    out += lost_updates_part(results_dir, LONG_PROFILE)
+    out += _figure(fig_dir, report_dir, "lost_updates_long")
     return "\n".join(out)
 
 
-SUBSECTIONS: list[Subsection] = [frontier_subsection, *STRESS_SUBSECTIONS, long_horizon_subsection]
+SUBSECTIONS: list[Subsection] = [frontier_subsection, *STRESS_SUBSECTIONS, long_horizon_subsection,
+                                  lost_updates_subsection]
 
 def stability_claims_readings(results_dir: str | Path) -> str:
     """The stability claims of results/claims.csv read in one line each: the verdict, how the recipes that decide

@@ -11,7 +11,8 @@ FRONTIER_CSVS = [FRONTIER_CSV, FRONTIER_CELLS_CSV, FRONTIER_SEEDS_CSV]
 LONG_HORIZON_CSV = f"{RESULTS}/long_horizon.csv"
 LONG_HORIZON_RUNS_CSV = f"{RESULTS}/long_horizon_runs.csv"
 LONG_HORIZON_CURVE_CSV = f"{RESULTS}/long_horizon_curve.csv"
-STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_RUNS_CSV, LONG_HORIZON_CURVE_CSV]
+LOST_UPDATES_CSV = f"{RESULTS}/lost_updates.csv"
+STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_RUNS_CSV, LONG_HORIZON_CURVE_CSV, LOST_UPDATES_CSV]
 STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers", "norm_gains", "second_moment")]
 STABILITY_CSVS += STRESS_CSVS
 
@@ -117,7 +118,8 @@ rule frontier:
 
 # Long horizon (pipelines/analysis/long_horizon.py): the long_horizon profile's runs on disk (any profile's report
 # shows them once they ran), per recipe the paired gap at the default horizon and at the end with intervals, the
-# verdict at the end against this horizon's own noise floor (fp32) and the trend; headers only if none.
+# verdict at the end against this horizon's own noise floor (fp32) and the trend; and, from these runs and the
+# summary's, the lost-update mechanism (pipelines/analysis/lost_updates.py); headers only if none.
 
 
 rule long_horizon:
@@ -127,6 +129,7 @@ rule long_horizon:
         table=LONG_HORIZON_CSV,
         runs=LONG_HORIZON_RUNS_CSV,
         curve=LONG_HORIZON_CURVE_CSV,
+        lost_updates=LOST_UPDATES_CSV,
     params:
         analysis=ANALYSIS_JSON,
     conda:
@@ -135,7 +138,7 @@ rule long_horizon:
         f"{RESULTS}/logs/long_horizon.log",
     shell:
         'python -m pipelines.analysis.long_horizon --results "$(dirname {output.table:q})" --analysis {params.analysis:q} '
-        "> {log:q} 2>&1"
+        "--summary {input.summary:q} > {log:q} 2>&1"
 
 
 # Stress tests (pipelines/analysis/stress_tables.py): the precision ladder, outlier injection, quantized norm gains and
