@@ -63,9 +63,9 @@ rule train:
         TRAIN_ENV
     log:
         f"{RUN_DIR}/train.log",
-    # pipelines.run.devices: locally the run claims GPUs of its own and sees only those (CUDA_VISIBLE_DEVICES);
-    # under SLURM the scheduler's assignment stands.
+    # pipelines.run.launch.devices: locally the run claims GPUs of its own and sees only those
+    # (CUDA_VISIBLE_DEVICES); under SLURM the scheduler's assignment stands.
     shell:
-        "python -m pipelines.run.devices {resources.gpu} -- "
+        "python -m pipelines.run.launch.devices {resources.gpu} -- "
         'python -m pipelines.train --config {input.cfg:q} --out "$(dirname {output.summary:q})" --threads {threads} '
         "> {log:q} 2>&1"
