@@ -172,7 +172,7 @@ def _run_shape(wildcards):
     m = run_method(wildcards.method)
     device = run_config(wildcards)["train"]["device"]
     gpu = device == "cuda" or (device == "auto" and not on_cluster() and bool(LOCAL_GPUS))
-    # MULTI-NODE: a multi-rank method's `nodes` option (pipelines/run/launch starts one torchrun per node)
+    # a multi-rank method's `nodes` option (pipelines/run/launch/nodes.py starts one torchrun per node)
     return m.world_size, int(getattr(m, "nodes", 1) or 1), gpu
 
 
