@@ -234,3 +234,38 @@ def test_a_two_node_run_killed_mid_way_resumes_bit_for_bit(resume_config, uninte
     kill_group_mid_way(cmd, out)
     assert not wait_until_gone(out, 10)
     rerun_resumes_to(cmd, out, uninterrupted)  # 2 nodes resumed = 1 node uninterrupted
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+PARENT = """
+import os, subprocess, sys
+from pipelines.run.launch import lifetime
+child = subprocess.Popen(["sleep", "60"], start_new_session=True, preexec_fn=lifetime.agent_preexec(os.getpid()))
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_an_agent_dies_with_its_launcher_and_never_outlives_a_launcher_already_gone():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+    parent.kill()  # SIGKILL: no handler of the parent runs
+    parent.wait()
+    deadline = time.time() + 10
+    while alive(child):
+        assert time.time() < deadline, "the child outlived its killed parent"
+        time.sleep(0.05)
+    # a parent that died before the child asked the kernel (here: the child expects another parent): it dies at once
+    from pipelines.run.launch import lifetime
+
+    orphan = subprocess.Popen(["sleep", "60"], preexec_fn=lifetime.agent_preexec(os.getpid() + 1_000_000))
+    assert orphan.wait(timeout=10) == -signal.SIGKILL

@@ -24,26 +24,32 @@ PR_SET_PDEATHSIG = 1
 AGENTS = ("torch.distributed.run", "torchrun", "deepspeed.launcher")
 
 
-def _prctl_pdeathsig(sig: int) -> bool:
+def _prctl():
+    """libc's prctl, or None (not Linux). Looked up before any fork: a child of a threaded process must not
+    load libraries (the loader's lock may be held by a thread that does not exist in the child)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+def _prctl_pdeathsig(sig: int, prctl=None) -> bool:
+    prctl = prctl or _prctl()
+    return prctl is not None and prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_with_parent(expected_parent: int) -> bool:
+def die_with_parent(expected_parent: int, prctl=None) -> bool:
     """SIGKILL this process when its parent dies; if the parent (``expected_parent``) is gone already, die now.
-    Safe in a ``preexec_fn`` (no allocation-heavy work, no locks). False where the platform has no prctl."""
-    if not _prctl_pdeathsig(signal.SIGKILL):
+    False where the platform has no prctl."""
+    if not _prctl_pdeathsig(signal.SIGKILL, prctl):
         return False
     if os.getppid() != expected_parent:  # it died between fork and prctl: the kernel will never tell us
         _die()
@@ -51,9 +57,13 @@ def die_with_parent(expected_parent: int) -> bool:
 
 
 def agent_preexec(launcher_pid: int):
-    """The ``preexec_fn`` of an agent the launcher (pid ``launcher_pid``) starts."""
+    """The ``preexec_fn`` of an agent the launcher (pid ``launcher_pid``) starts; it only calls prctl,
+    looked up here, in the parent."""
+    prctl = _prctl()
+
     def preexec():
-        die_with_parent(launcher_pid)
+        if prctl is not None:
+            die_with_parent(launcher_pid, prctl)
 
     return preexec
 
