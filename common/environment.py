@@ -89,7 +89,8 @@ def environment(device: torch.device) -> dict:
         "git_revision": git_revision(),
         # TransformerEngine reads its knobs from the environment; a run is only reproducible with them.
         "nvte_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NVTE_")},
-        # which GPUs the run was given (pipelines/run/devices.py, or the scheduler) and, on a cluster, its job
+        # which GPUs the run was given (pipelines/run/launch/devices.py, or the scheduler) and, on a cluster,
+        # its job
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID"),
     }

@@ -1,5 +1,5 @@
 """What every multi-rank (data-parallel) method does inside a rank: the process group, the rank's rows of
-the global batch, the global-batch loss, and the ``ranks`` option. Shared by DeepSpeed ZeRO
+the global batch, the global-batch loss, and the ``ranks`` and ``nodes`` options. Shared by DeepSpeed ZeRO
 (``methods.zero``) and torch's DDP / FSDP2 (``methods.data_parallel``); ``pipelines.run.launch`` starts
 the ranks.
 
@@ -96,9 +96,24 @@ class MultiRank(Method):
 
     #: ranks of one run; 0: one per visible GPU, 2 on a CPU
     ranks: int = 0
+    #: machines the ranks are spread over, an equal share on each (one torchrun per node)
+    nodes: int = 1
 
-    option_rules = {"ranks": Range(0)}  # 0: one per GPU, 2 on a CPU
+    option_rules = {"ranks": Range(0), "nodes": Range(1)}  # ranks 0: one per GPU, 2 on a CPU
 
     @property
     def world_size(self) -> int:  # type: ignore[override]
         return self.ranks or default_world_size()
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+    def validate(self) -> None:
+        super().validate()
+        ws = self.world_size
+        if ws % self.nodes:  # every node runs the same number of ranks (one torchrun with --nproc-per-node)
+            divisors = [d for d in range(1, ws + 1) if ws % d == 0]
+            raise ValueError(f"method {self.name}: option nodes = {self.nodes} does not divide its {ws} ranks "
+                             f"evenly; valid: nodes one of {', '.join(map(str, divisors))}, or ranks a multiple "
+                             f"of {self.nodes}")

@@ -89,7 +89,7 @@ class _Resources(dict):
 
 
 class _OnNodes:
-    """A multi-rank method over ``nodes`` nodes (the `nodes` option comes with the multi-node launch)."""
+    """A multi-rank method over ``nodes`` nodes, whatever its own `nodes` option says."""
 
     def __init__(self, method, nodes: int):
         self._method, self.nodes = method, nodes

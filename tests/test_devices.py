@@ -1,6 +1,6 @@
-"""One GPU per run on a machine of several (pipelines/run/devices.py and the train rule's `gpu` resource): the
-claims never overlap, a claim waits for a free device, SLURM's assignment is left alone; and the real workflow
-on a stated count of 2 GPUs runs 4 runs never more than 2 at once, never two on one index."""
+"""One GPU per run on a machine of several (pipelines/run/launch/devices.py and the train rule's `gpu`
+resource): the claims never overlap, a claim waits for a free device, SLURM's assignment is left alone; and the
+real workflow on a stated count of 2 GPUs runs 4 runs never more than 2 at once, never two on one index."""
 import json
 import os
 import shutil
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.run import devices
+from pipelines.run.launch import devices
 from tests.conftest import ROOT, run_cli, write_small_config
 
 SHOW = [sys.executable, "-c", "import os; print('visible=' + repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"]
@@ -46,23 +46,23 @@ def test_claims_never_overlap_and_a_released_index_is_claimed_again(tmp_path):
 
 def test_a_run_asking_for_more_gpus_than_the_machine_has_is_refused(tmp_path):
     env = {"FP8BENCH_GPUS": "2", "FP8BENCH_GPU_LOCKS": str(tmp_path), "SLURM_JOB_ID": ""}
-    r = run_cli("-m", "pipelines.run.devices", "3", "--", *SHOW, env=env, timeout=60)
+    r = run_cli("-m", "pipelines.run.launch.devices", "3", "--", *SHOW, env=env, timeout=60)
     assert r.returncode == 2 and "the run needs 3 GPUs but this machine has 2 (0, 1)" in r.stderr, r.stderr
 
 
 def test_the_command_sees_its_claimed_gpus_none_or_slurms_assignment(tmp_path):
     locks = {"FP8BENCH_GPUS": "2", "FP8BENCH_GPU_LOCKS": str(tmp_path), "SLURM_JOB_ID": ""}
-    r = run_cli("-m", "pipelines.run.devices", "2", "--", *SHOW, env=locks, timeout=60)
+    r = run_cli("-m", "pipelines.run.launch.devices", "2", "--", *SHOW, env=locks, timeout=60)
     assert r.returncode == 0 and "visible='0,1'" in r.stdout and "claimed GPU(s) 0,1" in r.stderr, r.stderr
-    r = run_cli("-m", "pipelines.run.devices", "0", "--", *SHOW, env={**locks, "CUDA_VISIBLE_DEVICES": "1"},
+    r = run_cli("-m", "pipelines.run.launch.devices", "0", "--", *SHOW, env={**locks, "CUDA_VISIBLE_DEVICES": "1"},
                 timeout=60)
     assert r.returncode == 0 and "visible=''" in r.stdout, r.stdout + r.stderr
     # inside a SLURM job the scheduler's choice stands, whatever the count asked for
-    r = run_cli("-m", "pipelines.run.devices", "1", "--", *SHOW,
+    r = run_cli("-m", "pipelines.run.launch.devices", "1", "--", *SHOW,
                 env={**locks, "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "3"}, timeout=60)
     assert r.returncode == 0 and "visible='3'" in r.stdout and "SLURM job 42" in r.stderr, r.stdout + r.stderr
     # the exit code is the command's (the wrapper became the command)
-    r = run_cli("-m", "pipelines.run.devices", "1", "--", sys.executable, "-c", "raise SystemExit(7)", env=locks,
+    r = run_cli("-m", "pipelines.run.launch.devices", "1", "--", sys.executable, "-c", "raise SystemExit(7)", env=locks,
                 timeout=60)
     assert r.returncode == 7
 
@@ -71,7 +71,7 @@ def test_a_claim_waits_until_the_run_holding_the_gpus_has_ended(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FP8BENCH_GPUS": "2", "FP8BENCH_GPU_LOCKS": str(tmp_path),
            "SLURM_JOB_ID": ""}
     stamp = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], time.time(), flush=True)"
-    first = subprocess.Popen([sys.executable, "-m", "pipelines.run.devices", "2", "--", sys.executable, "-c",
+    first = subprocess.Popen([sys.executable, "-m", "pipelines.run.launch.devices", "2", "--", sys.executable, "-c",
                               stamp + "; time.sleep(3); print(time.time(), flush=True)"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the second starts once the first holds both GPUs
@@ -83,8 +83,8 @@ def test_a_claim_waits_until_the_run_holding_the_gpus_has_ended(tmp_path):
         for fd in probe[1]:  # a probe that got one lets go of it at once
             os.close(fd)
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "pipelines.run.devices", "1", "--", sys.executable, "-c", stamp],
-                            env=env, capture_output=True, text=True, timeout=60)
+    second = subprocess.run([sys.executable, "-m", "pipelines.run.launch.devices", "1", "--", sys.executable, "-c",
+                             stamp], env=env, capture_output=True, text=True, timeout=60)
     out1, err1 = first.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0, err1 + second.stderr
     first_end = float(out1.split()[-1])

@@ -131,9 +131,9 @@ def figure_caption(wildcards):
 
 
 # Where jobs run and what they ask for (docs/cluster.md). The same DAG runs on this machine (--cores), on one
-# multi-GPU node (a `gpu` total, one device per run: pipelines/run/devices.py) and on SLURM
+# multi-GPU node (a `gpu` total, one device per run: pipelines/run/launch/devices.py) and on SLURM
 # (pipelines/profiles/slurm: every rule below that is not a localrule states threads, mem_mb and runtime).
-from pipelines.run import devices as fp8devices
+from pipelines.run.launch import devices as fp8devices
 from pipelines.run.fits import host_mem_mb
 
 JOBS = PSET["jobs"]
@@ -150,9 +150,9 @@ def on_cluster():
 
 
 def _gpu_total():
-    """This machine's GPUs (pipelines/run/devices.py: FP8BENCH_GPUS, else CUDA_VISIBLE_DEVICES, else nvidia-smi)
-    when the jobs run here, and then the workflow's `gpu` total: no more GPU runs start at once than there are
-    GPUs (`--resources gpu=N` wins). It must be set while the Snakefile is read, before the scheduler exists;
+    """This machine's GPUs (pipelines/run/launch/devices.py: FP8BENCH_GPUS, else CUDA_VISIBLE_DEVICES, else
+    nvidia-smi) when the jobs run here, and then the workflow's `gpu` total: no more GPU runs start at once than
+    there are GPUs (`--resources gpu=N` wins). It must be set while the Snakefile is read, before the scheduler exists;
     `workflow.nodes` (a number of cluster jobs) is set exactly when the jobs go elsewhere, or in a dry run
     with --jobs; inside a SLURM job the scheduler has assigned the GPUs already."""
     if workflow.nodes is not None or fp8devices.under_slurm():
@@ -172,7 +172,7 @@ def _run_shape(wildcards):
     m = run_method(wildcards.method)
     device = run_config(wildcards)["train"]["device"]
     gpu = device == "cuda" or (device == "auto" and not on_cluster() and bool(LOCAL_GPUS))
-    # MULTI-NODE: a multi-rank method's `nodes` option (pipelines/run/launch.py starts one torchrun per node)
+    # a multi-rank method's `nodes` option (pipelines/run/launch/nodes.py starts one torchrun per node)
     return m.world_size, int(getattr(m, "nodes", 1) or 1), gpu
 
 

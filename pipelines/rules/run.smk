@@ -63,11 +63,12 @@ rule train:
         TRAIN_ENV
     log:
         f"{RUN_DIR}/train.log",
-    # pipelines.run.devices: locally the run claims GPUs of its own and sees only those (CUDA_VISIBLE_DEVICES);
-    # under SLURM the scheduler's assignment stands. The log is appended to, not truncated: a second writer of
-    # the run folder (refused by pipelines.run.dirlock) must not wipe the running one's log, and a resumed run's
-    # log keeps what the killed attempt said (each attempt begins with a line naming its pid and time).
+    # pipelines.run.launch.devices: locally the run claims GPUs of its own and sees only those
+    # (CUDA_VISIBLE_DEVICES); under SLURM the scheduler's assignment stands. The log is appended to, not
+    # truncated: a second writer of the run folder (refused by pipelines.run.dirlock) must not wipe the running
+    # one's log, and a resumed run's log keeps what the killed attempt said (each attempt begins with a line
+    # naming its pid and time).
     shell:
-        "python -m pipelines.run.devices {resources.gpu} -- "
+        "python -m pipelines.run.launch.devices {resources.gpu} -- "
         'python -m pipelines.train --config {input.cfg:q} --out "$(dirname {output.summary:q})" --threads {threads} '
         ">> {log:q} 2>&1"

@@ -426,6 +426,7 @@ def resolve(args) -> tuple[dict, Path]:
 
 
 def main(argv=None) -> int:
+    launch.rank_started()  # a rank dies with its launcher, however that ends
     args = parse_args(argv)
     try:
         rc, out = resolve(args)

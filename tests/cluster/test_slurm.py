@@ -155,9 +155,8 @@ def test_the_cluster_profile_runs_as_slurm_jobs(cluster, tmp_path):
     assert len(local) == 8 + 2 and all(v[2] is not None for v in local)  # 8 steps, evals at 0 and 8
     assert losses(run_dirs["ddp-bf16"]) == local, "the SLURM job's run differs from the same run launched here"
 
-    # MULTI-NODE: a run over two nodes (the profile's ddp-bf16-2n, switched on with the multi-node launch)
-    assert two_nodes, ("profile cluster has no run over two nodes: the multi-node launch (the `nodes` option) is "
-                       "not in yet; switch on ddp-bf16-2n in pipelines/config.yaml (MULTI-NODE SWITCH)")
+    # the run over two nodes (the profile's ddp-bf16-2n: ddp-bf16's two ranks, one torchrun per node under srun)
+    assert two_nodes, "profile cluster has no run over two nodes (a variant with the `nodes` option)"
     for name in two_nodes:
         run = run_dirs[name]
         job_id = run_start(run)["environment"]["slurm_job_id"]

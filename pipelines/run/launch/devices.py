@@ -1,6 +1,6 @@
 """One GPU per run on a machine of several: claim free device indices, then run the training command on them.
 
-    python -m pipelines.run.devices N -- python -m pipelines.train --config ...   # what the train rule runs
+    python -m pipelines.run.launch.devices N -- python -m pipelines.train --config ...   # what the train rule runs
 
 Locally the workflow starts no more runs at once than there are GPUs (a ``gpu`` resource, its total from
 ``pool()``), but Snakemake does not say *which* GPUs a job may use: without more, every run would open
@@ -137,10 +137,10 @@ def prepare(n: int, env=None) -> tuple[dict, list[int], str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
-        print("usage: python -m pipelines.run.devices N -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m pipelines.run.launch.devices N -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     cut = argv.index("--")
-    ap = argparse.ArgumentParser(prog="python -m pipelines.run.devices",
+    ap = argparse.ArgumentParser(prog="python -m pipelines.run.launch.devices",
                                  description="Run COMMAND on N GPUs of its own (see the module docstring).")
     ap.add_argument("gpus", type=int, help="GPUs the command needs (0: none visible)")
     args = ap.parse_args(argv[:cut])

@@ -11,19 +11,26 @@ chosen by ``FP8BENCH_LAUNCHER``:
   those). It runs on CPU ranks too (gloo, no pdsh: single node), and gives the ranks the same
   environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so any multi-rank method runs under it.
 
+With the method's ``nodes`` option above 1 the ranks are spread over that many nodes, one torchrun each
+(``pipelines.run.launch.nodes``: srun in a SLURM job, else the agents on this machine).
+
 Inside, every rank runs the same loop on the same *global* batch; the method's trainee
 takes the rank's rows and reports the global-batch loss, so the logged losses, batch hashes and step
 counts are those a single process would log. Only rank 0 writes ``metrics.jsonl`` and ``summary.json``;
 its memory ledger is the per-rank one.
 
-Threads: ``train.threads`` is the run's budget (Snakemake passes threads x ranks); each rank gets its share.
+Threads: ``train.threads`` is the run's budget on this machine (Snakemake passes threads x the ranks there: all
+of them, or one node's share on a cluster); each rank gets its share.
+
+Nothing outlives the run: the agents and their ranks die with this process, even by SIGKILL
+(``pipelines.run.launch.lifetime``), and a SIGTERM / SIGINT is passed on to them.
 
 Failures end as ``failed`` with a reason, never as a hang: a rank that fails writes ``rank<r>.error`` and
 exits non-zero, torchrun then stops the others, collectives time out after ``FP8BENCH_DIST_TIMEOUT_S``
 (default 600 s; set where the method makes its process group), and the launcher writes the failed
 summary if rank 0 could not (and removes the run's checkpoints: a failed run is complete). A run killed
 whole (launcher and ranks, e.g. a node lost) leaves no summary and resumes from its last committed
-checkpoint when rerun (``pipelines.run.dist_checkpoint``).
+checkpoint when rerun (``pipelines.run.dist_checkpoint``; on one shared filesystem across nodes as well).
 """
 from __future__ import annotations
 
@@ -49,6 +56,14 @@ def rank_info() -> tuple[int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return 0, 1
+
+
+def rank_started() -> None:
+    """First thing in a rank this launcher started: die with the agent that started it (lifetime)."""
+    if LAUNCHED in os.environ and "RANK" in os.environ:
+        from pipelines.run.launch import lifetime
+
+        lifetime.rank_started()
 
 
 def in_rank() -> bool:
@@ -121,7 +136,7 @@ def free_port() -> int:
 def launcher_command(world_size: int, script: list[str], env: dict | None = None) -> list[str]:
     """The command that starts ``python -m <script...>`` as ``world_size`` ranks on this node."""
     env = os.environ if env is None else env
-    name = env.get(LAUNCHER_ENV, "torchrun") or "torchrun"
+    name = launcher_name(env)
     extra = shlex.split(env.get(LAUNCHER_ARGS_ENV, ""))
     if name == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
@@ -136,18 +151,61 @@ def launcher_command(world_size: int, script: list[str], env: dict | None = None
             where = ["--num_nodes=1", f"--num_gpus={world_size}"]
         return [sys.executable, "-m", "deepspeed.launcher.runner", *where, f"--master_port={free_port()}",
                 "--no_local_rank", *extra, "--module", *script]
-    raise ValueError(f"{LAUNCHER_ENV}={name!r}; valid: {', '.join(LAUNCHERS)}")
+    raise AssertionError(name)
 
 
-def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
-    """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks; returns the exit code for main."""
+def launcher_name(env) -> str:
+    name = env.get(LAUNCHER_ENV, "torchrun") or "torchrun"
+    if name not in LAUNCHERS:
+        raise ValueError(f"{LAUNCHER_ENV}={name!r}; valid: {', '.join(LAUNCHERS)}")
+    return name
+
+
+def run_nodes(rc: dict) -> int:
+    """Nodes of a run (its method's ``nodes`` option; checked against its ranks when the method was made)."""
+    return int((rc.get("method_options") or {}).get("nodes", 1) or 1)
+
+
+def ranks_here(world_size: int, nodes: int, env: dict | None = None) -> int:
+    """Ranks that share this machine's cores: all of them, or one node's share where SLURM starts the nodes."""
+    from pipelines.run.launch import nodes as multi
+
+    env = os.environ if env is None else env
+    return world_size // nodes if nodes > 1 and multi.slurm_has_nodes(nodes, env) else world_size
+
+
+def agent_commands(world_size: int, nodes: int, threads: int, script: list[str],
+                   env: dict | None = None) -> list[list[str]]:
+    """The commands this process starts for a run of ``world_size`` ranks over ``nodes`` nodes, ``threads``
+    cores on each machine. One node: one launcher command (launcher_command); several:
+    pipelines.run.launch.nodes (srun in a SLURM job of enough nodes, else one torchrun per node here)."""
+    from pipelines.run.launch import nodes as multi
+
+    env = os.environ if env is None else env
+    if nodes == 1:
+        return [launcher_command(world_size, script, env)]
+    if launcher_name(env) != "torchrun":
+        raise ValueError(f"{LAUNCHER_ENV}=deepspeed starts ranks on one node only; a run over {nodes} nodes "
+                         f"starts its ranks with torchrun (valid here: {LAUNCHER_ENV}=torchrun)")
+    extra = shlex.split(env.get(LAUNCHER_ARGS_ENV, ""))
+    return multi.agent_commands(world_size, nodes, threads, free_port(), script, extra, env)[0]
+
+
+def launch(argv: list[str], rc: dict, out: Path, world_size: int, nodes: int | None = None) -> int:
+    """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks over ``nodes`` nodes (default: the method's
+    ``nodes`` option); returns the exit code for main."""
     from pipelines.run.data import Corpus, CorpusError, check_corpus, prepare
+    from pipelines.run.launch import lifetime
 
     out = Path(out)
-    per_rank = max(1, int(rc["train"]["threads"]) // world_size)
+    nodes = run_nodes(rc) if nodes is None else nodes
+    threads = int(rc["train"]["threads"])  # the cores of this machine (of each node under SLURM)
     try:
-        cmd = launcher_command(world_size, ["pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)])
-    except ValueError as e:
+        launcher_name(os.environ)  # a bad choice is refused before anything else
+        per_rank = max(1, threads // ranks_here(world_size, nodes))
+        cmds = agent_commands(world_size, nodes, threads,
+                              ["pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)])
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:  # once, here, rather than racing in every rank; a bad corpus is refused before any rank starts
@@ -159,26 +217,37 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
         stale.unlink()
     env = {**os.environ, LAUNCHED: "1", "OMP_NUM_THREADS": str(per_rank)}
     # DeepSpeed's launcher counts CPU "devices" with numactl unless told; its ranks get LOCAL_SIZE anew
-    env.setdefault("LOCAL_SIZE", str(world_size))
+    env.setdefault("LOCAL_SIZE", str(world_size // nodes))
     t0 = time.perf_counter()
-    print(f"launching {world_size} ranks x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr, flush=True)
-    # Its own process group: DeepSpeed's single-node runner does not pass signals on to the ranks'
-    # launcher, so a stop is sent to the whole group (torchrun's ranks get it from torchrun as well).
-    from pipelines.run.dirlock import held_fds  # the ranks' launcher holds the run folder's lock with us
+    where = f" over {nodes} nodes" if nodes > 1 else ""
+    for cmd in cmds:
+        print(f"launching {world_size} ranks{where} x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr,
+              flush=True)
+    # Each agent in its own process group: DeepSpeed's single-node runner does not pass signals on to the
+    # ranks' launcher, so a stop is sent to the whole group (torchrun's ranks get it from torchrun as well).
+    # Each also dies with this process, however it ends (lifetime), and its ranks with it.
+    # The agents share the run folder's lock with us (pipelines.run.dirlock): it stays held while they live.
+    from pipelines.run.dirlock import held_fds
 
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=held_fds())
+    procs = [subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=held_fds(),
+                              preexec_fn=lifetime.agent_preexec(os.getpid()))
+             for cmd in cmds]
     stopped: list[int] = []
+
+    def signal_all(signum):
+        for p in procs:
+            try:
+                os.killpg(p.pid, signum)
+            except ProcessLookupError:
+                pass
 
     def forward(signum, _frame):  # stop the ranks with us; a stopped run leaves no summary, so it reruns
         stopped.append(signum)
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            pass
+        signal_all(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = proc.wait()
+        code = wait_all(procs, signal_all)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -186,6 +255,21 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int) -> int:
         return 128 + stopped[0]
     finish_after_ranks(rc, out, code, world_size, time.perf_counter() - t0)
     return 0
+
+
+def wait_all(procs: list[subprocess.Popen], signal_all) -> int:
+    """Wait for every agent; the first non-zero exit code. One agent failing stops the others (as srun's
+    --kill-on-bad-exit does across nodes): their ranks would otherwise wait for the dead ones' collectives."""
+    if len(procs) == 1:
+        return procs[0].wait()
+    code = 0
+    while any(p.poll() is None for p in procs):
+        failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        if failed and not code:
+            code = failed[0]
+            signal_all(signal.SIGTERM)
+        time.sleep(0.2)
+    return code or next((p.returncode for p in procs if p.returncode), 0)
 
 
 def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: float) -> dict:
