@@ -5,6 +5,7 @@ measured on: the CPU model, the torch threads of the timed process, and how many
 workflow reserved for the job (``job_cores`` of ``cpu_count``; 0 when run by hand). When the job reserved
 every core no other workflow job ran beside it; processes outside the workflow are not controlled.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,14 @@ def run_env(job_cores: int) -> dict:
         ao = torchao.__version__
     except ImportError:
         ao = None
-    return {"cpu_model": cpu_info()["cpu_model"], "torch_threads": torch.get_num_threads(), "job_cores": job_cores,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torchao": ao}
+    return {
+        "cpu_model": cpu_info()["cpu_model"],
+        "torch_threads": torch.get_num_threads(),
+        "job_cores": job_cores,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchao": ao,
+    }
 
 
 def write_csv(path, rows: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""``python -m benchmarks.fp8_bench [--out FILE.json] [--csv FILE.csv]``: how fast the own FP8 path is. A benchmark, not a test.
+"""``python -m benchmarks.fp8_bench [--out FILE.json] [--csv FILE.csv]``: how fast the own FP8 path is. A benchmark,
+not a test.
 
 CPU section (always): tokens/s of the tiny model's training step (the cpu profile's batch and sequence
 length) under ``fp8-own-tensorwise``, torchao's tensorwise float8 training and ``bf16-amp``, all in
@@ -13,6 +14,7 @@ Triton FP8 GEMM (tensorwise and 1×128/128×128 block scaling) vs ``torch._scale
 ``torch.mm`` at 4096³ and 8192³ in TFLOP/s; the quantization kernels in GB/s (bytes read + written)
 against a plain device copy of the same tensor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +52,11 @@ def _torchao_trainee(model, hp, ctx):
                 return name, m.build(model, hp, ctx)
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name("tensorwise"),
-                               module_filter_fn=lambda mod, fqn: fqn.startswith("layers."))
+    convert_to_float8_training(
+        model,
+        config=Float8LinearConfig.from_recipe_name("tensorwise"),
+        module_filter_fn=lambda mod, fqn: fqn.startswith("layers."),
+    )
     return "torchao tensorwise (convert_to_float8_training + bf16-amp)", get_method("bf16-amp").build(model, hp, ctx)
 
 
@@ -68,8 +73,10 @@ def bench_cpu_step(rounds: int = 6, steps_per_round: int = 3, threads: int = 1) 
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=g)
     x, y = tokens[:, :-1], tokens[:, 1:]
-    trainees = {"fp8-own-tensorwise": get_method("fp8-own-tensorwise").build(build_model(cfg, 0), hp, ctx),
-                "bf16-amp": get_method("bf16-amp").build(build_model(cfg, 0), hp, ctx)}
+    trainees = {
+        "fp8-own-tensorwise": get_method("fp8-own-tensorwise").build(build_model(cfg, 0), hp, ctx),
+        "bf16-amp": get_method("bf16-amp").build(build_model(cfg, 0), hp, ctx),
+    }
     notes = {}
     try:
         label, tr = _torchao_trainee(build_model(cfg, 0), hp, ctx)
@@ -93,8 +100,11 @@ def bench_cpu_step(rounds: int = 6, steps_per_round: int = 3, threads: int = 1) 
                 tr.train_step(x, y, 1e-3)
                 times[k].append(time.perf_counter() - t0)
     ntok = batch * seq
-    res = {k: {"median_step_s": statistics.median(v), "tokens_per_s": ntok / statistics.median(v),
-               "steps_timed": len(v)} for k, v in times.items() if v}
+    res = {
+        k: {"median_step_s": statistics.median(v), "tokens_per_s": ntok / statistics.median(v), "steps_timed": len(v)}
+        for k, v in times.items()
+        if v
+    }
     out = {"batch_size": batch, "seq_len": seq, "threads": threads, "methods": res, "notes": notes, "failed": failed}
     own = res.get("fp8-own-tensorwise", {}).get("tokens_per_s")
     for ref in ("torchao-tensorwise", "bf16-amp"):
@@ -109,6 +119,7 @@ def activation_memory() -> dict:
     GEMM emulation off (``FP8BENCH_CPU_BF16=native``): the emulation saves fp32 copies of bf16 operands,
     which a GPU (and a CPU with native bf16) would not."""
     import os
+
     from methods.base import RunContext
     from models import get_model_config
 
@@ -126,8 +137,13 @@ def activation_memory() -> dict:
             os.environ.pop("FP8BENCH_CPU_BF16", None)
         else:
             os.environ["FP8BENCH_CPU_BF16"] = before
-    return {"batch_size": batch, "seq_len": seq, "bf16_emulation": "off", "saved_bytes": out,
-            "fp8-own-tensorwise_vs_bf16-amp": out["fp8-own-tensorwise"]["total"] / out["bf16-amp"]["total"]}
+    return {
+        "batch_size": batch,
+        "seq_len": seq,
+        "bf16_emulation": "off",
+        "saved_bytes": out,
+        "fp8-own-tensorwise_vs_bf16-amp": out["fp8-own-tensorwise"]["total"] / out["bf16-amp"]["total"],
+    }
 
 
 def _saved_per_method(cfg, ctx, tokens, out):
@@ -136,11 +152,18 @@ def _saved_per_method(cfg, ctx, tokens, out):
     from methods.registry import get_method
     from models import build_model
 
-    for name in ("bf16-amp", "fp8-own-tensorwise", "fp8-own-rowwise", "fp8-own-blockwise", "fp8-own-delayed-smooth",
-                 "fp8-naive"):
+    for name in (
+        "bf16-amp",
+        "fp8-own-tensorwise",
+        "fp8-own-rowwise",
+        "fp8-own-blockwise",
+        "fp8-own-delayed-smooth",
+        "fp8-naive",
+    ):
         tr = get_method(name).build(build_model(cfg, 0), HParams(lr=1e-3), ctx)
-        out[name] = saved_activation_bytes(lambda tr=tr: tr.forward_loss(tokens[:, :-1], tokens[:, 1:]),
-                                           *tr.model.parameters())
+        out[name] = saved_activation_bytes(
+            lambda tr=tr: tr.forward_loss(tokens[:, :-1], tokens[:, 1:]), *tr.model.parameters()
+        )
 
 
 def _block_linears() -> nn.ModuleDict:
@@ -163,19 +186,22 @@ def bench_cpu_linears(tokens: int = 512, rounds: int = 8) -> dict:
 
     torch.manual_seed(0)
     base = _block_linears()
-    variants = {"fp8-own-tensorwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(), keep_high_precision=()),
-                "fp8-own-rowwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(granularity="rowwise",
-                                                                                  pow2_scales=True),
-                                                  keep_high_precision=()),
-                "fp8-own-blockwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(granularity="blockwise",
-                                                                                    grad_format="e4m3"),
-                                                    keep_high_precision=()),
-                "nn.Linear bf16-autocast": copy.deepcopy(base)}
+    variants = {
+        "fp8-own-tensorwise": convert_to_fp8(copy.deepcopy(base), FP8Recipe(), keep_high_precision=()),
+        "fp8-own-rowwise": convert_to_fp8(
+            copy.deepcopy(base), FP8Recipe(granularity="rowwise", pow2_scales=True), keep_high_precision=()
+        ),
+        "fp8-own-blockwise": convert_to_fp8(
+            copy.deepcopy(base), FP8Recipe(granularity="blockwise", grad_format="e4m3"), keep_high_precision=()
+        ),
+        "nn.Linear bf16-autocast": copy.deepcopy(base),
+    }
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
         variants["torchao-tensorwise"] = convert_to_float8_training(
-            copy.deepcopy(base), config=Float8LinearConfig.from_recipe_name("tensorwise"))
+            copy.deepcopy(base), config=Float8LinearConfig.from_recipe_name("tensorwise")
+        )
     except Exception:  # noqa: BLE001
         pass
     x = torch.randn(tokens, 256, requires_grad=True)
@@ -209,10 +235,10 @@ def _cuda_time(fn, iters: int = 20) -> float:
 
 
 def bench_gpu(sizes=(4096, 8192)) -> dict:
-    from methods.fp8.kernels import quantize_triton_t, scaled_mm_triton, unavailable_reason
     from methods.fp8.formats import E4M3
+    from methods.fp8.kernels import quantize_triton_t, scaled_mm_triton, unavailable_reason
     from methods.fp8.quantize import quantize
-    from methods.fp8.scaling import BLOCK_128x128, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1, COLWISE
+    from methods.fp8.scaling import COLWISE, ROWWISE, TENSORWISE, BLOCK_128x128, TILE_1x128, TILE_128x1
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
@@ -220,15 +246,22 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
     if why:
         return {"skipped": why}
     dev = torch.device("cuda")
-    out = {"device": torch.cuda.get_device_name(dev), "capability": list(torch.cuda.get_device_capability(dev)),
-           "gemm_tflops": {}, "quantize_gbps": {}}
+    out = {
+        "device": torch.cuda.get_device_name(dev),
+        "capability": list(torch.cuda.get_device_capability(dev)),
+        "gemm_tflops": {},
+        "quantize_gbps": {},
+    }
     for n in sizes:
         a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
         b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-        flop = 2 * n ** 3
+        flop = 2 * n**3
         row = {"bf16 torch.mm": flop / _cuda_time(lambda a=a, b=b: a @ b.t()) / 1e12}
-        for label, ga, gb in (("tensorwise", TENSORWISE, TENSORWISE), ("rowwise", ROWWISE, ROWWISE),
-                              ("blockwise 1x128 x 128x128", TILE_1x128, BLOCK_128x128)):
+        for label, ga, gb in (
+            ("tensorwise", TENSORWISE, TENSORWISE),
+            ("rowwise", ROWWISE, ROWWISE),
+            ("blockwise 1x128 x 128x128", TILE_1x128, BLOCK_128x128),
+        ):
             qa = quantize(a, E4M3, ga, backend="triton")
             qb = quantize(b, E4M3, gb, backend="triton")
             try:
@@ -240,20 +273,33 @@ def bench_gpu(sizes=(4096, 8192)) -> dict:
                 sa = qa.scale_inv.reshape(()) if label == "tensorwise" else qa.scale_inv.reshape(n, 1).contiguous()
                 sb = qb.scale_inv.reshape(()) if label == "tensorwise" else qb.scale_inv.reshape(1, n).contiguous()
                 try:
-                    row[f"torch._scaled_mm {label}"] = flop / _cuda_time(
-                        lambda qa=qa, qb=qb, sa=sa, sb=sb: torch._scaled_mm(qa.data, qb.data.t(), sa, sb,
-                                                                           out_dtype=torch.bfloat16)) / 1e12
+                    row[f"torch._scaled_mm {label}"] = (
+                        flop
+                        / _cuda_time(
+                            lambda qa=qa, qb=qb, sa=sa, sb=sb: torch._scaled_mm(
+                                qa.data, qb.data.t(), sa, sb, out_dtype=torch.bfloat16
+                            )
+                        )
+                        / 1e12
+                    )
                 except Exception as e:  # noqa: BLE001
                     row[f"torch._scaled_mm {label}"] = f"failed: {type(e).__name__}: {e}"
         out["gemm_tflops"][str(n)] = row
     x = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     nbytes_copy = 2 * x.numel() * x.element_size()
     qrow = {"device copy (bf16 clone)": nbytes_copy / _cuda_time(lambda: x.clone()) / 1e9}
-    for label, blocks in (("tensorwise", TENSORWISE), ("rowwise", ROWWISE), ("colwise", COLWISE), ("1x128", TILE_1x128),
-                          ("128x1", TILE_128x1), ("128x128", BLOCK_128x128)):
+    for label, blocks in (
+        ("tensorwise", TENSORWISE),
+        ("rowwise", ROWWISE),
+        ("colwise", COLWISE),
+        ("1x128", TILE_1x128),
+        ("128x1", TILE_128x1),
+        ("128x128", BLOCK_128x128),
+    ):
         for write_t in (False, True):
             nbytes = x.numel() * (x.element_size() + (2 if write_t else 1))
             resolved = type(blocks)(*blocks.resolve(tuple(x.shape)))
+
             def fn(bl=resolved, wt=write_t):
                 return quantize_triton_t(x, E4M3, bl, write_t=wt)
 
@@ -279,11 +325,24 @@ def csv_rows(res: dict) -> list[dict]:
     step = res.get("cpu_step")
     if step:
         m = step["methods"]
-        shape = {"batch_size": step["batch_size"], "seq_len": step["seq_len"], "tokens": step["batch_size"] * step["seq_len"]}
+        shape = {
+            "batch_size": step["batch_size"],
+            "seq_len": step["seq_len"],
+            "tokens": step["batch_size"] * step["seq_len"],
+        }
         for name, r in m.items():
-            out.append({"section": "train_step", "method": name, "status": "ok", "time_ms": 1e3 * r["median_step_s"],
-                        "tokens_per_s": r["tokens_per_s"], "n_timed": r["steps_timed"], **shape,
-                        "note": step["notes"].get(name, "")})
+            out.append(
+                {
+                    "section": "train_step",
+                    "method": name,
+                    "status": "ok",
+                    "time_ms": 1e3 * r["median_step_s"],
+                    "tokens_per_s": r["tokens_per_s"],
+                    "n_timed": r["steps_timed"],
+                    **shape,
+                    "note": step["notes"].get(name, ""),
+                }
+            )
         for name, why in step.get("failed", {}).items():
             out.append({"section": "train_step", "method": name, "status": "failed", "note": why, **shape})
         for name, why in step.get("notes", {}).items():
@@ -292,9 +351,18 @@ def csv_rows(res: dict) -> list[dict]:
     lin = res.get("cpu_linears")
     if lin:
         for name, ms in lin["median_ms"].items():
-            out.append({"section": "linears", "method": name, "status": "ok", "time_ms": ms,
-                        "tokens_per_s": lin["tokens"] / (ms / 1e3), "n_timed": lin.get("rounds"),
-                        "tokens": lin["tokens"], "note": "the 7 projections of one tiny block, fwd + bwd"})
+            out.append(
+                {
+                    "section": "linears",
+                    "method": name,
+                    "status": "ok",
+                    "time_ms": ms,
+                    "tokens_per_s": lin["tokens"] / (ms / 1e3),
+                    "n_timed": lin.get("rounds"),
+                    "tokens": lin["tokens"],
+                    "note": "the 7 projections of one tiny block, fwd + bwd",
+                }
+            )
     for sec, ref in BF16.items():
         rows = {r["method"]: r for r in out if r["section"] == sec and r["status"] == "ok"}
         for r in rows.values():
@@ -306,21 +374,47 @@ def csv_rows(res: dict) -> list[dict]:
     if act:
         ref = act["saved_bytes"]["bf16-amp"]["total"]
         for name, b in act["saved_bytes"].items():
-            out.append({"section": "saved_activations", "method": name, "status": "ok", "saved_bytes": b["total"],
-                        "saved_vs_bf16": b["total"] / ref, "batch_size": act["batch_size"], "seq_len": act["seq_len"],
-                        "note": "bytes autograd saves in one forward; CPU bf16 emulation off"})
+            out.append(
+                {
+                    "section": "saved_activations",
+                    "method": name,
+                    "status": "ok",
+                    "saved_bytes": b["total"],
+                    "saved_vs_bf16": b["total"] / ref,
+                    "batch_size": act["batch_size"],
+                    "seq_len": act["seq_len"],
+                    "note": "bytes autograd saves in one forward; CPU bf16 emulation off",
+                }
+            )
     gpu = res.get("gpu", {})
     if "skipped" in gpu:
         out.append({"section": "gpu", "method": "all", "status": "skipped", "note": gpu["skipped"]})
     for n, row in gpu.get("gemm_tflops", {}).items():
         for name, v in row.items():
             ok = isinstance(v, float)
-            out.append({"section": "gpu_gemm", "method": name, "status": "ok" if ok else "failed", "size": int(n),
-                        "tflops": v if ok else None, "note": "" if ok else v, "device_name": gpu.get("device")})
+            out.append(
+                {
+                    "section": "gpu_gemm",
+                    "method": name,
+                    "status": "ok" if ok else "failed",
+                    "size": int(n),
+                    "tflops": v if ok else None,
+                    "note": "" if ok else v,
+                    "device_name": gpu.get("device"),
+                }
+            )
     for name, v in gpu.get("quantize_gbps", {}).items():
         ok = isinstance(v, float)
-        out.append({"section": "gpu_quantize", "method": name, "status": "ok" if ok else "failed",
-                    "gb_per_s": v if ok else None, "note": "" if ok else v, "device_name": gpu.get("device")})
+        out.append(
+            {
+                "section": "gpu_quantize",
+                "method": name,
+                "status": "ok" if ok else "failed",
+                "gb_per_s": v if ok else None,
+                "note": "" if ok else v,
+                "device_name": gpu.get("device"),
+            }
+        )
     return out
 
 

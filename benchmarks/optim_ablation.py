@@ -10,6 +10,7 @@ options, so the runs are the same as the workflow's except for the options. Fini
 gap to ``bf16-amp`` at the same seed, and the status; it is what ``benchmarks/OPTIM_ABLATION.md``
 records.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,21 @@ def run_one(out: Path, label: str, method: str, opts: dict, seed: int, steps: in
     run_dir = out / f"{slug(label)}" / f"seed{seed}"
     if (run_dir / "summary.json").exists():
         return run_dir
-    cmd = [sys.executable, "-m", "pipelines.train", "--model", "tiny", "--method", method, "--seed", str(seed),
-           "--steps", str(steps), "--out", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.train",
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--steps",
+        str(steps),
+        "--out",
+        str(run_dir),
+    ]
     for k, v in opts.items():
         cmd += ["--method-option", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -69,10 +83,29 @@ def load_rows(out: Path, seeds: list[int]) -> list[dict]:
             if not f.exists():
                 continue
             s = json.loads(f.read_text())
-            rows.append({"label": label, "method": method, "options": opts, "seed": seed, **{
-                k: s.get(k) for k in ("status", "reason", "final_val_loss", "final_train_loss", "initial_val_loss",
-                                      "state_bytes_per_param", "optim_bytes", "n_params", "tokens_per_s",
-                                      "diverged_step")}})
+            rows.append(
+                {
+                    "label": label,
+                    "method": method,
+                    "options": opts,
+                    "seed": seed,
+                    **{
+                        k: s.get(k)
+                        for k in (
+                            "status",
+                            "reason",
+                            "final_val_loss",
+                            "final_train_loss",
+                            "initial_val_loss",
+                            "state_bytes_per_param",
+                            "optim_bytes",
+                            "n_params",
+                            "tokens_per_s",
+                            "diverged_step",
+                        )
+                    },
+                }
+            )
     ref = {r["seed"]: r["final_val_loss"] for r in rows if r["method"] == "bf16-amp" and r["final_val_loss"]}
     for r in rows:
         base = ref.get(r["seed"])
@@ -85,15 +118,21 @@ def _max_grad_norm(run_dir: Path) -> float | None:
     f = run_dir / "metrics.jsonl"
     if not f.exists():
         return None
-    norms = [e["grad_norm"] for e in map(json.loads, f.read_text().splitlines())
-             if e.get("event") == "train_step" and e.get("step", 0) >= 30 and e["grad_norm"] == e["grad_norm"]]
+    norms = [
+        e["grad_norm"]
+        for e in map(json.loads, f.read_text().splitlines())
+        if e.get("event") == "train_step" and e.get("step", 0) >= 30 and e["grad_norm"] == e["grad_norm"]
+    ]
     return max(norms) if norms else None
 
 
 def markdown(rows: list[dict], seeds: list[int]) -> str:
-    lines = ["| variant | method, options | " + " | ".join(f"val loss s{s} (gap)" for s in seeds)
-             + " | status | optim B/param | max grad norm (step>=30) |",
-             "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
+    lines = [
+        "| variant | method, options | "
+        + " | ".join(f"val loss s{s} (gap)" for s in seeds)
+        + " | status | optim B/param | max grad norm (step>=30) |",
+        "|---|---|" + "---|" * len(seeds) + "---|---|---|",
+    ]
     for label, method, opts in VARIANTS:
         rs = {r["seed"]: r for r in rows if r["label"] == label}
         if not rs:
@@ -108,14 +147,23 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
             else:
                 gap = "" if r["gap_pct"] is None else f" ({r['gap_pct']:+.2f}%)"
                 cells.append(f"{r['final_val_loss']:.4f}{gap}")
-        statuses = ", ".join(sorted({f"{r['status']}" + (f" at step {r['diverged_step']}" if r.get('diverged_step')
-                                                       is not None else "") for r in rs.values()}))
+        statuses = ", ".join(
+            sorted(
+                {
+                    f"{r['status']}" + (f" at step {r['diverged_step']}" if r.get("diverged_step") is not None else "")
+                    for r in rs.values()
+                }
+            )
+        )
         any_r = next(iter(rs.values()))
         ob = any_r["optim_bytes"] / any_r["n_params"] if any_r.get("optim_bytes") and any_r.get("n_params") else None
         gn = max((r["max_grad_norm"] for r in rs.values() if r["max_grad_norm"] is not None), default=None)
         opt_s = ", ".join(f"{k}={v}" for k, v in opts.items())
-        lines.append(f"| {label} | `{method}`{' ' + opt_s if opt_s else ''} | " + " | ".join(cells)
-                     + f" | {statuses} | {'' if ob is None else f'{ob:.3f}'} | {'' if gn is None else f'{gn:.2f}'} |")
+        lines.append(
+            f"| {label} | `{method}`{' ' + opt_s if opt_s else ''} | "
+            + " | ".join(cells)
+            + f" | {statuses} | {'' if ob is None else f'{ob:.3f}'} | {'' if gn is None else f'{gn:.2f}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -130,8 +178,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if not args.summarize:
-        todo = [(lab, m, o, s) for s in args.seeds for lab, m, o in VARIANTS
-                if not args.only or slug(lab) in args.only]
+        todo = [(lab, m, o, s) for s in args.seeds for lab, m, o in VARIANTS if not args.only or slug(lab) in args.only]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(lambda t: run_one(out, *t, args.steps), todo))
     rows = load_rows(out, args.seeds)

@@ -33,6 +33,7 @@ GPU section (CUDA only; skipped with a reason otherwise): the fused Triton kerne
 Timing is a median over steps after warm-up, round-robin over the optimizers; absolute times on a shared
 CPU are noisy, the ratios within one process are the numbers to read. Not a test: nothing here passes or fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,6 @@ import torch
 
 from methods.base import param_groups
 from models import SIZES, build_model, get_model_config
-
 
 #: shapes that are not a model size: one Llama-7B MLP weight (4096 x 11008), where the step is memory-bound
 LAYER_SHAPES = {"7b-layer": (4096, 11008)}
@@ -61,8 +61,9 @@ def _model(shape_name: str, seed: int) -> torch.nn.Module:
     try:
         cfg = get_model_config(shape_name)
     except ValueError:
-        raise ValueError(f"unknown shape {shape_name!r}; valid: model sizes ({', '.join(SIZES)}) or "
-                         f"{', '.join(LAYER_SHAPES)}") from None
+        raise ValueError(
+            f"unknown shape {shape_name!r}; valid: model sizes ({', '.join(SIZES)}) or {', '.join(LAYER_SHAPES)}"
+        ) from None
     return build_model(cfg, seed)
 
 
@@ -89,8 +90,12 @@ def bytes_per_param(opt, params) -> dict:
     state = sum(_tensor_bytes(v) for p in params for k, v in opt.state[p].items() if k != "step") / n
     w = sum(p.numel() * p.element_size() for p in params) / n
     g = sum(p.grad.numel() * p.grad.element_size() for p in params) / n
-    return {"state_bytes_per_param": state, "read_bytes_per_param": w + g + state,
-            "write_bytes_per_param": w + state, "bytes_per_param": 2 * w + g + 2 * state}
+    return {
+        "state_bytes_per_param": state,
+        "read_bytes_per_param": w + g + state,
+        "write_bytes_per_param": w + state,
+        "bytes_per_param": 2 * w + g + 2 * state,
+    }
 
 
 def copy_bandwidth(nbytes: int = COPY_BYTES, reps: int = 7, device: torch.device | None = None) -> float:
@@ -126,8 +131,12 @@ def _time_interleaved(makers: dict, shape_name: str, device: torch.device, steps
                 opt.step()
             sync()
             params = list(model.parameters())
-            out[name] = {"warmup_s": time.perf_counter() - t0, "param_dtype": str(dtype).replace("torch.", ""),
-                         "n_params": sum(p.numel() for p in params), **bytes_per_param(opt, params)}
+            out[name] = {
+                "warmup_s": time.perf_counter() - t0,
+                "param_dtype": str(dtype).replace("torch.", ""),
+                "n_params": sum(p.numel() for p in params),
+                **bytes_per_param(opt, params),
+            }
             if getattr(opt, "fallback", None):
                 out[name]["fallback"] = dict(opt.fallback)
             opts[name] = opt
@@ -143,8 +152,13 @@ def _time_interleaved(makers: dict, shape_name: str, device: torch.device, steps
     for name, ts in times.items():
         med = statistics.median(ts)
         r = out[name]
-        r.update(median_s=med, min_s=min(ts), steps=steps, ns_per_param=med / r["n_params"] * 1e9,
-                 gb_per_s=r["bytes_per_param"] * r["n_params"] / med / 1e9)
+        r.update(
+            median_s=med,
+            min_s=min(ts),
+            steps=steps,
+            ns_per_param=med / r["n_params"] * 1e9,
+            gb_per_s=r["bytes_per_param"] * r["n_params"] / med / 1e9,
+        )
     return out
 
 
@@ -153,6 +167,7 @@ def _own(impl: str, **kw):
         from methods.fp8.adamw import FP8AdamW
 
         return FP8AdamW(param_groups(model, 0.1), lr=1e-3, impl=impl, **kw)
+
     return make
 
 
@@ -174,15 +189,24 @@ def _fp32_state_nearest(model):
 
 
 #: the own step that the ratios are about, and what it is compared with
-OWN, ANCHORS = "own_fp8_adamw_native", ("own_fp8_adamw_fused", "fp32_state_adamw", "fp32_state_adamw_nearest", "torchao_adamw_fp8",
-                                       "torch_fused_adamw_fp32",
-                                       "own_fp8_adamw_torch")
+OWN, ANCHORS = (
+    "own_fp8_adamw_native",
+    (
+        "own_fp8_adamw_fused",
+        "fp32_state_adamw",
+        "fp32_state_adamw_nearest",
+        "torchao_adamw_fp8",
+        "torch_fused_adamw_fp32",
+        "own_fp8_adamw_torch",
+    ),
+)
 
 
 def _ratios(results: dict, own: str, others) -> dict:
     mine = results.get(own, {}).get("median_s")
-    return {f"{own}_over_{o}": mine / results[o]["median_s"] for o in others
-            if mine and "median_s" in results.get(o, {})}
+    return {
+        f"{own}_over_{o}": mine / results[o]["median_s"] for o in others if mine and "median_s" in results.get(o, {})
+    }
 
 
 def _torch_fused_fp32(model):
@@ -190,12 +214,15 @@ def _torch_fused_fp32(model):
 
 
 #: the CPU section's optimizers: name -> (constructor, parameter dtype)
-CPU_OPTIMIZERS = {OWN: (_own("native"), torch.bfloat16), "own_fp8_adamw_fused": (_own("fused"), torch.bfloat16),
-                  "own_fp8_adamw_torch": (_own("torch"), torch.bfloat16),
-                  "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
-                  "fp32_state_adamw": (_fp32_state, torch.bfloat16),
-                  "fp32_state_adamw_nearest": (_fp32_state_nearest, torch.bfloat16),
-                  "torch_fused_adamw_fp32": (_torch_fused_fp32, torch.float32)}
+CPU_OPTIMIZERS = {
+    OWN: (_own("native"), torch.bfloat16),
+    "own_fp8_adamw_fused": (_own("fused"), torch.bfloat16),
+    "own_fp8_adamw_torch": (_own("torch"), torch.bfloat16),
+    "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
+    "fp32_state_adamw": (_fp32_state, torch.bfloat16),
+    "fp32_state_adamw_nearest": (_fp32_state_nearest, torch.bfloat16),
+    "torch_fused_adamw_fp32": (_torch_fused_fp32, torch.float32),
+}
 
 
 def cpu_section(shape_name: str, steps: int, warmup: int, optimizers=None) -> dict:
@@ -223,11 +250,17 @@ def rows(res: dict) -> list[dict]:
     out = []
     for sec in res.get("cpu", []) + [res.get("gpu", {})]:
         results = sec.get("results", {})
-        own = next((results[k]["median_s"] for k in (OWN, "own_fp8_adamw_triton") if "median_s" in results.get(k, {})),
-                   None)
+        own = next(
+            (results[k]["median_s"] for k in (OWN, "own_fp8_adamw_triton") if "median_s" in results.get(k, {})), None
+        )
         for name, r in results.items():
-            row = {"device": sec.get("device"), "threads": sec.get("threads"), "shape": sec.get("model"),
-                   "optimizer": name, "copy_gb_per_s": sec.get("copy_gb_per_s")}
+            row = {
+                "device": sec.get("device"),
+                "threads": sec.get("threads"),
+                "shape": sec.get("model"),
+                "optimizer": name,
+                "copy_gb_per_s": sec.get("copy_gb_per_s"),
+            }
             row.update({k: v for k, v in r.items() if not isinstance(v, dict)})
             if "median_s" in r:
                 row["median_ms"] = 1e3 * r["median_s"]
@@ -250,9 +283,17 @@ def gpu_section(model_name: str, steps: int, warmup: int) -> dict:
     def fused_fp32(model):
         return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, fused=True)
 
-    r = _time_interleaved({"own_fp8_adamw_triton": (_own("triton"), torch.bfloat16),
-                           "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
-                           "torch_fused_adamw_fp32": (fused_fp32, torch.float32)}, model_name, dev, steps, warmup)
+    r = _time_interleaved(
+        {
+            "own_fp8_adamw_triton": (_own("triton"), torch.bfloat16),
+            "torchao_adamw_fp8": (_torchao_fp8, torch.bfloat16),
+            "torch_fused_adamw_fp32": (fused_fp32, torch.float32),
+        },
+        model_name,
+        dev,
+        steps,
+        warmup,
+    )
     bw = copy_bandwidth(device=dev)
     out.update(copy_gb_per_s=bw / 1e9, results=r)
     for row in r.values():
@@ -264,13 +305,23 @@ def gpu_section(model_name: str, steps: int, warmup: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.optim_bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", "--model", nargs="+", default=["tiny", "small", "7b-layer"],
-                    help="model sizes and/or 7b-layer (CPU)")
+    ap.add_argument(
+        "--shapes",
+        "--model",
+        nargs="+",
+        default=["tiny", "small", "7b-layer"],
+        help="model sizes and/or 7b-layer (CPU)",
+    )
     ap.add_argument("--gpu-model", default="1b", help="model size for the GPU section")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (the compiled steps compile here)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is); 1 is the least "
-                    "noisy on a shared machine, and the cpu profile's setting")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: leave as is); 1 is the least "
+        "noisy on a shared machine, and the cpu profile's setting",
+    )
     ap.add_argument("--optimizers", nargs="+", help=f"CPU subset of: {', '.join(CPU_OPTIMIZERS)} (default: all)")
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -287,9 +338,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     import torchao
 
-    res = {"torch": torch.__version__, "torchao": torchao.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-           "byte_model": "read = w + g + S, write = w + S; S = optimizer state bytes per parameter"}
+    res = {
+        "torch": torch.__version__,
+        "torchao": torchao.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "byte_model": "read = w + g + S, write = w + S; S = optimizer state bytes per parameter",
+    }
     if not args.no_cpu:
         res["cpu"] = [cpu_section(name, args.steps, args.warmup, args.optimizers) for name in args.shapes]
     res["gpu"] = gpu_section(args.gpu_model, args.steps, args.warmup)
@@ -298,16 +354,20 @@ def main(argv=None) -> int:
             print(f"[gpu] skipped: {s['skipped']}")
             continue
         kernel = s["results"].get(OWN, {}).get("kernel")
-        print(f"[{s['device']}] {s['model']}, {s.get('threads', '-')} thread(s), copy {s['copy_gb_per_s']:.1f} GB/s"
-              + (f", native kernel: {kernel}" if kernel else ""))
+        print(
+            f"[{s['device']}] {s['model']}, {s.get('threads', '-')} thread(s), copy {s['copy_gb_per_s']:.1f} GB/s"
+            + (f", native kernel: {kernel}" if kernel else "")
+        )
         print(f"  {'optimizer':<24} {'ms/step':>9} {'ns/param':>9} {'B/param':>8} {'GB/s':>6} {'of copy':>8}")
         for name, r in s["results"].items():
             if "skipped" in r:
                 print(f"  {name:<24} skipped: {r['skipped']}")
             else:
-                print(f"  {name:<24} {r['median_s'] * 1e3:9.2f} {r['ns_per_param']:9.2f} {r['bytes_per_param']:8.2f} "
-                      f"{r['gb_per_s']:6.2f} {r['frac_of_copy']:8.1%}" + (f"  fallback: {r['fallback']}"
-                                                                           if r.get("fallback") else ""))
+                print(
+                    f"  {name:<24} {r['median_s'] * 1e3:9.2f} {r['ns_per_param']:9.2f} {r['bytes_per_param']:8.2f} "
+                    f"{r['gb_per_s']:6.2f} {r['frac_of_copy']:8.1%}"
+                    + (f"  fallback: {r['fallback']}" if r.get("fallback") else "")
+                )
         for k, v in s.items():
             if "_over_" in k:
                 print(f"  {k} = {v:.3f}")

@@ -12,6 +12,7 @@ warm-up), the fraction of values whose v is stored as zero while m is not, and t
 |m| / (sqrt(v) + eps). Loss differences between separate training runs mix this error with seed noise;
 this measures the error alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     from methods import HParams, RunContext, get_method
-    from methods.fp8.adamw_base import AdamW
     from methods.fp8.adamw import FP8AdamW
+    from methods.fp8.adamw_base import AdamW
     from models import build_model, get_model_config
     from pipelines.run import config as config_mod
     from pipelines.run.data import Batches, Corpus, prepare
@@ -67,10 +68,15 @@ def main(argv=None) -> int:
     shadows = {}
     for label, opts in {"exact (fp32 m, v)": None, **VARIANTS}.items():
         ps = shadow_params()
-        groups = [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": hp.weight_decay},
-                  {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
-        opt = AdamW(groups, **kw) if opts is None else FP8AdamW(groups, impl="torch", stochastic_rounding=False,
-                                                                  **kw, **opts)
+        groups = [
+            {"params": [p for p in ps if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        opt = (
+            AdamW(groups, **kw)
+            if opts is None
+            else FP8AdamW(groups, impl="torch", stochastic_rounding=False, **kw, **opts)
+        )
         shadows[label] = (ps, opt)
     errors = {label: [] for label in VARIANTS}
     t0 = time.time()
@@ -105,22 +111,31 @@ def main(argv=None) -> int:
             num = math.sqrt(sum(float(((d - e).double() ** 2).sum()) for d, e in zip(deltas[label], exact)))
             errors[label].append(num / den)
         if step % 50 == 0:
-            print(f"step {step} loss {float(loss):.3f} " + " ".join(f"{k.split(',')[0][-4:]}{k.split(',')[-1]}="
-                  f"{v[-1]:.3f}" for k, v in errors.items()) + f" ({time.time() - t0:.0f} s)", file=sys.stderr)
+            print(
+                f"step {step} loss {float(loss):.3f} "
+                + " ".join(f"{k.split(',')[0][-4:]}{k.split(',')[-1]}={v[-1]:.3f}" for k, v in errors.items())
+                + f" ({time.time() - t0:.0f} s)",
+                file=sys.stderr,
+            )
     out = {"steps": args.steps, "seed": args.seed, "model": args.model, "warmup": args.warmup, "variants": {}}
     for label in VARIANTS:
         ps, opt = shadows[label]
-        e = errors[label][args.warmup:]
+        e = errors[label][args.warmup :]
         stats = [opt.state_stats(p) for p in ps]
         worst = max(range(len(ps)), key=lambda i: stats[i]["v_flush_frac"])
         out["variants"][label] = {
-            "options": VARIANTS[label], "rel_update_err_mean": statistics.fmean(e), "rel_update_err_max": max(e),
+            "options": VARIANTS[label],
+            "rel_update_err_mean": statistics.fmean(e),
+            "rel_update_err_max": max(e),
             "rel_update_err_last50": statistics.fmean(errors[label][-50:]),
-            "v_flush_frac_total": sum(s["v_flush_frac"] * p.numel() for s, p in zip(stats, ps)) / sum(p.numel() for p in ps),
-            "v_flush_frac_worst_tensor": stats[worst]["v_flush_frac"], "worst_tensor": names[worst],
+            "v_flush_frac_total": sum(s["v_flush_frac"] * p.numel() for s, p in zip(stats, ps))
+            / sum(p.numel() for p in ps),
+            "v_flush_frac_worst_tensor": stats[worst]["v_flush_frac"],
+            "worst_tensor": names[worst],
             "max_m_over_sqrt_v": max(s["max_m_over_sqrt_v"] for s in stats),
             "optim_bytes_per_param": sum(t.numel() * t.element_size() for p in ps for t in opt.state[p].values())
-            / sum(p.numel() for p in ps)}
+            / sum(p.numel() for p in ps),
+        }
     print(json.dumps(out, indent=2))
     if args.out:
         from common.atomic import write_json  # a reader never sees half a file

@@ -15,6 +15,7 @@ It writes ``search.csv`` (one row per regime) and ``runs.csv`` (one per run) und
 of the search behind the cpu profile is ``benchmarks/REGIME_SEARCH.md``. Runs already finished under
 ``--out`` are reused, so a search can be extended a few regimes at a time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,15 +59,38 @@ def run_one(out: Path, regime: str, method: str, seed: int, threads: int) -> dic
         sets = [f"--set={k}={v}" for k, v in settings.items()]
         if "eval_every" not in settings:  # the noise floor needs only the final evaluation (and step 0)
             sets.append(f"--set=eval_every={settings['steps'] // 2}")
-        cmd = [sys.executable, "-m", "pipelines.train", "--model", "tiny", "--method", method, "--seed", str(seed),
-               "--profile", "cpu", "--threads", str(threads), "--out", str(folder), *sets]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "--model",
+            "tiny",
+            "--method",
+            method,
+            "--seed",
+            str(seed),
+            "--profile",
+            "cpu",
+            "--threads",
+            str(threads),
+            "--out",
+            str(folder),
+            *sets,
+        ]
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "train.log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
     s = json.loads(summary.read_text()) if summary.is_file() else {"status": "failed", "reason": "no summary"}
-    return {"regime": regime, "method": method, "seed": seed, "status": s.get("status"),
-            "initial_val_loss": s.get("initial_val_loss"), "final_val_loss": s.get("final_val_loss"),
-            "wall_time_s": s.get("wall_time_s"), "tokens_per_s": s.get("tokens_per_s")}
+    return {
+        "regime": regime,
+        "method": method,
+        "seed": seed,
+        "status": s.get("status"),
+        "initial_val_loss": s.get("initial_val_loss"),
+        "final_val_loss": s.get("final_val_loss"),
+        "wall_time_s": s.get("wall_time_s"),
+        "tokens_per_s": s.get("tokens_per_s"),
+    }
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -79,16 +103,19 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         val = ref["final_val_loss"]
         fall = 1 - (val / ref["initial_val_loss"])
         settings = REGIMES.get(regime, {})
-        rows.append({
-            "regime": regime, **settings,
-            "seeds": len(seeds),
-            "fp32_gaps_pct": " / ".join(f"{x:+.2f}" for x in gaps),
-            "noise_floor_pct": max(abs(x) for x in gaps) if gaps else float("nan"),
-            "bf16_amp_spread_pct": 100 * (val.max() - val.min()) / val.mean(),
-            "bf16_amp_val_mean": val.mean(),
-            "bf16_amp_fall_pct": 100 * fall.min(),
-            "cpu_minutes": g["wall_time_s"].sum() / 60,
-        })
+        rows.append(
+            {
+                "regime": regime,
+                **settings,
+                "seeds": len(seeds),
+                "fp32_gaps_pct": " / ".join(f"{x:+.2f}" for x in gaps),
+                "noise_floor_pct": max(abs(x) for x in gaps) if gaps else float("nan"),
+                "bf16_amp_spread_pct": 100 * (val.max() - val.min()) / val.mean(),
+                "bf16_amp_val_mean": val.mean(),
+                "bf16_amp_fall_pct": 100 * fall.min(),
+                "cpu_minutes": g["wall_time_s"].sum() / 60,
+            }
+        )
     return pd.DataFrame(rows)
 
 

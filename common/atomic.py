@@ -3,6 +3,7 @@
 ``os.replace`` is atomic on POSIX within one filesystem: a reader sees the old file or the new one.
 The temporary file lives in the destination folder for that reason and is fsynced before the rename.
 """
+
 from __future__ import annotations
 
 import contextlib

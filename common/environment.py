@@ -1,4 +1,5 @@
 """What a run ran on: library versions, device, git revision, NVTE_* settings."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -9,8 +10,18 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "torchao", "deepspeed", "transformer-engine", "triton", "snakemake", "numpy", "pandas",
-            "seaborn", "tokenizers")
+PACKAGES = (
+    "torch",
+    "torchao",
+    "deepspeed",
+    "transformer-engine",
+    "triton",
+    "snakemake",
+    "numpy",
+    "pandas",
+    "seaborn",
+    "tokenizers",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -26,10 +37,16 @@ def package_versions() -> dict[str, str | None]:
 def git_revision() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if rev.returncode != 0:
@@ -44,8 +61,22 @@ def device_name(device: torch.device) -> str:
 
 
 # CPU features that change which kernels (and so which rounding and summation order) a run uses.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
-             "amx_bf16", "amx_int8", "amx_fp16", "sve", "asimd", "bf16")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+    "sve",
+    "asimd",
+    "bf16",
+)
 
 
 def cpu_info() -> dict:

@@ -4,6 +4,7 @@ Importing this package imports every top-level module in it, which registers the
 a new recipe is a new file with an ``@register("name")`` class. ``python -m methods`` lists them and
 whether each can run here.
 """
+
 import importlib
 import pkgutil
 

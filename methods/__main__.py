@@ -1,4 +1,5 @@
 """``python -m methods``: every registered method, whether it can run here, and if not, why."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,15 @@ def availability() -> list[dict]:
     for name in method_names():
         m = get_method(name)
         unmet = m.unmet()
-        rows.append({"method": name, "available": not unmet, "reason": "; ".join(unmet),
-                     "world_size": m.world_size, "summary": m.summary})
+        rows.append(
+            {
+                "method": name,
+                "available": not unmet,
+                "reason": "; ".join(unmet),
+                "world_size": m.world_size,
+                "summary": m.summary,
+            }
+        )
     return rows
 
 

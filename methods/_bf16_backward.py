@@ -9,6 +9,7 @@ run PyTorch's bf16 GEMM, ~30x slower on an AVX2 CPU. Dispatch modes *are* active
 operands (exact in fp32), fp32 products and sums, output rounded to bf16. Only summation order differs
 from a native bf16 GEMM. Off wherever ``bf16_matmul_mode`` is off (GPUs, CPUs with native bf16).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ class _Bf16GemmDispatch(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in _GEMMS:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if (tensors and all(type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.bfloat16
-                                for t in tensors)):
+            if tensors and all(
+                type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors
+            ):
                 up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
                 return func(*up, **kwargs).to(torch.bfloat16)
         return func(*args, **kwargs)

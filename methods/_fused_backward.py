@@ -13,6 +13,7 @@ What it gives up, by construction:
 Works with any optimizer that offers ``step_param(p, group)`` (``methods.fp8.adamw_base.AdamW`` and its FP8
 subclass do).
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 fp8bench's own FP8 methods do (their option has the same name and meaning); embeddings and norms are not
 linears and are never converted.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -18,8 +19,7 @@ def keeps_high_precision(fqn: str, patterns) -> bool:
 
 def linears_to_convert(model: nn.Module, patterns) -> list[str]:
     """Qualified names of the plain ``nn.Linear`` modules to convert, in module order."""
-    return [n for n, m in model.named_modules()
-            if type(m) is nn.Linear and not keeps_high_precision(n, patterns)]
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and not keeps_high_precision(n, patterns)]
 
 
 def replace_module(model: nn.Module, fqn: str, new: nn.Module) -> None:

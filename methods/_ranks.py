@@ -7,12 +7,13 @@ Every rank receives the *global* batch a single-process method sees and trains o
 rows, so the mean of the ranks' mean losses is the global-batch mean, and averaging the ranks' gradients
 gives the single-process gradient.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -47,13 +48,13 @@ def ensure_rendezvous_env() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                     LOCAL_RANK="0").items():
+    for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():
         os.environ.setdefault(k, v)
 
 
-def init_process_group(device: torch.device, ctx: RunContext,
-                       init: Callable[[str, datetime.timedelta], None] | None = None) -> None:
+def init_process_group(
+    device: torch.device, ctx: RunContext, init: Callable[[str, datetime.timedelta], None] | None = None
+) -> None:
     """This rank's process group from the launcher's environment (``init(backend, timeout)`` replaces
     ``torch.distributed.init_process_group``, e.g. by DeepSpeed's), checked against the run's rank."""
     import torch.distributed as dist
@@ -65,8 +66,10 @@ def init_process_group(device: torch.device, ctx: RunContext,
         else:
             dist.init_process_group(backend=backend(device), timeout=timeout())
     if (dist.get_world_size(), dist.get_rank()) != (ctx.world_size, ctx.rank):
-        raise RuntimeError(f"process group is rank {dist.get_rank()} of {dist.get_world_size()}, the run "
-                           f"expects rank {ctx.rank} of {ctx.world_size}")
+        raise RuntimeError(
+            f"process group is rank {dist.get_rank()} of {dist.get_world_size()}, the run "
+            f"expects rank {ctx.rank} of {ctx.world_size}"
+        )
 
 
 class RankShare:
@@ -76,10 +79,11 @@ class RankShare:
         """This rank's rows of a global batch (equal shares, so the mean of rank means is the global mean)."""
         n, ws, r = t.shape[0], self.ctx.world_size, self.ctx.rank
         if n % ws:
-            raise ValueError(f"batch of {n} rows does not split evenly over {ws} ranks; use a batch_size "
-                             f"divisible by {ws}")
+            raise ValueError(
+                f"batch of {n} rows does not split evenly over {ws} ranks; use a batch_size divisible by {ws}"
+            )
         k = n // ws
-        return t[r * k:(r + 1) * k]
+        return t[r * k : (r + 1) * k]
 
     def global_mean(self, value: torch.Tensor) -> float:
         import torch.distributed as dist
@@ -114,6 +118,8 @@ class MultiRank(Method):
         ws = self.world_size
         if ws % self.nodes:  # every node runs the same number of ranks (one torchrun with --nproc-per-node)
             divisors = [d for d in range(1, ws + 1) if ws % d == 0]
-            raise ValueError(f"method {self.name}: option nodes = {self.nodes} does not divide its {ws} ranks "
-                             f"evenly; valid: nodes one of {', '.join(map(str, divisors))}, or ranks a multiple "
-                             f"of {self.nodes}")
+            raise ValueError(
+                f"method {self.name}: option nodes = {self.nodes} does not divide its {ws} ranks "
+                f"evenly; valid: nodes one of {', '.join(map(str, divisors))}, or ranks a multiple "
+                f"of {self.nodes}"
+            )

@@ -3,6 +3,7 @@ and a method's default persistent bytes from its ``stores`` and its conversion o
 ``Method.analytic_bytes`` starts from :func:`default_analytic_bytes`; ``methods.memory`` builds the
 tables at any size from them. Below ``methods.base``: it knows methods only through what they expose
 (``stores``, ``convert_model``)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -20,8 +21,22 @@ COMPONENTS = ("weights", "master", "grads", "optim", "meta")
 #: fp32 ``step`` counter kept per parameter tensor by torch's and our AdamW
 STEP_BYTES = 4
 
-_DTYPE_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "e4m3": 1, "e5m2": 1,
-                "int8": 1, "uint8": 1, "fp4": 0.5, "int4": 0.5, "nvfp4": 0.5, "mxfp8": 1}
+_DTYPE_BYTES = {
+    "fp64": 8,
+    "fp32": 4,
+    "tf32": 4,
+    "bf16": 2,
+    "fp16": 2,
+    "fp8": 1,
+    "e4m3": 1,
+    "e5m2": 1,
+    "int8": 1,
+    "uint8": 1,
+    "fp4": 0.5,
+    "int4": 0.5,
+    "nvfp4": 0.5,
+    "mxfp8": 1,
+}
 
 
 def dtype_bytes(name: str) -> float:
@@ -109,6 +124,5 @@ def default_analytic_bytes(method, cfg: ModelConfig) -> dict[str, float]:
         out["weights"], tracked_grads, untracked, out["meta"] = conv
         out["grads"] = tracked_grads + untracked * dtype_bytes(st.get("grads", "-"))
     out["master"] = n * dtype_bytes(st.get("master", "-"))
-    out["optim"] = n * (dtype_bytes(st.get("m", "fp32")) + dtype_bytes(st.get("v", "fp32"))) \
-        + STEP_BYTES * len(numels)
+    out["optim"] = n * (dtype_bytes(st.get("m", "fp32")) + dtype_bytes(st.get("v", "fp32"))) + STEP_BYTES * len(numels)
     return out

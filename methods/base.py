@@ -6,6 +6,7 @@ one step, evaluate, and report its memory. Most methods only override ``convert_
 ``build_optimizer`` and ``autocast``; engines that own the step (DeepSpeed, fused optimizers) override
 ``build`` or subclass :class:`Trainee`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,10 @@ def needs_cuda(min_cc: tuple[int, int] | None = None, what: str = "") -> Require
         cc = torch.cuda.get_device_capability()
         if cc < min_cc:
             return Requirement(
-                label, False, f"compute capability {cc[0]}.{cc[1]} < {min_cc[0]}.{min_cc[1]}"
-                f"{f' ({what})' if what else ''}")
+                label,
+                False,
+                f"compute capability {cc[0]}.{cc[1]} < {min_cc[0]}.{min_cc[1]}{f' ({what})' if what else ''}",
+            )
     return Requirement(label, True)
 
 
@@ -100,8 +103,9 @@ class Trainee:
 
     probe_updates: bool = False
 
-    def __init__(self, method: "Method", model: nn.Module, optimizer: torch.optim.Optimizer,
-                 hp: HParams, ctx: RunContext):
+    def __init__(
+        self, method: Method, model: nn.Module, optimizer: torch.optim.Optimizer, hp: HParams, ctx: RunContext
+    ):
         self.method, self.model, self.optimizer, self.hp, self.ctx = method, model, optimizer, hp, ctx
         self.params = [p for p in model.parameters() if p.requires_grad]
         # what train.compile did (methods.compiled): "off", "compiled" or "fallback: <reason>". Engines that
@@ -227,8 +231,9 @@ class Method:
         return model
 
     def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr,
-                                 betas=(hp.beta1, hp.beta2), eps=hp.eps, foreach=True)
+        return torch.optim.AdamW(
+            param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, foreach=True
+        )
 
     def autocast(self, ctx: RunContext):
         return contextlib.nullcontext()

@@ -1,5 +1,6 @@
 """bf16-amp: autocast mixed precision as usually run. fp32 weights, grads and Adam states (16 B/param);
 the matmuls run in bf16. It is the reference every other method's loss and speed is compared to."""
+
 from dataclasses import dataclass
 
 import torch

@@ -11,6 +11,7 @@ either bf16 autocast is on or an operand is bf16; everything else (elementwise o
 runs as usual. Backward is autograd's own fp32 backward of the same products, with the casts' backward
 rounding the gradients to bf16 where the forward had bf16 tensors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,17 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 _BF16 = torch.bfloat16
-_MATMULS = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm,
-            torch.bmm, torch.Tensor.bmm, F.scaled_dot_product_attention}
+_MATMULS = {
+    F.linear,
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.mm,
+    torch.Tensor.mm,
+    torch.bmm,
+    torch.Tensor.bmm,
+    F.scaled_dot_product_attention,
+}
 
 
 @lru_cache(maxsize=1)
@@ -60,8 +70,12 @@ class _Bf16Matmul(TorchFunctionMode):
             autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == _BF16
             # Tensor subclasses (torchao's Float8TrainingTensor) run their own GEMM: leave them alone.
             plain = all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
-            if tensors and plain and all(t.device.type == "cpu" for t in tensors) and (
-                    autocast_bf16 or any(t.dtype == _BF16 for t in tensors)):
+            if (
+                tensors
+                and plain
+                and all(t.device.type == "cpu" for t in tensors)
+                and (autocast_bf16 or any(t.dtype == _BF16 for t in tensors))
+            ):
                 with torch.autocast("cpu", enabled=False):
                     out = func(*[_round(a) for a in args], **{k: _round(v) for k, v in kwargs.items()})
                 return out.to(_BF16)

@@ -1,13 +1,14 @@
 """bf16-pure: the article's "mixed precision" at 12 B/param: bf16 weights and grads, fp32 Adam m and v,
 no fp32 master copy. Plain bf16 updates lose steps smaller than half a bf16 ulp of the weight;
 ``stochastic_rounding=True`` rounds the update unbiasedly instead."""
+
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from methods.fp8.adamw_base import AdamW
 from methods.base import HParams, Method, RunContext, param_groups
+from methods.fp8.adamw_base import AdamW
 from methods.registry import register
 
 
@@ -22,5 +23,12 @@ class BF16Pure(Method):
         return model.to(torch.bfloat16)
 
     def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext):
-        return AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps,
-                     state_dtype=torch.float32, stochastic_rounding=self.stochastic_rounding, seed=ctx.seed)
+        return AdamW(
+            param_groups(model, hp.weight_decay),
+            lr=hp.lr,
+            betas=(hp.beta1, hp.beta2),
+            eps=hp.eps,
+            state_dtype=torch.float32,
+            stochastic_rounding=self.stochastic_rounding,
+            seed=ctx.seed,
+        )

@@ -19,6 +19,7 @@ compiler's, and it propagates as any other failure of the run.
 method whose code Dynamo cannot trace as one graph (a graph break) still runs correctly, the untraceable
 part eagerly, and the counts say how much of it was compiled.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
 """What every method is given: the optimizer's hyperparameters and the run's context (device, seed, ranks).
 The lowest layer of ``methods``: ``methods.base`` re-exports both."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,9 +20,15 @@ class HParams:
     grad_clip: float = 1.0
 
     @classmethod
-    def from_train(cls, train: dict) -> "HParams":
-        return cls(lr=train["lr"], beta1=train["beta1"], beta2=train["beta2"], eps=train["eps"],
-                   weight_decay=train["weight_decay"], grad_clip=train["grad_clip"])
+    def from_train(cls, train: dict) -> HParams:
+        return cls(
+            lr=train["lr"],
+            beta1=train["beta1"],
+            beta2=train["beta2"],
+            eps=train["eps"],
+            weight_decay=train["weight_decay"],
+            grad_clip=train["grad_clip"],
+        )
 
 
 @dataclass

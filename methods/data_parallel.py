@@ -25,9 +25,10 @@ Gradient clipping is by the global norm: DDP's grads are identical on every rank
 FSDP2's are sharded DTensors, whose norm ``get_total_norm`` reduces over ranks. The memory ledger is
 rank 0's, walked from the real (sharded) tensors. Checkpoints go through ``torch.distributed.checkpoint``
 (each rank its shard), committed by ``pipelines.run.dist_checkpoint`` once every rank has written: a killed
-run resumes, as ZeRO runs do. ``train.compile`` compiles the DDP module (DDP's graph-break optimizer) or each block before
-it is sharded (FSDP2).
+run resumes, as ZeRO runs do. ``train.compile`` compiles the DDP module (DDP's graph-break optimizer) or each
+block before it is sharded (FSDP2).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,15 @@ class DataParallelTrainee(_ranks.RankShare, Trainee):
     #: (``save_sharded``), which ``pipelines.run.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
-    def __init__(self, method: "_DataParallel", wrapped: nn.Module, model: nn.Module,
-                 optimizer: torch.optim.Optimizer, hp: HParams, ctx: RunContext):
+    def __init__(
+        self,
+        method: _DataParallel,
+        wrapped: nn.Module,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        hp: HParams,
+        ctx: RunContext,
+    ):
         super().__init__(method, model, optimizer, hp, ctx)
         self.wrapped = wrapped
 
@@ -191,8 +199,14 @@ class _DataParallel(_ranks.MultiRank):
 @dataclass(frozen=True, kw_only=True)
 class DDPBf16(_DataParallel):
     summary = "torch DDP, bf16 autocast: bf16-amp replicated on every rank, gradients all-reduced"
-    stores = {"weights": "fp32 (full)", "master": "-", "grads": "fp32 (full)", "m": "fp32 (full)",
-              "v": "fp32 (full)", "compute": "bf16"}
+    stores = {
+        "weights": "fp32 (full)",
+        "master": "-",
+        "grads": "fp32 (full)",
+        "m": "fp32 (full)",
+        "v": "fp32 (full)",
+        "compute": "bf16",
+    }
 
     def autocast(self, ctx: RunContext):
         return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
@@ -201,8 +215,12 @@ class DDPBf16(_DataParallel):
         from torch.nn.parallel import DistributedDataParallel
 
         # grads as views of DDP's all-reduce buckets: one copy of the gradients, not two
-        ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                      gradient_as_bucket_view=True, forward_sync_buffers=False)
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+            forward_sync_buffers=False,
+        )
         return torch.compile(ddp) if ctx.compile else ddp
 
 
@@ -235,8 +253,13 @@ class _FSDP2(_DataParallel):
         return shard_numel(shape, self.world_size)
 
 
-_FSDP_STORES = {"weights": "fp32 (1/N, the master)", "master": "-", "grads": "fp32 (1/N)", "m": "fp32 (1/N)",
-                "v": "fp32 (1/N)"}
+_FSDP_STORES = {
+    "weights": "fp32 (1/N, the master)",
+    "master": "-",
+    "grads": "fp32 (1/N)",
+    "m": "fp32 (1/N)",
+    "v": "fp32 (1/N)",
+}
 
 
 @register("fsdp2-bf16")
@@ -250,8 +273,10 @@ class FSDP2Bf16(_FSDP2):
 @dataclass(frozen=True, kw_only=True)
 class FSDP2Fp8Torchao(_FSDP2):
     summary = "FSDP2 + torchao float8 tensorwise linears with FP8 all-gather of their weights; fp32 state 1/N"
-    stores = {**_FSDP_STORES,
-              "compute": "fp8 e4m3/e5m2 per-tensor (block linears, weights all-gathered in FP8), bf16 rest"}
+    stores = {
+        **_FSDP_STORES,
+        "compute": "fp8 e4m3/e5m2 per-tensor (block linears, weights all-gathered in FP8), bf16 rest",
+    }
     #: fnmatch patterns of linears left in high precision (as the other FP8 methods)
     keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
     #: "auto": emulate the FP8 GEMM where the device has none; true/false force it
@@ -265,8 +290,9 @@ class FSDP2Fp8Torchao(_FSDP2):
         from methods.torchao_float8 import convert_torchao_float8, fp8_gemm_in_hardware
 
         emulate = (not fp8_gemm_in_hardware(ctx.device, "tensorwise")) if self.emulate == "auto" else bool(self.emulate)
-        return convert_torchao_float8(model, "tensorwise", tuple(self.keep_high_precision), emulate,
-                                      fsdp_float8_all_gather=True)
+        return convert_torchao_float8(
+            model, "tensorwise", tuple(self.keep_high_precision), emulate, fsdp_float8_all_gather=True
+        )
 
     def after_step(self, model: nn.Module) -> None:
         from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
@@ -281,10 +307,20 @@ class FSDP2Fp8Torchao(_FSDP2):
         out = super().analytic_bytes(cfg)
         with torch.device("meta"):
             one = Transformer(replace(cfg, n_layers=1))
-        per_layer = sum(1 for n, m in one.named_modules() if type(m) is nn.Linear and n.startswith("layers.")
-                        and not keeps_high_precision(n, self.keep_high_precision))
-        outside = sum(1 for n, m in one.named_modules() if type(m) is nn.Linear and not n.startswith("layers.")
-                      and not keeps_high_precision(n, self.keep_high_precision))
+        per_layer = sum(
+            1
+            for n, m in one.named_modules()
+            if type(m) is nn.Linear
+            and n.startswith("layers.")
+            and not keeps_high_precision(n, self.keep_high_precision)
+        )
+        outside = sum(
+            1
+            for n, m in one.named_modules()
+            if type(m) is nn.Linear
+            and not n.startswith("layers.")
+            and not keeps_high_precision(n, self.keep_high_precision)
+        )
         # the precomputed fp32 scale each FP8-all-gathered weight keeps (one stacked tensor, a view each)
         out["weights"] += 4 * (per_layer * cfg.n_layers + outside)
         return out

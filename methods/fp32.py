@@ -1,4 +1,5 @@
 """fp32: everything in fp32. The article's 16 B/param: 4 weights + 4 grads + 8 Adam m, v."""
+
 from dataclasses import dataclass
 
 from methods.base import Method

@@ -2,6 +2,7 @@
 Adam straight on the FP8 codes, with no high-precision copy (the Trainee below), and its memory as the
 ledger sees what it really stores.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,16 +15,17 @@ from methods.base import HParams, Method, RunContext, StepResult, Trainee
 from methods.fp8.device import host_float
 from methods.fp8.formats import E4M3
 from methods.fp8.gemm import BACKENDS, dequantize_fast
-from methods.fp8.lost_updates import count_update
 from methods.fp8.linear import DEFAULT_KEEP
+from methods.fp8.lost_updates import count_update
 from methods.fp8.naive import FP8StoredLinear, convert_to_fp8_stored
 from methods.ledger import ledger, tensor_bytes
 from methods.options import Choice
 from methods.registry import register
 
 
-def fp8_stored_memory(model: nn.Module, optimizer, mods: list[FP8StoredLinear], fp8_state: dict,
-                      owners: dict | None = None) -> dict[str, int]:
+def fp8_stored_memory(
+    model: nn.Module, optimizer, mods: list[FP8StoredLinear], fp8_state: dict, owners: dict | None = None
+) -> dict[str, int]:
     """The ledger, with what fp8-naive really stores put where it belongs: FP8 weight codes are
     parameters (``weights``) and their scales join them; FP8 gradient codes + scales are ``grads``;
     the Adam moments of the FP8 weights are ``optim``."""
@@ -44,8 +46,11 @@ class NaiveTrainee(Trainee):
         self.fp8_state: dict[str, dict[str, torch.Tensor]] = {}
         # the option ``stochastic_rounding``: the FP8 weight update rounded unbiasedly, from a generator of
         # the run's seed (checkpointed with the optimizer state, so a resumed run draws the same numbers)
-        self.sr_generator = (torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-                             if getattr(method, "stochastic_rounding", False) else None)
+        self.sr_generator = (
+            torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+            if getattr(method, "stochastic_rounding", False)
+            else None
+        )
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
@@ -66,8 +71,9 @@ class NaiveTrainee(Trainee):
     @torch.no_grad()
     def _clip(self) -> float:
         sq = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) ** 2 for p in self.params if p.grad is not None]
-        sq += [torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2
-               for _, m in self.fp8 if m.grad_codes is not None]
+        sq += [
+            torch.linalg.vector_norm(m.grad().dequantize_fast()) ** 2 for _, m in self.fp8 if m.grad_codes is not None
+        ]
         norm = host_float(torch.sqrt(sum(sq)), fake=0.0) if sq else 0.0
         clip = self.hp.grad_clip
         if clip > 0 and math.isfinite(norm) and norm > clip:
@@ -92,8 +98,11 @@ class NaiveTrainee(Trainee):
             st = self.fp8_state.get(name)
             if st is None:
                 zeros = dict(size=m.weight.shape, device=m.weight.device)
-                st = self.fp8_state[name] = {"step": torch.zeros(()), "exp_avg": torch.zeros(**zeros),
-                                             "exp_avg_sq": torch.zeros(**zeros)}
+                st = self.fp8_state[name] = {
+                    "step": torch.zeros(()),
+                    "exp_avg": torch.zeros(**zeros),
+                    "exp_avg_sq": torch.zeros(**zeros),
+                }
             st["step"] += 1
             t = host_float(st["step"], fake=1.0)
             g = m.grad().dequantize_fast()
@@ -103,16 +112,19 @@ class NaiveTrainee(Trainee):
             st["exp_avg"].lerp_(g, 1 - b1)
             st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
             w.mul_(1 - lr * hp.weight_decay)
-            denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2 ** t)).add_(hp.eps)
-            w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** t))
+            denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2**t)).add_(hp.eps)
+            w.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1**t))
             m.store_weight(w, self.sr_generator)
             # what the control exposes: how many weights kept their FP8 code through the update (they
             # moved at most by the common rescaling of the whole tensor: the update itself was lost)
             m.unchanged = (m.weight.detach().view(torch.uint8) == before).float().mean()
             if probe:  # w: the fp32 weight the update computed, which store_weight rounded
                 self.lost_updates.record(
-                    name, count_update(before.view(m.weight.dtype), m.weight.detach(), w, s_before, m.weight_scale_inv),
-                    "nearest" if self.sr_generator is None else "stochastic", E4M3)
+                    name,
+                    count_update(before.view(m.weight.dtype), m.weight.detach(), w, s_before, m.weight_scale_inv),
+                    "nearest" if self.sr_generator is None else "stochastic",
+                    E4M3,
+                )
 
     def memory(self, owners: dict | None = None) -> dict[str, int]:
         return fp8_stored_memory(self.model, self.optimizer, [m for _, m in self.fp8], self.fp8_state, owners)
@@ -160,8 +172,14 @@ class FP8Naive(Method):
     option_rules = {"backend": Choice(BACKENDS)}
     family = "fp8-own"
     summary = "negative control: weights stored e4m3 + grads stored e5m2 (per-tensor scale), no hp copy; fp32 Adam"
-    stores = {"weights": "fp8-e4m3 (+scale)", "master": "-", "grads": "fp8-e5m2 (+scale)", "m": "fp32", "v": "fp32",
-              "compute": "fp8 linears, bf16 elsewhere"}
+    stores = {
+        "weights": "fp8-e4m3 (+scale)",
+        "master": "-",
+        "grads": "fp8-e5m2 (+scale)",
+        "m": "fp32",
+        "v": "fp32",
+        "compute": "fp8 linears, bf16 elsewhere",
+    }
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return convert_to_fp8_stored(model, tuple(self.keep_high_precision), self.backend)

@@ -12,6 +12,7 @@
 The FP8-state options (formats, transforms, block size, kernel) are fields of the methods, so
 ablations run as ``get_method("fp8-optim", v_format="e5m2", v_transform="none")``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,13 +41,24 @@ class FP8Optim(Method):
     impl: str = "auto"  # methods.fp8.adamw.IMPLS; "auto": Triton on CUDA, the native kernel on CPU (else compiled)
 
     # the same sets FP8AdamW accepts (methods.fp8.adamw), refused here before any work
-    option_rules = {"block_size": Range(1), "m_format": Choice(tuple(optim_codec.FORMATS)),
-                    "v_format": Choice(tuple(optim_codec.FORMATS)), "m_transform": Choice(("none", "dre")),
-                    "v_transform": Choice(optim_codec.TRANSFORMS), "impl": Choice(IMPLS)}
+    option_rules = {
+        "block_size": Range(1),
+        "m_format": Choice(tuple(optim_codec.FORMATS)),
+        "v_format": Choice(tuple(optim_codec.FORMATS)),
+        "m_transform": Choice(("none", "dre")),
+        "v_transform": Choice(optim_codec.TRANSFORMS),
+        "impl": Choice(IMPLS),
+    }
     family = "fp8-optim"
     summary = "bf16 weights and grads, FP8 Adam m and v with per-block scales, no master (the article's 6 B/param)"
-    stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
+    stores = {
+        "weights": "bf16",
+        "master": "-",
+        "grads": "bf16",
+        "m": "fp8-e4m3 (+scale/256)",
+        "v": "fp8-e4m3 (DRE, +scale, k /256)",
+        "compute": "bf16",
+    }
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return model.to(torch.bfloat16)
@@ -54,11 +66,21 @@ class FP8Optim(Method):
     def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext):
         from methods.fp8.adamw import FP8AdamW
 
-        return FP8AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps,
-                        block_size=self.block_size, m_format=self.m_format, v_format=self.v_format,
-                        m_transform=self.m_transform, v_transform=self.v_transform,
-                        master_weights=self.master_weights, stochastic_rounding=self.stochastic_rounding,
-                        seed=ctx.seed, impl=self.impl)
+        return FP8AdamW(
+            param_groups(model, hp.weight_decay),
+            lr=hp.lr,
+            betas=(hp.beta1, hp.beta2),
+            eps=hp.eps,
+            block_size=self.block_size,
+            m_format=self.m_format,
+            v_format=self.v_format,
+            m_transform=self.m_transform,
+            v_transform=self.v_transform,
+            master_weights=self.master_weights,
+            stochastic_rounding=self.stochastic_rounding,
+            seed=ctx.seed,
+            impl=self.impl,
+        )
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods._fused_backward import FP8OptimTrainee
@@ -69,8 +91,9 @@ class FP8Optim(Method):
         """FP8 m and v (codes, scales, DRE exponents) and the step counter, for these tensors."""
         from methods.analytic import STEP_BYTES
 
-        per_block = (optim_codec.state_bytes_per_block(self.block_size, self.m_transform)
-                     + optim_codec.state_bytes_per_block(self.block_size, self.v_transform))
+        per_block = optim_codec.state_bytes_per_block(
+            self.block_size, self.m_transform
+        ) + optim_codec.state_bytes_per_block(self.block_size, self.v_transform)
         return sum(optim_codec.n_blocks(n, self.block_size) * per_block + STEP_BYTES for n in numels)
 
     def analytic_bytes(self, cfg) -> dict[str, float]:
@@ -94,17 +117,31 @@ class FP8OptimMaster(FP8Optim):
     stochastic_rounding: bool = False  # the master copy keeps the small updates; bf16 is a cast of it
 
     summary = "bf16 weights and grads, fp32 master copy, FP8 Adam m and v with per-block scales"
-    stores = {"weights": "bf16", "master": "fp32", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
+    stores = {
+        "weights": "bf16",
+        "master": "fp32",
+        "grads": "bf16",
+        "m": "fp8-e4m3 (+scale/256)",
+        "v": "fp8-e4m3 (DRE, +scale, k /256)",
+        "compute": "bf16",
+    }
 
 
 @register("fp8-lean")
 @dataclass(frozen=True, kw_only=True)
 class FP8Lean(FP8Optim):
-    summary = ("bf16 weights, FP8 Adam m and v, step fused into backward: no gradients held "
-               "(no global clipping, no accumulation)")
-    stores = {"weights": "bf16", "master": "-", "grads": "- (bf16, one tensor at a time)",
-              "m": "fp8-e4m3 (+scale/256)", "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "bf16"}
+    summary = (
+        "bf16 weights, FP8 Adam m and v, step fused into backward: no gradients held "
+        "(no global clipping, no accumulation)"
+    )
+    stores = {
+        "weights": "bf16",
+        "master": "-",
+        "grads": "- (bf16, one tensor at a time)",
+        "m": "fp8-e4m3 (+scale/256)",
+        "v": "fp8-e4m3 (DRE, +scale, k /256)",
+        "compute": "bf16",
+    }
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         from methods._fused_backward import FusedBackwardTrainee
@@ -152,8 +189,14 @@ class _TorchaoLowBit(Method):
         raise NotImplementedError
 
     def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext):
-        return self._optimizer_class()(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2),
-                                       eps=hp.eps, block_size=self.block_size, bf16_stochastic_round=True)
+        return self._optimizer_class()(
+            param_groups(model, hp.weight_decay),
+            lr=hp.lr,
+            betas=(hp.beta1, hp.beta2),
+            eps=hp.eps,
+            block_size=self.block_size,
+            bf16_stochastic_round=True,
+        )
 
     def trainee(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
         return TensorLrTrainee(self, model, self.build_optimizer(model, hp, ctx), hp, ctx)
@@ -177,8 +220,14 @@ class _TorchaoLowBit(Method):
 @dataclass(frozen=True, kw_only=True)
 class TorchaoAdamWFp8(_TorchaoLowBit):
     summary = "torchao AdamWFp8: bf16 weights and grads, E4M3 m and v (block 256), bf16 stochastic rounding"
-    stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (+scale/256)", "compute": "bf16"}
+    stores = {
+        "weights": "bf16",
+        "master": "-",
+        "grads": "bf16",
+        "m": "fp8-e4m3 (+scale/256)",
+        "v": "fp8-e4m3 (+scale/256)",
+        "compute": "bf16",
+    }
 
     def _optimizer_class(self):
         from torchao.optim import AdamWFp8
@@ -191,8 +240,14 @@ class TorchaoAdamWFp8(_TorchaoLowBit):
 class TorchaoAdamW8bit(_TorchaoLowBit):
     TABLE_BYTES = 256 * 4  # each quantized state carries its own 256-entry fp32 code table
     summary = "torchao AdamW8bit: bf16 weights and grads, dynamic-tree int8 m and v (block 256), bf16 SR"
-    stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "int8 (+scale/256)",
-              "v": "int8 (+scale/256)", "compute": "bf16"}
+    stores = {
+        "weights": "bf16",
+        "master": "-",
+        "grads": "bf16",
+        "m": "int8 (+scale/256)",
+        "v": "int8 (+scale/256)",
+        "compute": "bf16",
+    }
 
     def _optimizer_class(self):
         from torchao.optim import AdamW8bit
@@ -208,10 +263,18 @@ class FP8EndToEnd(FP8Optim, FP8Own):
     plus the FP8-state AdamW of ``fp8-optim`` (its options too). Norms, embedding and head stay bf16."""
 
     family = "fp8-optim"
-    summary = ("the article's end-to-end FP8: own FP8 linears (tensorwise e4m3/e5m2) + FP8 Adam m, v; "
-               "bf16 weights and grads, no master")
-    stores = {"weights": "bf16", "master": "-", "grads": "bf16", "m": "fp8-e4m3 (+scale/256)",
-              "v": "fp8-e4m3 (DRE, +scale, k /256)", "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere"}
+    summary = (
+        "the article's end-to-end FP8: own FP8 linears (tensorwise e4m3/e5m2) + FP8 Adam m, v; "
+        "bf16 weights and grads, no master"
+    )
+    stores = {
+        "weights": "bf16",
+        "master": "-",
+        "grads": "bf16",
+        "m": "fp8-e4m3 (+scale/256)",
+        "v": "fp8-e4m3 (DRE, +scale, k /256)",
+        "compute": "fp8 linears (e4m3 fwd / e5m2 grad), bf16 elsewhere",
+    }
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         return FP8Own.convert_model(self, model.to(torch.bfloat16), ctx)

@@ -15,6 +15,7 @@ weights, grads and Adam states), so only the linears differ from the reference.
 by the same code. :func:`ladder_variants` turns the precision ladder (``formats.LADDER``) into method
 variants with one format for every GEMM operand, for a profile's ``variants``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,19 +98,35 @@ class FP8Own(Method):
         return {**_STORES, "compute": f"{kind} linears ({fw} fwd / {gr} grad), bf16 elsewhere"}
 
     def recipe(self) -> FP8Recipe:
-        return FP8Recipe(granularity=self.granularity, scaling=self.scaling, fwd_format=self.fwd_format,
-                         grad_format=self.grad_format, pow2_scales=self.pow2_scales, margin=self.margin,
-                         amax_history_len=self.amax_history_len, amax_compute_algo=self.amax_compute_algo,
-                         wgrad_fp8=self.wgrad_fp8, backend=self.backend)
+        return FP8Recipe(
+            granularity=self.granularity,
+            scaling=self.scaling,
+            fwd_format=self.fwd_format,
+            grad_format=self.grad_format,
+            pow2_scales=self.pow2_scales,
+            margin=self.margin,
+            amax_history_len=self.amax_history_len,
+            amax_compute_algo=self.amax_compute_algo,
+            wgrad_fp8=self.wgrad_fp8,
+            backend=self.backend,
+        )
 
-    option_rules = {"granularity": Choice(tuple(GRANULARITIES)), "scaling": Choice(("current", "delayed")),
-                    "fwd_format": Accepted(is_format_name, FORMAT_HELP),
-                    "grad_format": Accepted(is_format_name, FORMAT_HELP),
-                    "margin": Range(0), "amax_history_len": Range(1),
-                    "amax_compute_algo": Choice(("max", "most_recent")), "backend": Choice(BACKENDS),
-                    "fp8_saved_group": Range(1), "outlier_scale": Range(1.0), "outlier_block": Range(0),
-                    "outlier_channels": Range(1, 128), "norm_gains": Choice(NORM_GAINS),
-                    "norm_gain_block": Range(1)}
+    option_rules = {
+        "granularity": Choice(tuple(GRANULARITIES)),
+        "scaling": Choice(("current", "delayed")),
+        "fwd_format": Accepted(is_format_name, FORMAT_HELP),
+        "grad_format": Accepted(is_format_name, FORMAT_HELP),
+        "margin": Range(0),
+        "amax_history_len": Range(1),
+        "amax_compute_algo": Choice(("max", "most_recent")),
+        "backend": Choice(BACKENDS),
+        "fp8_saved_group": Range(1),
+        "outlier_scale": Range(1.0),
+        "outlier_block": Range(0),
+        "outlier_channels": Range(1, 128),
+        "norm_gains": Choice(NORM_GAINS),
+        "norm_gain_block": Range(1),
+    }
 
     def validate(self) -> None:
         super().validate()
@@ -119,8 +136,12 @@ class FP8Own(Method):
             raise ValueError(f"method {self.name}: {e}") from None
 
     def convert_model(self, model: nn.Module, ctx: RunContext) -> nn.Module:
-        model = convert_to_fp8(model, self.recipe(), tuple(self.keep_high_precision),
-                               smooth=tuple(self.smooth_modules) if self.smooth_swiglu else ())
+        model = convert_to_fp8(
+            model,
+            self.recipe(),
+            tuple(self.keep_high_precision),
+            smooth=tuple(self.smooth_modules) if self.smooth_swiglu else (),
+        )
         if self.fp8_saved_nonlinear:
             for name, mod in model.named_modules():
                 if any(fnmatch(name, pat) for pat in NONLINEAR_SAVED):
@@ -145,9 +166,12 @@ def ladder_variants(method: str = "fp8-own-tensorwise", **options) -> dict[str, 
     out = {}
     for fmt, de, dm in LADDER:
         out[f"{method}-{fmt}"] = {
-            "method": method, "options": {**options, "fwd_format": fmt, "grad_format": fmt},
-            "exponent_bits_removed": de, "mantissa_bits_removed": dm,
-            "note": f"every GEMM operand in {fmt} ({de} exponent, {dm} mantissa bits fewer than {LADDER_BASE})"}
+            "method": method,
+            "options": {**options, "fwd_format": fmt, "grad_format": fmt},
+            "exponent_bits_removed": de,
+            "mantissa_bits_removed": dm,
+            "note": f"every GEMM operand in {fmt} ({de} exponent, {dm} mantissa bits fewer than {LADDER_BASE})",
+        }
     return out
 
 

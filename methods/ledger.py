@@ -10,6 +10,7 @@ Components:
 
 Each storage is counted once even if several tensors view it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -75,8 +76,12 @@ def nested_bytes(obj, seen: set) -> int:
     return 0
 
 
-def ledger(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-           extra: dict[str, list] | None = None, owners: dict | None = None) -> dict[str, int]:
+def ledger(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, list] | None = None,
+    owners: dict | None = None,
+) -> dict[str, int]:
     """Bytes per component; ``extra`` adds tensors a method keeps outside model and optimiser.
     ``owners``, if given, is filled with storage key (:func:`storage_key`) → component."""
     seen = _Owners(owners) if owners is not None else set()

@@ -27,6 +27,7 @@ What no trace sees: the CUDA context, cuBLAS/cuDNN workspaces, allocator roundin
 
     python -m methods.memory trace --model 10b --method fp8-e2e --batch-size 1 --seq-len 4096
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,11 +54,22 @@ PHASES = ("forward", "backward", "optimizer", "loop")
 
 #: ledger component → the tracker's category it is re-labelled to after step 1 (master copies are
 #: optimizer state to the tracker; the split comes from the ledger)
-_REFTYPE = {"weights": _MemRefType.PARAM, "grads": _MemRefType.GRAD, "master": _MemRefType.OPT,
-            "optim": _MemRefType.OPT, "meta": _MemRefType.BUFFER}
-_FROM_REFTYPE = {_MemRefType.PARAM: "weights", _MemRefType.GRAD: "grads", _MemRefType.OPT: "optim",
-                 _MemRefType.BUFFER: "meta", _MemRefType.ACT: "activations", _MemRefType.TEMP: "temporaries",
-                 _MemRefType.OTH: "other"}
+_REFTYPE = {
+    "weights": _MemRefType.PARAM,
+    "grads": _MemRefType.GRAD,
+    "master": _MemRefType.OPT,
+    "optim": _MemRefType.OPT,
+    "meta": _MemRefType.BUFFER,
+}
+_FROM_REFTYPE = {
+    _MemRefType.PARAM: "weights",
+    _MemRefType.GRAD: "grads",
+    _MemRefType.OPT: "optim",
+    _MemRefType.BUFFER: "meta",
+    _MemRefType.ACT: "activations",
+    _MemRefType.TEMP: "temporaries",
+    _MemRefType.OTH: "other",
+}
 
 
 class UntraceableError(RuntimeError):
@@ -120,8 +132,11 @@ class _PhasePeaks:
         moved = 0
         for st, (winfo, _) in list(self._WINFO.items()):
             comp = owners.get(storage_key(st))
-            new = self.to_reftype[comp] if comp is not None else (
-                self.other if winfo.reftype in self.unowned else winfo.reftype)
+            new = (
+                self.to_reftype[comp]
+                if comp is not None
+                else (self.other if winfo.reftype in self.unowned else winfo.reftype)
+            )
             if new != winfo.reftype:
                 old, winfo.reftype = winfo.reftype, new
                 self._update_snap(_UpdateType.REF, winfo, old_reftype=old)
@@ -161,7 +176,7 @@ class _StepTracker(_PhasePeaks, MemTracker):
             reftype = _MemRefType.TEMP
         else:
             reftype = _MemRefType.ACT
-        for out in (res if isinstance(res, (tuple, list)) else (res,)):
+        for out in res if isinstance(res, (tuple, list)) else (res,):
             if isinstance(out, torch.Tensor):
                 self._track(reftype, out)
             elif isinstance(out, (tuple, list)):
@@ -184,13 +199,26 @@ class _RankTracker(_PhasePeaks, FSDPMemTracker):
     """One rank of an FSDP2 step: FSDPMemTracker's categories (sharded and unsharded weights and grads,
     all-gather and reduce-scatter buffers) with :class:`_PhasePeaks`."""
 
-    to_reftype = {"weights": _FSDPRefType.SHARDED_PARAM, "grads": _FSDPRefType.SHARDED_GRAD,
-                  "master": _FSDPRefType.OPT, "optim": _FSDPRefType.OPT, "meta": _FSDPRefType.BUFFER}
-    from_reftype = {_FSDPRefType.SHARDED_PARAM: "weights", _FSDPRefType.SHARDED_GRAD: "grads",
-                    _FSDPRefType.OPT: "optim", _FSDPRefType.BUFFER: "meta",
-                    _FSDPRefType.UNSHARDED_PARAM: "gathered", _FSDPRefType.UNSHARDED_GRAD: "gathered",
-                    _FSDPRefType.ALL_GATHER: "gathered", _FSDPRefType.REDUCE_SCATTER: "gathered",
-                    _FSDPRefType.ACT: "activations", _FSDPRefType.TEMP: "temporaries", _FSDPRefType.INP: "other"}
+    to_reftype = {
+        "weights": _FSDPRefType.SHARDED_PARAM,
+        "grads": _FSDPRefType.SHARDED_GRAD,
+        "master": _FSDPRefType.OPT,
+        "optim": _FSDPRefType.OPT,
+        "meta": _FSDPRefType.BUFFER,
+    }
+    from_reftype = {
+        _FSDPRefType.SHARDED_PARAM: "weights",
+        _FSDPRefType.SHARDED_GRAD: "grads",
+        _FSDPRefType.OPT: "optim",
+        _FSDPRefType.BUFFER: "meta",
+        _FSDPRefType.UNSHARDED_PARAM: "gathered",
+        _FSDPRefType.UNSHARDED_GRAD: "gathered",
+        _FSDPRefType.ALL_GATHER: "gathered",
+        _FSDPRefType.REDUCE_SCATTER: "gathered",
+        _FSDPRefType.ACT: "activations",
+        _FSDPRefType.TEMP: "temporaries",
+        _FSDPRefType.INP: "other",
+    }
     unowned = (_FSDPRefType.ACT, _FSDPRefType.TEMP, _FSDPRefType.BUFFER)
     other = _FSDPRefType.INP  # FSDPMemTracker has no "other": the inputs' category holds what outlives a step
     act = _FSDPRefType.ACT
@@ -226,13 +254,24 @@ class Trace:
         return sum(self.steady[c] for c in COMPONENTS)
 
     def row(self) -> dict:
-        r = {"method": self.method, "model": self.model, "batch_size": self.batch_size, "seq_len": self.seq_len,
-             "n_params": self.n_params, "status": "ok", "reason": ""}
+        r = {
+            "method": self.method,
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "n_params": self.n_params,
+            "status": "ok",
+            "reason": "",
+        }
         r.update({f"steady_{c}_bytes": self.steady[c] for c in COMPONENTS + ("other",)})
         r["persistent_bytes"] = self.persistent
         r.update({f"peak_{c}_bytes": self.peak[c] for c in PEAK_COMPONENTS})
-        r.update(peak_bytes=self.peak_total, peak_phase=self.peak_phase, act_peak_bytes=self.act_peak,
-                 step1_peak_bytes=self.step1_peak_total)
+        r.update(
+            peak_bytes=self.peak_total,
+            peak_phase=self.peak_phase,
+            act_peak_bytes=self.act_peak,
+            step1_peak_bytes=self.step1_peak_total,
+        )
         r.update({f"peak_{p}_bytes": self.phase_peak.get(p, 0) for p in PHASES})
         r["trace_s"] = round(self.trace_s, 2)
         r["compiled_code_traced_eagerly"] = self.eager_compiled
@@ -240,8 +279,9 @@ class Trace:
         return r
 
 
-def trace_step(method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HParams | None = None,
-               model_name: str = "") -> Trace:
+def trace_step(
+    method, cfg: ModelConfig, batch_size: int, seq_len: int, hp: HParams | None = None, model_name: str = ""
+) -> Trace:
     """Trace two training steps of ``method`` (a ``Method``) on ``Transformer(cfg)``; see :func:`trace_steps`."""
     return trace_steps(method, cfg, batch_size, [seq_len], hp, model_name)[0]
 
@@ -269,8 +309,9 @@ def _failures_are_reasons():
         raise UntraceableError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]) from e
 
 
-def trace_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], hp: HParams | None = None,
-                model_name: str = "") -> list[Trace]:
+def trace_steps(
+    method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], hp: HParams | None = None, model_name: str = ""
+) -> list[Trace]:
     """One :class:`Trace` per sequence length: step 1 (at the longest) creates the optimizer state, then one
     steady-state step per length is traced with its own peaks. ``trace_s`` of each is the time from the
     start to the end of its step (the whole build, warm-up and step 1 included).
@@ -280,8 +321,10 @@ def trace_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], 
     """
     seq_lens, cfg = _grid(method, cfg, seq_lens)
     if method.world_size > 1:
-        raise UntraceableError(f"runs as {method.world_size} ranks; the single-process trace does not apply "
-                               f"(see the per-rank trace, trace_rank_steps)")
+        raise UntraceableError(
+            f"runs as {method.world_size} ranks; the single-process trace does not apply "
+            f"(see the per-rank trace, trace_rank_steps)"
+        )
     hp = hp or HParams(lr=1e-3)
     t0 = time.perf_counter()
     fake = FakeTensorMode(allow_non_fake_inputs=True)
@@ -336,8 +379,9 @@ def _meta_model(method, cfg):
 
 
 def _batches(cfg, rows: int, seq_lens) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    return {s: (torch.randint(0, cfg.vocab_size, (rows, s)), torch.randint(0, cfg.vocab_size, (rows, s)))
-            for s in seq_lens}
+    return {
+        s: (torch.randint(0, cfg.vocab_size, (rows, s)), torch.randint(0, cfg.vocab_size, (rows, s))) for s in seq_lens
+    }
 
 
 def _trace(method, cfg, batch_size, seq_lens, hp, model_name, fake, t0) -> list[Trace]:
@@ -373,14 +417,24 @@ def _steps(name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0
             steady["other"] = int(current - sum(steady.values()))
             peak_snap = tracker.snapshot("peak")
             phase_peak = dict(tracker.phase_peak)
-            traces.append(Trace(
-                method=name, model=model_name, batch_size=batch_size, seq_len=seq,
-                n_params=sum(p.numel() for p in trainee.model.parameters()), steady=steady,
-                peak=tracker.split(peak_snap, steady), peak_total=int(peak_snap.get(_TOTAL_KEY, 0)),
-                peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "", phase_peak=phase_peak,
-                act_peak=int(tracker.act_peak), step1_peak_total=int(step1_peak),
-                trace_s=time.perf_counter() - t0,
-                extra={"step_s": round(time.perf_counter() - t_step, 2), **(extra or {})}))
+            traces.append(
+                Trace(
+                    method=name,
+                    model=model_name,
+                    batch_size=batch_size,
+                    seq_len=seq,
+                    n_params=sum(p.numel() for p in trainee.model.parameters()),
+                    steady=steady,
+                    peak=tracker.split(peak_snap, steady),
+                    peak_total=int(peak_snap.get(_TOTAL_KEY, 0)),
+                    peak_phase=max(phase_peak, key=phase_peak.get) if phase_peak else "",
+                    phase_peak=phase_peak,
+                    act_peak=int(tracker.act_peak),
+                    step1_peak_total=int(step1_peak),
+                    trace_s=time.perf_counter() - t0,
+                    extra={"step_s": round(time.perf_counter() - t_step, 2), **(extra or {})},
+                )
+            )
     del trainee, tracker, batches
     gc.collect()
     return traces
@@ -404,20 +458,31 @@ def rank_stand_in(method):
     if stand_in is None:
         raise UntraceableError(
             f"{method.name}: torch DDP's C++ reducer reads its buckets' data, which fake tensors lack "
-            "(\"data is not allocated yet\"); each rank holds the bf16-amp step (traced) with the gradients "
-            "as views of its all-reduce buckets" if method.name.startswith("ddp") else
-            f"{method.name}: not a sharded method")
+            '("data is not allocated yet"); each rank holds the bf16-amp step (traced) with the gradients '
+            "as views of its all-reduce buckets"
+            if method.name.startswith("ddp")
+            else f"{method.name}: not a sharded method"
+        )
     spec = stand_in()
     if isinstance(spec, str):
-        raise UntraceableError(f"{method.name}: deepspeed.initialize does not run under fake tensors, and {spec}; "
-                               "its persistent state per rank is in the analytic model (methods.memory)")
+        raise UntraceableError(
+            f"{method.name}: deepspeed.initialize does not run under fake tensors, and {spec}; "
+            "its persistent state per rank is in the analytic model (methods.memory)"
+        )
     base, options = spec
     opts = ", ".join(f"{k}={str(v).lower()}" for k, v in options.items())
     return get_method(base, **options), f"{base}" + (f" ({opts})" if opts else "") + " as a stand-in"
 
 
-def trace_rank_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[int], hp: HParams | None = None,
-                     model_name: str = "", ranks: int = RANKS) -> list[Trace]:
+def trace_rank_steps(
+    method,
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_lens: list[int],
+    hp: HParams | None = None,
+    model_name: str = "",
+    ranks: int = RANKS,
+) -> list[Trace]:
     """What rank 0 of ``ranks`` holds in a sharded step: :func:`trace_steps` for a multi-rank method, in a
     fake process group (collectives return without communicating) under ``FSDPMemTracker``.
     ``batch_size`` is the micro-batch per rank. Raises :class:`UntraceableError` with the reason."""
@@ -438,8 +503,9 @@ def trace_rank_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[i
     try:
         with _failures_are_reasons():
             fake = FakeTensorMode(allow_non_fake_inputs=True)
-            ctx = RunContext(device=torch.device("cpu"), seed=0, rank=0, world_size=ranks,
-                             extra={"batch_size": batch_size * ranks})
+            ctx = RunContext(
+                device=torch.device("cpu"), seed=0, rank=0, world_size=ranks, extra={"batch_size": batch_size * ranks}
+            )
             model = _meta_model(traced, cfg)
             wrapped = traced.wrap(model, ctx)  # FSDP2 shards on the meta device: the mesh needs real tensors
             with fake:
@@ -448,8 +514,18 @@ def trace_rank_steps(method, cfg: ModelConfig, batch_size: int, seq_lens: list[i
                 batches = _batches(cfg, batch_size * ranks, seq_lens)  # the global batch; rank 0 takes its rows
             tracker = _RankTracker(trainee.wrapped, trainee.optimizer)
             tracker.track_inputs(tuple(t for xy in batches.values() for t in xy))
-            return _steps(method.name, model_name, trainee, tracker, fake, batches, batch_size, hp, t0,
-                          extra={"ranks": ranks, "traced_as": label})
+            return _steps(
+                method.name,
+                model_name,
+                trainee,
+                tracker,
+                fake,
+                batches,
+                batch_size,
+                hp,
+                t0,
+                extra={"ranks": ranks, "traced_as": label},
+            )
     finally:
         dist.destroy_process_group()
 
@@ -459,25 +535,34 @@ def peak_rss_bytes() -> int:
 
 
 def untraceable_row(method: str, model: str, batch_size: int, seq_len: int, reason: str) -> dict:
-    return {"method": method, "model": model, "batch_size": batch_size, "seq_len": seq_len,
-            "status": "untraceable", "reason": reason}
+    return {
+        "method": method,
+        "model": model,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "status": "untraceable",
+        "reason": reason,
+    }
 
 
 def format_trace(t: Trace) -> str:
-    gib = 2 ** 30
-    lines = [f"{t.method} on {t.model or 'model'} ({t.n_params / 1e9:.2f}B params), micro-batch {t.batch_size} "
-             f"x seq {t.seq_len}: traced in {t.trace_s:.1f} s",
-             "steady state after step 2 (GiB):"]
+    gib = 2**30
+    lines = [
+        f"{t.method} on {t.model or 'model'} ({t.n_params / 1e9:.2f}B params), micro-batch {t.batch_size} "
+        f"x seq {t.seq_len}: traced in {t.trace_s:.1f} s",
+        "steady state after step 2 (GiB):",
+    ]
     lines += [f"  {c:<12} {t.steady[c] / gib:10.3f}" for c in COMPONENTS + ("other",)]
     lines.append(f"  {'persistent':<12} {t.persistent / gib:10.3f}")
     lines.append(f"peak of step 2 (GiB), in the {t.peak_phase} pass:")
     lines += [f"  {c:<12} {t.peak[c] / gib:10.3f}" for c in PEAK_COMPONENTS]
     lines.append(f"  {'total':<12} {t.peak_total / gib:10.3f}")
-    lines.append("phase peaks (GiB): " + ", ".join(f"{p} {t.phase_peak.get(p, 0) / gib:.3f}" for p in PHASES)
-                 + f"; largest activation total {t.act_peak / gib:.3f}")
+    lines.append(
+        "phase peaks (GiB): "
+        + ", ".join(f"{p} {t.phase_peak.get(p, 0) / gib:.3f}" for p in PHASES)
+        + f"; largest activation total {t.act_peak / gib:.3f}"
+    )
     return "\n".join(lines)
-
-
 
 
 def main(argv=None) -> int:
@@ -488,8 +573,9 @@ def main(argv=None) -> int:
     from methods.registry import get_method, method_names
     from models.config import SIZES
 
-    ap = argparse.ArgumentParser(prog="python -m methods.memory trace",
-                                 description="Trace two real training steps of one method at full size.")
+    ap = argparse.ArgumentParser(
+        prog="python -m methods.memory trace", description="Trace two real training steps of one method at full size."
+    )
     ap.add_argument("--model", required=True, help=f"one of: {', '.join(SIZES)}")
     ap.add_argument("--method", required=True, help="a registered method (python -m methods)")
     ap.add_argument("--batch-size", type=int, default=1)
@@ -514,5 +600,5 @@ def main(argv=None) -> int:
         print(json.dumps({**t.row(), "peak_rss_bytes": peak_rss_bytes()}, indent=2))
     else:
         print(format_trace(t))
-        print(f"peak RSS of this process: {peak_rss_bytes() / 2 ** 30:.2f} GiB")
+        print(f"peak RSS of this process: {peak_rss_bytes() / 2**30:.2f} GiB")
     return 0

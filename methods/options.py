@@ -8,6 +8,7 @@ option, the bad value and the valid values — before any data or model work, in
 inside a build. A numeric option without a rule is refused by ``tests/test_validate.py``, so a new
 method cannot forget its ranges.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,12 +70,16 @@ def _spell(v) -> str:
 #: annotation (as written, ``from __future__ import annotations``) → (test, what it is)
 TYPES = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-              "a finite number"),
+    "float": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        "a finite number",
+    ),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, str), "a string"),
-    "tuple[str, ...]": (lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v),
-                        "a list of strings"),
+    "tuple[str, ...]": (
+        lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v),
+        "a list of strings",
+    ),
     "bool | str": (lambda v: isinstance(v, (bool, str)), "true, false or a string"),
 }
 
@@ -101,7 +106,9 @@ def check(method) -> None:
         typed = TYPES.get(type_name(f.type))
         rule = rules.get(f.name)
         if typed is not None and not typed[0](v):
-            valid = (f"{typed[1]} {rule.describe()}" if isinstance(rule, Range) else rule.describe()) if rule else typed[1]
+            valid = (
+                (f"{typed[1]} {rule.describe()}" if isinstance(rule, Range) else rule.describe()) if rule else typed[1]
+            )
             raise ValueError(f"method {name}: option {f.name} = {v!r} is not {typed[1]}; valid: {valid}")
         if rule is not None and not rule.ok(v):
             valid = f"{typed[1]} {rule.describe()}" if typed and isinstance(rule, Range) else rule.describe()

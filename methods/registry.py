@@ -1,16 +1,18 @@
 """Name → method class. Methods register themselves with ``@register("name")``."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from methods.base import Method
 
-_REGISTRY: dict[str, type["Method"]] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 
 
-def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    def deco(cls: type["Method"]) -> type["Method"]:
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    def deco(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
         cls.name = name
@@ -26,13 +28,15 @@ FAMILIES = ("baseline", "fp8-own", "fp8-optim", "torchao", "te", "zero", "dp")
 
 def method_names() -> list[str]:
     _load_all()
+
     def key(item):
         fam = getattr(item[1], "family", "")
         return FAMILIES.index(fam) if fam in FAMILIES else len(FAMILIES)
+
     return [name for name, _ in sorted(_REGISTRY.items(), key=key)]
 
 
-def get_method(name: str, **options) -> "Method":
+def get_method(name: str, **options) -> Method:
     _load_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(_REGISTRY)}")

@@ -5,6 +5,7 @@ channel factors on FP8 linears (``FP8Linear.set_channel_scale``), the norm gains
 front of the blocks' RMSNorms (the class is swapped in place, as ``methods.fp8.saved`` does, so parameter
 names, the optimizer's view and checkpoints stay those of the plain model).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -34,8 +35,9 @@ def outlier_channels(dim: int, n: int) -> list[int]:
     return [i * (span // n) for i in range(n)]
 
 
-def inject_outliers(model: nn.Module, block: int, n_channels: int, k: float,
-                    modules: tuple[str, ...] = OUTLIER_MODULES) -> list[str]:
+def inject_outliers(
+    model: nn.Module, block: int, n_channels: int, k: float, modules: tuple[str, ...] = OUTLIER_MODULES
+) -> list[str]:
     """Make ``n_channels`` input channels of block ``block``'s MLP input ``k`` times larger in front of
     its FP8 linears, and the matching weight columns ``k`` times smaller. The exact-arithmetic function
     and the fp32 master weights and gradients are the plain model's, so any change of loss is what
@@ -49,8 +51,10 @@ def inject_outliers(model: nn.Module, block: int, n_channels: int, k: float,
         name = f"layers.{block}.{rel}"
         mod = model.get_submodule(name)
         if not isinstance(mod, FP8Linear):
-            raise ValueError(f"outlier injection needs an FP8 linear at {name}, found {type(mod).__name__} "
-                             "(is it in keep_high_precision?)")
+            raise ValueError(
+                f"outlier injection needs an FP8 linear at {name}, found {type(mod).__name__} "
+                "(is it in keep_high_precision?)"
+            )
         f = torch.ones(mod.in_features)
         f[outlier_channels(mod.in_features, n_channels)] = float(k)
         mod.set_channel_scale(f)
@@ -83,8 +87,9 @@ class _QuantizedGains:
 _CLASSES: dict[type, type] = {}
 
 
-def quantize_norm_gains(model: nn.Module, mode: str, block: int = MX_BLOCK,
-                        patterns: tuple[str, ...] = NORM_MODULES) -> list[str]:
+def quantize_norm_gains(
+    model: nn.Module, mode: str, block: int = MX_BLOCK, patterns: tuple[str, ...] = NORM_MODULES
+) -> list[str]:
     """``mode`` "fp8": the gains of the matching norms are used in E4M3 with an MX shared scale per
     ``block`` values from floor(log2 amax) (clips the largest; Su et al.'s mechanism); "fp8-bump": the
     shared exponent rounded up (their fix: nothing clips); "hp": unchanged. The fp32 master gain gets the
@@ -101,8 +106,9 @@ def quantize_norm_gains(model: nn.Module, mode: str, block: int = MX_BLOCK,
             base = type(mod)
             if not issubclass(base, _QuantizedGains):
                 if base not in _CLASSES:
-                    _CLASSES[base] = type(f"{base.__name__}QuantizedGains", (_QuantizedGains, base),
-                                          {"__module__": base.__module__})
+                    _CLASSES[base] = type(
+                        f"{base.__name__}QuantizedGains", (_QuantizedGains, base), {"__module__": base.__module__}
+                    )
                 mod.__class__ = _CLASSES[base]
             mod.norm_gain_rounding = "up" if mode == "fp8-bump" else "floor"
             mod.norm_gain_block = block
@@ -118,10 +124,16 @@ def norm_gain_telemetry(model: nn.Module) -> list[dict]:
         if isinstance(mod, _QuantizedGains) and getattr(mod, "_gain_last", None) is not None:
             n_clip, w = mod._gain_last
             clipped, numel = mod.__dict__.get("_gain_window", [0, 0])
-            rows.append({"layer": name, "tensor": "gain", "rounding": mod.norm_gain_rounding,
-                         "clipped_frac": int(n_clip) / max(1, w.numel()),
-                         "clipped_frac_window": int(clipped) / max(1, numel),
-                         "gain_min": float(w.min()), "gain_max": float(w.max())})
+            rows.append(
+                {
+                    "layer": name,
+                    "tensor": "gain",
+                    "rounding": mod.norm_gain_rounding,
+                    "clipped_frac": int(n_clip) / max(1, w.numel()),
+                    "clipped_frac_window": int(clipped) / max(1, numel),
+                    "gain_min": float(w.min()),
+                    "gain_max": float(w.max()),
+                }
+            )
             mod._gain_window = [0, 0]
     return rows
-

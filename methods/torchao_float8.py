@@ -15,6 +15,7 @@ recipes) torchao's own ``emulate`` mode runs the same quantisation with the prod
 by default there (``emulate: auto``). ``train.compile`` compiles the model (``methods.compiled``; on for the
 gpu profile; torchao calls compile "required for competitive performance").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from methods._bf16_backward import bf16_backward_mode
 from methods._linears import DEFAULT_KEEP, keeps_high_precision
 from methods.base import HParams, Method, Requirement, RunContext, Trainee, needs_module
-from methods._bf16_backward import bf16_backward_mode
 from methods.options import Choice
 from methods.registry import register
 
@@ -50,18 +51,22 @@ def _cast_input_under_cpu_autocast(module: nn.Module, args):
     return None
 
 
-def convert_torchao_float8(model: nn.Module, recipe: str, keep_high_precision, emulate: bool,
-                           fsdp_float8_all_gather: bool = False) -> nn.Module:
+def convert_torchao_float8(
+    model: nn.Module, recipe: str, keep_high_precision, emulate: bool, fsdp_float8_all_gather: bool = False
+) -> nn.Module:
     """Swap the selected ``nn.Linear`` for torchao ``Float8Linear`` (in place); returns the model.
     ``fsdp_float8_all_gather`` (tensorwise only) wraps their weights so FSDP2 all-gathers them in FP8."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
-    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate,
-                                 enable_fsdp_float8_all_gather=fsdp_float8_all_gather)
+    config = dataclasses.replace(
+        Float8LinearConfig.from_recipe_name(recipe),
+        emulate=emulate,
+        enable_fsdp_float8_all_gather=fsdp_float8_all_gather,
+    )
     convert_to_float8_training(
-        model, config=config,
-        module_filter_fn=lambda mod, fqn: not keeps_high_precision(fqn, keep_high_precision))
+        model, config=config, module_filter_fn=lambda mod, fqn: not keeps_high_precision(fqn, keep_high_precision)
+    )
     for m in model.modules():
         if isinstance(m, Float8Linear):
             m.register_forward_pre_hook(_cast_input_under_cpu_autocast)

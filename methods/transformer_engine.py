@@ -16,6 +16,7 @@ TE has no CPU path: it needs CUDA with compute capability >= 8.9 (block scaling:
 Where that or TE itself is missing the run is recorded as ``skipped`` with the reason. GPU install: see
 docs/gpu.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ from methods.options import Choice, Range
 from methods.registry import register
 
 TE_VERSION = "2.20.2"
-INSTALL_HINT = (f"on a CUDA machine: pip install --no-build-isolation 'transformer_engine[pytorch]=={TE_VERSION}'; "
-                "see docs/gpu.md")
+INSTALL_HINT = (
+    f"on a CUDA machine: pip install --no-build-isolation 'transformer_engine[pytorch]=={TE_VERSION}'; see docs/gpu.md"
+)
 
 
 def te_importable() -> Requirement:
@@ -49,8 +51,11 @@ def te_importable() -> Requirement:
     try:
         import transformer_engine.pytorch  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure is the reason to report
-        return Requirement("transformer_engine.pytorch importable", False,
-                           f"transformer_engine.pytorch does not import ({type(e).__name__}: {e})")
+        return Requirement(
+            "transformer_engine.pytorch importable",
+            False,
+            f"transformer_engine.pytorch does not import ({type(e).__name__}: {e})",
+        )
     return Requirement("transformer_engine.pytorch importable", True)
 
 
@@ -91,8 +96,13 @@ def convert_to_te(model: nn.Module, keep_high_precision) -> nn.Module:
 
     for name in linears_to_convert(model, keep_high_precision):
         lin = model.get_submodule(name)
-        new = te.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                        params_dtype=lin.weight.dtype, device=lin.weight.device)
+        new = te.Linear(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            params_dtype=lin.weight.dtype,
+            device=lin.weight.device,
+        )
         with torch.no_grad():  # TE initialised its own weights: overwrite them with the seeded ones
             new.weight.copy_(lin.weight)
             if lin.bias is not None:
@@ -128,8 +138,14 @@ class _TransformerEngine(Method):
     option_rules = {"fp8_format": Choice(("HYBRID", "E4M3", "E5M2"))}  # transformer_engine's recipe.Format
 
     def requirements(self) -> list[Requirement]:
-        reqs = [te_importable(), needs_cuda(self.min_cc, what=f"TransformerEngine FP8 ({self.kind} scaling) needs "
-                                                            f"compute capability >= {self.min_cc[0]}.{self.min_cc[1]}")]
+        reqs = [
+            te_importable(),
+            needs_cuda(
+                self.min_cc,
+                what=f"TransformerEngine FP8 ({self.kind} scaling) needs "
+                f"compute capability >= {self.min_cc[0]}.{self.min_cc[1]}",
+            ),
+        ]
         if all(r.met for r in reqs):
             reqs.append(te_recipe_supported(self.kind))
         return reqs

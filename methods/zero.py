@@ -23,6 +23,7 @@ Variants: ``zeroN-fp8`` runs the blocks' linears as torchao float8 linears insid
 (``fp8_engine: te`` uses TransformerEngine where it is installed); ``zero2-fp8-optim`` keeps Adam's
 states in FP8 with torchao's ``AdamWFp8`` as the client optimizer over DeepSpeed's flat fp32 partition.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,7 +88,7 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
     #: (``save_sharded``), which ``pipelines.run.dist_checkpoint`` commits once every rank has written
     checkpointable = False
 
-    def __init__(self, method: "_Zero", engine, hp: HParams, ctx: RunContext):
+    def __init__(self, method: _Zero, engine, hp: HParams, ctx: RunContext):
         self.engine = engine
         super().__init__(method, engine.module, engine.optimizer, hp, ctx)
         self.params = list(engine.module.parameters())
@@ -156,8 +157,9 @@ class ZeroTrainee(_ranks.RankShare, Trainee):
 
     def load_sharded(self, root, tag: str) -> None:
         # the fp32 master partitions are the truth: the bf16 weights are rebuilt from them, as every step does
-        path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        path, _ = self.engine.load_checkpoint(
+            str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint {tag} under {root}")
 
@@ -185,8 +187,8 @@ def zero_ledger(engine) -> dict[str, int]:
     add("weights", [getattr(p, "ds_tensor", None) for p in params])
     add("weights", [p.data for p in params])
     add("weights", getattr(opt, "lp_param_buffer", None))
-    add("master", getattr(opt, "single_partition_of_fp32_groups", None))   # stage 1/2
-    add("master", getattr(opt, "fp32_partitioned_groups_flat", None))      # stage 3
+    add("master", getattr(opt, "single_partition_of_fp32_groups", None))  # stage 1/2
+    add("master", getattr(opt, "fp32_partitioned_groups_flat", None))  # stage 3
     add("grads", [p.grad for p in params])
     add("grads", [g.grad for g in getattr(opt, "single_partition_of_fp32_groups", [])])
     add("grads", getattr(opt, "averaged_gradients", None))
@@ -221,11 +223,16 @@ class _Zero(_ranks.MultiRank):
         ws, d = self.world_size, cfg.dim
         n = cfg.n_params()
         norms = (2 * cfg.n_layers + 1) * d  # norm gains: the no-decay parameter group, and ZeRO-3's
-        part = n / ws                       # "persistent" parameters (< 10 dim values), which every rank
+        part = n / ws  # "persistent" parameters (< 10 dim values), which every rank
         weights = 2.0 * (part + norms if self.stage == 3 else n)  # holds whole beside their partition
         bucket = 2.0 * (self.bucket_elems or d * d) if self.stage == 3 else 0.0  # ZeRO-3 keeps its bucket
-        return {"weights": weights, "master": 4.0 * part, "grads": 2.0 * part + bucket,
-                "optim": self.optim_state_bytes((n - norms) / ws, norms / ws), "meta": 0.0}
+        return {
+            "weights": weights,
+            "master": 4.0 * part,
+            "grads": 2.0 * part + bucket,
+            "optim": self.optim_state_bytes((n - norms) / ws, norms / ws),
+            "meta": 0.0,
+        }
 
     def fsdp2_stand_in(self) -> tuple[str, dict] | str:
         """The FSDP2 configuration a per-rank memory trace (``methods.memory_trace``) runs in this method's
@@ -253,13 +260,17 @@ class _Zero(_ranks.MultiRank):
         if self.stage == 2:
             from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-            return int(estimate_zero2_model_states_mem_needs(cfg.n_params(), num_gpus_per_node=ranks,
-                                                             cpu_offload=False)[1])
+            return int(
+                estimate_zero2_model_states_mem_needs(cfg.n_params(), num_gpus_per_node=ranks, cpu_offload=False)[1]
+            )
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
         largest = max(cfg.vocab_size * cfg.dim, cfg.dim * cfg.ffn_dim)  # the embedding or head, else an MLP matrix
-        return int(estimate_zero3_model_states_mem_needs(cfg.n_params(), largest, num_gpus_per_node=ranks,
-                                                         cpu_offload=False, cpu_offload_params=False)[1])
+        return int(
+            estimate_zero3_model_states_mem_needs(
+                cfg.n_params(), largest, num_gpus_per_node=ranks, cpu_offload=False, cpu_offload_params=False
+            )[1]
+        )
 
     #: Adam m and v in fp32 (what DeepSpeed's estimate assumes)
     _fp32_states: ClassVar[bool] = True
@@ -277,8 +288,9 @@ class _Zero(_ranks.MultiRank):
         return model
 
     def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2),
-                                 eps=hp.eps, foreach=True)
+        return torch.optim.AdamW(
+            param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps, foreach=True
+        )
 
     def optimizer_context(self, ctx: RunContext):
         return contextlib.nullcontext()
@@ -291,17 +303,25 @@ class _Zero(_ranks.MultiRank):
             raise ValueError(f"batch_size {batch} does not split evenly over {ws} ranks")
         dim = getattr(getattr(model, "cfg", None), "dim", 1024)
         bucket = self.bucket_elems or dim * dim
-        zero = {"stage": self.stage, "contiguous_gradients": True, "reduce_bucket_size": bucket,
-                "allgather_bucket_size": bucket}
+        zero = {
+            "stage": self.stage,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": bucket,
+            "allgather_bucket_size": bucket,
+        }
         if self.stage == 3:
             zero.update(stage3_prefetch_bucket_size=int(0.9 * bucket), stage3_param_persistence_threshold=10 * dim)
         return {
-            "train_batch_size": batch, "train_micro_batch_size_per_gpu": batch // ws,
-            "gradient_accumulation_steps": 1, "gradient_clipping": hp.grad_clip,
-            "bf16": {"enabled": True}, "zero_optimization": zero,
+            "train_batch_size": batch,
+            "train_micro_batch_size_per_gpu": batch // ws,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": hp.grad_clip,
+            "bf16": {"enabled": True},
+            "zero_optimization": zero,
             # the client optimizer is torch's AdamW (or torchao's), not one of DeepSpeed's own
             "zero_allow_untested_optimizer": True,
-            "steps_per_print": 2 ** 31 - 1, "wall_clock_breakdown": False,
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
         }
 
     def build(self, model: nn.Module, hp: HParams, ctx: RunContext) -> Trainee:
@@ -318,12 +338,16 @@ class _Zero(_ranks.MultiRank):
 
 def _stores(stage: int, compute: str, m: str = "fp32", v: str = "fp32") -> dict[str, str]:
     part = "1/N"
-    return {"weights": "bf16" + (f" ({part})" if stage == 3 else " (full)"),
-            "master": f"fp32 ({part})",
-            # measured between backward and step: stage 1 has reduced its full gradients into the rank's
-            # partition by then (it holds them all during backward), stage 2/3 reduce in buckets as they come
-            "grads": f"bf16 ({part})" + (" (full during backward)" if stage == 1 else ""),
-            "m": f"{m} ({part})", "v": f"{v} ({part})", "compute": compute}
+    return {
+        "weights": "bf16" + (f" ({part})" if stage == 3 else " (full)"),
+        "master": f"fp32 ({part})",
+        # measured between backward and step: stage 1 has reduced its full gradients into the rank's
+        # partition by then (it holds them all during backward), stage 2/3 reduce in buckets as they come
+        "grads": f"bf16 ({part})" + (" (full during backward)" if stage == 1 else ""),
+        "m": f"{m} ({part})",
+        "v": f"{v} ({part})",
+        "compute": compute,
+    }
 
 
 # ---- bf16 ----------------------------------------------------------------------------------------
@@ -371,8 +395,10 @@ class _ZeroFP8(_Zero):
         super().validate()
         valid = ZERO_FP8_RECIPES[self.fp8_engine]  # which recipes exist depends on the engine
         if self.fp8_recipe not in valid:
-            raise ValueError(f"method {self.name}: option fp8_recipe = {self.fp8_recipe!r} with fp8_engine "
-                             f"{self.fp8_engine}; valid: one of {', '.join(valid)}")
+            raise ValueError(
+                f"method {self.name}: option fp8_recipe = {self.fp8_recipe!r} with fp8_engine "
+                f"{self.fp8_engine}; valid: one of {', '.join(valid)}"
+            )
 
     def requirements(self) -> list[Requirement]:
         reqs = super().requirements()
@@ -380,9 +406,14 @@ class _ZeroFP8(_Zero):
             from methods.torchao_float8 import HW_CC
 
             ok = self.fp8_recipe in HW_CC
-            reqs += [needs_module("torchao", "pip install torchao==0.18.0"),
-                     Requirement("torchao recipe", ok, "" if ok else f"unknown torchao recipe {self.fp8_recipe!r}; "
-                                                                    f"valid: {', '.join(HW_CC)}")]
+            reqs += [
+                needs_module("torchao", "pip install torchao==0.18.0"),
+                Requirement(
+                    "torchao recipe",
+                    ok,
+                    "" if ok else f"unknown torchao recipe {self.fp8_recipe!r}; valid: {', '.join(HW_CC)}",
+                ),
+            ]
         elif self.fp8_engine == "te":
             from methods.base import needs_cuda
             from methods.transformer_engine import te_importable, te_recipe_supported
@@ -467,8 +498,14 @@ class _ZeroFP8Optim(_Zero):
     def build_optimizer(self, model: nn.Module, hp: HParams, ctx: RunContext) -> torch.optim.Optimizer:
         from torchao.optim import AdamWFp8
 
-        return AdamWFp8(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps,
-                        block_size=self.block_size, bf16_stochastic_round=False)  # fp32 master: no SR needed
+        return AdamWFp8(
+            param_groups(model, hp.weight_decay),
+            lr=hp.lr,
+            betas=(hp.beta1, hp.beta2),
+            eps=hp.eps,
+            block_size=self.block_size,
+            bf16_stochastic_round=False,
+        )  # fp32 master: no SR needed
 
     def optimizer_context(self, ctx: RunContext):
         return contextlib.nullcontext() if ctx.compile else torch.compiler.set_stance("force_eager")

@@ -4,6 +4,7 @@ Sizes are nominal: the parameter count a run reports is measured from its tensor
 here is what the memory model assumes for a size; a training run replaces it with the vocabulary of
 the tokenizer it actually uses (4096 for the shipped corpus by default).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +21,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
 
-    def with_vocab(self, vocab_size: int) -> "ModelConfig":
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
         return replace(self, vocab_size=vocab_size)
 
     def to_dict(self) -> dict:

@@ -3,6 +3,7 @@
 Every projection is a plain ``nn.Linear`` so precision recipes can find and swap them by type.
 Module names (``layers.3.mlp.w2``, ``lm_head``) are stable: recipes filter on them.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,8 +109,10 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = (t.to(torch.get_default_device())
-                    for t in rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta))
+        cos, sin = (
+            t.to(torch.get_default_device())
+            for t in rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        )
         # Non-persistent: derived from the config, not training state (and not in the memory ledger).
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)

@@ -1,5 +1,6 @@
 """Shared fixtures: a small corpus generated from text CPython ships (no downloads, a few hundred KB),
 and helpers to build a model + method quickly."""
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,14 @@ def corpus_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     src = root / "text.txt"
     src.write_text(small_text(), encoding="utf-8")
-    data = {"corpus": "files", "files": [str(src)], "hf_dataset": None, "text_field": "text",
-            "vocab_size": 512, "val_fraction": 0.1}
+    data = {
+        "corpus": "files",
+        "files": [str(src)],
+        "hf_dataset": None,
+        "text_field": "text",
+        "vocab_size": 512,
+        "val_fraction": 0.1,
+    }
     return prepare(data, root / "prepared")
 
 
@@ -80,17 +87,26 @@ def build_trainee(method_name: str, seed: int = 0, vocab: int = 512, **options):
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run ``python -m ...`` with the repository importable, return the CompletedProcess."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # The test files that take longest on 2 cores (measured with --durations, slowest first). `make test` hands
 # whole files to its workers in collection order as each worker frees up; starting with the long ones keeps
 # one worker from being left with a long file at the end while the other idles. Order only: every test runs.
 LONG_FILES = (
-    "tests/test_workflow.py", "tests/test_devices.py", "tests/test_compile.py", "tests/test_resume.py", "tests/test_memory_trace.py",
-    "tests/test_front_door.py", "tests/scaleout/test_resume_ranks.py", "tests/test_faults.py",
-    "tests/test_train.py", "tests/scaleout/test_data_parallel.py", "tests/engines/test_zero.py",
+    "tests/test_workflow.py",
+    "tests/test_devices.py",
+    "tests/test_compile.py",
+    "tests/test_resume.py",
+    "tests/test_memory_trace.py",
+    "tests/test_front_door.py",
+    "tests/scaleout/test_resume_ranks.py",
+    "tests/test_faults.py",
+    "tests/test_train.py",
+    "tests/scaleout/test_data_parallel.py",
+    "tests/engines/test_zero.py",
     "tests/test_seed_plan.py",
 )
 

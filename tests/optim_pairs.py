@@ -5,6 +5,7 @@ a step is compared from the same start and an ulp that one step moves is not car
 a weight that later shrinks would make it more than one ulp of its new size). The step count and the bias
 corrections still advance. Used by the native and the compiled FP8AdamW tests (tests/optim/).
 """
+
 import copy
 
 import torch

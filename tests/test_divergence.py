@@ -1,6 +1,7 @@
 """What "diverged" means (pipelines/run/divergence.py), on loss curves shaped like the learning-rate frontier's
 runs (a healthy fall, a spike that recovers, one that does not, a run left above its start), and the training
 loop's use of it: a non-finite value ends a run, the end rules turn a finished run into ``diverged``."""
+
 import math
 import random
 
@@ -97,9 +98,21 @@ def test_settings_come_from_the_train_section_and_are_printed():
 
 
 def _run(steps, losses, vals, status="ok"):
-    rc = {"profile": "p", "model": "tiny", "method": "fp32", "seed": 0, "train": {
-        "lr": 1.0, "steps": steps, "spike_factor": 1.5, "spike_window": 10, "batch_size": 2, "seq_len": 4,
-        "timing_warmup_steps": 0}}
+    rc = {
+        "profile": "p",
+        "model": "tiny",
+        "method": "fp32",
+        "seed": 0,
+        "train": {
+            "lr": 1.0,
+            "steps": steps,
+            "spike_factor": 1.5,
+            "spike_window": 10,
+            "batch_size": 2,
+            "seq_len": 4,
+            "timing_warmup_steps": 0,
+        },
+    }
     r = Run(rc, out=None)
     r.events_train = [{"step": i, "loss": v, "tokens_per_s": 1.0, "step_time_s": 1.0} for i, v in enumerate(losses)]
     r.evals = [{"step": s, "val_loss": v} for s, v in vals]

@@ -9,6 +9,7 @@ so rules that the loaded profile never runs (the benchmarks, the rank traces) ar
 profile is loaded with the CPU benchmarks switched on, so that the ``table`` rule's wildcard lists every
 table. The workflow's own smoke run (``tests/test_workflow.py``) checks the same words in what it writes.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,13 +30,13 @@ README_MAX_LINES = 160
 
 # Words that say how the code was developed, not what it does. Each is a regular expression for `git grep -E -i`.
 BANNED = [
-    r"\bissue #?[0-9]+",             # issue numbers
-    r"\bthe issue\b",                 # "the issue's target", "what the issue measured"
-    r"the seed's",                    # "the seed" for the article whose claims are tested
+    r"\bissue #?[0-9]+",  # issue numbers
+    r"\bthe issue\b",  # "the issue's target", "what the issue measured"
+    r"the seed's",  # "the seed" for the article whose claims are tested
     r"seed_value",
     r"seed (article|paper|document)",
     r"\(seed: [0-9]",
-    r"lent (H200|GPU|machine)",       # the development machine's limits
+    r"lent (H200|GPU|machine)",  # the development machine's limits
     r"briefly lent",
     r"MiB a command",
     r"one command can carry",
@@ -103,7 +104,7 @@ def map_regex(pattern: str) -> re.Pattern:
     """A map pattern as a regex: ``{a,b}`` is one of the alternatives, ``{name}`` any one path segment."""
     out, pos = [], 0
     for m in re.finditer(r"\{([^{}]*)\}", pattern):
-        out.append(re.escape(pattern[pos:m.start()]))
+        out.append(re.escape(pattern[pos : m.start()]))
         body = m.group(1)
         out.append("(?:" + "|".join(re.escape(a) for a in body.split(",")) + ")" if "," in body else r"[^/]+")
         pos = m.end()
@@ -122,8 +123,15 @@ def output_map() -> list[dict]:
             continue
         files = [f for f in re.findall(r"`([^`]+)`", cells[0]) if f.startswith(("results/", "reports/"))]
         rule = re.match(r"`(\w+)`", cells[1])
-        rows.append({"files": files, "rule": rule.group(1) if rule else None, "line": line,
-                     "undeclared": "undeclared" in cells[1], "rest": " ".join(cells[2:])})
+        rows.append(
+            {
+                "files": files,
+                "rule": rule.group(1) if rule else None,
+                "line": line,
+                "undeclared": "undeclared" in cells[1],
+                "rest": " ".join(cells[2:]),
+            }
+        )
     return rows
 
 
@@ -155,8 +163,9 @@ def test_every_map_row_names_a_rule_that_makes_that_file(declared):
             continue
         if row["undeclared"]:
             continue
-        made = [p for pattern in declared[row["rule"]]["output"] + declared[row["rule"]]["log"]
-                for p in normalise(pattern)]
+        made = [
+            p for pattern in declared[row["rule"]]["output"] + declared[row["rule"]]["log"] for p in normalise(pattern)
+        ]
         for f in row["files"]:
             if not any(map_regex(f).fullmatch(p) for p in made):
                 stale.append(f"{row['rule']} declares nothing like {f}")
@@ -176,8 +185,12 @@ def test_output_map_names_only_code_that_exists():
 def test_every_module_of_the_workflow_is_named_in_its_readme():
     text = MAP_DOC.read_text(encoding="utf-8")
     base = ROOT / "pipelines"
-    modules = sorted(p.relative_to(base).as_posix() for ext in ("*.py", "*.smk", "*.sh") for p in base.rglob(ext)
-                     if p.name != "__init__.py" and "__pycache__" not in p.parts)
+    modules = sorted(
+        p.relative_to(base).as_posix()
+        for ext in ("*.py", "*.smk", "*.sh")
+        for p in base.rglob(ext)
+        if p.name != "__init__.py" and "__pycache__" not in p.parts
+    )
     assert len(modules) > 30
     unnamed = [m for m in modules if m not in text]
     assert not unnamed, f"modules not named in pipelines/README.md: {unnamed}"
@@ -210,14 +223,13 @@ def test_every_relative_link_and_anchor_in_the_docs_resolves():
             if re.match(r"^[a-z]+:", target):
                 continue
             path = (doc.parent / target).resolve() if target else doc
-            rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
             if not path.exists():
-                if rel not in PENDING_PAGES:
-                    broken.append(f"{doc.relative_to(ROOT)}: {target}")
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
                 continue
             if anchor and path.suffix == ".md":
-                headings = re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"),
-                                                           flags=re.S), flags=re.M)
+                headings = re.findall(
+                    r"^#+ (.*)$", re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S), flags=re.M
+                )
                 if anchor not in {slug(h) for h in headings}:
                     broken.append(f"{doc.relative_to(ROOT)}: {target}#{anchor}")
     assert not broken, broken
@@ -256,9 +268,18 @@ def test_no_words_about_how_the_code_was_developed():
 
 def test_the_words_check_finds_what_it_bans():
     """The check itself can fail: each banned pattern matches the phrase it is there for."""
-    for phrase in ("see issue 12", "the seed's claim", "seed_value", "on the lent H200", "64 MiB a command",
-                   "measured on the development machine", "the issue's target", "(seed: 16)",
-                   "in this session", "/work/shared/DESIGN.md"):
+    for phrase in (
+        "see issue 12",
+        "the seed's claim",
+        "seed_value",
+        "on the lent H200",
+        "64 MiB a command",
+        "measured on the development machine",
+        "the issue's target",
+        "(seed: 16)",
+        "in this session",
+        "/work/shared/DESIGN.md",
+    ):
         assert banned_words_in(phrase), phrase
     for fine in ("three seeds", "the article's claims", "seed 0", "tissue 3", "a lent lr"):
         assert not banned_words_in(fine), fine

@@ -1,6 +1,7 @@
 """Faults and bad input: a run that cannot fit is refused up front, a crash between write and rename leaves
 no partial file, and the GPU reference script runs its code path on the CPU. (A diverging run inside the
 workflow: tests/test_workflow.py.)"""
+
 import json
 import os
 import signal
@@ -24,8 +25,21 @@ def small_config(tmp_path_factory) -> Path:
 def test_model_that_cannot_fit_is_refused_with_the_estimate(small_config, tmp_path):
     """7b in fp32 needs ~16 B/param x 6.7B params of state alone: far over this machine's memory."""
     out = tmp_path / "big"
-    r = run_cli("-m", "pipelines.train", "--configfile", str(small_config), "--model", "7b", "--method", "fp32",
-                "--seed", "0", "--out", str(out), timeout=120)
+    r = run_cli(
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(small_config),
+        "--model",
+        "7b",
+        "--method",
+        "fp32",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     msg = r.stderr
     assert "model 7b" in msg and "method fp32" in msg and "needs about" in msg and "analytic model" in msg
@@ -46,8 +60,14 @@ with atomic_path(sys.argv[1]) as tmp:
 def test_crash_between_write_and_rename_leaves_the_old_file(tmp_path):
     target = tmp_path / "summary.json"
     target.write_text('{"status": "ok"}')
-    r = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(target)], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(target)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == -signal.SIGKILL
     assert json.loads(target.read_text()) == {"status": "ok"}  # a reader sees the old file, whole
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "summary.json"]
@@ -74,10 +94,29 @@ def test_exception_inside_the_write_removes_the_temp_file(tmp_path):
 def test_run_killed_mid_way_has_no_summary(small_config, tmp_path):
     """While a run trains, only metrics.partial.jsonl exists; a reader looking for summary.json sees nothing."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "--configfile", str(small_config), "--model",
-                             "tiny", "--method", "fp32", "--seed", "0", "--out", str(out), "--steps", "400"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "--configfile",
+            str(small_config),
+            "--model",
+            "tiny",
+            "--method",
+            "fp32",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--steps",
+            "400",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import time
 
@@ -100,10 +139,27 @@ def test_gpu_script_runs_its_code_path_on_the_cpu(small_config, tmp_path):
     tiny model; TransformerEngine is recorded as skipped with its reason, never dropped."""
     out = tmp_path / "h200"
     methods = ["bf16-amp", "fp8-optim", "fp8-te-delayed"]  # a run per method (~6 s each): one of each kind
-    r = subprocess.run(["bash", str(ROOT / "pipelines" / "gpu" / "h200.sh"), "--dry", str(out), "--methods", *methods,
-                        "--steps", "2", "--budget-s", "400", "--configfile", str(small_config)],
-                       cwd=ROOT, env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "pipelines" / "gpu" / "h200.sh"),
+            "--dry",
+            str(out),
+            "--methods",
+            *methods,
+            "--steps",
+            "2",
+            "--budget-s",
+            "400",
+            "--configfile",
+            str(small_config),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["dry"] is True and meta["models"] == ["tiny"] and meta["wall_s"] > 0

@@ -6,6 +6,7 @@ Most examples go through the in-process entry point (``parse_args`` + ``resolve`
 any work), hundreds a second; three run the real CLI end to end in a subprocess, where an accepted input
 must also train (its summary written with a status) and a refused one must leave no summary.
 Derandomized with no example database, so ``make test`` explores the same inputs on every machine."""
+
 import contextlib
 import dataclasses
 import io
@@ -23,7 +24,6 @@ from hypothesis import strategies as st
 from methods.registry import _REGISTRY, method_names
 from models.config import SIZES
 from pipelines.run import config as config_mod
-from pipelines.run.config import ConfigError
 from pipelines.run.events import STATUSES
 from pipelines.run.train import TRAIN_FLAGS, parse_args, resolve
 from pipelines.run.validate import check_run, schema
@@ -33,8 +33,13 @@ TRAIN_PROPS = schema()["$defs"]["train"]["properties"]
 METHODS = method_names()
 PROFILES = list(config_mod.load()["profiles"])
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def numbers_around(prop: dict):
@@ -42,8 +47,9 @@ def numbers_around(prop: dict):
     edges = [prop.get(k) for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in prop]
     near = [e + d for e in edges for d in (-1, -1e-9, 0, 1e-9, 1)] or [0.0]
     lo = int(prop.get("minimum", prop.get("exclusiveMinimum", 0)))
-    wild = st.one_of(st.integers(-2 ** 40, 2 ** 40), st.floats(allow_nan=True, allow_infinity=True),
-                     st.sampled_from(near))
+    wild = st.one_of(
+        st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(near)
+    )
     if prop.get("type") == "integer":
         likely = st.integers(lo - 1, lo + 40)
     else:
@@ -61,8 +67,12 @@ def value_for(key: str):
         typed = st.booleans()
     else:
         typed = numbers_around(prop)
-    anything = st.one_of(st.text(max_size=8), st.none(), st.lists(st.integers(), max_size=2),
-                         st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+    anything = st.one_of(
+        st.text(max_size=8),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+    )
     return st.one_of(typed, typed, typed, typed, typed, anything)
 
 
@@ -91,8 +101,11 @@ def option_values(method: str):
         return st.one_of(st.booleans(), st.sampled_from(["[lm_head]", "[]", "auto"]))
 
     wild = st.one_of(st.integers(-300, 300), st.booleans(), st.text(max_size=6), st.floats(allow_nan=True))
-    named = st.sampled_from(fields).flatmap(lambda n: st.tuples(st.just(n), st.one_of(value(n), value(n), wild))) \
-        if fields else st.nothing()
+    named = (
+        st.sampled_from(fields).flatmap(lambda n: st.tuples(st.just(n), st.one_of(value(n), value(n), wild)))
+        if fields
+        else st.nothing()
+    )
     unknown = st.tuples(st.just("no_such_option"), wild)
     return st.lists(st.one_of(named, named, named, unknown), max_size=2)
 
@@ -100,9 +113,15 @@ def option_values(method: str):
 @st.composite
 def argv(draw, models=None, methods=None):
     method = draw(st.sampled_from(methods or [*METHODS, "fp33"]))
-    seed = draw(st.one_of(st.integers(0, 9), st.integers(0, 9), st.integers(-2 ** 34, 2 ** 34)))
-    out = ["--model", draw(st.sampled_from(models or [*SIZES, "tiny", "tiny", "huge"])), "--method", method,
-           "--seed", str(seed)]
+    seed = draw(st.one_of(st.integers(0, 9), st.integers(0, 9), st.integers(-(2**34), 2**34)))
+    out = [
+        "--model",
+        draw(st.sampled_from(models or [*SIZES, "tiny", "tiny", "huge"])),
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+    ]
     if draw(st.booleans()):
         out += ["--profile", draw(st.sampled_from([*PROFILES, "nope"]))]
     for flag in draw(st.lists(st.sampled_from(list(TRAIN_FLAGS)), max_size=2, unique=True)):
@@ -160,13 +179,38 @@ def resolved_config(tmp_path_factory):
 def mutations():
     """Changes to a resolved config.json: mostly a train key to a value near its range, sometimes anything
     anywhere (a data key, an option, a top-level key, a name nobody knows)."""
-    train = st.sampled_from(sorted(TRAIN_PROPS)).flatmap(lambda k: st.tuples(st.just("train"), st.just(k), value_for(k)))
-    keys = st.one_of(st.sampled_from(["corpus", "vocab_size", "val_fraction", "files", "model", "method", "seed",
-                                      "schema_version", "ranks", "block_size", "variant", "method_options", "train", "dir",
-                                      "profile"]),
-                     st.text(max_size=5))
-    values = st.one_of(numbers_around({"minimum": 0, "maximum": 1}), st.text(max_size=6), st.none(), st.booleans(),
-                       st.lists(st.text(max_size=3), max_size=2))
+    train = st.sampled_from(sorted(TRAIN_PROPS)).flatmap(
+        lambda k: st.tuples(st.just("train"), st.just(k), value_for(k))
+    )
+    keys = st.one_of(
+        st.sampled_from(
+            [
+                "corpus",
+                "vocab_size",
+                "val_fraction",
+                "files",
+                "model",
+                "method",
+                "seed",
+                "schema_version",
+                "ranks",
+                "block_size",
+                "variant",
+                "method_options",
+                "train",
+                "dir",
+                "profile",
+            ]
+        ),
+        st.text(max_size=5),
+    )
+    values = st.one_of(
+        numbers_around({"minimum": 0, "maximum": 1}),
+        st.text(max_size=6),
+        st.none(),
+        st.booleans(),
+        st.lists(st.text(max_size=3), max_size=2),
+    )
     other = st.tuples(st.sampled_from(["data", "method_options", "top"]), keys, values)
     return st.lists(st.one_of(train, train, train, train, other), min_size=1, max_size=3)
 
@@ -196,10 +240,24 @@ CHEAP = ["fp32", "bf16-amp", "bf16-pure", "fp8-optim", "fp8-own-tensorwise"]
 def short_run(draw):
     """A command line that, if accepted, trains in seconds: tiny model, small shapes, 2 steps; the rest fuzzed."""
     args = draw(argv(models=["tiny"], methods=CHEAP))
-    shape = [f"--batch-size={draw(st.sampled_from(['0', '2', '4', 'x']))}",
-             f"--seq-len={draw(st.sampled_from(['1', '16', '32', '2048']))}"]
-    return [*args, *shape, "--steps", "2", "--set", "eval_tokens=128", "--set", "eval_every=1",
-            "--set", "threads=1", "--set", "device=cpu"]
+    shape = [
+        f"--batch-size={draw(st.sampled_from(['0', '2', '4', 'x']))}",
+        f"--seq-len={draw(st.sampled_from(['1', '16', '32', '2048']))}",
+    ]
+    return [
+        *args,
+        *shape,
+        "--steps",
+        "2",
+        "--set",
+        "eval_tokens=128",
+        "--set",
+        "eval_every=1",
+        "--set",
+        "threads=1",
+        "--set",
+        "device=cpu",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -207,16 +265,44 @@ def cli_config(tmp_path_factory):
     return write_small_config(tmp_path_factory.mktemp("front"))
 
 
-@settings(max_examples=2, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=2,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(args=short_run())
-@example(args=["--model", "tiny", "--method", "fp8-optim", "--seed", "3", "--lr", "0.002", "--batch-size=2",
-               "--seq-len=16", "--steps", "2", "--set", "eval_tokens=128", "--method-option", "block_size=64"])
+@example(
+    args=[
+        "--model",
+        "tiny",
+        "--method",
+        "fp8-optim",
+        "--seed",
+        "3",
+        "--lr",
+        "0.002",
+        "--batch-size=2",
+        "--seq-len=16",
+        "--steps",
+        "2",
+        "--set",
+        "eval_tokens=128",
+        "--method-option",
+        "block_size=64",
+    ]
+)
 def test_a_few_command_lines_end_to_end(cli_config, tmp_path_factory, args):
     out = tmp_path_factory.mktemp("run") / "x"
-    r = subprocess.run([sys.executable, "-m", "pipelines.train", "--configfile", str(cli_config), "--out", str(out),
-                        *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "--configfile", str(cli_config), "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     assert "Traceback" not in r.stderr or r.returncode == 0, r.stderr[-3000:]
     if r.returncode == 0:  # it ran: a whole summary with a status (a bad recipe may fail, but says so)
         summary = json.loads((out / "summary.json").read_text())

@@ -1,5 +1,6 @@
 """The learning-rate frontier (pipelines/analysis/frontier.py), its report section and the per-method lr grid
 (``lrs_for``) of the config, on synthetic summary tables whose answers are worked out by hand."""
+
 import copy
 import re
 
@@ -7,27 +8,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.run import config as config_mod
 from pipelines.analysis.collect import add_reference_columns
 from pipelines.analysis.frontier import COMMAND, frontier, statements, write_outputs
 from pipelines.analysis.markdown import cell
-from pipelines.report.stability_section import SUBSECTIONS, stability_section
 from pipelines.analysis.stats import Analysis
+from pipelines.report.stability_section import SUBSECTIONS, stability_section
+from pipelines.run import config as config_mod
 
 GRID = [1e-3, 1e-2, 1e-1, 1.0]
 L0 = 8.0  # every run's step-0 val loss
 DIV, NAN, FAIL = "diverged", "nan", "failed"  # NAN: diverged on a non-finite value
-REASONS = {DIV: "step 9: final val loss 40.000 above the step-0 val loss 8.000; mean loss of the last 10 steps 50.0 "
-                "> 1.5 x 8.000 (the lower of the step-0 loss and the lowest 10-step mean): a spike that did not recover",
-           NAN: "step 12: infinite gradient norm", FAIL: "RuntimeError: boom"}
+REASONS = {
+    DIV: "step 9: final val loss 40.000 above the step-0 val loss 8.000; mean loss of the last 10 steps 50.0 "
+    "> 1.5 x 8.000 (the lower of the step-0 loss and the lowest 10-step mean): a spike that did not recover",
+    NAN: "step 12: infinite gradient norm",
+    FAIL: "RuntimeError: boom",
+}
 
 # final val loss per seed (0, 1) at each grid lr; DIV / NAN / FAIL mark runs that did not finish ok
 BOUNDED = {
-    "bf16-amp": [(5.0, 5.1), (4.0, 4.015), (4.5, 4.6), (DIV, DIV)],   # best at seed 0; diverges at the top
-    "fp32": [(5.0, 5.1), (4.01, 4.0), (4.3, 4.4), (DIV, NAN)],        # best at seed 1; same frontier
+    "bf16-amp": [(5.0, 5.1), (4.0, 4.015), (4.5, 4.6), (DIV, DIV)],  # best at seed 0; diverges at the top
+    "fp32": [(5.0, 5.1), (4.01, 4.0), (4.3, 4.4), (DIV, NAN)],  # best at seed 1; same frontier
     "fp8-own-tensorwise": [(5.2, 5.3), (4.01, 4.015), (4.019, 4.0), (4.8, 4.9)],  # never diverges: higher
     "fp8-naive": [(5.5, 5.6), (4.5, 4.6), (NAN, 4.7), (FAIL, DIV)],  # seed 0 one step lower, seed 1 the same
-    "fp8-e2e": [(5.0, 5.1), (4.1, 4.1), (DIV, NAN), (DIV, DIV)],     # one step lower on both seeds
+    "fp8-e2e": [(5.0, 5.1), (4.1, 4.1), (DIV, NAN), (DIV, DIV)],  # one step lower on both seeds
 }
 
 
@@ -37,13 +41,22 @@ def summary_of(table: dict, profile: str = "stability", extra_rows=(), grid=GRID
         for lr, losses in zip(grid, per_lr):
             for seed, v in enumerate(losses):
                 status = "diverged" if v in (DIV, NAN) else v if isinstance(v, str) else "ok"
-                rows.append({"profile": profile, "model": "tiny", "method": method, "seed": seed, "lr": lr,
-                             "status": status, "final_val_loss": np.nan if status != "ok" else v,
-                             "reason": REASONS.get(v, "") if isinstance(v, str) else "",
-                             # a run that failed before its first evaluation has no step-0 loss of its own
-                             "initial_val_loss": np.nan if status == FAIL else L0,
-                             "diverged_step": (12.0 if v == NAN else 9.0) if status == "diverged" else np.nan,
-                             "tokens_per_s": 1000.0})
+                rows.append(
+                    {
+                        "profile": profile,
+                        "model": "tiny",
+                        "method": method,
+                        "seed": seed,
+                        "lr": lr,
+                        "status": status,
+                        "final_val_loss": np.nan if status != "ok" else v,
+                        "reason": REASONS.get(v, "") if isinstance(v, str) else "",
+                        # a run that failed before its first evaluation has no step-0 loss of its own
+                        "initial_val_loss": np.nan if status == FAIL else L0,
+                        "diverged_step": (12.0 if v == NAN else 9.0) if status == "diverged" else np.nan,
+                        "tokens_per_s": 1000.0,
+                    }
+                )
     rows += list(extra_rows)
     return add_reference_columns(pd.DataFrame(rows))
 
@@ -51,9 +64,19 @@ def summary_of(table: dict, profile: str = "stability", extra_rows=(), grid=GRID
 @pytest.fixture(scope="module")
 def bounded():
     # a stress variant at one lr with a far lower loss: not a frontier recipe, so not the best loss either
-    stress = {"profile": "stability", "model": "tiny", "method": "fp8-optim-v-e4m3", "seed": 0, "lr": 1e-2,
-              "status": "ok", "final_val_loss": 3.0, "initial_val_loss": L0, "diverged_step": np.nan,
-              "tokens_per_s": 1000.0, "reason": ""}
+    stress = {
+        "profile": "stability",
+        "model": "tiny",
+        "method": "fp8-optim-v-e4m3",
+        "seed": 0,
+        "lr": 1e-2,
+        "status": "ok",
+        "final_val_loss": 3.0,
+        "initial_val_loss": L0,
+        "diverged_step": np.nan,
+        "tokens_per_s": 1000.0,
+        "reason": "",
+    }
     return frontier(summary_of(BOUNDED, extra_rows=[stress]), Analysis(margin_pct=0.5), with_seeds=True)
 
 
@@ -64,7 +87,10 @@ def test_divergence_lr_per_seed_and_per_recipe_paired_with_bf16_amp(bounded):
     assert fr.loc["bf16-amp", "divergence_lr"] == 1.0 and fr.loc["bf16-amp", "divergence_index"] == 3
     # fp8-naive: seed 0 diverges at 0.1 (non-finite; its failed run at 1 changes nothing), seed 1 at 1
     sd = seeds.set_index(["method", "seed"])
-    assert sd.loc[("fp8-naive", 0), "divergence_lr"] == 0.1 and sd.loc[("fp8-naive", 0), "divergence_kinds"] == "non-finite"
+    assert (
+        sd.loc[("fp8-naive", 0), "divergence_lr"] == 0.1
+        and sd.loc[("fp8-naive", 0), "divergence_kinds"] == "non-finite"
+    )
     assert sd.loc[("fp8-naive", 1), "divergence_lr"] == 1.0 and sd.loc[("fp8-naive", 0), "n_failed"] == 1
     assert sd.loc[("fp8-naive", 0), "paired_grid_steps"] == -1 and sd.loc[("fp8-naive", 1), "paired_grid_steps"] == 0
     assert fr.loc["fp8-naive", "divergence_lr"] == 0.1 and fr.loc["fp8-naive", "divergence_grid_steps"] == -1
@@ -88,8 +114,10 @@ def test_divergence_lr_per_seed_and_per_recipe_paired_with_bf16_amp(bounded):
 
 def test_bounded_when_bf16_amp_diverges_on_every_seed_at_the_top_only(bounded):
     fr = bounded[0]
-    assert fr["bounded"].all() and "diverges on every seed at the top of the grid (lr 1: diverged×2)" in fr[
-        "bounded_note"].iloc[0]
+    assert (
+        fr["bounded"].all()
+        and "diverges on every seed at the top of the grid (lr 1: diverged×2)" in fr["bounded_note"].iloc[0]
+    )
     # within-margin at 0.01, divergence at 1: one grid point (0.1) between
     assert (fr["reference_points_between"] == 1).all()
     top_ok = {**BOUNDED, "bf16-amp": [(5.0, 5.1), (4.0, 4.015), (4.5, 4.6), (DIV, 4.9)]}
@@ -103,8 +131,8 @@ def test_bounded_when_bf16_amp_diverges_on_every_seed_at_the_top_only(bounded):
 def test_max_within_margin_lr_follows_the_stated_rule(bounded):
     fr, cells, _ = bounded
     fr = fr.set_index("method")
-    assert fr.loc["bf16-amp", "within_margin_lr"] == 1e-2      # 4.0 / 4.015: 0% and 0.375% above best
-    assert fr.loc["fp32", "within_margin_lr"] == 1e-2          # 4.3 at 0.1 is 7.5% above
+    assert fr.loc["bf16-amp", "within_margin_lr"] == 1e-2  # 4.0 / 4.015: 0% and 0.375% above best
+    assert fr.loc["fp32", "within_margin_lr"] == 1e-2  # 4.3 at 0.1 is 7.5% above
     assert fr.loc["fp8-own-tensorwise", "within_margin_lr"] == 1e-1  # 4.019 is 0.475% above 4.0
     assert np.isnan(fr.loc["fp8-naive", "within_margin_lr"]) and fr.loc["fp8-naive", "within_margin_index"] == -1
     assert list(fr["within_margin_grid_steps"]) == [0, 0, 1, -2, -2]
@@ -147,16 +175,24 @@ def test_statements_give_each_fp8_recipes_divergence_lr_in_grid_steps(bounded):
     text = statements(bounded[0])
     where = "stability/tiny, grid 0.001 / 0.01 / 0.1 / 1"
     assert text[0].startswith(f"{where}: the frontier is bounded")
-    assert (f"{where}: bf16-amp diverges from lr 1 (seed 0: 1; seed 1: 1); its max within-margin lr is 0.01, 1 grid "
-            f"point(s) between the two.") in text
-    assert (f"{where}: fp8-e2e diverges from lr 0.1 (seed 0: 0.1; seed 1: 0.1), 1 grid step(s) below bf16-amp's 1; "
-            f"paired by seed: seed 0: -1; seed 1: -1 -> lower.") in text
-    assert (f"{where}: fp8-own-tensorwise does not diverge on the grid (seed 0: none; seed 1: none), at least 1 grid "
-            f"step(s) above bf16-amp's 1; paired by seed: seed 0: >= +1; seed 1: >= +1 -> higher.") in text
+    assert (
+        f"{where}: bf16-amp diverges from lr 1 (seed 0: 1; seed 1: 1); its max within-margin lr is 0.01, 1 grid "
+        f"point(s) between the two."
+    ) in text
+    assert (
+        f"{where}: fp8-e2e diverges from lr 0.1 (seed 0: 0.1; seed 1: 0.1), 1 grid step(s) below bf16-amp's 1; "
+        f"paired by seed: seed 0: -1; seed 1: -1 -> lower."
+    ) in text
+    assert (
+        f"{where}: fp8-own-tensorwise does not diverge on the grid (seed 0: none; seed 1: none), at least 1 grid "
+        f"step(s) above bf16-amp's 1; paired by seed: seed 0: >= +1; seed 1: >= +1 -> higher."
+    ) in text
     assert any(s.startswith(f"{where}: fp8-naive diverges from lr 0.1") and s.endswith("-> mixed.") for s in text)
     assert not any(s.startswith(f"{where}: fp32 ") for s in text)  # the statements are about the FP8 recipes
-    assert ("max within-margin lr differs from bf16-amp's (0.01): fp8-own-tensorwise 0.1 (+1 grid steps); "
-            "fp8-naive none (-2 grid steps); fp8-e2e none (-2 grid steps)") in text[-1]
+    assert (
+        "max within-margin lr differs from bf16-amp's (0.01): fp8-own-tensorwise 0.1 (+1 grid steps); "
+        "fp8-naive none (-2 grid steps); fp8-e2e none (-2 grid steps)"
+    ) in text[-1]
 
 
 def test_unbounded_grid_and_no_fp8_difference_are_said_plainly():
@@ -166,8 +202,10 @@ def test_unbounded_grid_and_no_fp8_difference_are_said_plainly():
     assert (fr["n_diverging_seeds"] == 0).all() and fr["divergence_grid_steps"].isna().all()
     assert list(fr["divergence_vs_reference"]) == ["reference", "n/a", "n/a"]
     text = " ".join(statements(fr))
-    assert ("the frontier is not bounded: bf16-amp does not diverge on every seed at the top of the grid (lr 0.1: "
-            "ok×2): the grid does not reach its breaking point") in text
+    assert (
+        "the frontier is not bounded: bf16-amp does not diverge on every seed at the top of the grid (lr 0.1: "
+        "ok×2): the grid does not reach its breaking point"
+    ) in text
     assert "fp8-optim does not diverge on the grid (seed 0: none; seed 1: none), not comparable with bf16-amp's" in text
     assert ("no FP8 recipe's max within-margin lr differs from bf16-amp's (0.1) by a grid step") in text
     # at a margin below the spread of the finishing losses nothing but the best cells is within it
@@ -183,12 +221,13 @@ def test_no_frontier_in_a_one_lr_profile():
 
 # ------------------------------------------------------------------------------- report section
 
+
 def parse_table(text: str, source: str):
     lines = text.splitlines()
     i = lines.index(f"<!-- source: {source} -->")
     header = [c.strip() for c in lines[i + 1].strip("|").split("|")]
     rows = []
-    for row in lines[i + 3:]:
+    for row in lines[i + 3 :]:
         if not row.startswith("|"):
             break
         rows.append(dict(zip(header, (c.strip() for c in row.strip("|").split("|")))))
@@ -205,13 +244,18 @@ def test_report_section_prints_the_csv(tmp_path):
     noise_floors(summary_of(BOUNDED), Analysis(margin_pct=0.5)).to_csv(res / "noise_floor.csv", index=False)
     text = stability_section(res, tmp_path / "figures", tmp_path)
     # fp32 vs bf16-amp: 0.0 and 0.0 at 1e-3; 0.25 and 0.37 at 1e-2; 4.44 and 4.35 at 1e-1; none at 1
-    assert ("lr 0.001: 0.00% (fp32, 2 seeds); lr 0.01: 0.37% (fp32, 2 seeds); lr 0.1: 4.44% (fp32, 2 seeds). "
-            "At lr 0.1 it is not below the margin") in text
+    assert (
+        "lr 0.001: 0.00% (fp32, 2 seeds); lr 0.01: 0.37% (fp32, 2 seeds); lr 0.1: 4.44% (fp32, 2 seeds). "
+        "At lr 0.1 it is not below the margin"
+    ) in text
     assert text.startswith("## Where FP8 breaks") and "### Learning-rate frontier" in text
     assert "Definition: diverged: a non-finite loss, gradient norm or val loss" in text
     checked = 0
-    for name, key in (("frontier.csv", ["method"]), ("frontier_seeds.csv", ["method", "seed"]),
-                      ("frontier_cells.csv", ["method", "lr"])):
+    for name, key in (
+        ("frontier.csv", ["method"]),
+        ("frontier_seeds.csv", ["method", "seed"]),
+        ("frontier_cells.csv", ["method", "lr"]),
+    ):
         table = pd.read_csv(res / name)
         rows = parse_table(text, f"results/{name}")
         assert len(rows) == len(table)
@@ -258,14 +302,24 @@ def test_report_section_falls_back_to_stability_runs_on_disk(tmp_path):
     fr = pd.read_csv(res / "frontier.csv")
     assert len(fr) == 5 and fr["source"].iloc[0].endswith("runs/stability/ (finished runs on disk)")
     assert dict(zip(fr["method"], fr["within_margin_lr"].fillna(-1))) == {
-        "bf16-amp": 0.01, "fp32": 0.01, "fp8-own-tensorwise": 0.1, "fp8-naive": -1, "fp8-e2e": -1}
+        "bf16-amp": 0.01,
+        "fp32": 0.01,
+        "fp8-own-tensorwise": 0.1,
+        "fp8-naive": -1,
+        "fp8-e2e": -1,
+    }
     assert dict(zip(fr["method"], fr["divergence_vs_reference"])) == {
-        "bf16-amp": "reference", "fp32": "same", "fp8-own-tensorwise": "higher", "fp8-naive": "mixed",
-        "fp8-e2e": "lower"}
+        "bf16-amp": "reference",
+        "fp32": "same",
+        "fp8-own-tensorwise": "higher",
+        "fp8-naive": "mixed",
+        "fp8-e2e": "lower",
+    }
     assert len(pd.read_csv(res / "frontier_seeds.csv")) == 10
 
 
 # ---------------------------------------------------------------------------------- lrs_for config
+
 
 @pytest.fixture(scope="module")
 def cfg():
@@ -283,8 +337,16 @@ def test_stability_profile_is_the_frontier_grid(cfg):
     # half-decades from the default lr to where bf16-amp diverges on every seed (3.16), with points between its
     # best lr and that one
     assert ps["lrs"] == [1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1, 1.0, 3.16]
-    assert set(ps["methods"]) == {"bf16-amp", "fp32", "bf16-pure", "fp8-own-tensorwise", "fp8-torchao-tensorwise",
-                                  "fp8-naive", "fp8-optim", "fp8-e2e"}
+    assert set(ps["methods"]) == {
+        "bf16-amp",
+        "fp32",
+        "bf16-pure",
+        "fp8-own-tensorwise",
+        "fp8-torchao-tensorwise",
+        "fp8-naive",
+        "fp8-optim",
+        "fp8-e2e",
+    }
     runs = config_mod.runs(cfg, "stability")
     seeds = {m: sorted({config_mod.parse_run_id(r)[0] for _, me, r in runs if me == m}) for m in ps["methods"]}
     # bf16-amp and the recipes that decide the pace claim run the seeds a claim needs; every recipe >= 2
@@ -307,21 +369,28 @@ def test_lrs_for_pins_a_method_to_its_own_lrs(cfg):
     assert rc["train"]["lr"] == 1e-2
 
 
-@pytest.mark.parametrize("lrs_for, message", [
-    ({"fp8-nope": [1e-2]}, "profile stability: unknown lrs_for method 'fp8-nope'; valid lrs_for methods: "
-                           "bf16-amp, fp32, bf16-pure"),
-    ({"fp32": [1e-2, 1e-3]}, "lrs_for.fp32: [0.01, 0.001] must be ascending without repeats; valid: [0.001, 0.01]"),
-    ({"fp32": [1e-2, 1e-2]}, "must be ascending without repeats"),
-    ({"fp32": [3.1622777e-3]}, "more than 6 significant digits; valid: e.g. 0.00316228"),
-    ({"fp32": []}, "lrs_for.fp32: empty"),
-])
+@pytest.mark.parametrize(
+    "lrs_for, message",
+    [
+        (
+            {"fp8-nope": [1e-2]},
+            "profile stability: unknown lrs_for method 'fp8-nope'; valid lrs_for methods: bf16-amp, fp32, bf16-pure",
+        ),
+        ({"fp32": [1e-2, 1e-3]}, "lrs_for.fp32: [0.01, 0.001] must be ascending without repeats; valid: [0.001, 0.01]"),
+        ({"fp32": [1e-2, 1e-2]}, "must be ascending without repeats"),
+        ({"fp32": [3.1622777e-3]}, "more than 6 significant digits; valid: e.g. 0.00316228"),
+        ({"fp32": []}, "lrs_for.fp32: empty"),
+    ],
+)
 def test_bad_lrs_for_is_refused_naming_what_is_valid(cfg, lrs_for, message):
     with pytest.raises(config_mod.ConfigError, match=re.escape(message)):
         config_mod.profile_settings(with_stability(cfg, lrs_for=lrs_for), "stability")
 
 
 def test_bad_lrs_are_refused(cfg):
-    with pytest.raises(config_mod.ConfigError, match=re.escape("profile stability: lrs: [0.1, 0.01] must be ascending")):
+    with pytest.raises(
+        config_mod.ConfigError, match=re.escape("profile stability: lrs: [0.1, 0.01] must be ascending")
+    ):
         config_mod.profile_settings(with_stability(cfg, lrs=[0.1, 0.01]), "stability")
     with pytest.raises(config_mod.ConfigError, match="lrs_for.fp32.0"):  # the schema, before any work
         config_mod.validate(with_stability(cfg, lrs_for={"fp32": [-1.0]}))

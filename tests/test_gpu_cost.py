@@ -1,4 +1,5 @@
 """The on-paper GPU cost model (benchmarks/gpu_cost.py): its FLOP count, its bounds and its trend with size."""
+
 import dataclasses
 
 import pytest
@@ -35,7 +36,9 @@ def test_speedup_is_bounded_by_the_peak_ratio_and_grows_with_size():
 
 
 def test_even_free_quantization_on_a_huge_model_stays_below_2x(monkeypatch):
-    free = {k: dataclasses.replace(r, read_bytes=0, write_bytes=0, kernels_per_operand=0) for k, r in gc.RECIPES.items()}
+    free = {
+        k: dataclasses.replace(r, read_bytes=0, write_bytes=0, kernels_per_operand=0) for k, r in gc.RECIPES.items()
+    }
     monkeypatch.setattr(gc, "RECIPES", free)
     huge = gc.Shape("huge", dim=16384, n_layers=4, n_heads=128, n_kv_heads=128, ffn_dim=53248, vocab_size=32000)
     sp = gc.predict(huge, 2048, 8, "tensorwise")["speedup"]
@@ -47,7 +50,9 @@ def test_small_models_gain_nothing_because_quantization_bytes_dominate(monkeypat
     row = gc.predict(tiny, 64, 8, "tensorwise")
     assert row["speedup"] < 1.0  # the cpu profile's shape: FP8 would be slower on the GPU too
     assert row["quant_ms"] > row["bf16_gemm_ms"] - row["fp8_gemm_ms"]  # the casts cost more than the GEMMs save
-    free = {k: dataclasses.replace(r, read_bytes=0, write_bytes=0, kernels_per_operand=0) for k, r in gc.RECIPES.items()}
+    free = {
+        k: dataclasses.replace(r, read_bytes=0, write_bytes=0, kernels_per_operand=0) for k, r in gc.RECIPES.items()
+    }
     monkeypatch.setattr(gc, "RECIPES", free)
     assert gc.predict(tiny, 64, 8, "tensorwise")["speedup"] > row["speedup"]
 
@@ -82,8 +87,24 @@ def test_cli_writes_the_three_tables(tmp_path):
     import pandas as pd
 
     paths = {k: tmp_path / f"{k}.csv" for k in ("pred", "inputs", "anchors")}
-    assert gc.main(["--models", "125m", "1b", "--seq-lens", "2048", "--csv", str(paths["pred"]),
-                    "--inputs-csv", str(paths["inputs"]), "--anchors-csv", str(paths["anchors"])]) == 0
+    assert (
+        gc.main(
+            [
+                "--models",
+                "125m",
+                "1b",
+                "--seq-lens",
+                "2048",
+                "--csv",
+                str(paths["pred"]),
+                "--inputs-csv",
+                str(paths["inputs"]),
+                "--anchors-csv",
+                str(paths["anchors"]),
+            ]
+        )
+        == 0
+    )
     pred = pd.read_csv(paths["pred"])
     assert len(pred) == 2 * len(gc.RECIPES) and set(pred["kind"]) == {"predicted"}
     inputs = pd.read_csv(paths["inputs"]).set_index("input")

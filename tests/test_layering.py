@@ -9,6 +9,7 @@ Read from the source (``ast``), so a function-local import counts as much as a t
 import (``import methods``) is the registry's plugin loader, not a dependency of one module on another, and
 is not an edge; neither are imports under ``if TYPE_CHECKING:`` (annotations only).
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,7 +32,8 @@ def _modules() -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def _imported_names(path: Path) -> set[str]:
@@ -107,8 +109,11 @@ def test_the_cycle_finder_finds_one():
 
 def test_models_know_no_recipe_and_no_workflow():
     graph = _graph()
-    bad = {m: sorted(d for d in deps if d.split(".")[0] in ("methods", "pipelines", "benchmarks"))
-           for m, deps in graph.items() if m.split(".")[0] == "models"}
+    bad = {
+        m: sorted(d for d in deps if d.split(".")[0] in ("methods", "pipelines", "benchmarks"))
+        for m, deps in graph.items()
+        if m.split(".")[0] == "models"
+    }
     assert {m: d for m, d in bad.items() if d} == {}
 
 
@@ -118,10 +123,17 @@ FP8_LIBRARY_ALLOWED = ("torch", "triton")
 
 def _outside_fp8_library(names: set[str]) -> set[str]:
     """The imported names that are neither the standard library, torch, triton nor ``methods.fp8`` itself."""
+
     def allowed(name: str) -> bool:
         top = name.split(".")[0]
-        return (top in sys.stdlib_module_names or top == "__future__" or top in FP8_LIBRARY_ALLOWED
-                or name == "methods.fp8" or name.startswith("methods.fp8."))
+        return (
+            top in sys.stdlib_module_names
+            or top == "__future__"
+            or top in FP8_LIBRARY_ALLOWED
+            or name == "methods.fp8"
+            or name.startswith("methods.fp8.")
+        )
+
     return {n for n in names if not allowed(n)}
 
 
@@ -134,8 +146,10 @@ def test_the_fp8_library_imports_only_torch_triton_and_itself():
 
 def test_the_fp8_library_check_catches_a_crossing(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import math\nimport torch.nn\ndef g():\n    from methods.base import Trainee\n"
-                 "    import numpy\n    from methods.fp8.formats import E4M3\n")
+    f.write_text(
+        "import math\nimport torch.nn\ndef g():\n    from methods.base import Trainee\n"
+        "    import numpy\n    from methods.fp8.formats import E4M3\n"
+    )
     assert _outside_fp8_library(_imported_names(f)) == {"methods.base", "methods.base.Trainee", "numpy"}
 
 
@@ -152,21 +166,37 @@ def _crossings(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     def under(mod: str, prefix: str) -> bool:
         return mod == prefix or mod.startswith(prefix + ".")
 
-    return sorted({(m, d) for m, deps in graph.items() for src, banned in DIRECTIONS if under(m, src)
-                   for d in deps if any(under(d, b) for b in banned)})
+    return sorted(
+        {
+            (m, d)
+            for m, deps in graph.items()
+            for src, banned in DIRECTIONS
+            if under(m, src)
+            for d in deps
+            if any(under(d, b) for b in banned)
+        }
+    )
 
 
 def test_the_stages_import_one_way():
     graph = _graph()
-    assert any(m.startswith("pipelines.analysis.") for m in graph) and any(m.startswith("pipelines.run.") for m in graph)
+    assert any(m.startswith("pipelines.analysis.") for m in graph) and any(
+        m.startswith("pipelines.run.") for m in graph
+    )
     assert _crossings(graph) == []
 
 
 def test_the_stage_check_catches_a_crossing():
-    graph = {"pipelines.analysis.frontier": {"pipelines.report.figures"}, "pipelines.run.train": {"pipelines.run.data"},
-             "pipelines.run.config": {"benchmarks.gpu_cost"}, "benchmarks.fp8_bench": {"pipelines.run.config"}}
-    assert _crossings(graph) == [("pipelines.analysis.frontier", "pipelines.report.figures"),
-                                 ("pipelines.run.config", "benchmarks.gpu_cost")]
+    graph = {
+        "pipelines.analysis.frontier": {"pipelines.report.figures"},
+        "pipelines.run.train": {"pipelines.run.data"},
+        "pipelines.run.config": {"benchmarks.gpu_cost"},
+        "benchmarks.fp8_bench": {"pipelines.run.config"},
+    }
+    assert _crossings(graph) == [
+        ("pipelines.analysis.frontier", "pipelines.report.figures"),
+        ("pipelines.run.config", "benchmarks.gpu_cost"),
+    ]
 
 
 def test_the_bench_names_the_workflow_checks_are_the_benchmarks_own():

@@ -1,16 +1,17 @@
 """The long-horizon study (pipelines/analysis/long_horizon.py) and its report subsection, on run folders written here
 with evaluations and telemetry whose answers are worked out by hand: three seeds per recipe, paired by seed."""
+
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.run import config as config_mod
 from pipelines.analysis.long_horizon import PROFILE, long_horizon, runs_on_disk, trend, write_outputs
 from pipelines.analysis.markdown import fmt
 from pipelines.analysis.stats import Analysis, t_interval
 from pipelines.report.stability_section import long_horizon_subsection
+from pipelines.run import config as config_mod
 
 STEPS, DEFAULT = 1000, 100
 AN = Analysis(margin_pct=0.5, min_seeds=3, far_factor=5.0)
@@ -37,22 +38,37 @@ def write_run(results, method, seed=0, losses=None, status="ok", unchanged=None,
     losses = losses or ref_losses(seed)
     events = [{"event": "eval", "step": s, "val_loss": v} for s, v in losses.items()]
     for step, frac in (unchanged or {}).items():  # two layers whose mean is frac
-        events.append({"event": "telemetry", "step": step, "layers": [
-            {"layer": "a", "unchanged_frac": frac - 0.1}, {"layer": "b", "unchanged_frac": frac + 0.1}]})
+        events.append(
+            {
+                "event": "telemetry",
+                "step": step,
+                "layers": [{"layer": "a", "unchanged_frac": frac - 0.1}, {"layer": "b", "unchanged_frac": frac + 0.1}],
+            }
+        )
     (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     last = max(losses)
-    summary = {"profile": PROFILE, "model": "tiny", "method": method, "seed": seed, "lr": None, "status": status,
-               "reason": "" if status == "ok" else f"step {diverged_step}: infinite gradient norm",
-               "diverged_step": diverged_step, "steps": STEPS if status == "ok" else diverged_step,
-               "tokens": STEPS * 512, "initial_val_loss": losses[0],
-               "final_val_loss": losses[last] if status == "ok" else None, "tokens_per_s": 1000.0}
+    summary = {
+        "profile": PROFILE,
+        "model": "tiny",
+        "method": method,
+        "seed": seed,
+        "lr": None,
+        "status": status,
+        "reason": "" if status == "ok" else f"step {diverged_step}: infinite gradient norm",
+        "diverged_step": diverged_step,
+        "steps": STEPS if status == "ok" else diverged_step,
+        "tokens": STEPS * 512,
+        "initial_val_loss": losses[0],
+        "final_val_loss": losses[last] if status == "ok" else None,
+        "tokens_per_s": 1000.0,
+    }
     (d / "summary.json").write_text(json.dumps(summary))
 
 
-NULL_END = (0.1, -0.05, 0.08)       # fp32 at the end: this horizon's noise floor is 0.1%
-NAIVE = ((2.0, 5.0), (2.1, 5.3), (1.9, 4.8))   # (default, end): the stall turned into a growing gap
+NULL_END = (0.1, -0.05, 0.08)  # fp32 at the end: this horizon's noise floor is 0.1%
+NAIVE = ((2.0, 5.0), (2.1, 5.3), (1.9, 4.8))  # (default, end): the stall turned into a growing gap
 OPTIM = ((0.2, 0.2), (0.1, 0.15), (0.3, 0.25))  # holds, equivalent at the end
-SR = ((1.0, 0.2), (1.1, 0.3), (0.9, 0.1))      # shrinks
+SR = ((1.0, 0.2), (1.1, 0.3), (0.9, 0.1))  # shrinks
 
 
 @pytest.fixture
@@ -66,8 +82,14 @@ def results(tmp_path):
     # fp8-e2e diverged after the default horizon on seed 1
     for s in SEEDS:
         if s == 1:
-            write_run(tmp_path, "fp8-e2e", s, {k: v for k, v in with_gaps(s, 0.4, 0.5, 3.0).items() if k <= 500},
-                      status="diverged", diverged_step=600)
+            write_run(
+                tmp_path,
+                "fp8-e2e",
+                s,
+                {k: v for k, v in with_gaps(s, 0.4, 0.5, 3.0).items() if k <= 500},
+                status="diverged",
+                diverged_step=600,
+            )
         else:
             write_run(tmp_path, "fp8-e2e", s, with_gaps(s, 0.3, 0.4))
     return tmp_path
@@ -114,7 +136,7 @@ def test_paired_intervals_verdict_and_trend_per_recipe(results):
 
 def test_trend_needs_an_interval_that_excludes_zero():
     assert trend([3.0, 3.2, 2.9], AN) == "grows"
-    assert trend([3.0, -1.0, 2.9], AN) == "holds"      # a wide interval contains 0
+    assert trend([3.0, -1.0, 2.9], AN) == "holds"  # a wide interval contains 0
     assert trend([-0.6, -0.7, -0.65], AN) == "shrinks"
     assert trend([3.0, 3.2], AN) == "inconclusive (2 seeds)"  # fewer seeds than the verdicts need
     assert trend([3.0, 3.2, 2.9], AN, diverged=True) == "diverged"
@@ -127,14 +149,18 @@ def test_subsection_prints_the_csv(results, tmp_path):
     text = long_horizon_subsection(results, tmp_path / "figs", tmp_path)
     assert text.startswith("### Long horizon")
     naive = table[table["method"] == "fp8-naive"].iloc[0]
-    assert (f"- fp8-naive: gap {fmt(naive.gap_default_mean_pct, 2)}% at step 100 -> {fmt(naive.gap_end_mean_pct, 2)}% "
-            f"[{fmt(naive.gap_end_ci_lo_pct, 2)}, {fmt(naive.gap_end_ci_hi_pct, 2)}] at step 1000 (worse); change "
-            f"{fmt(naive.change_mean_pct, 2)} [{fmt(naive.change_ci_lo_pct, 2)}, {fmt(naive.change_ci_hi_pct, 2)}]: "
-            f"grows; share of FP8 weight codes unchanged by a step 0.900 at the default horizon, 0.970 at the "
-            f"end.") in text
+    assert (
+        f"- fp8-naive: gap {fmt(naive.gap_default_mean_pct, 2)}% at step 100 -> {fmt(naive.gap_end_mean_pct, 2)}% "
+        f"[{fmt(naive.gap_end_ci_lo_pct, 2)}, {fmt(naive.gap_end_ci_hi_pct, 2)}] at step 1000 (worse); change "
+        f"{fmt(naive.change_mean_pct, 2)} [{fmt(naive.change_ci_lo_pct, 2)}, {fmt(naive.change_ci_hi_pct, 2)}]: "
+        f"grows; share of FP8 weight codes unchanged by a step 0.900 at the default horizon, 0.970 at the "
+        f"end."
+    ) in text
     assert "- fp8-e2e: diverged on 1 of 3 seeds (at step 600; ok×2, diverged×1)." in text
-    assert ("This horizon's own noise floor: 0.10%, the largest |paired gap| of `fp32` at the end (per seed "
-            "+0.10 / -0.05 / +0.08), beside the margin 0.50%.") in text
+    assert (
+        "This horizon's own noise floor: 0.10%, the largest |paired gap| of `fp32` at the end (per seed "
+        "+0.10 / -0.05 / +0.08), beside the margin 0.50%."
+    ) in text
     assert f"{STEPS // DEFAULT:g}x the default profile's {DEFAULT}" in text
     assert "<!-- source: results/long_horizon_runs.csv -->" in text
 
@@ -176,7 +202,10 @@ def test_the_profile_trains_ten_times_the_default_tokens_on_three_seeds():
     cfg = config_mod.load()
     base, prof = cfg["train"], config_mod.profile_settings(cfg, PROFILE)
     train = {**base, **prof.get("train", {})}
-    assert train["steps"] * train["batch_size"] * train["seq_len"] >= 10 * base["steps"] * base["batch_size"] * base["seq_len"]
+    assert (
+        train["steps"] * train["batch_size"] * train["seq_len"]
+        >= 10 * base["steps"] * base["batch_size"] * base["seq_len"]
+    )
     assert base["steps"] % train["eval_every"] == 0  # an evaluation at the default horizon
     runs = config_mod.runs(cfg, PROFILE)
     recipes = {"bf16-amp", "fp32", "fp8-naive", "fp8-naive-sr", "fp8-e2e", "fp8-optim"}

@@ -1,6 +1,7 @@
 """The lost-update mechanism over training (pipelines/analysis/lost_updates.py, written by the long_horizon rule),
 its report paragraphs and figure, on long-horizon run folders written here: probed steps whose lost share, bias
 and paired gaps are set by formulas, so that every decision is worked out by hand."""
+
 import json
 import math
 
@@ -52,18 +53,46 @@ def write_run(results, method, seed, lost=None, bias=0.0, gap=None, fmt="e4m3", 
         if lost is not None and (step in PROBES or step == 0):
             k = PROBES.index(step) if step else 0
             frac = lost(step, seed) if step else 0.0  # step 0 (Adam's sign step) must be left out
-            events.append({"event": "train_step", "step": step, "loss": 5.0, "lr": lr_at(step), "probed": True,
-                           "lost_pred_frac": frac, "unchanged_frac": frac + 0.01,
-                           "lost_bias": (bias + (0.001 if k % 2 else -0.001)) if step else 0.99})
-            events.append({"event": "telemetry", "step": step, "layers": [
-                {"layer": "layers.0.mlp", "tensor": "weight_update", "format": fmt, "rounding": rounding}]})
+            events.append(
+                {
+                    "event": "train_step",
+                    "step": step,
+                    "loss": 5.0,
+                    "lr": lr_at(step),
+                    "probed": True,
+                    "lost_pred_frac": frac,
+                    "unchanged_frac": frac + 0.01,
+                    "lost_bias": (bias + (0.001 if k % 2 else -0.001)) if step else 0.99,
+                }
+            )
+            events.append(
+                {
+                    "event": "telemetry",
+                    "step": step,
+                    "layers": [
+                        {"layer": "layers.0.mlp", "tensor": "weight_update", "format": fmt, "rounding": rounding}
+                    ],
+                }
+            )
     for step in EVALS:
         g = gap(step) if gap is not None else 0.0
         events.append({"event": "eval", "step": step, "val_loss": ref_loss(step, seed) * (1 + g / 100)})
     (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    summary = {"profile": PROFILE, "model": "tiny", "method": method, "seed": seed, "lr": PEAK, "status": "ok",
-               "reason": "", "diverged_step": None, "steps": STEPS, "tokens": STEPS * 512,
-               "initial_val_loss": 8.0, "final_val_loss": ref_loss(STEPS, seed), "tokens_per_s": 1000.0}
+    summary = {
+        "profile": PROFILE,
+        "model": "tiny",
+        "method": method,
+        "seed": seed,
+        "lr": PEAK,
+        "status": "ok",
+        "reason": "",
+        "diverged_step": None,
+        "steps": STEPS,
+        "tokens": STEPS * 512,
+        "initial_val_loss": 8.0,
+        "final_val_loss": ref_loss(STEPS, seed),
+        "tokens_per_s": 1000.0,
+    }
     (d / "summary.json").write_text(json.dumps(summary))
 
 
@@ -74,18 +103,27 @@ def nearest_probe(step):
 def naive_gap(seed):
     """The gap follows the lost share at the nearest probe; on seed 2 the evaluation at step 200 lands between
     those at 300 and 400, so its ranks swap with 300's: Spearman 1 - 6·2/(10·99)."""
+
     def gap(step):
         g = 5.0 * naive_lost(nearest_probe(step), seed) if step > WARMUP else 0.0
         if seed == 2 and step == 200:
             g = 2.5 * (naive_lost(300, seed) + naive_lost(400, seed))
         return g
+
     return gap
 
 
 def sr_gap(seed):
     """Per seed the gap rises with the lost share (seed 0), falls with it (seed 1), or zig-zags (seed 2)."""
-    return lambda step: {0: 2.0 * naive_lost(nearest_probe(step), 0), 1: -2.0 * naive_lost(nearest_probe(step), 1),
-                         2: 0.1 * (-1) ** (step // 100)}[seed] if step > WARMUP else 0.0
+    return lambda step: (
+        {
+            0: 2.0 * naive_lost(nearest_probe(step), 0),
+            1: -2.0 * naive_lost(nearest_probe(step), 1),
+            2: 0.1 * (-1) ** (step // 100),
+        }[seed]
+        if step > WARMUP
+        else 0.0
+    )
 
 
 @pytest.fixture
@@ -195,8 +233,10 @@ def test_summary_runs_join_and_the_report_reads_each_recipe(results, tmp_path):
     text = long_horizon_subsection(results, tmp_path / "figs", tmp_path)
     naive = lu[lu["method"] == "fp8-naive"].iloc[0]
     assert lost_updates_reading(naive) in text
-    assert (f"change {naive.lost_pred_change_mean_frac:+.3f} [{naive.lost_pred_change_ci_lo_frac:+.3f}, "
-            f"{naive.lost_pred_change_ci_hi_frac:+.3f}]: **grows as the lr decays**") in text
+    assert (
+        f"change {naive.lost_pred_change_mean_frac:+.3f} [{naive.lost_pred_change_ci_lo_frac:+.3f}, "
+        f"{naive.lost_pred_change_ci_hi_frac:+.3f}]: **grows as the lr decays**"
+    ) in text
     assert "**tracks** (both follow the lr schedule" in text
     assert "Lost-update bias +0.610 [" in text and "**positive**" in text
     assert "**zero within the interval**; SR removes the bias (fp8-naive +0.610" in text
@@ -216,8 +256,9 @@ def test_long_figure_draws_predicted_measured_and_the_lr(results):
     lines = {ln.get_label(): ln for ln in panel.get_lines()}
     assert list(lines["predicted lost"].get_xdata()) == PROBES
     assert lines["predicted lost"].get_ydata()[-1] == pytest.approx(np.mean([naive_lost(999, s) for s in SEEDS]))
-    assert lines["measured unchanged"].get_ydata()[-1] == pytest.approx(np.mean([naive_lost(999, s) for s in SEEDS])
-                                                                         + 0.01)
+    assert lines["measured unchanged"].get_ydata()[-1] == pytest.approx(
+        np.mean([naive_lost(999, s) for s in SEEDS]) + 0.01
+    )
     twin = [ax for ax in fig.axes if ax.get_ylabel() == "lr" and ax.bbox.bounds == panel.bbox.bounds]
     assert twin and twin[0].get_lines()[0].get_ydata()[0] == pytest.approx(lr_at(50))
     assert isinstance(fig_lost_updates_long(FigureData(summary=pd.DataFrame())), str)

@@ -1,4 +1,5 @@
 """The ledger counts quantized optimizer states (tensor subclasses) by their real storages."""
+
 import pytest
 import torch
 

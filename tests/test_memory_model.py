@@ -3,13 +3,13 @@
 Iterates over every registered method that can run here, so a method added later is covered: if it
 keeps something its ``analytic_bytes`` does not state, this fails and says by how much, per component.
 """
+
 import json
 
 import pytest
 import torch
 
-from methods import HParams, RunContext, get_method, method_names
-from methods import analytic, memory
+from methods import HParams, RunContext, analytic, get_method, memory, method_names
 from models import build_model, get_model_config
 
 TINY = get_model_config("tiny")
@@ -43,8 +43,10 @@ def test_analytic_bytes_match_measured_within_one_percent(name):
     if m.unmet():
         pytest.skip(f"{name} cannot run here: {'; '.join(m.unmet())}")
     if m.world_size > 1:
-        pytest.skip(f"{name} runs as {m.world_size} ranks: its per-rank bytes are checked against analytic_bytes "
-                    "on real ranks in tests/engines/test_zero.py and tests/scaleout/test_data_parallel.py")
+        pytest.skip(
+            f"{name} runs as {m.world_size} ranks: its per-rank bytes are checked against analytic_bytes "
+            "on real ranks in tests/engines/test_zero.py and tests/scaleout/test_data_parallel.py"
+        )
     m, measured, n = one_step(name)
     analytic = m.analytic_bytes(TINY)
     assert n == sum(memory.param_numels(TINY))
@@ -71,8 +73,10 @@ def test_fp8_optimizer_memory_bounds(name):
 def test_seed_rows_at_10b(capsys):
     assert memory.main(["--params", "10e9", "--json"]) == 0
     rows = {r["row"]: r for r in json.loads(capsys.readouterr().out)}
-    assert [round(rows[k]["gb"], 6) for k in ("article: fp32", "article: bf16 mixed precision",
-                                               "article: FP8 optimizer states")] == [160, 120, 60]
+    assert [
+        round(rows[k]["gb"], 6)
+        for k in ("article: fp32", "article: bf16 mixed precision", "article: FP8 optimizer states")
+    ] == [160, 120, 60]
     assert set(method_names()) <= set(rows)
     # the corrected rows sit next to the article's: FP8 states carry their scales
     assert 60.0 < rows["fp8-optim"]["gb"] < 61.0

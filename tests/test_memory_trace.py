@@ -4,6 +4,7 @@ What a trace reports must be what a real step allocates: the persistent state eq
 live-tensor ledger byte for byte, and the traced peak equals the peak of the allocator's own event
 stream (torch.profiler's memory events) within 5%.
 """
+
 from __future__ import annotations
 
 import gc
@@ -54,12 +55,14 @@ def allocator_peak(trainee, x: torch.Tensor, extra_live=lambda: 0) -> tuple[dict
     trainee.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     live = sum(trainee.memory().values()) + sum(
-        b.untyped_storage().nbytes() for n, b in trainee.model.named_buffers() if n.endswith(("rope_cos", "rope_sin")))
+        b.untyped_storage().nbytes() for n, b in trainee.model.named_buffers() if n.endswith(("rope_cos", "rope_sin"))
+    )
     live += extra_live()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainee.train_step(x, x, 1e-3)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     cur = peak = 0
     for e in events:
         cur += e.nbytes()
@@ -94,6 +97,7 @@ def test_phase_peaks_are_linear_in_the_tokens_of_a_micro_batch():
     lines = phase_lines(short, long)
     for phase, (fixed, per_token) in lines.items():
         assert fixed + per_token * 128 == pytest.approx(float(two[f"peak_{phase}_bytes"]), rel=1e-3), phase
+
     def peak(b):
         return max(fixed + per_token * b * 64 for fixed, per_token in lines.values())
 
@@ -107,8 +111,15 @@ def test_fit_table_uses_usable_memory():
     import pandas as pd
 
     def row(seq, grow):  # fixed 6 GiB in every phase, backward grows by `grow` GiB per sequence of 8
-        r = {"method": "m", "model": "x", "seq_len": seq, "batch_size": 1, "status": "ok",
-             "peak_bytes": (6 + grow) * GIB, "persistent_bytes": 6 * GIB}
+        r = {
+            "method": "m",
+            "model": "x",
+            "seq_len": seq,
+            "batch_size": 1,
+            "status": "ok",
+            "peak_bytes": (6 + grow) * GIB,
+            "persistent_bytes": 6 * GIB,
+        }
         for p in ("forward", "backward", "optimizer", "loop"):
             r[f"peak_{p}_bytes"] = (6 + (grow if p == "backward" else 0)) * GIB
         return r
@@ -192,8 +203,9 @@ def test_a_trace_leaves_no_fake_tensor_behind():
 
     trace_step(get_method("fp8-own-tensorwise"), TINY, 1, SEQ)
     assert not any(is_fake(t) for t in _TABLES.values())
-    trainee = get_method("fp8-own-tensorwise").build(build_model(TINY, seed=0), HParams(lr=1e-3),
-                                                     RunContext(device=torch.device("cpu"), seed=0))
+    trainee = get_method("fp8-own-tensorwise").build(
+        build_model(TINY, seed=0), HParams(lr=1e-3), RunContext(device=torch.device("cpu"), seed=0)
+    )
     x = torch.randint(0, TINY.vocab_size, (1, SEQ))
     res = trainee.train_step(x, x, 1e-3)
     assert torch.isfinite(torch.tensor(res.loss))

@@ -63,5 +63,7 @@ def test_a_list_option_is_kept_as_the_tuple_its_field_declares():
     from models.config import get_model_config
 
     m = get_method("fp8-naive", keep_high_precision=["lm_head"])
-    assert m.keep_high_precision == ("lm_head",) and hash(m) == hash(get_method("fp8-naive", keep_high_precision=("lm_head",)))
+    assert m.keep_high_precision == ("lm_head",) and hash(m) == hash(
+        get_method("fp8-naive", keep_high_precision=("lm_head",))
+    )
     assert m.analytic_bytes(get_model_config("tiny"))["weights"] > 0

@@ -1,12 +1,13 @@
 """Numerics of the non-FP8 building blocks: stochastic rounding, own AdamW, bf16 GEMM emulation."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.fp8.adamw_base import AdamW
 from methods.bf16_emulation import _Bf16Matmul
+from methods.fp8.adamw_base import AdamW
 from methods.fp8.rounding import stochastic_round_bf16
 
 
@@ -21,7 +22,10 @@ def test_stochastic_rounding_is_unbiased_and_brackets():
     samples = torch.stack([stochastic_round_bf16(x, g).float() for _ in range(4000)])
     lo = x.to(torch.bfloat16).float()
     # every sample is one of the two bf16 neighbours of x
-    ulp = torch.nextafter(x.abs().to(torch.bfloat16), torch.tensor(float("inf"), dtype=torch.bfloat16)).float() - x.abs().to(torch.bfloat16).float()
+    ulp = (
+        torch.nextafter(x.abs().to(torch.bfloat16), torch.tensor(float("inf"), dtype=torch.bfloat16)).float()
+        - x.abs().to(torch.bfloat16).float()
+    )
     assert ((samples - x).abs() <= ulp * 1.01).all()
     # unbiased: mean error far below one ulp (standard error ~ ulp / sqrt(4000) / 2)
     err = (samples.mean(0) - x).abs() / ulp
@@ -96,7 +100,7 @@ def test_bf16_emulated_linear_matches_rounded_reference(b, t, k, n):
     xr, wr = x.detach().to(torch.bfloat16).double(), w.detach().to(torch.bfloat16).double()
     ref = xr @ wr.T
     # output: within one bf16 rounding of the exact product of the rounded operands
-    assert ((y.double() - ref).abs() <= ref.abs() * 2 ** -8 + 1e-6).all()
+    assert ((y.double() - ref).abs() <= ref.abs() * 2**-8 + 1e-6).all()
     gyr = gy.to(torch.bfloat16).double()
     assert sqnr_db(gyr @ wr, x.grad) > 40
     assert sqnr_db(gyr.reshape(-1, n).T @ xr.reshape(-1, k), w.grad) > 40

@@ -1,6 +1,7 @@
 """Progress lines (pipelines/run/progress.py) with a fake clock: when a line is due (the first step, every N
 steps, the last step, 60 s after the previous line), what it says (tokens/s from the steps' own timing without
 the probed ones, elapsed, ETA), and how durations and rates are written."""
+
 import math
 
 import pytest
@@ -28,7 +29,7 @@ def test_a_line_after_the_first_step_every_n_steps_and_at_the_last():
 
 def test_a_slow_run_writes_a_line_every_60_seconds_between_the_n_step_ones():
     p = Progress(total=1000, start_step=0, now=100.0, every_steps=500)
-    lines = feed_all(p, range(1, 200), t0=100.0, wall_per_step=25.0)   # 25 s a step: a line every 3rd step
+    lines = feed_all(p, range(1, 200), t0=100.0, wall_per_step=25.0)  # 25 s a step: a line every 3rd step
     assert sorted(lines)[:5] == [1, 4, 7, 10, 13]
     assert lines[4] == "step 4/1000 (0%)  loss 4.960  tok/s 1.0k  elapsed 1m40s  eta 6h55m"
     # the clock restarts at every line, whatever made it due
@@ -37,7 +38,7 @@ def test_a_slow_run_writes_a_line_every_60_seconds_between_the_n_step_ones():
     assert p.feed(5, 1.0, 1, 1.0, now=59.0) is None
     assert p.feed(6, 1.0, 1, 1.0, now=60.5)
     assert p.feed(9, 1.0, 1, 1.0, now=120.0) is None
-    assert p.feed(10, 1.0, 1, 1.0, now=120.2)         # every 10 steps
+    assert p.feed(10, 1.0, 1, 1.0, now=120.2)  # every 10 steps
     assert p.feed(11, 1.0, 1, 1.0, now=170.0) is None  # 60 s counted from step 10's line
 
 
@@ -61,13 +62,26 @@ def test_a_non_finite_loss_is_written_as_it_is():
     assert "loss inf" in Progress(total=10, start_step=0, now=0.0).feed(1, math.inf, 10, 1.0, now=1.0)
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0s"), (42.4, "42s"), (59.6, "1m00s"), (62, "1m02s"),
-                                           (3599, "59m59s"), (3600, "1h00m"), (11_100, "3h05m"), (-3, "0s")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, "0s"),
+        (42.4, "42s"),
+        (59.6, "1m00s"),
+        (62, "1m02s"),
+        (3599, "59m59s"),
+        (3600, "1h00m"),
+        (11_100, "3h05m"),
+        (-3, "0s"),
+    ],
+)
 def test_duration(seconds, text):
     assert duration(seconds) == text
 
 
-@pytest.mark.parametrize("x, text", [(0, "0"), (840.4, "840"), (8_400, "8.4k"), (999_949, "999.9k"),
-                                     (1_254_000, "1.25M"), (float("nan"), "?")])
+@pytest.mark.parametrize(
+    "x, text",
+    [(0, "0"), (840.4, "840"), (8_400, "8.4k"), (999_949, "999.9k"), (1_254_000, "1.25M"), (float("nan"), "?")],
+)
 def test_rate(x, text):
     assert rate(x) == text

@@ -1,5 +1,6 @@
 """Tables, figures and REPORT.md from fixture runs (ok, diverged, skipped, failed): every number the report
 prints must be the one in the CSV it came from."""
+
 import math
 import re
 from pathlib import Path
@@ -10,32 +11,64 @@ import pytest
 
 from pipelines.analysis.collect import collect, write_all
 from pipelines.analysis.comparison import write_outputs
-from pipelines.report.figures import FIGURES, FigureData, build
-from pipelines.run.events import RunWriter
 from pipelines.analysis.markdown import cell, fmt
+from pipelines.report.figures import FIGURES, FigureData, build
 from pipelines.report.report_md import build_report
+from pipelines.run.events import RunWriter
 
 N_PARAMS = 5_261_568
 STEPS = 40
 
 
-def fake_run(root: Path, method: str, seed: int, status: str = "ok", *, profile="cpu", lr=3e-3, offset=0.0,
-             bpp=(4, 0, 4, 8, 0), diverge_at=None, reason="", telemetry=False, tps=2000.0, extra=None):
+def fake_run(
+    root: Path,
+    method: str,
+    seed: int,
+    status: str = "ok",
+    *,
+    profile="cpu",
+    lr=3e-3,
+    offset=0.0,
+    bpp=(4, 0, 4, 8, 0),
+    diverge_at=None,
+    reason="",
+    telemetry=False,
+    tps=2000.0,
+    extra=None,
+):
     out = root / "runs" / profile / "tiny" / method / (f"seed{seed}" if profile != "sweep" else f"seed{seed}_lr{lr:g}")
     w = RunWriter(out)
     rng = np.random.default_rng(hash((method, seed, lr)) % 2**32)
-    w.event("run_start", config={"method": method, "seed": seed},
-            environment={"device_name": "cpu:test", "versions": {"torch": "2.13.0"}, "python": "3.11"})
-    summary = {"profile": profile, "model": "tiny", "method": method, "seed": seed, "lr": lr, "device": "cpu:test",
-               "status": status, "reason": reason, "run_dir": str(out), "world_size": 1, "n_params": N_PARAMS,
-               **(extra or {})}
+    w.event(
+        "run_start",
+        config={"method": method, "seed": seed},
+        environment={"device_name": "cpu:test", "versions": {"torch": "2.13.0"}, "python": "3.11"},
+    )
+    summary = {
+        "profile": profile,
+        "model": "tiny",
+        "method": method,
+        "seed": seed,
+        "lr": lr,
+        "device": "cpu:test",
+        "status": status,
+        "reason": reason,
+        "run_dir": str(out),
+        "world_size": 1,
+        "n_params": N_PARAMS,
+        **(extra or {}),
+    }
     if status == "skipped":
         w.finish(summary)
         return
     mem = dict(zip(["weights", "master", "grads", "optim", "meta"], [int(b * N_PARAMS) for b in bpp]))
-    summary.update({f"{k}_bytes": v for k, v in mem.items()}, state_bytes=sum(mem.values()),
-                   state_bytes_per_param=sum(mem.values()) / N_PARAMS, peak_mem_bytes=800 * 2**20,
-                   peak_mem_kind="cpu_peak_rss")
+    summary.update(
+        {f"{k}_bytes": v for k, v in mem.items()},
+        state_bytes=sum(mem.values()),
+        state_bytes_per_param=sum(mem.values()) / N_PARAMS,
+        peak_mem_bytes=800 * 2**20,
+        peak_mem_kind="cpu_peak_rss",
+    )
     losses, last = [], STEPS if status != "failed" else 7
     for step in range(STEPS + 1):
         if step % 10 == 0:
@@ -46,17 +79,43 @@ def fake_run(root: Path, method: str, seed: int, status: str = "ok", *, profile=
         if diverge_at is not None and step >= diverge_at - 3:
             loss *= 1.5 ** (step - diverge_at + 4)
         losses.append(loss)
-        w.event("train_step", step=step, loss=loss, lr=lr, grad_norm=1.0, step_time_s=0.25,
-                tokens_per_s=tps * (1 + rng.normal(0, 0.02)), batch_hash=f"{step:016x}")
+        w.event(
+            "train_step",
+            step=step,
+            loss=loss,
+            lr=lr,
+            grad_norm=1.0,
+            step_time_s=0.25,
+            tokens_per_s=tps * (1 + rng.normal(0, 0.02)),
+            batch_hash=f"{step:016x}",
+        )
         if telemetry and step % 10 == 0:
-            w.event("telemetry", step=step, layers=[{"layer": f"layers.{i}.mlp.w2", "tensor": "input",
-                                                     "amax": float(10 + i + step), "scale": 448 / (10 + i + step),
-                                                     "saturated_frac": 0.001 * i} for i in range(4)])
+            w.event(
+                "telemetry",
+                step=step,
+                layers=[
+                    {
+                        "layer": f"layers.{i}.mlp.w2",
+                        "tensor": "input",
+                        "amax": float(10 + i + step),
+                        "scale": 448 / (10 + i + step),
+                        "saturated_frac": 0.001 * i,
+                    }
+                    for i in range(4)
+                ],
+            )
         if diverge_at is not None and step == diverge_at:
             summary.update(status="diverged", reason=f"step {step}: non-finite loss inf", diverged_step=step)
             break
-    summary.update(steps=len(losses), tokens=len(losses) * 512, final_train_loss=float(np.mean(losses[-10:])),
-                   tokens_per_s=tps, step_time_s=0.25, initial_val_loss=8.3, wall_time_s=10.0)
+    summary.update(
+        steps=len(losses),
+        tokens=len(losses) * 512,
+        final_train_loss=float(np.mean(losses[-10:])),
+        tokens_per_s=tps,
+        step_time_s=0.25,
+        initial_val_loss=8.3,
+        wall_time_s=10.0,
+    )
     if summary["status"] == "ok":
         summary["final_val_loss"] = 8.3 - 3.3 * (1 - math.exp(-STEPS / 15)) + offset
     w.finish(summary)
@@ -85,9 +144,20 @@ def built(tmp_path_factory):
         fake_run(res, "fp8-optim", seed, offset=off, bpp=(2, 0, 2, 2.03125, 0), tps=1900.0)
     for seed, off in enumerate(pct(0.2, 0.9, 0.5)):  # CI straddles the margin
         fake_run(res, "fp8-e2e", seed, offset=off, bpp=(2, 0, 2, 2.03125, 0), tps=1500.0)
-    fake_run(res, "fp8-optim-v-e4m3", 0, offset=pct(0.0)[0], bpp=(2, 0, 2, 2.03125, 0), tps=1900.0,
-             extra={"base_method": "fp8-optim", "method_options": {"v_transform": "none"},
-                    "telemetry_max_v_flush_frac": 0.0123, "telemetry_max_max_m_over_sqrt_v": 612.5})
+    fake_run(
+        res,
+        "fp8-optim-v-e4m3",
+        0,
+        offset=pct(0.0)[0],
+        bpp=(2, 0, 2, 2.03125, 0),
+        tps=1900.0,
+        extra={
+            "base_method": "fp8-optim",
+            "method_options": {"v_transform": "none"},
+            "telemetry_max_v_flush_frac": 0.0123,
+            "telemetry_max_max_m_over_sqrt_v": 612.5,
+        },
+    )
     fake_run(res, "fp8-naive", 0, bpp=(1, 0, 1, 8, 0.001), diverge_at=25, telemetry=True)
     for seed, off in ((1, pct(0, 0.4)[1]), (2, pct(0, 0, 0.6)[2])):
         fake_run(res, "fp8-naive", seed, offset=off, bpp=(1, 0, 1, 8, 0.001), telemetry=True)
@@ -114,7 +184,9 @@ def test_statuses_reach_the_tables(built):
     from methods.registry import method_names
 
     assert set(method_names()) <= set(cpu.index)  # every registered method has a row
-    assert cpu.loc["fp8-te-delayed", "status"] == "skipped" and "transformer_engine" in cpu.loc["fp8-te-delayed", "reason"]
+    assert (
+        cpu.loc["fp8-te-delayed", "status"] == "skipped" and "transformer_engine" in cpu.loc["fp8-te-delayed", "reason"]
+    )
     assert cpu.loc["fp8-naive", "diverged_step"] == 25
     assert cpu.loc["bf16-amp", "runs"] == 3
     md = (built["res"] / "comparison.md").read_text()
@@ -183,7 +255,9 @@ def test_claims_have_measured_values_and_verdicts(built):
     text = built["text"]
     for claim in cl["claim"]:
         assert claim in text
-    assert "- FP8 weights and gradients (no high-precision copy) are unstable" in text and "(decided by fp8-naive)" in text
+    assert (
+        "- FP8 weights and gradients (no high-precision copy) are unstable" in text and "(decided by fp8-naive)" in text
+    )
 
 
 def test_no_claim_verdict_rests_on_fewer_seeds_than_required(built):
@@ -200,16 +274,27 @@ def test_no_claim_verdict_rests_on_fewer_seeds_than_required(built):
     comp.loc[comp["method"] == "fp8-naive", "n_judged"] = 2
     few = claims(comp[comp["profile"] == "cpu"])
     assert few.loc[5, "note"] == ""
-    assert list(few["verdict"][[0, 1, 2, 5]]) == ["inconclusive (1 seeds)"] * 2 + ["inconclusive (2 seeds)",
-                                                                                 "inconclusive (1 seeds)"]
+    assert list(few["verdict"][[0, 1, 2, 5]]) == ["inconclusive (1 seeds)"] * 2 + [
+        "inconclusive (2 seeds)",
+        "inconclusive (1 seeds)",
+    ]
 
 
 def test_at_least_six_figures_exist_and_are_referenced(built):
     pngs = sorted(built["figs"].glob("*.png"))
     assert len(pngs) == len(FIGURES) >= 6
     drawn = [n for n, note in built["notes"].items() if note is None]
-    assert {"loss_curves", "train_loss", "loss_gap", "memory", "throughput", "memory_scaling", "divergence",
-            "lr_sweep", "fp8_telemetry"} <= set(drawn)
+    assert {
+        "loss_curves",
+        "train_loss",
+        "loss_gap",
+        "memory",
+        "throughput",
+        "memory_scaling",
+        "divergence",
+        "lr_sweep",
+        "fp8_telemetry",
+    } <= set(drawn)
     for p in pngs:
         assert p.stat().st_size > 2000 and p.with_suffix(".svg").is_file()
         assert f"figures/{p.name}" in built["text"]
@@ -263,7 +348,7 @@ def parse_tables(text: str):
         if m:
             header = [c.strip() for c in lines[i + 1].strip("|").split("|")]
             rows = []
-            for row in lines[i + 3:]:
+            for row in lines[i + 3 :]:
                 if not row.startswith("|"):
                     break
                 rows.append([c.strip() for c in row.strip("|").split("|")])
@@ -323,8 +408,9 @@ def test_option_cost_is_paired_by_seed():
 
     from pipelines.report.memory_section import paired_option_cost
 
-    rows = [("base", s, v) for s, v in ((0, 4.0), (1, 5.0), (2, 4.5))] + \
-           [("var", s, v) for s, v in ((0, 4.04), (1, 5.05), (2, 4.545), (3, 9.9))]
+    rows = [("base", s, v) for s, v in ((0, 4.0), (1, 5.0), (2, 4.5))] + [
+        ("var", s, v) for s, v in ((0, 4.04), (1, 5.05), (2, 4.545), (3, 9.9))
+    ]
     summary = pd.DataFrame([{"method": m, "seed": s, "final_val_loss": v, "status": "ok"} for m, s, v in rows])
     iv, seeds = paired_option_cost(summary, "var", "base")
     assert seeds == [0, 1, 2] and iv.n == 3
@@ -334,7 +420,7 @@ def test_option_cost_is_paired_by_seed():
 def _trailing_mean(x, window):
     """Reference moving average: the mean of the last ``window`` values up to and including each one."""
     x = np.asarray(x, dtype=float)
-    return np.array([x[max(0, i - window + 1):i + 1].mean() for i in range(len(x))])
+    return np.array([x[max(0, i - window + 1) : i + 1].mean() for i in range(len(x))])
 
 
 def test_train_loss_figure_draws_the_mean_of_smoothed_seeds_at_the_verdicts_lr():
@@ -350,11 +436,27 @@ def test_train_loss_figure_draws_the_mean_of_smoothed_seeds_at_the_verdicts_lr()
     for method, seed, lr, status, off in runs:
         loss = 6.0 - 1.5 * (1 - np.exp(-steps / 10)) + off + rng.normal(0, 0.2, len(steps))
         raw[(method, seed, lr, status)] = loss
-        rows += [{"profile": "cpu", "model": "tiny", "method": method, "seed": seed, "lr": lr, "status": status,
-                  "step": int(t), "loss": float(v), "kind": "train"} for t, v in zip(steps, loss)]
+        rows += [
+            {
+                "profile": "cpu",
+                "model": "tiny",
+                "method": method,
+                "seed": seed,
+                "lr": lr,
+                "status": status,
+                "step": int(t),
+                "loss": float(v),
+                "kind": "train",
+            }
+            for t, v in zip(steps, loss)
+        ]
     curves = pd.DataFrame(rows)
-    summary = pd.DataFrame([{"profile": "cpu", "model": "tiny", "method": m, "seed": s, "lr": lr, "status": st}
-                            for m, s, lr, st, _ in runs])
+    summary = pd.DataFrame(
+        [
+            {"profile": "cpu", "model": "tiny", "method": m, "seed": s, "lr": lr, "status": st}
+            for m, s, lr, st, _ in runs
+        ]
+    )
     fig = fig_train_loss(FigureData(summary, curves=curves))
     assert not isinstance(fig, str), fig
 

@@ -2,6 +2,7 @@
 sortable table pages (sorted by a real browser where Chromium is installed) and the browser check's own
 refusals. The whole report, built by the smoke workflow and opened in Chromium, is checked in
 tests/test_workflow.py."""
+
 import json
 import re
 
@@ -10,9 +11,8 @@ import pandas as pd
 import pytest
 from docutils.core import publish_parts
 
-from pipelines.report import html_table
-from pipelines.report import landing
 from pipelines.report import browser_check as report_check
+from pipelines.report import html_table, landing
 from pipelines.report import items as report_items
 
 
@@ -47,8 +47,13 @@ def test_a_table_of_some_profiles_is_left_out_of_the_others(monkeypatch):
     assert "bench_gemm" not in report_items.tables_for("cpu") and "comparison" in report_items.tables_for("cpu")
 
 
-@pytest.mark.parametrize("text", ["state_bytes_per_param_ |x| *not bold* `code` [1]_ a\\b <c> **d**",
-                                  "gap -0.02% on one seed; 1.01x bf16-amp's tokens/s; ±0.5% (≥ 3 seeds)"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "state_bytes_per_param_ |x| *not bold* `code` [1]_ a\\b <c> **d**",
+        "gap -0.02% on one seed; 1.01x bf16-amp's tokens/s; ±0.5% (≥ 3 seeds)",
+    ],
+)
 def test_landing_text_is_escaped_to_literal_text(text):
     body = rst_to_html(landing.esc(text))
     plain = re.sub(r"<[^>]+>", "", body).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
@@ -62,7 +67,8 @@ def test_gpu_reference_states(tmp_path):
     (tmp_path / "h200").mkdir()
     assert "holds no summary.csv" in " ".join(landing.reference_part(tmp_path / "h200"))
     pd.DataFrame({"method": ["bf16-amp", "fp8-e2e"], "status": ["ok", "skipped"]}).to_csv(
-        tmp_path / "h200" / "summary.csv", index=False)
+        tmp_path / "h200" / "summary.csv", index=False
+    )
     (tmp_path / "h200" / "meta.json").write_text(json.dumps({"device": "NVIDIA H200", "date": "2026-12-01"}))
     there = " ".join(landing.reference_part(tmp_path / "h200"))
     assert "2 runs (1 ok) on NVIDIA H200, 2026-12-01" in there
@@ -71,24 +77,41 @@ def test_gpu_reference_states(tmp_path):
 
 def test_per_method_lines_follow_the_forest_order_and_name_divergence():
     nan = float("nan")
-    comp = pd.DataFrame({
-        "profile": "cpu", "lr": 1e-3, "method": ["fp8-b", "bf16-amp", "fp8-a", "fp8-d", "fp8-s"],
-        "status": ["ok", "ok", "ok", "diverged", "skipped"], "reason": ["", "", "", "step 7: loss nan", "no GPU"],
-        "verdict": ["worse", "reference", "equivalent", "diverged", "n/a (skipped)"],
-        "n_seeds": [3, 3, 3, 0, 0], "gap_mean_pct": [1.5, nan, 0.1, nan, nan], "gap_ci_lo_pct": [1.0, nan, -0.2, nan, nan],
-        "gap_ci_hi_pct": [2.0, nan, 0.4, nan, nan], "diverged_step": [nan, nan, nan, 7, nan],
-        "speedup_median": [0.9, 1.0, 1.1, nan, nan], "tokens_per_s_median": [900.0, 1000.0, 1100.0, nan, nan],
-        "state_bytes_per_param": [6.04, 16.0, 16.0, 12.0, nan]})
+    comp = pd.DataFrame(
+        {
+            "profile": "cpu",
+            "lr": 1e-3,
+            "method": ["fp8-b", "bf16-amp", "fp8-a", "fp8-d", "fp8-s"],
+            "status": ["ok", "ok", "ok", "diverged", "skipped"],
+            "reason": ["", "", "", "step 7: loss nan", "no GPU"],
+            "verdict": ["worse", "reference", "equivalent", "diverged", "n/a (skipped)"],
+            "n_seeds": [3, 3, 3, 0, 0],
+            "gap_mean_pct": [1.5, nan, 0.1, nan, nan],
+            "gap_ci_lo_pct": [1.0, nan, -0.2, nan, nan],
+            "gap_ci_hi_pct": [2.0, nan, 0.4, nan, nan],
+            "diverged_step": [nan, nan, nan, 7, nan],
+            "speedup_median": [0.9, 1.0, 1.1, nan, nan],
+            "tokens_per_s_median": [900.0, 1000.0, 1100.0, nan, nan],
+            "state_bytes_per_param": [6.04, 16.0, 16.0, 12.0, nan],
+        }
+    )
     lines = [ln for ln in landing.methods_part(comp, None, "no plot in this test") if ln.startswith("- **")]
     assert [ln.split("**")[1] for ln in lines] == ["bf16-amp", "fp8-a", "fp8-b", "fp8-d", "fp8-s"]
     assert "gap 1.50% \\[1.00, 2.00\\] over 3 seeds; 0.90x" in lines[2]
     assert "diverged at step 7 (step 7: loss nan)" in lines[3] and "skipped: no GPU" in lines[4]
-    assert "system-message" not in rst_to_html("\n".join(landing.methods_part(comp, None, "x"))
-                                               + "\n\n.. _forest.png: x\n.. _comparison.html: y")
+    assert "system-message" not in rst_to_html(
+        "\n".join(landing.methods_part(comp, None, "x")) + "\n\n.. _forest.png: x\n.. _comparison.html: y"
+    )
 
 
-FRAME = pd.DataFrame({"method": ["b", "a", "c", "d"], "gap_mean_pct": [0.5, -1.25, np.nan, 10.0],
-                      "n_seeds": [3, 1, 0, 12], "verdict": ["equivalent", "worse", "not run", "better"]})
+FRAME = pd.DataFrame(
+    {
+        "method": ["b", "a", "c", "d"],
+        "gap_mean_pct": [0.5, -1.25, np.nan, 10.0],
+        "n_seeds": [3, 1, 0, 12],
+        "verdict": ["equivalent", "worse", "not run", "better"],
+    }
+)
 
 
 def test_table_page_holds_every_row_formatted_as_in_report_md():
@@ -109,10 +132,13 @@ def test_table_sorts_by_number_in_a_browser(tmp_path):
     if browser is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium; `make test` tries to install it)")
     page = html_table.render(FRAME, "T", "results/x.csv")
-    body = page[page.index("<table"):page.index("</table>") + len("</table>")]
+    body = page[page.index("<table") : page.index("</table>") + len("</table>")]
     clicks = [[1], [1, 1], [2]]
-    js = "".join(f'document.querySelectorAll("table")[{k}].tHead.rows[0].cells[{c}].click();'
-                 for k, cs in enumerate(clicks) for c in cs)
+    js = "".join(
+        f'document.querySelectorAll("table")[{k}].tHead.rows[0].cells[{c}].click();'
+        for k, cs in enumerate(clicks)
+        for c in cs
+    )
     page = page.replace(body, body * len(clicks)).replace("</body>", f"<script>{js}</script></body>")
     (tmp_path / "t.html").write_text(page)
     dom = report_check.dump_dom(browser, tmp_path / "t.html")

@@ -1,5 +1,6 @@
 """REPORT.md's speed sections from benchmark CSVs (the benchmarks' own row writers on fixed inputs, the real cost
 model): every number printed must be the one in the CSV it came from, and the GPU figure shows the prediction."""
+
 import math
 
 import pandas as pd
@@ -8,29 +9,66 @@ import pytest
 from benchmarks import fp8_bench, gpu_cost, optim_bench
 from benchmarks.bench_csv import run_env, write_csv
 from pipelines.analysis.markdown import cell
-from pipelines.report.perf_section import ANCHORS_CSV, FP8_CSV, OPTIM_CSV, PRED_CSV, performance_section, predicted_section
+from pipelines.report.perf_section import (
+    ANCHORS_CSV,
+    FP8_CSV,
+    OPTIM_CSV,
+    PRED_CSV,
+    performance_section,
+    predicted_section,
+)
 
 # A fixed benchmark result, as the benchmarks return it (times in seconds / ms), so the expected ratios are known.
 FP8_RES = {
-    "cpu_step": {"batch_size": 8, "seq_len": 64, "threads": 1, "failed": {}, "notes": {"torchao-tensorwise": "fp8-torchao-tensorwise"},
-                 "methods": {"bf16-amp": {"median_step_s": 0.10, "tokens_per_s": 5120.0, "steps_timed": 18},
-                             "fp8-own-tensorwise": {"median_step_s": 0.25, "tokens_per_s": 2048.0, "steps_timed": 18},
-                             "torchao-tensorwise": {"median_step_s": 0.40, "tokens_per_s": 1280.0, "steps_timed": 18}}},
-    "cpu_linears": {"tokens": 512, "rounds": 8, "median_ms": {"fp8-own-tensorwise": 50.0, "nn.Linear bf16-autocast": 10.0,
-                                                             "torchao-tensorwise": 80.0}},
-    "activation_memory": {"batch_size": 8, "seq_len": 64, "saved_bytes": {"bf16-amp": {"total": 1000},
-                                                                          "fp8-own-tensorwise": {"total": 800}}},
+    "cpu_step": {
+        "batch_size": 8,
+        "seq_len": 64,
+        "threads": 1,
+        "failed": {},
+        "notes": {"torchao-tensorwise": "fp8-torchao-tensorwise"},
+        "methods": {
+            "bf16-amp": {"median_step_s": 0.10, "tokens_per_s": 5120.0, "steps_timed": 18},
+            "fp8-own-tensorwise": {"median_step_s": 0.25, "tokens_per_s": 2048.0, "steps_timed": 18},
+            "torchao-tensorwise": {"median_step_s": 0.40, "tokens_per_s": 1280.0, "steps_timed": 18},
+        },
+    },
+    "cpu_linears": {
+        "tokens": 512,
+        "rounds": 8,
+        "median_ms": {"fp8-own-tensorwise": 50.0, "nn.Linear bf16-autocast": 10.0, "torchao-tensorwise": 80.0},
+    },
+    "activation_memory": {
+        "batch_size": 8,
+        "seq_len": 64,
+        "saved_bytes": {"bf16-amp": {"total": 1000}, "fp8-own-tensorwise": {"total": 800}},
+    },
     "gpu": {"skipped": "no CUDA device"},
 }
 
 
 def optim_res():
     def r(ms, bpp, n=5_000_000):
-        return {"median_s": ms / 1e3, "n_params": n, "bytes_per_param": bpp, "param_dtype": "bfloat16",
-                "gb_per_s": bpp * n / (ms / 1e3) / 1e9, "frac_of_copy": bpp * n / (ms / 1e3) / 20e9}
-    sec = {"device": "cpu", "threads": 1, "model": "tiny", "copy_gb_per_s": 20.0,
-           "results": {"own_fp8_adamw_native": {**r(30, 10.08), "kernel": "avx512"}, "torchao_adamw_fp8": r(90, 10.06),
-                       "torch_fused_adamw_fp32": r(6, 28.0), "fp32_state_adamw_nearest": {"skipped": "Boom: simulated"}}}
+        return {
+            "median_s": ms / 1e3,
+            "n_params": n,
+            "bytes_per_param": bpp,
+            "param_dtype": "bfloat16",
+            "gb_per_s": bpp * n / (ms / 1e3) / 1e9,
+            "frac_of_copy": bpp * n / (ms / 1e3) / 20e9,
+        }
+
+    sec = {
+        "device": "cpu",
+        "threads": 1,
+        "model": "tiny",
+        "copy_gb_per_s": 20.0,
+        "results": {
+            "own_fp8_adamw_native": {**r(30, 10.08), "kernel": "avx512"},
+            "torchao_adamw_fp8": r(90, 10.06),
+            "torch_fused_adamw_fp32": r(6, 28.0),
+            "fp32_state_adamw_nearest": {"skipped": "Boom: simulated"},
+        },
+    }
     return {"cpu": [sec], "gpu": {"skipped": "no CUDA device"}}
 
 
@@ -40,8 +78,16 @@ def res(tmp_path_factory):
     env = run_env(2)
     write_csv(root / FP8_CSV, [{**r, **env} for r in fp8_bench.csv_rows(FP8_RES)])
     write_csv(root / OPTIM_CSV, [{**r, **env} for r in optim_bench.rows(optim_res())])
-    gpu_cost.main(["--csv", str(root / PRED_CSV), "--inputs-csv", str(root / "bench/gpu_cost_inputs.csv"),
-                   "--anchors-csv", str(root / ANCHORS_CSV)])
+    gpu_cost.main(
+        [
+            "--csv",
+            str(root / PRED_CSV),
+            "--inputs-csv",
+            str(root / "bench/gpu_cost_inputs.csv"),
+            "--anchors-csv",
+            str(root / ANCHORS_CSV),
+        ]
+    )
     return root
 
 
@@ -81,7 +127,9 @@ def assert_cells_match(printed: list[dict], csv: pd.DataFrame, key: list[str]):
 def test_fp8_rows_carry_ratios_from_the_same_run():
     rows = {(r["section"], r["method"]): r for r in fp8_bench.csv_rows(FP8_RES)}
     own, ao = rows[("train_step", "fp8-own-tensorwise")], rows[("train_step", "torchao-tensorwise")]
-    assert own["speedup_vs_bf16"] == pytest.approx(0.10 / 0.25) and ao["own_speedup_vs_this"] == pytest.approx(0.40 / 0.25)
+    assert own["speedup_vs_bf16"] == pytest.approx(0.10 / 0.25) and ao["own_speedup_vs_this"] == pytest.approx(
+        0.40 / 0.25
+    )
     assert rows[("linears", "torchao-tensorwise")]["own_speedup_vs_this"] == pytest.approx(80 / 50)
     assert rows[("saved_activations", "fp8-own-tensorwise")]["saved_vs_bf16"] == pytest.approx(0.8)
     assert rows[("gpu", "all")]["status"] == "skipped" and rows[("gpu", "all")]["note"] == "no CUDA device"
@@ -124,8 +172,9 @@ def test_predicted_section_prints_the_csv_cells_and_names_every_disagreement(res
     assert len(pivot) == pred[["model", "seq_len"]].drop_duplicates().shape[0]
     for row in pivot:
         for recipe in gpu_cost.RECIPES:
-            src = pred[(pred["model"] == row["model"]) & (pred["seq_len"] == int(row["seq_len"])) &
-                       (pred["recipe"] == recipe)].iloc[0]
+            src = pred[
+                (pred["model"] == row["model"]) & (pred["seq_len"] == int(row["seq_len"])) & (pred["recipe"] == recipe)
+            ].iloc[0]
             assert row[f"speedup_{recipe}"] == cell("speedup", src["speedup"])
             assert row["linear_flop_frac"] == cell("linear_flop_frac", src["linear_flop_frac"])
     (arows,) = tables(text, f"results/{ANCHORS_CSV}")
@@ -148,9 +197,16 @@ def test_gpu_scaling_draws_the_prediction_and_measured_points(res):
     line = next(ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("predicted: tensorwise"))
     tw = pred[(pred["recipe"] == "tensorwise") & (pred["seq_len"] == pred["seq_len"].min())].sort_values("n_params")
     assert list(line.get_ydata()) == pytest.approx(list(tw["speedup"]))
-    ref = pd.DataFrame({"model": ["125m", "1b", "1b"], "method": ["fp8-own-tensorwise", "fp8-own-tensorwise", "bf16-amp"],
-                        "status": ["ok"] * 3, "n_params": [1.2e8, 1.1e9, 1.1e9], "speedup": [0.9, 1.2, 1.0],
-                        "device_dir": ["h200"] * 3})
+    ref = pd.DataFrame(
+        {
+            "model": ["125m", "1b", "1b"],
+            "method": ["fp8-own-tensorwise", "fp8-own-tensorwise", "bf16-amp"],
+            "status": ["ok"] * 3,
+            "n_params": [1.2e8, 1.1e9, 1.1e9],
+            "speedup": [0.9, 1.2, 1.0],
+            "device_dir": ["h200"] * 3,
+        }
+    )
     fig = fig_gpu_scaling(FigureData(pd.DataFrame(), reference=ref, predicted=pred))
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "measured: fp8-own-tensorwise (h200)" in labels and not any("bf16-amp" in lb for lb in labels)
@@ -158,8 +214,8 @@ def test_gpu_scaling_draws_the_prediction_and_measured_points(res):
 
 
 def test_bench_tables_follow_the_profiles_bench_setting():
-    from pipelines.run import config as cfgmod
     from pipelines.report.items import TABLES, tables_for
+    from pipelines.run import config as cfgmod
 
     bench_tables = {n for n, t in TABLES.items() if t.bench}
     assert bench_tables == {"bench_fp8_linear", "bench_optim"}
@@ -170,7 +226,8 @@ def test_bench_tables_follow_the_profiles_bench_setting():
     cfg = cfgmod.load()
     assert cfgmod.bench_enabled("cpu_full") and not cfgmod.bench_enabled("cpu") and not cfgmod.bench_enabled("smoke")
     cfg["bench"]["optim_optimizers"] = ["adamw_magic"]
-    with pytest.raises(cfgmod.ConfigError, match="unknown bench optimizer 'adamw_magic'; valid bench optimizers: "
-                                                 "own_fp8_adamw_native"):
+    with pytest.raises(
+        cfgmod.ConfigError, match="unknown bench optimizer 'adamw_magic'; valid bench optimizers: own_fp8_adamw_native"
+    ):
         cfgmod.bench_settings(cfg, "cpu_full")
     assert not math.isnan(gpu_cost.H200.mm_eff)

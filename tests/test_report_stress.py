@@ -1,5 +1,6 @@
 """pipelines/analysis/stress_tables.py on hand-made runs: the CSVs hold the paired gaps and the injected layer's
 fractions computed here by hand, the subsections print them, and say which profile to run when absent."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import pandas as pd
 import pytest
 
 from pipelines.analysis import stress_tables as rs
+from pipelines.analysis.markdown import cell
 from pipelines.report import stress_section as section
 from pipelines.run import stress_variants as sv
-from pipelines.analysis.markdown import cell
 
 REF = {0: 5.0, 1: 5.2}
 
@@ -21,20 +22,39 @@ def _write_run(root, method, seed, val, status="ok", telemetry=None):
     d.mkdir(parents=True)
     events = [{"event": "telemetry", "step": s, "layers": rows} for s, rows in (telemetry or [])]
     (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    return {"profile": "stress", "model": "tiny", "method": method, "seed": seed, "lr": 1e-3, "status": status,
-            "final_val_loss": val if status == "ok" else float("nan"), "run_dir": str(d)}
+    return {
+        "profile": "stress",
+        "model": "tiny",
+        "method": method,
+        "seed": seed,
+        "lr": 1e-3,
+        "status": status,
+        "final_val_loss": val if status == "ok" else float("nan"),
+        "run_dir": str(d),
+    }
 
 
 def _tele(u, s):
-    return [{"layer": sv.OUTLIER_LAYER, "tensor": "input", "underflow_frac_window": u, "saturated_frac_window": s},
-            {"layer": "layers.1.mlp.w1", "tensor": "input", "underflow_frac_window": 0.9, "saturated_frac_window": 0.9}]
+    return [
+        {"layer": sv.OUTLIER_LAYER, "tensor": "input", "underflow_frac_window": u, "saturated_frac_window": s},
+        {"layer": "layers.1.mlp.w1", "tensor": "input", "underflow_frac_window": 0.9, "saturated_frac_window": 0.9},
+    ]
 
 
 @pytest.fixture
 def results(tmp_path):
     rows = [_write_run(tmp_path, "bf16-amp", s, v) for s, v in REF.items()]
-    ladder = {"e8m7": 0.0, "e8m4": 0.1, "e8m3": 0.3, "e8m2": 2.0, "e5m2": 1.0, "e4m3": 0.4, "e3m4": 0.8,
-              "e3m2": 3.0, "e2m3": None}
+    ladder = {
+        "e8m7": 0.0,
+        "e8m4": 0.1,
+        "e8m3": 0.3,
+        "e8m2": 2.0,
+        "e5m2": 1.0,
+        "e4m3": 0.4,
+        "e3m4": 0.8,
+        "e3m2": 3.0,
+        "e2m3": None,
+    }
     for fmt, gap in ladder.items():
         for s in REF:
             if gap is None:
@@ -44,8 +64,15 @@ def results(tmp_path):
     for s in REF:
         rows.append(_write_run(tmp_path, "fp8-own-tensorwise", s, REF[s] * 1.01, telemetry=[(0, _tele(1e-6, 0))]))
         for i, k in enumerate(sv.OUTLIER_KS):
-            rows.append(_write_run(tmp_path, sv.outlier_name("tensorwise", k), s, REF[s] * 1.01 * (1 + i / 100),
-                                   telemetry=[(0, _tele(10.0 ** (i - 4), 0)), (10, _tele(10.0 ** (i - 3), 1e-4))]))
+            rows.append(
+                _write_run(
+                    tmp_path,
+                    sv.outlier_name("tensorwise", k),
+                    s,
+                    REF[s] * 1.01 * (1 + i / 100),
+                    telemetry=[(0, _tele(10.0 ** (i - 4), 0)), (10, _tele(10.0 ** (i - 3), 1e-4))],
+                )
+            )
         rows.append(_write_run(tmp_path, sv.norm_gain_name("fp8"), s, REF[s] * 1.03))
     rows.append(_write_run(tmp_path, "fp8-optim", 0, 5.1))
     rows.append(_write_run(tmp_path, sv.second_moment_name(1e-15, 0.999, "e4m3"), 0, 5.1 * 1.2))
@@ -104,7 +131,9 @@ def test_absent_runs_name_the_profile(tmp_path):
 def test_collect_summarizes_saturated_and_underflowed_fractions(tmp_path):
     from pipelines.analysis.collect import fp8_fractions
 
-    row = _write_run(tmp_path, "fp8-own-tensorwise", 0, 5.0, telemetry=[(0, _tele(0.01, 0.0)), (10, _tele(0.03, 0.002))])
+    row = _write_run(
+        tmp_path, "fp8-own-tensorwise", 0, 5.0, telemetry=[(0, _tele(0.01, 0.0)), (10, _tele(0.03, 0.002))]
+    )
     fr = fp8_fractions(row["run_dir"])
     assert fr["underflow_frac_max"] == pytest.approx(0.9) and fr["saturated_frac_max"] == pytest.approx(0.9)
     assert fr["underflow_frac_mean"] == pytest.approx((0.01 + 0.9 + 0.03 + 0.9) / 4)
@@ -116,10 +145,15 @@ def test_collect_summarizes_saturated_and_underflowed_fractions(tmp_path):
 def test_in_the_stability_profile_stress_cells_pair_at_their_own_lr():
     """The stability profile runs the baselines over the frontier's grid and the stress variants at one lr:
     the stress tables read every run at that lr only, and another profile's runs not at all."""
-    rows = [{"profile": "stability", "model": "tiny", "method": m, "seed": 0, "lr": lr}
-            for m in ("bf16-amp", "fp8-own-tensorwise") for lr in (1e-3, 1e-2, 1e-1)]
-    rows += [{"profile": "stability", "model": "tiny", "method": sv.ladder_name("e4m3"), "seed": 0, "lr": 1e-3},
-             {"profile": "cpu", "model": "tiny", "method": "bf16-amp", "seed": 0, "lr": float("nan")}]
+    rows = [
+        {"profile": "stability", "model": "tiny", "method": m, "seed": 0, "lr": lr}
+        for m in ("bf16-amp", "fp8-own-tensorwise")
+        for lr in (1e-3, 1e-2, 1e-1)
+    ]
+    rows += [
+        {"profile": "stability", "model": "tiny", "method": sv.ladder_name("e4m3"), "seed": 0, "lr": 1e-3},
+        {"profile": "cpu", "model": "tiny", "method": "bf16-amp", "seed": 0, "lr": float("nan")},
+    ]
     got = rs._stress_runs(pd.DataFrame(rows))
     assert set(got["lr"]) == {1e-3} and set(got["profile"]) == {"stability"}
     assert set(got["method"]) == {"bf16-amp", "fp8-own-tensorwise", sv.ladder_name("e4m3")}

@@ -1,4 +1,5 @@
 """Checkpoint/resume: a run killed with SIGKILL and rerun equals an uninterrupted run, bit for bit."""
+
 import os
 import signal
 import subprocess
@@ -18,13 +19,35 @@ KILL_AFTER_CHECKPOINT_AT = 4  # checkpoints every 2 steps: kill once the one aft
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("resume"), steps=STEPS, eval_every=3, eval_tokens=256,
-                              warmup_steps=2, timing_warmup_steps=1, checkpoint_every=2, telemetry_every=3)
+    return write_small_config(
+        tmp_path_factory.mktemp("resume"),
+        steps=STEPS,
+        eval_every=3,
+        eval_tokens=256,
+        warmup_steps=2,
+        timing_warmup_steps=1,
+        checkpoint_every=2,
+        telemetry_every=3,
+    )
 
 
 def command(configfile, method, out, *extra):
-    return [sys.executable, "-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny",
-            "--method", method, "--seed", "0", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(configfile),
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def env():
@@ -39,27 +62,38 @@ def checkpoint_step(out: Path) -> int:
 
 
 def losses(out: Path):
-    return [(e["step"], e["loss"], e["batch_hash"]) for e in read_events(out / "metrics.jsonl")
-            if e["event"] == "train_step"]
+    return [
+        (e["step"], e["loss"], e["batch_hash"])
+        for e in read_events(out / "metrics.jsonl")
+        if e["event"] == "train_step"
+    ]
 
 
 def val_losses(out: Path):
     return [(e["step"], e["val_loss"]) for e in read_events(out / "metrics.jsonl") if e["event"] == "eval"]
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("fp32", []),
-    ("fp8-own-delayed", []),  # amax histories and scales live in module buffers
-    ("bf16-pure", ["--method-option", "stochastic_rounding=true"]),  # stochastic-rounding generator state
-])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("fp32", []),
+        ("fp8-own-delayed", []),  # amax histories and scales live in module buffers
+        ("bf16-pure", ["--method-option", "stochastic_rounding=true"]),  # stochastic-rounding generator state
+    ],
+)
 def test_sigkill_then_rerun_equals_uninterrupted(configfile, tmp_path, method, extra):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     r = subprocess.run(command(configfile, method, ref, *extra), env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
     # Slow the victim down a little so the kill lands mid-run, then SIGKILL it after a checkpoint exists.
-    p = subprocess.Popen(command(configfile, method, killed, *extra), env=env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        command(configfile, method, killed, *extra),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while checkpoint_step(killed) < KILL_AFTER_CHECKPOINT_AT and p.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -71,8 +105,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(configfile, tmp_path, method, e
     assert not (killed / "summary.json").exists() and not (killed / "metrics.jsonl").exists()
     assert (killed / "metrics.partial.jsonl").exists()
 
-    r = subprocess.run(command(configfile, method, killed, *extra), env=env(), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        command(configfile, method, killed, *extra), env=env(), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "resuming after step" in r.stderr
     assert losses(killed) == losses(ref)  # bit for bit, same batches
@@ -86,15 +121,17 @@ def test_sigkill_then_rerun_equals_uninterrupted(configfile, tmp_path, method, e
 
 def test_checkpoint_of_another_config_is_ignored(configfile, tmp_path):
     out = tmp_path / "r"
-    p = subprocess.Popen(command(configfile, "fp32", out), env=env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        command(configfile, "fp32", out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while checkpoint_step(out) < 2 and p.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    r = subprocess.run(command(configfile, "fp32", out, "--lr", "0.002"), env=env(), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        command(configfile, "fp32", out, "--lr", "0.002"), env=env(), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "different config; starting over" in r.stderr
     assert [e["step"] for e in read_events(out / "metrics.jsonl") if e["event"] == "train_step"] == list(range(STEPS))

@@ -1,14 +1,32 @@
 """The paired statistics every loss verdict rests on (pipelines/analysis/stats.py)."""
+
 import math
 import random
 
 import pytest
 
-from pipelines.analysis.stats import Analysis, base_verdict, noise_floor, paired_gap_pct, t_interval, t_quantile, verdict
+from pipelines.analysis.stats import (
+    Analysis,
+    base_verdict,
+    noise_floor,
+    paired_gap_pct,
+    t_interval,
+    t_quantile,
+    verdict,
+)
 
 # two-sided Student-t critical values, from any printed table
-T_TABLE = {(0.95, 1): 12.706, (0.95, 2): 4.303, (0.95, 3): 3.182, (0.95, 4): 2.776, (0.95, 9): 2.262,
-           (0.95, 30): 2.042, (0.99, 2): 9.925, (0.99, 5): 4.032, (0.90, 4): 2.132}
+T_TABLE = {
+    (0.95, 1): 12.706,
+    (0.95, 2): 4.303,
+    (0.95, 3): 3.182,
+    (0.95, 4): 2.776,
+    (0.95, 9): 2.262,
+    (0.95, 30): 2.042,
+    (0.99, 2): 9.925,
+    (0.99, 5): 4.032,
+    (0.90, 4): 2.132,
+}
 
 
 @pytest.mark.parametrize("key", sorted(T_TABLE))
@@ -46,13 +64,16 @@ def test_paired_gap_and_noise_floor():
 AN = Analysis(margin_pct=0.5, min_seeds=3, far_factor=5.0)
 
 
-@pytest.mark.parametrize("gaps, expected", [
-    ([0.05, -0.1, 0.02, 0.08], "equivalent"),          # CI well inside ±0.5
-    ([1.1, 1.3, 1.2], "worse"),                          # CI entirely above +0.5
-    ([-1.1, -1.3, -1.2], "better"),
-    ([0.2, 0.9, 0.5], "inconclusive"),                   # CI straddles +0.5
-    ([-0.4, 0.45, 0.0], "inconclusive"),                 # mean ~0 but too wide to call equivalent
-])
+@pytest.mark.parametrize(
+    "gaps, expected",
+    [
+        ([0.05, -0.1, 0.02, 0.08], "equivalent"),  # CI well inside ±0.5
+        ([1.1, 1.3, 1.2], "worse"),  # CI entirely above +0.5
+        ([-1.1, -1.3, -1.2], "better"),
+        ([0.2, 0.9, 0.5], "inconclusive"),  # CI straddles +0.5
+        ([-0.4, 0.45, 0.0], "inconclusive"),  # mean ~0 but too wide to call equivalent
+    ],
+)
 def test_verdict_from_the_interval(gaps, expected):
     assert verdict(gaps, AN, floor=0.1) == expected
     ci = t_interval(gaps)

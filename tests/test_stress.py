@@ -1,4 +1,5 @@
 """Issue 11's stress options: underflow telemetry, outlier injection, quantized norm gains, the stress profile."""
+
 from __future__ import annotations
 
 import math
@@ -155,8 +156,10 @@ def test_injected_fp8_linear_function_kept_and_telemetry_by_granularity():
             y = lin(x)
             y.backward(dy)
             rows = {r["tensor"]: r for r in lin.telemetry_rows("l")}
-            res[gran, k] = ([_sqnr(yr, y.detach()), _sqnr(xr.grad, x.grad), _sqnr(wr.grad, lin.weight.grad)],
-                            rows["input"]["underflow_frac"])
+            res[gran, k] = (
+                [_sqnr(yr, y.detach()), _sqnr(xr.grad, x.grad), _sqnr(wr.grad, lin.weight.grad)],
+                rows["input"]["underflow_frac"],
+            )
             assert all(v > 20 for v in res[gran, k][0]), (gran, k, res[gran, k])
     assert all(abs(a - b) < 1.0 for a, b in zip(res["blockwise", 1000.0][0], res["blockwise", 1.0][0])), res
     assert res["tensorwise", 1000.0][1] > res["blockwise", 1000.0][1] and res["tensorwise", 1000.0][1] > 1e-3, res

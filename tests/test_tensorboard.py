@@ -1,5 +1,6 @@
 """TensorBoard export: real runs, one per method family, read back with TensorBoard's own event reader and
 compared value by value with their metrics.jsonl."""
+
 import json
 from pathlib import Path
 
@@ -44,14 +45,29 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     from pipelines.run import train
 
     root = tmp_path_factory.mktemp("tb")
-    cfgfile = write_small_config(root, steps=4, eval_every=2, eval_tokens=256, warmup_steps=2, timing_warmup_steps=1,
-                                 telemetry_every=2)
+    cfgfile = write_small_config(
+        root, steps=4, eval_every=2, eval_tokens=256, warmup_steps=2, timing_warmup_steps=1, telemetry_every=2
+    )
     reps = {fam: m for fam, m in family_representatives().items() if fam not in CHECKED_ELSEWHERE}
     threads = torch.get_num_threads()
     try:
         for fam, method in reps.items():
-            rc = train.main(["--configfile", str(cfgfile), "--model", "tiny", "--method", method, "--seed", "0",
-                             "--out", str(root / fam), "--threads", "1"])
+            rc = train.main(
+                [
+                    "--configfile",
+                    str(cfgfile),
+                    "--model",
+                    "tiny",
+                    "--method",
+                    method,
+                    "--seed",
+                    "0",
+                    "--out",
+                    str(root / fam),
+                    "--threads",
+                    "1",
+                ]
+            )
             assert rc == 0, (fam, method, rc)
     finally:
         torch.set_num_threads(threads)

@@ -1,4 +1,5 @@
 """The one training loop through its CLI: determinism, identical batches, statuses, bad input."""
+
 import json
 from pathlib import Path
 
@@ -12,13 +13,27 @@ from tests.conftest import run_cli, write_small_config
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
     """The real config with a small corpus, a small vocabulary and results in a temp folder."""
-    return write_small_config(tmp_path_factory.mktemp("train"), steps=6, eval_every=3, eval_tokens=256,
-                              warmup_steps=2, timing_warmup_steps=1)
+    return write_small_config(
+        tmp_path_factory.mktemp("train"), steps=6, eval_every=3, eval_tokens=256, warmup_steps=2, timing_warmup_steps=1
+    )
 
 
 def train(configfile, out, method="fp32", seed=0, *extra):
-    r = run_cli("-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method", method,
-                "--seed", str(seed), "--out", str(out), *extra)
+    r = run_cli(
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(configfile),
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        *extra,
+    )
     return r
 
 
@@ -127,18 +142,33 @@ def test_failing_run_is_recorded(configfile, tmp_path, monkeypatch):
         raise RuntimeError("simulated kernel failure")
 
     monkeypatch.setattr(Trainee, "train_step", boom)
-    rc = T.main(["--configfile", str(configfile), "--model", "tiny", "--method", "fp32", "--seed", "0",
-                 "--out", str(tmp_path / "f")])
+    rc = T.main(
+        [
+            "--configfile",
+            str(configfile),
+            "--model",
+            "tiny",
+            "--method",
+            "fp32",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "f"),
+        ]
+    )
     assert rc == 0
     s = summary(tmp_path / "f")
     assert s["status"] == "failed" and "simulated kernel failure" in s["reason"]
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--method", "fp33", "unknown method 'fp33'; valid methods: "),
-    ("--model", "huge", "unknown model 'huge'; valid models: tiny, small"),
-    ("--profile", "cpux", "unknown profile 'cpux'; valid profiles: "),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--method", "fp33", "unknown method 'fp33'; valid methods: "),
+        ("--model", "huge", "unknown model 'huge'; valid models: tiny, small"),
+        ("--profile", "cpux", "unknown profile 'cpux'; valid profiles: "),
+    ],
+)
 def test_unknown_names_fail_before_work(configfile, tmp_path, flag, value, message, capsys):
     args = {"--method": "fp32", "--model": "tiny", "--profile": "cpu", flag: value}
     argv = ["--configfile", configfile, "--seed", "0", "--out", tmp_path / "x", *[a for kv in args.items() for a in kv]]
@@ -174,28 +204,44 @@ def test_bad_run_config_json_names_the_key(tmp_path, fp32_run, capsys):
     assert code == 2 and "run config key train" in err and "batchsize" in err
 
 
-@pytest.mark.parametrize("args,message", [
-    # the table of issue 14, row by row
-    (["--steps", "-3"], "config key train.steps = -3: -3 is less than the minimum of 1; valid: an integer >= 1"),
-    (["--lr", "nan"], "config key train.lr = nan: must be a finite number; valid: a number > 0"),
-    (["--batch-size", "0"], "config key train.batch_size = 0: 0 is less than the minimum of 1; valid: an integer >= 1"),
-    (["--method", "fp8-optim", "--method-option", "block_size=-1"],
-     "method fp8-optim: option block_size = -1; valid: a whole number >= 1"),
-    (["--seq-len", "100000"], "config key train.seq_len = 100000: exceeds tiny's max_seq_len 1024; "
-                              "valid: an integer in [2, 1024]"),
-    # and the other ways in
-    (["--set", "eval_every=0"], "config key train.eval_every = 0"),
-    (["--set", "device=tpu"], "config key train.device = 'tpu': 'tpu' is not one of ['cpu', 'cuda', 'auto']; "
-                              "valid: one of cpu, cuda, auto"),
-    (["--method", "zero2-bf16", "--batch-size", "7"], "train.batch_size = 7: method zero2-bf16 runs as 2 ranks; "
-                                                      "valid: a multiple of 2"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        # the table of issue 14, row by row
+        (["--steps", "-3"], "config key train.steps = -3: -3 is less than the minimum of 1; valid: an integer >= 1"),
+        (["--lr", "nan"], "config key train.lr = nan: must be a finite number; valid: a number > 0"),
+        (
+            ["--batch-size", "0"],
+            "config key train.batch_size = 0: 0 is less than the minimum of 1; valid: an integer >= 1",
+        ),
+        (
+            ["--method", "fp8-optim", "--method-option", "block_size=-1"],
+            "method fp8-optim: option block_size = -1; valid: a whole number >= 1",
+        ),
+        (
+            ["--seq-len", "100000"],
+            "config key train.seq_len = 100000: exceeds tiny's max_seq_len 1024; valid: an integer in [2, 1024]",
+        ),
+        # and the other ways in
+        (["--set", "eval_every=0"], "config key train.eval_every = 0"),
+        (
+            ["--set", "device=tpu"],
+            "config key train.device = 'tpu': 'tpu' is not one of ['cpu', 'cuda', 'auto']; "
+            "valid: one of cpu, cuda, auto",
+        ),
+        (
+            ["--method", "zero2-bf16", "--batch-size", "7"],
+            "train.batch_size = 7: method zero2-bf16 runs as 2 ranks; valid: a multiple of 2",
+        ),
+    ],
+)
 def test_bad_flags_are_refused_before_any_work(configfile, tmp_path, args, message, capsys):
     """Flags, --set overrides and method options meet one set of rules: exit 2, one line naming the key, the
     value and what is valid, and nothing written (no summary.json, no event log, not even the folder)."""
     out = tmp_path / "x"
-    rc, err = refused(capsys, "--configfile", configfile, "--model", "tiny", "--method", "fp32", "--seed", "0",
-                      "--out", out, *args)
+    rc, err = refused(
+        capsys, "--configfile", configfile, "--model", "tiny", "--method", "fp32", "--seed", "0", "--out", out, *args
+    )
     assert rc == 2, err[-1500:]
     assert message in err
     assert err.strip().count("\n") == 0 and err.startswith("error: "), err  # one line, no traceback
@@ -243,8 +289,9 @@ def test_telemetry_steps_probe_lost_updates_into_events_summary_and_figure(confi
     later = [e for e in ev if e.get("probed") and e["step"] > 0]
     assert s["lost_pred_frac_mean"] == pytest.approx(sum(e["lost_pred_frac"] for e in later) / len(later))
     timed = sorted(e["tokens_per_s"] for e in ev[1:] if not e.get("probed"))  # timing_warmup_steps 1
-    assert s["tokens_per_s"] == pytest.approx(timed[len(timed) // 2] if len(timed) % 2 else
-                                              (timed[len(timed) // 2 - 1] + timed[len(timed) // 2]) / 2)
+    assert s["tokens_per_s"] == pytest.approx(
+        timed[len(timed) // 2] if len(timed) % 2 else (timed[len(timed) // 2 - 1] + timed[len(timed) // 2]) / 2
+    )
     table = collect([tmp_path / "pure" / "summary.json"])
     assert table["lost_pred_frac_mean"].iloc[0] == pytest.approx(s["lost_pred_frac_mean"])
     curves, tele, probes = load_events(table)

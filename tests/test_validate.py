@@ -1,6 +1,7 @@
 """One validation for every way into a run (pipelines.run.validate, methods.options): every registered
 method's options have rules, bad values are refused with one line naming option, value and valid values,
 and the workflow refuses a bad profile before building its DAG with the same message."""
+
 import dataclasses
 
 import pytest
@@ -54,13 +55,16 @@ def test_option_rules_name_the_valid_values():
     assert get_method("fp8-optim", block_size=128).block_size == 128
 
 
-@pytest.mark.parametrize("prop,words", [
-    ({"type": "integer", "minimum": 1}, "an integer >= 1"),
-    ({"type": "number", "exclusiveMinimum": 0}, "a number > 0"),
-    ({"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "a number in [0, 1)"),
-    ({"enum": ["cpu", "cuda"]}, "one of cpu, cuda"),
-    ({"type": ["integer", "null"], "minimum": 0}, "an integer >= 0 or null"),
-])
+@pytest.mark.parametrize(
+    "prop,words",
+    [
+        ({"type": "integer", "minimum": 1}, "an integer >= 1"),
+        ({"type": "number", "exclusiveMinimum": 0}, "a number > 0"),
+        ({"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "a number in [0, 1)"),
+        ({"enum": ["cpu", "cuda"]}, "one of cpu, cuda"),
+        ({"type": ["integer", "null"], "minimum": 0}, "an integer >= 0 or null"),
+    ],
+)
 def test_schema_ranges_in_words(prop, words):
     assert describe(prop) == words
 
@@ -72,12 +76,16 @@ def _rc(**train):
 
 def test_check_run_names_key_value_and_range():
     check_run(_rc())
-    for over, msg in [({"checkpoint_every": -1}, "train.checkpoint_every = -1: -1 is less than the minimum of 0; "
-                                                 "valid: an integer >= 0"),
-                      ({"lr": float("inf")}, "train.lr = inf: must be a finite number"),
-                      ({"steps": 2.5}, "train.steps = 2.5: 2.5 is not of type 'integer'; valid: an integer >= 1"),
-                      ({"seq_len": 1025}, "exceeds tiny's max_seq_len 1024"),
-                      ({"stepz": 3}, "config key train.stepz is unknown; valid train keys: batch_size")]:
+    for over, msg in [
+        (
+            {"checkpoint_every": -1},
+            "train.checkpoint_every = -1: -1 is less than the minimum of 0; valid: an integer >= 0",
+        ),
+        ({"lr": float("inf")}, "train.lr = inf: must be a finite number"),
+        ({"steps": 2.5}, "train.steps = 2.5: 2.5 is not of type 'integer'; valid: an integer >= 1"),
+        ({"seq_len": 1025}, "exceeds tiny's max_seq_len 1024"),
+        ({"stepz": 3}, "config key train.stepz is unknown; valid train keys: batch_size"),
+    ]:
         with pytest.raises(ConfigError, match=None) as e:
             check_run(_rc(**over))
         assert msg in str(e.value) and "\n" not in str(e.value), (over, str(e.value))
@@ -90,10 +98,18 @@ def test_every_profile_of_the_shipped_config_passes():
 
 
 def test_a_bad_variant_fails_the_profile_check_naming_the_run():
-    cfg = config_mod.load(overrides={"profiles": {"smoke": {"variants": {"fp8-optim-b0": {
-        "method": "fp8-optim", "options": {"block_size": -1}}}}}})
-    with pytest.raises(ConfigError, match=r"profile smoke, run tiny/fp8-optim-b0/seed0: method fp8-optim: "
-                                          r"option block_size = -1; valid: a whole number >= 1"):
+    cfg = config_mod.load(
+        overrides={
+            "profiles": {
+                "smoke": {"variants": {"fp8-optim-b0": {"method": "fp8-optim", "options": {"block_size": -1}}}}
+            }
+        }
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"profile smoke, run tiny/fp8-optim-b0/seed0: method fp8-optim: "
+        r"option block_size = -1; valid: a whole number >= 1",
+    ):
         check_profile(cfg, "smoke")
 
 
@@ -105,11 +121,26 @@ def test_the_workflow_refuses_a_bad_profile_before_the_dag(tmp_path):
 
     for name in ("Snakefile", "pipelines"):
         src = ROOT / name
-        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy(src, tmp_path / name))
+        (
+            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, tmp_path / name)
+        )
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"profiles": {"smoke": {"train": {"seq_len": 4096}}}}))
-    r = run_cli("-m", "snakemake", "-n", "--cores", "1", "--configfile", "pipelines/config.yaml", "bad.yaml",
-                "--config", "profile=smoke", cwd=tmp_path, timeout=300)
+    r = run_cli(
+        "-m",
+        "snakemake",
+        "-n",
+        "--cores",
+        "1",
+        "--configfile",
+        "pipelines/config.yaml",
+        "bad.yaml",
+        "--config",
+        "profile=smoke",
+        cwd=tmp_path,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "train.seq_len = 4096: exceeds tiny's max_seq_len 1024; valid: an integer in [2, 1024]" in out, out[-3000:]

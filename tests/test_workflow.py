@@ -1,4 +1,5 @@
 """The workflow end to end: the smoke profile in a temporary directory, plus dry-run and lint."""
+
 import shutil
 from pathlib import Path
 
@@ -8,8 +9,14 @@ import yaml
 
 from tests.conftest import ROOT, run_cli
 
-WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "environment-gpu.post-deploy.sh",
-                  "requirements.txt"]
+WORKFLOW_FILES = [
+    "Snakefile",
+    "pipelines",
+    "environment.yml",
+    "environment-gpu.yml",
+    "environment-gpu.post-deploy.sh",
+    "requirements.txt",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +50,19 @@ def test_unknown_profile_is_refused(workdir):
 
 # One run configured to diverge (a variant of fp32 at an absurd peak lr) rides along with the smoke profile:
 # it must end `diverged` with its step while the workflow still exits 0 and the report lists it.
-DIVERGING = {"profiles": {"smoke": {"variants": {"fp32-lr300": {
-    "method": "fp32", "train": {"lr": 300.0, "grad_clip": 0.0}, "note": "configured to diverge (test)"}}}}}
+DIVERGING = {
+    "profiles": {
+        "smoke": {
+            "variants": {
+                "fp32-lr300": {
+                    "method": "fp32",
+                    "train": {"lr": 300.0, "grad_clip": 0.0},
+                    "note": "configured to diverge (test)",
+                }
+            }
+        }
+    }
+}
 
 
 def test_smoke_workflow_end_to_end(workdir):
@@ -62,15 +80,37 @@ def test_smoke_workflow_end_to_end(workdir):
     assert any("fp32-lr300" in ln and "diverged" in ln and f"step {step}" in ln for ln in report.splitlines())
     df = df[df["method"] != "fp32-lr300"]
     assert (df["status"] == "ok").all(), df[["method", "status", "reason"]]
-    required = ["profile", "model", "method", "seed", "device", "n_params", "steps", "tokens", "status", "reason",
-                "final_train_loss", "final_val_loss", "loss_gap_pct", "tokens_per_s", "speedup",
-                "state_bytes_per_param", "weights_bytes", "master_bytes", "grads_bytes", "optim_bytes",
-                "peak_mem_bytes", "peak_mem_kind"]
+    required = [
+        "profile",
+        "model",
+        "method",
+        "seed",
+        "device",
+        "n_params",
+        "steps",
+        "tokens",
+        "status",
+        "reason",
+        "final_train_loss",
+        "final_val_loss",
+        "loss_gap_pct",
+        "tokens_per_s",
+        "speedup",
+        "state_bytes_per_param",
+        "weights_bytes",
+        "master_bytes",
+        "grads_bytes",
+        "optim_bytes",
+        "peak_mem_bytes",
+        "peak_mem_kind",
+    ]
     assert not set(required) - set(df.columns)
     ref = df[df["method"] == "bf16-amp"].iloc[0]
     assert ref["loss_gap_pct"] == 0 and ref["speedup"] == 1
     pure = df[df["method"] == "bf16-pure"].iloc[0]
-    assert pure["loss_gap_pct"] == pytest.approx(100 * (pure["final_val_loss"] - ref["final_val_loss"]) / ref["final_val_loss"])
+    assert pure["loss_gap_pct"] == pytest.approx(
+        100 * (pure["final_val_loss"] - ref["final_val_loss"]) / ref["final_val_loss"]
+    )
     for fig in ("loss_curves", "memory", "throughput"):
         assert (workdir / "reports" / "figures" / f"{fig}.png").stat().st_size > 1000
     report = (workdir / "reports" / "REPORT.md").read_text()
@@ -107,7 +147,7 @@ def test_smoke_workflow_end_to_end(workdir):
 
     for r in runs:
         done = [int(m) for m in re.findall(r"^step (\d+)/20 \(", (r / "train.log").read_text(), flags=re.M)]
-        assert done == [1, 10, 20][:len(done)] and (len(done) == 3 or r.parent.name == "fp32-lr300"), (r, done)
+        assert done == [1, 10, 20][: len(done)] and (len(done) == 3 or r.parent.name == "fp32-lr300"), (r, done)
     # `snakemake --cores 1 report` rebuilds tables, figures and REPORT.md from the runs on disk, training nothing
     (workdir / "reports" / "REPORT.md").unlink()
     (workdir / "reports" / "figures" / "memory.png").unlink()
@@ -138,8 +178,17 @@ def test_html_report_opens_on_the_answers_in_a_browser(workdir):
         r = snakemake(workdir, *args, "--report", "reports/report.html")
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     shot, dom_path = workdir / "reports" / "report_landing.png", workdir / "reports" / "report_dom.html"
-    r = run_cli("-m", "pipelines.report.browser_check", "reports/report.html", "--screenshot", str(shot), "--dom-out",
-                str(dom_path), cwd=workdir, timeout=300)
+    r = run_cli(
+        "-m",
+        "pipelines.report.browser_check",
+        "reports/report.html",
+        "--screenshot",
+        str(shot),
+        "--dom-out",
+        str(dom_path),
+        cwd=workdir,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     from pipelines.report.figures import FIGURES
@@ -151,7 +200,8 @@ def test_html_report_opens_on_the_answers_in_a_browser(workdir):
     assert report_check.check_dom(dom, workdir / "results", tables, figures) == []
     verdict = str(claims["verdict"].iloc[0])
     cut = dom.replace(f"{verdict}</strong>", "?</strong>", 1)
-    assert any("claim not on the landing page" in p for p in report_check.check_dom(cut, workdir / "results",
-                                                                                    tables, figures))
+    assert any(
+        "claim not on the landing page" in p for p in report_check.check_dom(cut, workdir / "results", tables, figures)
+    )
     absent = report_check.check_dom(dom, workdir / "results", [*tables, "no_such_table"], figures)
     assert absent == ["reports/tables/no_such_table.html is not a report item"]

@@ -32,12 +32,13 @@ stored plainly in E4M3 (torchao's AdamWFp8) spans the square of the gradient's r
 values to zero under a nonzero m, so some steps become m / eps (measured: up to 600x the normal step);
 ``sqrt`` and E5M2 avoid that at ~2.4x the update error of DRE. All of them stay available as options.
 """
+
 from __future__ import annotations
 
 import torch
 
-from methods.fp8.adamw_base import AdamW
 from methods.fp8 import optim_codec as codec
+from methods.fp8.adamw_base import AdamW
 from methods.fp8.device import host_float, is_fake
 
 #: "torch": the reference path below; "native": the C kernel on the CPU (``methods.fp8.optim_native``);
@@ -48,19 +49,45 @@ IMPLS = ("auto", "torch", "native", "fused", "triton")
 
 
 class FP8AdamW(AdamW):
-    def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0, *,
-                 block_size: int = 256, m_format: str = "e4m3", v_format: str = "e4m3",
-                 m_transform: str = "none", v_transform: str = "dre", master_weights: bool = False,
-                 stochastic_rounding: bool = True, seed: int = 0, impl: str = "auto"):
-        for name, val, ok in (("m_format", m_format, codec.FORMATS), ("v_format", v_format, codec.FORMATS),
-                              ("m_transform", m_transform, ("none", "dre")),
-                              ("v_transform", v_transform, codec.TRANSFORMS), ("impl", impl, IMPLS)):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas=(0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        block_size: int = 256,
+        m_format: str = "e4m3",
+        v_format: str = "e4m3",
+        m_transform: str = "none",
+        v_transform: str = "dre",
+        master_weights: bool = False,
+        stochastic_rounding: bool = True,
+        seed: int = 0,
+        impl: str = "auto",
+    ):
+        for name, val, ok in (
+            ("m_format", m_format, codec.FORMATS),
+            ("v_format", v_format, codec.FORMATS),
+            ("m_transform", m_transform, ("none", "dre")),
+            ("v_transform", v_transform, codec.TRANSFORMS),
+            ("impl", impl, IMPLS),
+        ):
             if val not in ok:
                 raise ValueError(f"{name}={val!r}; valid: {', '.join(ok)}")
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         master_weights=master_weights, stochastic_rounding=stochastic_rounding, seed=seed)
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+        )
         self.block_size = block_size
         self.m_fmt, self.v_fmt = codec.FORMATS[m_format], codec.FORMATS[v_format]
         self.m_transform, self.v_transform = m_transform, v_transform
@@ -86,8 +113,7 @@ class FP8AdamW(AdamW):
         st = self.state[p]
         st["step"] = torch.zeros((), dtype=torch.float32)
         nb = codec.n_blocks(p.numel(), self.block_size)
-        for name, fmt, tr in (("exp_avg", self.m_fmt, self.m_transform),
-                              ("exp_avg_sq", self.v_fmt, self.v_transform)):
+        for name, fmt, tr in (("exp_avg", self.m_fmt, self.m_transform), ("exp_avg_sq", self.v_fmt, self.v_transform)):
             st[name] = torch.zeros(nb, self.block_size, dtype=fmt.dtype, device=p.device)
             st[f"{name}_scale"] = torch.full((nb,), codec.SCALE_FLOOR / fmt.fmax, device=p.device)
             if tr == "dre":
@@ -99,14 +125,18 @@ class FP8AdamW(AdamW):
     def _load_moments(self, st: dict, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = p.numel()
         return tuple(
-            codec.decode(st[name], st[f"{name}_scale"], fmt, tr, st.get(f"{name}_k"))
-            .view(-1)[:n].view(p.shape)
-            for name, fmt, tr in (("exp_avg", self.m_fmt, self.m_transform),
-                                  ("exp_avg_sq", self.v_fmt, self.v_transform)))
+            codec.decode(st[name], st[f"{name}_scale"], fmt, tr, st.get(f"{name}_k")).view(-1)[:n].view(p.shape)
+            for name, fmt, tr in (
+                ("exp_avg", self.m_fmt, self.m_transform),
+                ("exp_avg_sq", self.v_fmt, self.v_transform),
+            )
+        )
 
     def _store_moments(self, st: dict, m: torch.Tensor, v: torch.Tensor) -> None:
-        for name, x, fmt, tr in (("exp_avg", m, self.m_fmt, self.m_transform),
-                                 ("exp_avg_sq", v, self.v_fmt, self.v_transform)):
+        for name, x, fmt, tr in (
+            ("exp_avg", m, self.m_fmt, self.m_transform),
+            ("exp_avg_sq", v, self.v_fmt, self.v_transform),
+        ):
             enc = codec.encode(codec.to_blocks(x, self.block_size), fmt, tr)
             st[name].copy_(enc["codes"])
             st[f"{name}_scale"].copy_(enc["scale"])
@@ -201,14 +231,17 @@ class FP8AdamW(AdamW):
             return {}
         m, v = self._load_moments(st, p)
         m_nz = m != 0
-        return {"v_flush_frac": float(((v == 0) & m_nz).float().mean()),
-                "m_zero_frac": float((~m_nz).float().mean()),
-                "max_m_over_sqrt_v": float((m.abs() / (v.sqrt() + self.defaults["eps"])).max())}
+        return {
+            "v_flush_frac": float(((v == 0) & m_nz).float().mean()),
+            "m_zero_frac": float((~m_nz).float().mean()),
+            "max_m_over_sqrt_v": float((m.abs() / (v.sqrt() + self.defaults["eps"])).max()),
+        }
 
     def state_bytes_per_block(self) -> int:
         """Bytes of one block of m plus one of v (codes, scales, DRE exponents)."""
-        return (codec.state_bytes_per_block(self.block_size, self.m_transform)
-                + codec.state_bytes_per_block(self.block_size, self.v_transform))
+        return codec.state_bytes_per_block(self.block_size, self.m_transform) + codec.state_bytes_per_block(
+            self.block_size, self.v_transform
+        )
 
 
 def _triton_available() -> bool:

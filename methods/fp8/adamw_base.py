@@ -10,6 +10,7 @@ Where the result lands in a bf16 parameter without a master copy, it is rounded 
 computed against what the rounding stored (``methods.fp8.lost_updates``). Probing reads copies only, so a
 probed step trains exactly as an unprobed one.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,18 @@ from methods.fp8.lost_updates import ParamProbe
 from methods.fp8.rounding import stochastic_round_bf16
 
 
-def adamw_update_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float,
-                  betas: tuple[float, float], eps: float, weight_decay: float, step: float) -> None:
+def adamw_update_(
+    w: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    step: float,
+) -> None:
     """One decoupled-weight-decay Adam step on fp32 tensors, in place on ``w``, ``m`` and ``v``.
 
     The one copy of the AdamW arithmetic: the fp32-state optimiser below and the FP8-state one in
@@ -33,8 +44,8 @@ def adamw_update_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Te
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
     if weight_decay:
         w.mul_(1 - lr * weight_decay)
-    denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps)
-    w.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
+    denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(eps)
+    w.addcdiv_(m, denom, value=-lr / (1 - b1**step))
 
 
 class AdamW(torch.optim.Optimizer):
@@ -42,9 +53,18 @@ class AdamW(torch.optim.Optimizer):
     #: parameter's update is counted; None on every other step
     probe: ParamProbe | None = None
 
-    def __init__(self, params, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
-                 state_dtype: torch.dtype = torch.float32, master_weights: bool = False,
-                 stochastic_rounding: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas=(0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        state_dtype: torch.dtype = torch.float32,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.state_dtype = state_dtype
@@ -86,8 +106,17 @@ class AdamW(torch.optim.Optimizer):
         w = st["master"] if "master" in st else p.float()
         before = p.detach().clone() if self.probes(p, st) else None
         m, v = self._load_moments(st, p)
-        adamw_update_(w, p.grad.float(), m, v, lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                      weight_decay=group["weight_decay"], step=host_float(st["step"], fake=1.0))
+        adamw_update_(
+            w,
+            p.grad.float(),
+            m,
+            v,
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            step=host_float(st["step"], fake=1.0),
+        )
         self._store_moments(st, m, v)
         self._write_param(p, w, st)
         if before is not None:  # w: the fp32 weight this update computed, which the write rounded into p
@@ -96,13 +125,13 @@ class AdamW(torch.optim.Optimizer):
     def probes(self, p: torch.Tensor, st: dict) -> bool:
         """Whether this step counts ``p``'s update: probing, and ``p`` is a stored low-precision weight (bf16,
         no master copy; an fp32 weight or a master copy never loses an update to the stored format)."""
-        return (self.probe is not None and p.dtype == torch.bfloat16 and "master" not in st
-                and not is_fake(p))
+        return self.probe is not None and p.dtype == torch.bfloat16 and "master" not in st and not is_fake(p)
 
     def rounding(self, p: torch.Tensor, st: dict) -> str:
         """How the update is rounded into ``p``: "stochastic" or "nearest"."""
-        return "stochastic" if self.stochastic_rounding and p.dtype == torch.bfloat16 and "master" not in st \
-            else "nearest"
+        return (
+            "stochastic" if self.stochastic_rounding and p.dtype == torch.bfloat16 and "master" not in st else "nearest"
+        )
 
     @torch.no_grad()
     def reference_weight(self, p: torch.Tensor, group: dict, st: dict) -> torch.Tensor:
@@ -111,8 +140,17 @@ class AdamW(torch.optim.Optimizer):
         it (``FP8AdamW``'s native, compiled and Triton steps), on probed steps only."""
         m, v = (t.clone() for t in self._load_moments(st, p))
         w = p.detach().to(torch.float32, copy=True)
-        adamw_update_(w, p.grad.float(), m, v, lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                      weight_decay=group["weight_decay"], step=host_float(st["step"], fake=1.0))
+        adamw_update_(
+            w,
+            p.grad.float(),
+            m,
+            v,
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            step=host_float(st["step"], fake=1.0),
+        )
         return w
 
     def group_of(self, p: torch.Tensor) -> dict:

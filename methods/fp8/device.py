@@ -11,6 +11,7 @@ Under ``torch.compile`` (``train.compile``) the code is traced once for all late
 read on the host while tracing (a read is a graph break, and Dynamo will not trace into the fake-tensor
 module at all), so compiled code takes the device path as well, on tensors.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -35,6 +35,7 @@ because Triton's interpreter rounds fp32→fp8 casts half-away-from-zero (and ca
 mantissa into the wrong exponent). ``tests/fp8/test_exmy.py`` checks every format of <= 8 bits
 exhaustively against a reference built from bit patterns.
 """
+
 from __future__ import annotations
 
 import functools
@@ -91,7 +92,7 @@ class ExMy:
 
     @property
     def min_normal(self) -> float:
-        return 2.0 ** self.min_exponent
+        return 2.0**self.min_exponent
 
     @property
     def min_subnormal(self) -> float:
@@ -122,10 +123,12 @@ E5M2 = ExMy("e5m2", torch.float8_e5m2, exponent_bits=5, mantissa_bits=2, bias=15
 FORMATS: dict[str, ExMy] = {"e4m3": E4M3, "e5m2": E5M2}
 _NATIVE = {(4, 3, "fn"): E4M3, (5, 2, "ieee"): E5M2}
 
-FORMAT_HELP = ("e4m3 (torch float8_e4m3fn, OCP, max 448), e5m2 (torch float8_e5m2), or a simulated "
-               f"eXmY (IEEE-like) / eXmYfn (no inf, OCP-E4M3-like) with {EXPONENT_BITS[0]} <= X <= "
-               f"{EXPONENT_BITS[1]} and {MANTISSA_BITS[0]} <= Y <= {MANTISSA_BITS[1]}, e.g. e3m4, e2m3, e8m7; "
-               "e4m3ieee is the IEEE-like E4M3 (max 240)")
+FORMAT_HELP = (
+    "e4m3 (torch float8_e4m3fn, OCP, max 448), e5m2 (torch float8_e5m2), or a simulated "
+    f"eXmY (IEEE-like) / eXmYfn (no inf, OCP-E4M3-like) with {EXPONENT_BITS[0]} <= X <= "
+    f"{EXPONENT_BITS[1]} and {MANTISSA_BITS[0]} <= Y <= {MANTISSA_BITS[1]}, e.g. e3m4, e2m3, e8m7; "
+    "e4m3ieee is the IEEE-like E4M3 (max 240)"
+)
 _NAME = re.compile(r"e(\d+)m(\d+)(fn|ieee)?")
 
 
@@ -138,7 +141,7 @@ def format_name(exponent_bits: int, mantissa_bits: int, specials: str = "ieee") 
     return base + ("fn" if specials == "fn" else "")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exmy(exponent_bits: int, mantissa_bits: int, specials: str = "ieee") -> ExMy:
     """The format with these bits (torch's own E4M3 fn / E5M2 where they are meant, else simulated)."""
     e, m = exponent_bits, mantissa_bits
@@ -150,14 +153,17 @@ def exmy(exponent_bits: int, mantissa_bits: int, specials: str = "ieee") -> ExMy
         raise ValueError(f"no format e{e}m{m}: valid: {FORMAT_HELP}")
     bias = 2 ** (e - 1) - 1
     if specials == "ieee":  # top exponent code reserved: the largest binade is 2^bias
-        mx = 2.0 ** bias * (2 - 2.0 ** -m)
+        mx = 2.0**bias * (2 - 2.0**-m)
     else:  # the top binade holds numbers but its all-ones mantissa is NaN
         mx = 2.0 ** (bias + 1) * (2 - 2.0 ** (1 - m))
     if mx > torch.finfo(torch.float32).max:
-        raise ValueError(f"e{e}m{m}{specials}: max {mx:g} exceeds fp32's range, which carries and rounds "
-                         f"simulated values; valid: {FORMAT_HELP}")
-    return ExMy(format_name(e, m, specials), None, exponent_bits=e, mantissa_bits=m, bias=bias, max=mx,
-                specials=specials)
+        raise ValueError(
+            f"e{e}m{m}{specials}: max {mx:g} exceeds fp32's range, which carries and rounds "
+            f"simulated values; valid: {FORMAT_HELP}"
+        )
+    return ExMy(
+        format_name(e, m, specials), None, exponent_bits=e, mantissa_bits=m, bias=bias, max=mx, specials=specials
+    )
 
 
 def get_format(fmt: str | ExMy) -> ExMy:
@@ -192,8 +198,15 @@ def is_format_name(name) -> bool:
 #: trade range for precision and remove both. (``tests/fp8/test_exmy.py`` checks the counts.)
 LADDER_BASE = "e8m7"
 LADDER: tuple[tuple[str, int, int], ...] = (
-    ("e8m7", 0, 0), ("e8m4", 0, 3), ("e8m3", 0, 4), ("e8m2", 0, 5),
-    ("e5m2", 3, 5), ("e4m3", 4, 4), ("e3m4", 5, 3), ("e3m2", 5, 5), ("e2m3", 6, 4),
+    ("e8m7", 0, 0),
+    ("e8m4", 0, 3),
+    ("e8m3", 0, 4),
+    ("e8m2", 0, 5),
+    ("e5m2", 3, 5),
+    ("e4m3", 4, 4),
+    ("e3m4", 5, 3),
+    ("e3m2", 5, 5),
+    ("e2m3", 6, 4),
 )
 
 
@@ -254,10 +267,10 @@ def fp8_values(fmt: ExMy) -> torch.Tensor:
     if fmt.bits > 16:
         raise ValueError(f"{fmt} has 2^{fmt.bits} codes; enumerate formats of at most 16 bits")
     m = fmt.mantissa_bits
-    E = torch.arange(2 ** fmt.exponent_bits, dtype=torch.float64)[:, None]
-    M = torch.arange(2 ** m, dtype=torch.float64)[None, :]
+    E = torch.arange(2**fmt.exponent_bits, dtype=torch.float64)[:, None]
+    M = torch.arange(2**m, dtype=torch.float64)[None, :]
     # value of each (exponent code, mantissa code) in fp64 (exact: <= 23 significant bits, E8's range)
-    v = torch.where(E == 0, M * 2.0 ** (fmt.min_exponent - m), (2 ** m + M) * torch.exp2(E - fmt.bias - m))
+    v = torch.where(E == 0, M * 2.0 ** (fmt.min_exponent - m), (2**m + M) * torch.exp2(E - fmt.bias - m))
     v = v[v <= fmt.max]  # drops the top exponent (ieee) or the all-ones NaN code (fn)
     return torch.cat([-v[v > 0], v]).unique().float()  # zero once, as +0
 
@@ -270,8 +283,9 @@ _TABLES: dict[tuple[str, str], torch.Tensor] = {}
 
 def _codes_only(fmt: ExMy) -> None:
     if fmt.simulated:
-        raise ValueError(f"{fmt} is simulated: a quantized tensor holds its values (as {fmt.carrier}), "
-                         "not codes to decode")
+        raise ValueError(
+            f"{fmt} is simulated: a quantized tensor holds its values (as {fmt.carrier}), not codes to decode"
+        )
 
 
 def decode_table(fmt: ExMy, device: torch.device | str = "cpu") -> torch.Tensor:

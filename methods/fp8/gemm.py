@@ -30,6 +30,7 @@ by the inverse scale, so the product is the same fp32-accumulated GEMM of the fo
 takes that path on every device; ``torch`` and ``triton`` need float8 codes and refuse, naming the
 format (``FP8Recipe`` refuses the combination before any work).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,13 +40,13 @@ from methods.fp8.formats import decode, decode_table
 from methods.fp8.quantize import use_triton
 from methods.fp8.quantized import Quantized, k_chunk  # noqa: F401 - k_chunk: part of this module's API
 
-
 #: the GEMM paths ``fp8_mm`` can take (a method's ``backend`` option)
 BACKENDS = ("auto", "torch", "dequant", "triton", "reference")
 
 
-def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, backend: str = "auto",
-           keep_a: bool = False) -> torch.Tensor:
+def fp8_mm(
+    a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, backend: str = "auto", keep_a: bool = False
+) -> torch.Tensor:
     if backend == "reference":
         return mm_reference(a, b, out_dtype)
     if is_fake(a.data):
@@ -58,8 +59,10 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
     sim = [q.fmt for q in (a, b) if q.fmt.simulated]
     if sim:
         if backend in ("torch", "triton"):
-            raise ValueError(f"GEMM backend {backend!r} needs torch float8 operands; {sim[0]} is simulated "
-                             "(use backend auto, dequant or reference)")
+            raise ValueError(
+                f"GEMM backend {backend!r} needs torch float8 operands; {sim[0]} is simulated "
+                "(use backend auto, dequant or reference)"
+            )
         if backend not in ("auto", "dequant"):
             raise ValueError(f"unknown GEMM backend {backend!r}; valid: {', '.join(BACKENDS)}")
         return mm_dequant(a, b, out_dtype, keep_a)
@@ -80,8 +83,9 @@ def fp8_mm(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, b
     return mm_scaled(a, b, out_dtype)
 
 
-def mm_reference(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32,
-                 acc_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def mm_reference(
+    a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, acc_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     k_chunk(a, b)  # same compatibility rule as the fast paths
     return (a.dequantize(acc_dtype) @ b.dequantize(acc_dtype)).to(out_dtype)
 
@@ -114,11 +118,13 @@ def _dequantize_fast(q: Quantized) -> torch.Tensor:
     if R % br == 0 and C % bc == 0 and x.is_contiguous():
         return x.view(Rb, br, Cb, bc).mul_(q.scale_inv[:, None, :, None]).view(R, C)
     from methods.fp8.scaling import expand_scales
+
     return x.mul_(expand_scales(q.scale_inv, q.blocks, (R, C)))
 
 
-def mm_dequant(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32,
-               keep_a: bool = False) -> torch.Tensor:
+def mm_dequant(
+    a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32, keep_a: bool = False
+) -> torch.Tensor:
     k_chunk(a, b)
     out = dequantize_fast(a, keep_a) @ dequantize_fast(b)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
@@ -153,6 +159,6 @@ def mm_scaled(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.float32
         ja, jb = k0 // min(a.blocks.cols, K), k0 // min(b.blocks.rows, K)
         sa = _rows_scale(a, ja, M).contiguous()
         sb = _rows_scale(bt, jb, N).reshape(1, N).contiguous()
-        part = torch._scaled_mm(a.data[:, k0:k0 + chunk], b.data[k0:k0 + chunk], sa, sb, out_dtype=torch.float32)
+        part = torch._scaled_mm(a.data[:, k0 : k0 + chunk], b.data[k0 : k0 + chunk], sa, sb, out_dtype=torch.float32)
         acc = part if acc is None else acc.add_(part)
     return acc.to(out_dtype)

@@ -11,6 +11,7 @@ CPU they run only under ``TRITON_INTERPRET=1`` (tests), which must be set before
   amax + scale + cast (+ transpose) kernel.
 - :func:`scaled_mm_triton`: one block-scaled FP8 GEMM kernel for every granularity.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,8 +43,14 @@ def _k():
 
 
 def _consts(fmt: FP8Format, pow2: bool, margin: int) -> dict:
-    return dict(FMAX=fmt.max, MBITS=fmt.mantissa_bits, EMIN=fmt.min_exponent, MARGIN_MUL=2.0 ** -margin,
-                POW2=bool(pow2), FLOOR=AMAX_FLOOR)
+    return dict(
+        FMAX=fmt.max,
+        MBITS=fmt.mantissa_bits,
+        EMIN=fmt.min_exponent,
+        MARGIN_MUL=2.0**-margin,
+        POW2=bool(pow2),
+        FLOOR=AMAX_FLOOR,
+    )
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -53,15 +60,29 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return max(p, 16)
 
 
-def quantize_triton(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, *, scaler: DelayedScaler | None = None,
-                    pow2: bool = False, margin: int = 0) -> Quantized:
+def quantize_triton(
+    x: torch.Tensor,
+    fmt: FP8Format,
+    blocks: Blocks,
+    *,
+    scaler: DelayedScaler | None = None,
+    pow2: bool = False,
+    margin: int = 0,
+) -> Quantized:
     q, _ = quantize_triton_t(x, fmt, blocks, scaler=scaler, pow2=pow2, margin=margin, write_t=False)
     return q
 
 
-def quantize_triton_t(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, *, scaler: DelayedScaler | None = None,
-                      pow2: bool = False, margin: int = 0,
-                      write_t: bool = True) -> tuple[Quantized, torch.Tensor | None]:
+def quantize_triton_t(
+    x: torch.Tensor,
+    fmt: FP8Format,
+    blocks: Blocks,
+    *,
+    scaler: DelayedScaler | None = None,
+    pow2: bool = False,
+    margin: int = 0,
+    write_t: bool = True,
+) -> tuple[Quantized, torch.Tensor | None]:
     """Quantize x (R, C); with ``write_t`` also return the codes transposed, (C, R) contiguous, written
     by the same pass (what a GEMM that wants the other operand layout reads)."""
     k = _k()
@@ -89,8 +110,28 @@ def quantize_triton_t(x: torch.Tensor, fmt: FP8Format, blocks: Blocks, *, scaler
         TR, TC = _pow2_at_most(br, 64), _pow2_at_most(bc, 64)
         PR, PC = br, bc
     grid = (-(-R // PR), -(-C // PC))
-    k.quant_groups_kernel[grid](x, q, qt, scale, sinv, amax, R, C, x.stride(0), x.stride(1), PR, PC, Rb, Cb,
-                                RED_R=red_r, RED_C=red_c, WRITE_T=write_t, TR=TR, TC=TC, **consts)
+    k.quant_groups_kernel[grid](
+        x,
+        q,
+        qt,
+        scale,
+        sinv,
+        amax,
+        R,
+        C,
+        x.stride(0),
+        x.stride(1),
+        PR,
+        PC,
+        Rb,
+        Cb,
+        RED_R=red_r,
+        RED_C=red_c,
+        WRITE_T=write_t,
+        TR=TR,
+        TC=TC,
+        **consts,
+    )
     return Quantized(q, scale, sinv, Blocks(br, bc), fmt, amax, 0), (qt if write_t else None)
 
 
@@ -103,18 +144,48 @@ def _tensorwise(k, x, q, qt, fmt, blocks, scaler, consts, write_t):
     grid = (-(-R // BR), -(-C // BC))
     if scaler is not None and scaler.has_history():
         scale = scaler.scale.reshape(1).clone()
-        k.cast_tensorwise_kernel[grid](x, q, qt, scale, amax, sat, R, C, x.stride(0), x.stride(1),
-                                       SAT=fmt.overflow_threshold, CURRENT=False, WRITE_T=write_t, BR=BR, BC=BC,
-                                       **consts)
+        k.cast_tensorwise_kernel[grid](
+            x,
+            q,
+            qt,
+            scale,
+            amax,
+            sat,
+            R,
+            C,
+            x.stride(0),
+            x.stride(1),
+            SAT=fmt.overflow_threshold,
+            CURRENT=False,
+            WRITE_T=write_t,
+            BR=BR,
+            BC=BC,
+            **consts,
+        )
         n_sat = sat
     else:  # current scaling (also a delayed scaler's very first use)
         xc = x if x.is_contiguous() else x.contiguous()
         BLOCK = 4096
         k.amax_kernel[(-(-xc.numel() // BLOCK),)](xc, amax, xc.numel(), BLOCK=BLOCK)
         scale = torch.empty(1, dtype=torch.float32, device=dev)
-        k.cast_tensorwise_kernel[grid](x, q, qt, scale, amax, sat, R, C, x.stride(0), x.stride(1),
-                                       SAT=fmt.overflow_threshold, CURRENT=True, WRITE_T=write_t, BR=BR, BC=BC,
-                                       **consts)
+        k.cast_tensorwise_kernel[grid](
+            x,
+            q,
+            qt,
+            scale,
+            amax,
+            sat,
+            R,
+            C,
+            x.stride(0),
+            x.stride(1),
+            SAT=fmt.overflow_threshold,
+            CURRENT=True,
+            WRITE_T=write_t,
+            BR=BR,
+            BC=BC,
+            **consts,
+        )
         n_sat = 0
     scale = scale.reshape(1, 1)
     resolved = Blocks(*blocks.resolve((R, C)))
@@ -148,8 +219,28 @@ def scaled_mm_triton(a: Quantized, b: Quantized, out_dtype: torch.dtype = torch.
     def grid(meta):
         return (-(-M // meta["BM"]) * -(-N // meta["BN"]),)
 
-    k.scaled_mm_kernel[grid](a.data, b.data, c, sa, sb, M, N, K,
-                             a.data.stride(0), a.data.stride(1), b.data.stride(0), b.data.stride(1),
-                             c.stride(0), c.stride(1), sa_m, sa_k, sb_k, sb_n,
-                             GA_M=ga_m, GB_N=gb_n, G_K=G_K, BK=128)
+    k.scaled_mm_kernel[grid](
+        a.data,
+        b.data,
+        c,
+        sa,
+        sb,
+        M,
+        N,
+        K,
+        a.data.stride(0),
+        a.data.stride(1),
+        b.data.stride(0),
+        b.data.stride(1),
+        c.stride(0),
+        c.stride(1),
+        sa_m,
+        sa_k,
+        sb_k,
+        sb_n,
+        GA_M=ga_m,
+        GB_N=gb_n,
+        G_K=G_K,
+        BK=128,
+    )
     return c

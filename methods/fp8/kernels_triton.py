@@ -11,6 +11,7 @@ in the interpreter and on the GPU alike. Quantization is therefore bit-exact aga
 The same holds for the GEMM's bf16 output: the interpreter truncates fp32→bf16 casts, so
 :func:`_round_bf16` rounds to nearest even first.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,7 @@ def _round_bf16(x):
 
 
 @triton.jit
-def _scale_from_amax(amax, FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, POW2: tl.constexpr,
-                     FLOOR: tl.constexpr):
+def _scale_from_amax(amax, FMAX: tl.constexpr, MARGIN_MUL: tl.constexpr, POW2: tl.constexpr, FLOOR: tl.constexpr):
     """Same arithmetic as ``scaling.scale_from_amax``: IEEE division, exact power-of-two floor, and the
     one-ulp nudge that keeps amax * scale <= FMAX."""
     ok = (amax == amax) & (amax < float("inf"))
@@ -68,10 +68,29 @@ def amax_kernel(x_ptr, amax_ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def cast_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, amax_ptr, sat_ptr, R, C, sxr, sxc,
-                           FMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-                           MARGIN_MUL: tl.constexpr, POW2: tl.constexpr, FLOOR: tl.constexpr, SAT: tl.constexpr,
-                           CURRENT: tl.constexpr, WRITE_T: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+def cast_tensorwise_kernel(
+    x_ptr,
+    q_ptr,
+    qt_ptr,
+    scale_ptr,
+    amax_ptr,
+    sat_ptr,
+    R,
+    C,
+    sxr,
+    sxc,
+    FMAX: tl.constexpr,
+    MBITS: tl.constexpr,
+    EMIN: tl.constexpr,
+    MARGIN_MUL: tl.constexpr,
+    POW2: tl.constexpr,
+    FLOOR: tl.constexpr,
+    SAT: tl.constexpr,
+    CURRENT: tl.constexpr,
+    WRITE_T: tl.constexpr,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+):
     """One per-tensor scale for all of x (R, C).
 
     CURRENT: the scale comes from amax_ptr (filled by ``amax_kernel``), is computed here by every
@@ -104,11 +123,33 @@ def cast_tensorwise_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, amax_ptr, sat_ptr, R
 
 
 @triton.jit
-def quant_groups_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, sinv_ptr, amax_ptr, R, C, sxr, sxc, PR, PC, Rb, Cb,
-                        RED_R: tl.constexpr, RED_C: tl.constexpr,
-                        FMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-                        MARGIN_MUL: tl.constexpr, POW2: tl.constexpr, FLOOR: tl.constexpr,
-                        WRITE_T: tl.constexpr, TR: tl.constexpr, TC: tl.constexpr):
+def quant_groups_kernel(
+    x_ptr,
+    q_ptr,
+    qt_ptr,
+    scale_ptr,
+    sinv_ptr,
+    amax_ptr,
+    R,
+    C,
+    sxr,
+    sxc,
+    PR,
+    PC,
+    Rb,
+    Cb,
+    RED_R: tl.constexpr,
+    RED_C: tl.constexpr,
+    FMAX: tl.constexpr,
+    MBITS: tl.constexpr,
+    EMIN: tl.constexpr,
+    MARGIN_MUL: tl.constexpr,
+    POW2: tl.constexpr,
+    FLOOR: tl.constexpr,
+    WRITE_T: tl.constexpr,
+    TR: tl.constexpr,
+    TC: tl.constexpr,
+):
     """Fused amax + scale + cast (+ transpose) for groups smaller than the tensor, current scaling.
 
     Program (i, j) owns rows [i*PR, (i+1)*PR) and cols [j*PC, (j+1)*PC) and walks them in TR×TC tiles
@@ -128,8 +169,9 @@ def quant_groups_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, sinv_ptr, amax_ptr, R, 
             rows = r0 + dr + tl.arange(0, TR)
             cols = c0 + dc + tl.arange(0, TC)
             m = (rows[:, None] < r_end) & (cols[None, :] < c_end)
-            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxr + cols[None, :] * sxc, mask=m,
-                        other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxr + cols[None, :] * sxc, mask=m, other=0.0).to(
+                tl.float32
+            )
             acc = tl.maximum(acc, tl.where(x == x, tl.abs(x), float("inf")))
     if RED_C:
         acc = tl.max(acc, axis=1, keep_dims=True)  # (TR, 1)
@@ -154,8 +196,9 @@ def quant_groups_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, sinv_ptr, amax_ptr, R, 
             rows = r0 + dr + tl.arange(0, TR)
             cols = c0 + dc + tl.arange(0, TC)
             m = (rows[:, None] < r_end) & (cols[None, :] < c_end)
-            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxr + cols[None, :] * sxc, mask=m,
-                        other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sxr + cols[None, :] * sxc, mask=m, other=0.0).to(
+                tl.float32
+            )
             q = _round_fp8(x * s, FMAX, MBITS, EMIN).to(q_ptr.dtype.element_ty)
             tl.store(q_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], q, mask=m)
             if WRITE_T:
@@ -165,18 +208,41 @@ def quant_groups_kernel(x_ptr, q_ptr, qt_ptr, scale_ptr, sinv_ptr, amax_ptr, R, 
 def _mm_configs():
     if INTERPRET:  # one small config: the interpreter runs every autotune candidate
         return [triton.Config({"BM": 32, "BN": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BM": bm, "BN": bn, "GROUP_M": 8}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in ((128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4),
-                                  (64, 128, 4, 4))]
+    return [
+        triton.Config({"BM": bm, "BN": bn, "GROUP_M": 8}, num_warps=w, num_stages=st)
+        for bm, bn, w, st in ((128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4))
+    ]
 
 
 @triton.autotune(configs=_mm_configs(), key=["M", "N", "K", "G_K"])
 @triton.jit
-def scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, M, N, K,
-                     sam, sak, sbk, sbn, scm, scn,
-                     sa_m, sa_k, sb_k, sb_n,
-                     GA_M: tl.constexpr, GB_N: tl.constexpr, G_K: tl.constexpr, BK: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+def scaled_mm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    sa_ptr,
+    sb_ptr,
+    M,
+    N,
+    K,
+    sam,
+    sak,
+    sbk,
+    sbn,
+    scm,
+    scn,
+    sa_m,
+    sa_k,
+    sb_k,
+    sb_n,
+    GA_M: tl.constexpr,
+    GB_N: tl.constexpr,
+    G_K: tl.constexpr,
+    BK: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     """C (M, N) = dequant(A (M, K)) @ dequant(B (K, N)), fp32 accumulation.
 
     Scale of A's row m in K-chunk kc is ``sa[(m // GA_M) * sa_m + kc * sa_k]`` (a zero stride means
@@ -203,10 +269,12 @@ def scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, M, N, K,
     for k0 in range(0, K, BK):
         ks = k0 + rk
         km = ks < K
-        a = tl.load(a_ptr + rm[:, None].to(tl.int64) * sam + ks[None, :] * sak, mask=mm[:, None] & km[None, :],
-                    other=0.0)
-        b = tl.load(b_ptr + ks[:, None].to(tl.int64) * sbk + rn[None, :] * sbn, mask=km[:, None] & nm[None, :],
-                    other=0.0)
+        a = tl.load(
+            a_ptr + rm[:, None].to(tl.int64) * sam + ks[None, :] * sak, mask=mm[:, None] & km[None, :], other=0.0
+        )
+        b = tl.load(
+            b_ptr + ks[:, None].to(tl.int64) * sbk + rn[None, :] * sbn, mask=km[:, None] & nm[None, :], other=0.0
+        )
         if G_K > 0:
             kc = k0 // G_K
             sa = tl.load(sa_ptr + sa_rows + kc * sa_k, mask=mm, other=0.0)
@@ -220,5 +288,8 @@ def scaled_mm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, M, N, K,
         acc = acc * sa[:, None] * sb[None, :]
     if c_ptr.dtype.element_ty == tl.bfloat16:
         acc = _round_bf16(acc)
-    tl.store(c_ptr + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn, acc.to(c_ptr.dtype.element_ty),
-             mask=mm[:, None] & nm[None, :])
+    tl.store(
+        c_ptr + rm[:, None].to(tl.int64) * scm + rn[None, :] * scn,
+        acc.to(c_ptr.dtype.element_ty),
+        mask=mm[:, None] & nm[None, :],
+    )

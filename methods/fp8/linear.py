@@ -24,6 +24,7 @@ by s_k. ``x Wᵀ = (x/s)(W s)ᵀ`` exactly (powers of two), but the FP8 input no
 channels setting the per-tensor scale for all. Used on ``mlp.w2``, whose input ``silu(w1 x) * w3 x`` is
 where SwiGLU amplifies outliers.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -35,17 +36,39 @@ from torch import nn
 from methods.fp8.formats import get_format
 from methods.fp8.gemm import fp8_mm
 from methods.fp8.quantize import Quantized, count_underflow, quantize
-from methods.fp8.scaling import (BLOCK_128x128, COLWISE, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1,
-                                 Blocks, DelayedScaler, absmax, describe_scales, pow2_ceil)
+from methods.fp8.scaling import (
+    COLWISE,
+    ROWWISE,
+    TENSORWISE,
+    BLOCK_128x128,
+    Blocks,
+    DelayedScaler,
+    TILE_1x128,
+    TILE_128x1,
+    absmax,
+    describe_scales,
+    pow2_ceil,
+)
 
 #: group shapes per granularity and operand role; None: reuse the forward quantization, transposed
 GRANULARITIES: dict[str, dict[str, Blocks | None]] = {
-    "tensorwise": {"x": TENSORWISE, "w": TENSORWISE, "dy": TENSORWISE,
-                   "x_wgrad": None, "w_dgrad": None, "dy_wgrad": None},
-    "rowwise": {"x": ROWWISE, "w": ROWWISE, "dy": ROWWISE,
-                "x_wgrad": COLWISE, "w_dgrad": COLWISE, "dy_wgrad": COLWISE},
-    "blockwise": {"x": TILE_1x128, "w": BLOCK_128x128, "dy": TILE_1x128,
-                  "x_wgrad": TILE_128x1, "w_dgrad": None, "dy_wgrad": TILE_128x1},
+    "tensorwise": {
+        "x": TENSORWISE,
+        "w": TENSORWISE,
+        "dy": TENSORWISE,
+        "x_wgrad": None,
+        "w_dgrad": None,
+        "dy_wgrad": None,
+    },
+    "rowwise": {"x": ROWWISE, "w": ROWWISE, "dy": ROWWISE, "x_wgrad": COLWISE, "w_dgrad": COLWISE, "dy_wgrad": COLWISE},
+    "blockwise": {
+        "x": TILE_1x128,
+        "w": BLOCK_128x128,
+        "dy": TILE_1x128,
+        "x_wgrad": TILE_128x1,
+        "w_dgrad": None,
+        "dy_wgrad": TILE_128x1,
+    },
 }
 
 
@@ -73,8 +96,10 @@ class FP8Recipe:
         fmts = get_format(self.fwd_format), get_format(self.grad_format)
         sim = [f.name for f in fmts if f.simulated]
         if sim and self.backend in ("torch", "triton"):  # no float8 codes for torch._scaled_mm or a kernel
-            raise ValueError(f"backend {self.backend!r} needs torch float8 formats, but {sim[0]} is simulated; "
-                             "use backend auto, dequant or reference")
+            raise ValueError(
+                f"backend {self.backend!r} needs torch float8 formats, but {sim[0]} is simulated; "
+                "use backend auto, dequant or reference"
+            )
 
     @property
     def blocks(self) -> dict[str, Blocks | None]:
@@ -83,7 +108,7 @@ class FP8Recipe:
 
 class _FP8LinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2: torch.Tensor, weight: torch.Tensor, mod: "FP8Linear", out_dtype: torch.dtype):
+    def forward(ctx, x2: torch.Tensor, weight: torch.Tensor, mod: FP8Linear, out_dtype: torch.dtype):
         y, saved = mod._forward(x2, weight, out_dtype, need_backward=True)
         ctx.mod, ctx.x_dtype, ctx.w_dtype = mod, x2.dtype, weight.dtype
         ctx.save_for_backward(*saved)
@@ -98,8 +123,16 @@ class _FP8LinearFn(torch.autograd.Function):
 class FP8Linear(nn.Module):
     """Drop-in for ``nn.Linear`` (same ``weight``/``bias`` parameters, fp32 master) with FP8 GEMMs."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, recipe: FP8Recipe = FP8Recipe(),
-                 smooth: bool = False, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        recipe: FP8Recipe = FP8Recipe(),
+        smooth: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.recipe, self.smooth = recipe, smooth
@@ -107,10 +140,15 @@ class FP8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.fwd_fmt, self.grad_fmt = get_format(recipe.fwd_format), get_format(recipe.grad_format)
         if recipe.scaling == "delayed":
-            kw = dict(history_len=recipe.amax_history_len, margin=recipe.margin, algo=recipe.amax_compute_algo,
-                      pow2=recipe.pow2_scales)
-            self.scalers = nn.ModuleDict({"input": DelayedScaler(self.fwd_fmt, **kw),
-                                          "grad_output": DelayedScaler(self.grad_fmt, **kw)})
+            kw = dict(
+                history_len=recipe.amax_history_len,
+                margin=recipe.margin,
+                algo=recipe.amax_compute_algo,
+                pow2=recipe.pow2_scales,
+            )
+            self.scalers = nn.ModuleDict(
+                {"input": DelayedScaler(self.fwd_fmt, **kw), "grad_output": DelayedScaler(self.grad_fmt, **kw)}
+            )
             if not smooth:  # a smoothed weight changes with its input's channel scales: scale it currently
                 self.scalers["weight"] = DelayedScaler(self.fwd_fmt, **kw)
         else:
@@ -122,17 +160,25 @@ class FP8Linear(nn.Module):
         self.channel_scale: torch.Tensor | None = None
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, recipe: FP8Recipe, smooth: bool = False) -> "FP8Linear":
-        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, recipe=recipe, smooth=smooth,
-                  device=lin.weight.device)
+    def from_linear(cls, lin: nn.Linear, recipe: FP8Recipe, smooth: bool = False) -> FP8Linear:
+        new = cls(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            recipe=recipe,
+            smooth=smooth,
+            device=lin.weight.device,
+        )
         new.weight = lin.weight  # the same Parameter: identical init, optimizer sees the usual fp32 master
         new.bias = lin.bias
         return new
 
     def extra_repr(self) -> str:
         r = self.recipe
-        return (f"in={self.in_features}, out={self.out_features}, {r.granularity}/{r.scaling}, "
-                f"fwd={r.fwd_format}, grad={r.grad_format}, wgrad_fp8={r.wgrad_fp8}, smooth={self.smooth}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, {r.granularity}/{r.scaling}, "
+            f"fwd={r.fwd_format}, grad={r.grad_format}, wgrad_fp8={r.wgrad_fp8}, smooth={self.smooth}"
+        )
 
     # -- the computation ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,8 +202,16 @@ class FP8Linear(nn.Module):
 
     def _q(self, t: torch.Tensor, role: str, fmt, blocks: Blocks, stat: bool = True) -> Quantized:
         r = self.recipe
-        q = quantize(t, fmt, blocks, scaler=self._scaler(role), record=self.training, pow2=r.pow2_scales,
-                     margin=r.margin, backend=r.backend)
+        q = quantize(
+            t,
+            fmt,
+            blocks,
+            scaler=self._scaler(role),
+            record=self.training,
+            pow2=r.pow2_scales,
+            margin=r.margin,
+            backend=r.backend,
+        )
         if stat:
             n_under = count_underflow(t, q)
             self._stats[role] = (q.amax, q.scale, q.n_sat, n_under, t.numel())
@@ -192,8 +246,11 @@ class FP8Linear(nn.Module):
         if not r.wgrad_fp8:
             x_keep = (x2.detach(),)
         else:
-            xw = xq if b["x_wgrad"] is None else self._q(x2.detach(), "input_wgrad", self.fwd_fmt, b["x_wgrad"],
-                                                          stat=False)
+            xw = (
+                xq
+                if b["x_wgrad"] is None
+                else self._q(x2.detach(), "input_wgrad", self.fwd_fmt, b["x_wgrad"], stat=False)
+            )
             x_keep = (xw.data, xw.scale_inv)
         ww = wq if b["w_dgrad"] is None else self._q(w, "weight_dgrad", self.fwd_fmt, b["w_dgrad"], stat=False)
         extra = (s_inv,) if s_inv is not None else ()
@@ -213,8 +270,11 @@ class FP8Linear(nn.Module):
         if r.wgrad_fp8:
             x_data, x_sinv = rest
             xq = _rebuild(x_data, x_sinv, b["x_wgrad"] or b["x"], self.fwd_fmt)
-            dyw = dyq if b["dy_wgrad"] is None else self._q(dy2, "grad_output_wgrad", self.grad_fmt,
-                                                             b["dy_wgrad"], stat=False)
+            dyw = (
+                dyq
+                if b["dy_wgrad"] is None
+                else self._q(dy2, "grad_output_wgrad", self.grad_fmt, b["dy_wgrad"], stat=False)
+            )
             dw = fp8_mm(dyw.t(), xq, torch.float32, r.backend)  # (N, M) @ (M, K)
         else:
             (x_hp,) = rest
@@ -232,7 +292,9 @@ class FP8Linear(nn.Module):
         if factor is not None:
             factor = factor.detach().float().reshape(-1)
             if factor.numel() != self.in_features or not bool((factor > 0).all()):
-                raise ValueError(f"channel scale must be {self.in_features} positive factors, got {tuple(factor.shape)}")
+                raise ValueError(
+                    f"channel scale must be {self.in_features} positive factors, got {tuple(factor.shape)}"
+                )
         self.channel_scale = factor
 
     # -- telemetry ------------------------------------------------------------------------------
@@ -245,13 +307,22 @@ class FP8Linear(nn.Module):
         for role, (amax, scale, n_sat, n_under, numel) in self._stats.items():
             sat, under = int(n_sat), int(n_under)
             win_sat, win_under, win_n = self._window.get(role, (0, 0, 0))
-            row = {"layer": name, "tensor": role, "amax": float(amax.float().max()), **describe_scales(scale),
-                   "saturated_frac": sat / max(1, numel), "saturated": sat,
-                   "saturated_frac_window": int(win_sat) / max(1, win_n), "quantized_window": win_n,
-                   "underflow_frac": under / max(1, numel), "underflowed": under,
-                   "underflow_frac_window": int(win_under) / max(1, win_n),
-                   "granularity": self.recipe.granularity, "scaling": self.recipe.scaling,
-                   "format": (self.grad_fmt if role == "grad_output" else self.fwd_fmt).name}
+            row = {
+                "layer": name,
+                "tensor": role,
+                "amax": float(amax.float().max()),
+                **describe_scales(scale),
+                "saturated_frac": sat / max(1, numel),
+                "saturated": sat,
+                "saturated_frac_window": int(win_sat) / max(1, win_n),
+                "quantized_window": win_n,
+                "underflow_frac": under / max(1, numel),
+                "underflowed": under,
+                "underflow_frac_window": int(win_under) / max(1, win_n),
+                "granularity": self.recipe.granularity,
+                "scaling": self.recipe.scaling,
+                "format": (self.grad_fmt if role == "grad_output" else self.fwd_fmt).name,
+            }
             rows.append(row)
         self._window = {}
         return rows
@@ -266,13 +337,20 @@ def _rebuild(data: torch.Tensor, scale_inv: torch.Tensor, blocks: Blocks, fmt) -
 DEFAULT_KEEP = ("lm_head", "tok_emb", "*norm*")
 
 
-def convert_to_fp8(model: nn.Module, recipe: FP8Recipe, keep_high_precision: tuple[str, ...] = DEFAULT_KEEP,
-                   smooth: tuple[str, ...] = ()) -> nn.Module:
+def convert_to_fp8(
+    model: nn.Module,
+    recipe: FP8Recipe,
+    keep_high_precision: tuple[str, ...] = DEFAULT_KEEP,
+    smooth: tuple[str, ...] = (),
+) -> nn.Module:
     """Swap every ``nn.Linear`` whose name matches none of ``keep_high_precision`` (fnmatch patterns)
     for an :class:`FP8Linear` sharing its parameters. Only linears are candidates: embeddings and
     norms stay as they are. ``smooth`` patterns select layers that get Smooth-SwiGLU scaling."""
-    targets = [(n, m) for n, m in model.named_modules()
-               if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(n, p) for p in keep_high_precision)]
+    targets = [
+        (n, m)
+        for n, m in model.named_modules()
+        if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(n, p) for p in keep_high_precision)
+    ]
     for name, lin in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

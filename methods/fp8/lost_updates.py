@@ -53,6 +53,7 @@ Where predicted and measured differ, by recipe (``Trainee.probe_updates`` record
   re-quantizes with a scale recomputed from the new amax, which moves codes whose values the update did
   not change and can keep codes whose values it did; the applied update ``a`` includes that rescaling.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -170,8 +171,9 @@ def unchanged(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """Whether each stored value kept its bits (codes for FP8: the same code under a new scale counts as
     unchanged; +0 and -0 differ)."""
     if before.dtype != after.dtype or before.shape != after.shape:
-        raise ValueError(f"compare like with like: {before.dtype}{tuple(before.shape)} vs "
-                         f"{after.dtype}{tuple(after.shape)}")
+        raise ValueError(
+            f"compare like with like: {before.dtype}{tuple(before.shape)} vs {after.dtype}{tuple(after.shape)}"
+        )
     bits = _BITS[before.element_size()]
     return before.view(bits) == after.view(bits)
 
@@ -187,24 +189,34 @@ class UpdateCounts:
     bias_num: torch.Tensor  # Σ sign(u)·(u − a), float64
     bias_den: torch.Tensor  # Σ |u|, float64
 
-    def __add__(self, other: "UpdateCounts") -> "UpdateCounts":
-        return UpdateCounts(self.numel + other.numel, self.lost_pred + other.lost_pred,
-                            self.unchanged + other.unchanged, self.bias_num + other.bias_num,
-                            self.bias_den + other.bias_den)
+    def __add__(self, other: UpdateCounts) -> UpdateCounts:
+        return UpdateCounts(
+            self.numel + other.numel,
+            self.lost_pred + other.lost_pred,
+            self.unchanged + other.unchanged,
+            self.bias_num + other.bias_num,
+            self.bias_den + other.bias_den,
+        )
 
     def fractions(self) -> dict[str, float]:
         """``lost_pred_frac``, ``unchanged_frac`` (shares of the weights) and ``lost_bias`` (NaN when no
         update had any mass)."""
         den = float(self.bias_den)
-        return {"lost_pred_frac": int(self.lost_pred) / max(1, self.numel),
-                "unchanged_frac": int(self.unchanged) / max(1, self.numel),
-                "lost_bias": float(self.bias_num) / den if den > 0 else float("nan")}
+        return {
+            "lost_pred_frac": int(self.lost_pred) / max(1, self.numel),
+            "unchanged_frac": int(self.unchanged) / max(1, self.numel),
+            "lost_bias": float(self.bias_num) / den if den > 0 else float("nan"),
+        }
 
 
 @torch.no_grad()
-def count_update(before: torch.Tensor, after: torch.Tensor, intended: torch.Tensor,
-                 scale_inv_before: float | torch.Tensor = 1.0,
-                 scale_inv_after: float | torch.Tensor = 1.0) -> UpdateCounts:
+def count_update(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    intended: torch.Tensor,
+    scale_inv_before: float | torch.Tensor = 1.0,
+    scale_inv_after: float | torch.Tensor = 1.0,
+) -> UpdateCounts:
     """One tensor's step: ``before`` / ``after`` the stored tensors (bf16 values or FP8 codes, the format
     from their dtype), ``intended`` the fp32 weight, real units, the optimizer computed and handed to the
     rounding, and the dequantization factors before and after (1 for bf16). The update is
@@ -228,7 +240,8 @@ def count_update(before: torch.Tensor, after: torch.Tensor, intended: torch.Tens
         lost_pred=torch.count_nonzero(predicted_lost(w_units, u_units, fmt)),
         unchanged=torch.count_nonzero(unchanged(before, after)),
         bias_num=(torch.sign(u) * (u - applied)).sum().double(),
-        bias_den=u.abs().sum().double())
+        bias_den=u.abs().sum().double(),
+    )
 
 
 def lost_bias(u: torch.Tensor, applied: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ price of one mantissa bit of resolution near zero.
 floor rounding to its clipping and the bump to none; :func:`ste_mx` is the forward-quantized,
 straight-through-gradient version a recipe puts in front of a gain.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,11 +36,13 @@ def shared_exponents(amax: torch.Tensor, fmt: ExMy, rounding: str = "floor") -> 
     return e + 1 if rounding == "up" else e
 
 
-def mx_quantize(x: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK,
-                rounding: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
+def mx_quantize(
+    x: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK, rounding: str = "floor"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (any shape; blocks run along the last dimension, the last block may be short) → (values in
     fp32 after the round trip, number of values that clipped: |x / scale| beyond the format's overflow
-    threshold, a 0-d tensor: no device sync). Rounding to the element format saturates, ties to even (``formats.round_to_format``)."""
+    threshold, a 0-d tensor: no device sync). Rounding to the element format saturates, ties to even
+    (``formats.round_to_format``)."""
     fmt = get_format(fmt)
     if block < 1:
         raise ValueError(f"block must be a positive number of values, got {block}")
@@ -71,8 +74,9 @@ def ste_mx(w: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK, rou
     return _STE.apply(w, get_format(fmt), block, rounding)
 
 
-def ste_mx_counted(w: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK,
-                   rounding: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
+def ste_mx_counted(
+    w: torch.Tensor, fmt: str | ExMy = "e4m3", block: int = MX_BLOCK, rounding: str = "floor"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`ste_mx` plus the number of values that clipped (for telemetry), from one quantization."""
     q, n_clip = mx_quantize(w, fmt, block, rounding)
     return w + (q.to(w.dtype) - w).detach(), n_clip

@@ -20,6 +20,7 @@ Per converted linear:
 
 Embeddings, norms and the head stay fp32 (same filter as the other FP8 methods) with ``torch.optim.AdamW``.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -42,7 +43,7 @@ def _tensorwise(codes: torch.Tensor, scale_inv: torch.Tensor, fmt: FP8Format) ->
 
 class _NaiveFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2: torch.Tensor, mod: "FP8StoredLinear", out_dtype: torch.dtype):
+    def forward(ctx, x2: torch.Tensor, mod: FP8StoredLinear, out_dtype: torch.dtype):
         xq = mod._quant(x2.detach(), "input", E4M3)
         y = fp8_mm(xq, mod.weight_q().t(), out_dtype, mod.backend)
         ctx.mod, ctx.x_dtype = mod, x2.dtype
@@ -125,7 +126,7 @@ class FP8StoredLinear(nn.Module):
         q = self._quant(dw, "weight_grad", E5M2)
         self.grad_codes, self.grad_scale_inv = q.data, q.scale_inv.reshape(())
 
-    def grad(self) -> "_Grad | None":
+    def grad(self) -> _Grad | None:
         return None if self.grad_codes is None else _Grad(self)
 
     @torch.no_grad()
@@ -142,18 +143,36 @@ class FP8StoredLinear(nn.Module):
         for role, (amax, scale, n_sat, numel) in self._stats.items():
             sat = int(n_sat)
             win_sat, win_n = self._window.get(role, (0, 0))
-            rows.append({"layer": name, "tensor": role, "amax": float(amax.float().max()), **describe_scales(scale),
-                         "saturated_frac": sat / max(1, numel), "saturated": sat,
-                         "saturated_frac_window": int(win_sat) / max(1, win_n), "quantized_window": win_n,
-                         "granularity": "tensorwise", "scaling": "current",
-                         "format": "e5m2" if role in ("grad_output", "weight_grad") else "e4m3"})
+            rows.append(
+                {
+                    "layer": name,
+                    "tensor": role,
+                    "amax": float(amax.float().max()),
+                    **describe_scales(scale),
+                    "saturated_frac": sat / max(1, numel),
+                    "saturated": sat,
+                    "saturated_frac_window": int(win_sat) / max(1, win_n),
+                    "quantized_window": win_n,
+                    "granularity": "tensorwise",
+                    "scaling": "current",
+                    "format": "e5m2" if role in ("grad_output", "weight_grad") else "e4m3",
+                }
+            )
         self._window = {}
         if self.unchanged is not None:
             wq = self._stats.get("weight")
-            rows.append({"layer": name, "tensor": "weight_update", "unchanged_frac": float(self.unchanged),
-                         "amax": float(wq[0].float().max()) if wq else float("nan"),
-                         "scale": float(wq[1].reshape(-1)[0]) if wq else float("nan"), "saturated_frac": 0.0,
-                         "saturated_frac_window": 0.0, "format": "e4m3"})
+            rows.append(
+                {
+                    "layer": name,
+                    "tensor": "weight_update",
+                    "unchanged_frac": float(self.unchanged),
+                    "amax": float(wq[0].float().max()) if wq else float("nan"),
+                    "scale": float(wq[1].reshape(-1)[0]) if wq else float("nan"),
+                    "saturated_frac": 0.0,
+                    "saturated_frac_window": 0.0,
+                    "format": "e4m3",
+                }
+            )
         return rows
 
 
@@ -171,8 +190,11 @@ class _Grad:
 
 
 def convert_to_fp8_stored(model: nn.Module, keep_high_precision: tuple[str, ...], backend: str = "auto") -> nn.Module:
-    targets = [(n, m) for n, m in model.named_modules()
-               if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(n, p) for p in keep_high_precision)]
+    targets = [
+        (n, m)
+        for n, m in model.named_modules()
+        if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(n, p) for p in keep_high_precision)
+    ]
     for name, lin in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -23,6 +23,7 @@ fp16 of the same value times 2^-8, subnormals included, and fp16 -> fp32 is vect
 Also here: a counter-based hash (same bits in PyTorch and Triton) that drives stochastic rounding of
 the bf16 parameters, so the CPU reference and the GPU kernel can be compared bit for bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,8 @@ class Fp8Format:
 
 
 FORMATS = {
-    "e4m3": Fp8Format("e4m3", torch.float8_e4m3fn, 448.0, 2.0 ** -6, 3, 7),
-    "e5m2": Fp8Format("e5m2", torch.float8_e5m2, 57344.0, 2.0 ** -14, 2, 15),
+    "e4m3": Fp8Format("e4m3", torch.float8_e4m3fn, 448.0, 2.0**-6, 3, 7),
+    "e5m2": Fp8Format("e5m2", torch.float8_e5m2, 57344.0, 2.0**-14, 2, 15),
 }
 TRANSFORMS = ("none", "sqrt", "dre")
 #: DRE exponent bounds: ``k`` above 1 expands a narrow block, below 1 compresses a wide one.
@@ -118,8 +119,9 @@ def dre_exponent(amax: torch.Tensor, amin: torch.Tensor, fmt: Fp8Format) -> torc
     return k.to(torch.bfloat16)
 
 
-def decode(codes: torch.Tensor, scale: torch.Tensor, fmt: Fp8Format, transform: str = "none",
-           k: torch.Tensor | None = None) -> torch.Tensor:
+def decode(
+    codes: torch.Tensor, scale: torch.Tensor, fmt: Fp8Format, transform: str = "none", k: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse of :func:`encode`: fp32 ``(nb, B)``."""
     c = fp8_to_float(codes)
     if transform == "dre":
@@ -176,7 +178,7 @@ def hash32(idx: torch.Tensor, salt: int) -> torch.Tensor:
 _ARANGE: dict[torch.device, torch.Tensor] = {}
 #: a memory trace's own cache (fake mode → device → arange): the trace sees the index held for the whole
 #: run, as a real run holds it, and no fake tensor outlives its trace to reach a real step
-_ARANGE_FAKE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ARANGE_FAKE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _arange32(n: int, device: torch.device, like: torch.Tensor | None = None) -> torch.Tensor:

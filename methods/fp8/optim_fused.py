@@ -28,6 +28,7 @@ and analysis: ``benchmarks/OPTIM_ABLATION.md``). Agreement with the reference pa
 ``tests/optim/test_optim_fused.py``: bit for bit eagerly; compiled within an fp32 ulp where Inductor's
 sqrt and log2 differ from eager's (see ``_update_blocks``).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,6 +54,7 @@ COMPILED_CHUNK_BLOCKS = 512
 @dataclass(frozen=True)
 class Spec:
     """What the compiled code specialises on (everything else is a runtime argument)."""
+
     m_fmt: str
     m_transform: str
     v_fmt: str
@@ -63,8 +65,28 @@ class Spec:
     g_dtype: torch.dtype
 
 
-def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
-                   b1c, b1c_m1, b2, b2c, decay, bc2_sqrt, eps, step_size, spec: Spec):
+def _update_blocks(
+    p,
+    g,
+    master,
+    mc,
+    ms,
+    mk,
+    vc,
+    vs,
+    vk,
+    offset,
+    salt,
+    b1c,
+    b1c_m1,
+    b2,
+    b2c,
+    decay,
+    bc2_sqrt,
+    eps,
+    step_size,
+    spec: Spec,
+):
     """AdamW on whole blocks: ``p``, ``g`` (and ``master``) are ``(nb, B)`` views like the codes ``mc``, ``vc``.
 
     Mirrors ``FP8AdamW``'s reference path (``methods.fp8.adamw_base.adamw_update_`` between ``optim_codec.decode``
@@ -83,7 +105,7 @@ def _update_blocks(p, g, master, mc, ms, mk, vc, vs, vk, offset, salt,
         # spelled out here as eager computes them (measured: lerp = fma(w, end - start, start) for w < 0.5,
         # addcmul = fma(value * t1, t2, self), addcdiv = self + (value * t1) / t2)
         # (for w >= 0.5 eager takes fma(w - 1, end - start, end), w - 1 in fp32: b1c_m1)
-        m = (_fma(gf - m, b1c, m) if abs(b1c) < 0.5 else _fma(gf - m, b1c_m1, gf))
+        m = _fma(gf - m, b1c, m) if abs(b1c) < 0.5 else _fma(gf - m, b1c_m1, gf)
         v = _fma(b2c * gf, gf, v * b2)
         w = w * decay
         denom = (v.sqrt() / bc2_sqrt) + eps
@@ -123,8 +145,16 @@ def update_scalars(group: dict, st: dict) -> tuple[float, ...]:
     b1, b2 = group["betas"]
     lr, wd = group["lr"], group["weight_decay"]
     t = 1.0 if is_fake(st["step"]) else float(st["step"])
-    return (1 - b1, _f32(1 - b1) - 1.0, b2, 1 - b2, 1 - lr * wd if wd else 1.0, math.sqrt(1 - b2 ** t), group["eps"],
-            -lr / (1 - b1 ** t))
+    return (
+        1 - b1,
+        _f32(1 - b1) - 1.0,
+        b2,
+        1 - b2,
+        1 - lr * wd if wd else 1.0,
+        math.sqrt(1 - b2**t),
+        group["eps"],
+        -lr / (1 - b1**t),
+    )
 
 
 def _f32(x: float) -> float:
@@ -175,14 +205,22 @@ def spec_for(opt, p: torch.Tensor, st: dict) -> Spec:
     if p.dtype not in (torch.bfloat16, torch.float32):
         raise TypeError(f"fused FP8 AdamW handles bf16 and fp32 parameters, got {p.dtype}")
     master = st.get("master")
-    return Spec(opt.m_fmt.name, opt.m_transform, opt.v_fmt.name, opt.v_transform, master is not None,
-                bool(opt.stochastic_rounding and p.dtype == torch.bfloat16 and master is None),
-                p.dtype, p.grad.dtype)
+    return Spec(
+        opt.m_fmt.name,
+        opt.m_transform,
+        opt.v_fmt.name,
+        opt.v_transform,
+        master is not None,
+        bool(opt.stochastic_rounding and p.dtype == torch.bfloat16 and master is None),
+        p.dtype,
+        p.grad.dtype,
+    )
 
 
 @torch.no_grad()
-def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = True,
-               eager_ok: bool = True) -> str | None:
+def fused_step(
+    opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = True, eager_ok: bool = True
+) -> str | None:
     """One step of ``p`` (``st["step"]`` already incremented). Returns how it ran, ``"compiled"`` or
     ``"eager"``; or ``None``, having changed nothing, where it cannot compile and ``eager_ok`` is False (a
     chunk that fails to recompile after others ran is finished eagerly). Reasons land in ``FALLBACK``.
@@ -203,10 +241,21 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = 
 
     def blocks(b0, b1_):
         e0, e1, sl = b0 * blk, b1_ * blk, slice(b0, b1_)
-        return (flat[e0:e1].view(-1, blk), g[e0:e1].view(-1, blk),
-                None if master is None else master[e0:e1].view(-1, blk), mc[sl], ms[sl],
-                None if mk is None else mk[sl], vc[sl], vs[sl], None if vk is None else vk[sl], e0, salt,
-                *scalars, spec)
+        return (
+            flat[e0:e1].view(-1, blk),
+            g[e0:e1].view(-1, blk),
+            None if master is None else master[e0:e1].view(-1, blk),
+            mc[sl],
+            ms[sl],
+            None if mk is None else mk[sl],
+            vc[sl],
+            vs[sl],
+            None if vk is None else vk[sl],
+            e0,
+            salt,
+            *scalars,
+            spec,
+        )
 
     eager = not compiled or is_fake(p)
     fn = None if eager else _compiled(spec)
@@ -237,8 +286,21 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, *, compiled: bool = 
         pad = lambda x: F.pad(x[e0:], (0, blk - r)).view(1, blk)  # noqa: E731
         pt, mt = pad(flat), None if master is None else pad(master)
         sl = slice(full, nb)
-        _update_blocks(pt, pad(g), mt, mc[sl], ms[sl], None if mk is None else mk[sl], vc[sl], vs[sl],
-                       None if vk is None else vk[sl], e0, salt, *scalars, spec)
+        _update_blocks(
+            pt,
+            pad(g),
+            mt,
+            mc[sl],
+            ms[sl],
+            None if mk is None else mk[sl],
+            vc[sl],
+            vs[sl],
+            None if vk is None else vk[sl],
+            e0,
+            salt,
+            *scalars,
+            spec,
+        )
         flat[e0:].copy_(pt.view(-1)[:r])
         if mt is not None:
             master[e0:].copy_(mt.view(-1)[:r])

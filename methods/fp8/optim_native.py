@@ -28,6 +28,7 @@ in the test; the log2 and the encode on their own are tested against float64 in
 Where the compiler is missing or fails, :func:`library` raises :class:`NativeUnavailable` with the
 reason; ``FP8AdamW(impl="auto")`` records it and takes the compiled step instead.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -50,10 +51,19 @@ from methods.fp8.optim_fused import update_scalars
 SOURCE = Path(__file__).with_name("optim_native.c")
 #: -ffp-contract=off: no multiply-add fused that the reference rounds twice (the kernel's own FMAs are
 #: explicit); -fno-math-errno lets sqrtf vectorise, -fno-trapping-math the selects (no rounding changes)
-CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
-          "-std=gnu11") + (
+CFLAGS = (
+    "-O3",
+    "-march=native",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fPIC",
+    "-shared",
+    "-std=gnu11",
+) + (
     # x86: full-width AVX-512 where the CPU has it (gcc defaults to 256-bit vectors there); measured 1.4x
-    ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ())
+    ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()
+)
 #: the largest block the kernel holds on its stack (optim_native.c's MAX_BLOCK)
 MAX_BLOCK = 4096
 FMT_IDS = {"e4m3": 0, "e5m2": 1}
@@ -68,15 +78,32 @@ class NativeUnavailable(RuntimeError):
 
 class _Args(ctypes.Structure):
     # the C struct Args, field for field
-    _fields_ = [("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("master", ctypes.c_void_p),
-                ("mc", ctypes.c_void_p), ("vc", ctypes.c_void_p), ("ms", ctypes.c_void_p), ("vs", ctypes.c_void_p),
-                ("mk", ctypes.c_void_p), ("vk", ctypes.c_void_p),
-                ("n", ctypes.c_int64), ("block", ctypes.c_int64), ("b0", ctypes.c_int64), ("b1", ctypes.c_int64),
-                ("p_bf16", ctypes.c_int32), ("g_bf16", ctypes.c_int32), ("stochastic", ctypes.c_int32),
-                ("lerp_hi", ctypes.c_int32), ("m_fmt", ctypes.c_int32), ("v_fmt", ctypes.c_int32),
-                ("m_tr", ctypes.c_int32), ("v_tr", ctypes.c_int32), ("salt", ctypes.c_uint32),
-                ("m_log2nr", ctypes.c_float), ("v_log2nr", ctypes.c_float)] + [
-        (name, ctypes.c_float) for name in ("b1c", "b1c_m1", "b2", "b2c", "decay", "bc2_sqrt", "eps", "step_size")]
+    _fields_ = [
+        ("p", ctypes.c_void_p),
+        ("g", ctypes.c_void_p),
+        ("master", ctypes.c_void_p),
+        ("mc", ctypes.c_void_p),
+        ("vc", ctypes.c_void_p),
+        ("ms", ctypes.c_void_p),
+        ("vs", ctypes.c_void_p),
+        ("mk", ctypes.c_void_p),
+        ("vk", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("block", ctypes.c_int64),
+        ("b0", ctypes.c_int64),
+        ("b1", ctypes.c_int64),
+        ("p_bf16", ctypes.c_int32),
+        ("g_bf16", ctypes.c_int32),
+        ("stochastic", ctypes.c_int32),
+        ("lerp_hi", ctypes.c_int32),
+        ("m_fmt", ctypes.c_int32),
+        ("v_fmt", ctypes.c_int32),
+        ("m_tr", ctypes.c_int32),
+        ("v_tr", ctypes.c_int32),
+        ("salt", ctypes.c_uint32),
+        ("m_log2nr", ctypes.c_float),
+        ("v_log2nr", ctypes.c_float),
+    ] + [(name, ctypes.c_float) for name in ("b1c", "b1c_m1", "b2", "b2c", "decay", "bc2_sqrt", "eps", "step_size")]
 
 
 _LOCK = threading.Lock()
@@ -117,8 +144,9 @@ def _build(extra_flags: tuple[str, ...] = ()) -> Path:
         raise NativeUnavailable(f"C compiler {cc!r} does not run: {e}") from None
     src = SOURCE.read_bytes()
     flags = CFLAGS + tuple(extra_flags)
-    key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), version.encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join([src, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
     out = cache_dir() / f"optim_native-{key}.so"
     if out.exists():
         return out
@@ -206,15 +234,38 @@ def native_step(opt, p: torch.Tensor, group: dict, st: dict) -> None:
     mk, vk = st.get("exp_avg_k"), st.get("exp_avg_sq_k")
     nb, blk = mc.shape
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    base = dict(p=p.data_ptr(), g=g.data_ptr(), master=ptr(master), mc=mc.data_ptr(), vc=vc.data_ptr(),
-                ms=st["exp_avg_scale"].data_ptr(), vs=st["exp_avg_sq_scale"].data_ptr(), mk=ptr(mk), vk=ptr(vk),
-                n=p.numel(), block=blk, p_bf16=int(p.dtype == torch.bfloat16), g_bf16=int(g.dtype == torch.bfloat16),
-                stochastic=int(stochastic), lerp_hi=int(abs(b1c) >= 0.5),
-                m_fmt=FMT_IDS[opt.m_fmt.name], v_fmt=FMT_IDS[opt.v_fmt.name],
-                m_tr=TR_IDS[opt.m_transform], v_tr=TR_IDS[opt.v_transform],
-                salt=opt._salt(p, st) if stochastic else 0,
-                m_log2nr=_log2nr(opt.m_fmt), v_log2nr=_log2nr(opt.v_fmt), b1c=b1c, b1c_m1=b1c_m1, b2=b2, b2c=b2c,
-                decay=decay, bc2_sqrt=bc2_sqrt, eps=eps, step_size=step_size)
+    base = dict(
+        p=p.data_ptr(),
+        g=g.data_ptr(),
+        master=ptr(master),
+        mc=mc.data_ptr(),
+        vc=vc.data_ptr(),
+        ms=st["exp_avg_scale"].data_ptr(),
+        vs=st["exp_avg_sq_scale"].data_ptr(),
+        mk=ptr(mk),
+        vk=ptr(vk),
+        n=p.numel(),
+        block=blk,
+        p_bf16=int(p.dtype == torch.bfloat16),
+        g_bf16=int(g.dtype == torch.bfloat16),
+        stochastic=int(stochastic),
+        lerp_hi=int(abs(b1c) >= 0.5),
+        m_fmt=FMT_IDS[opt.m_fmt.name],
+        v_fmt=FMT_IDS[opt.v_fmt.name],
+        m_tr=TR_IDS[opt.m_transform],
+        v_tr=TR_IDS[opt.v_transform],
+        salt=opt._salt(p, st) if stochastic else 0,
+        m_log2nr=_log2nr(opt.m_fmt),
+        v_log2nr=_log2nr(opt.v_fmt),
+        b1c=b1c,
+        b1c_m1=b1c_m1,
+        b2=b2,
+        b2c=b2c,
+        decay=decay,
+        bc2_sqrt=bc2_sqrt,
+        eps=eps,
+        step_size=step_size,
+    )
     threads = max(1, min(torch.get_num_threads(), nb // MIN_BLOCKS_PER_THREAD))
     cuts = [nb * i // threads for i in range(threads + 1)]
     args = [_Args(**base, b0=cuts[i], b1=cuts[i + 1]) for i in range(threads)]

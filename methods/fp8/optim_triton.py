@@ -13,6 +13,7 @@ of 128), and the integer route gives the same bits on a GPU and in the interpret
 and the reference still differ it is by fp32 rounding of the transcendentals and of fused
 multiply-adds (torch's CPU sqrt is not correctly rounded, for one); the tests bound it.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,16 @@ def _decode(u, scale, k, FMT: tl.constexpr, TR: tl.constexpr, FMAX: tl.constexpr
 
 
 @triton.jit
-def _encode(x, FMT: tl.constexpr, TR: tl.constexpr, FMAX: tl.constexpr, LOG2_RANGE: tl.constexpr,
-            FLOOR: tl.constexpr, K_MIN: tl.constexpr, K_MAX: tl.constexpr):
+def _encode(
+    x,
+    FMT: tl.constexpr,
+    TR: tl.constexpr,
+    FMAX: tl.constexpr,
+    LOG2_RANGE: tl.constexpr,
+    FLOOR: tl.constexpr,
+    K_MIN: tl.constexpr,
+    K_MAX: tl.constexpr,
+):
     """(ROWS, B) fp32 -> (codes uint8, scale fp32 (ROWS,), k bits int16 (ROWS,))."""
     if TR == 2:
         a = tl.abs(x)
@@ -134,14 +143,43 @@ def _encode(x, FMT: tl.constexpr, TR: tl.constexpr, FMAX: tl.constexpr, LOG2_RAN
 
 @triton.jit
 def _fp8_adamw_kernel(
-        p_ptr, g_ptr, w_ptr,  # param (bf16 as int16 bits, or fp32), grad, fp32 master (or p again)
-        m_ptr, ms_ptr, mk_ptr, v_ptr, vs_ptr, vk_ptr,  # codes (uint8), scales (fp32), DRE k (int16)
-        N, NB, beta1, beta2, eps, decay, step_size, bc2_sqrt, salt,
-        B: tl.constexpr, BP: tl.constexpr, ROWS: tl.constexpr,
-        M_FMT: tl.constexpr, M_TR: tl.constexpr, M_FMAX: tl.constexpr, M_LOGR: tl.constexpr,
-        V_FMT: tl.constexpr, V_TR: tl.constexpr, V_FMAX: tl.constexpr, V_LOGR: tl.constexpr,
-        P_BF16: tl.constexpr, G_BF16: tl.constexpr, HAS_MASTER: tl.constexpr, SR: tl.constexpr,
-        FLOOR: tl.constexpr, K_MIN: tl.constexpr, K_MAX: tl.constexpr):
+    p_ptr,
+    g_ptr,
+    w_ptr,  # param (bf16 as int16 bits, or fp32), grad, fp32 master (or p again)
+    m_ptr,
+    ms_ptr,
+    mk_ptr,
+    v_ptr,
+    vs_ptr,
+    vk_ptr,  # codes (uint8), scales (fp32), DRE k (int16)
+    N,
+    NB,
+    beta1,
+    beta2,
+    eps,
+    decay,
+    step_size,
+    bc2_sqrt,
+    salt,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    ROWS: tl.constexpr,
+    M_FMT: tl.constexpr,
+    M_TR: tl.constexpr,
+    M_FMAX: tl.constexpr,
+    M_LOGR: tl.constexpr,
+    V_FMT: tl.constexpr,
+    V_TR: tl.constexpr,
+    V_FMAX: tl.constexpr,
+    V_LOGR: tl.constexpr,
+    P_BF16: tl.constexpr,
+    G_BF16: tl.constexpr,
+    HAS_MASTER: tl.constexpr,
+    SR: tl.constexpr,
+    FLOOR: tl.constexpr,
+    K_MIN: tl.constexpr,
+    K_MAX: tl.constexpr,
+):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < NB
     cols = tl.arange(0, BP)  # BP: B rounded up to a power of two (tl.arange needs one)
@@ -230,23 +268,65 @@ def fused_step(opt, p: torch.Tensor, group: dict, st: dict, rows: int | None = N
     mid, mfmax, mlogr = _fmt_consts(opt.m_fmt)
     vid, vfmax, vlogr = _fmt_consts(opt.v_fmt)
     _fp8_adamw_kernel[(triton.cdiv(nb, rows),)](
-        _bits(p), _bits(g), master if has_master else p,
-        st["exp_avg"].view(torch.uint8), st["exp_avg_scale"], _bits(mk),
-        st["exp_avg_sq"].view(torch.uint8), st["exp_avg_sq_scale"], _bits(vk),
-        p.numel(), nb, b1, b2, group["eps"], 1 - lr * wd if wd else 1.0, -lr / (1 - b1 ** t),
-        math.sqrt(1 - b2 ** t), opt._salt(p, st) if sr else 0,
-        B=blk, BP=triton.next_power_of_2(blk), ROWS=rows,
-        M_FMT=mid, M_TR=_TR_ID[opt.m_transform], M_FMAX=mfmax, M_LOGR=mlogr,
-        V_FMT=vid, V_TR=_TR_ID[opt.v_transform], V_FMAX=vfmax, V_LOGR=vlogr,
-        P_BF16=p.dtype == torch.bfloat16, G_BF16=g.dtype == torch.bfloat16, HAS_MASTER=has_master, SR=sr,
-        FLOOR=codec.SCALE_FLOOR, K_MIN=codec.DRE_K_MIN, K_MAX=codec.DRE_K_MAX)
+        _bits(p),
+        _bits(g),
+        master if has_master else p,
+        st["exp_avg"].view(torch.uint8),
+        st["exp_avg_scale"],
+        _bits(mk),
+        st["exp_avg_sq"].view(torch.uint8),
+        st["exp_avg_sq_scale"],
+        _bits(vk),
+        p.numel(),
+        nb,
+        b1,
+        b2,
+        group["eps"],
+        1 - lr * wd if wd else 1.0,
+        -lr / (1 - b1**t),
+        math.sqrt(1 - b2**t),
+        opt._salt(p, st) if sr else 0,
+        B=blk,
+        BP=triton.next_power_of_2(blk),
+        ROWS=rows,
+        M_FMT=mid,
+        M_TR=_TR_ID[opt.m_transform],
+        M_FMAX=mfmax,
+        M_LOGR=mlogr,
+        V_FMT=vid,
+        V_TR=_TR_ID[opt.v_transform],
+        V_FMAX=vfmax,
+        V_LOGR=vlogr,
+        P_BF16=p.dtype == torch.bfloat16,
+        G_BF16=g.dtype == torch.bfloat16,
+        HAS_MASTER=has_master,
+        SR=sr,
+        FLOOR=codec.SCALE_FLOOR,
+        K_MIN=codec.DRE_K_MIN,
+        K_MAX=codec.DRE_K_MAX,
+    )
 
 
 # ---- a standalone codec launch, for tests ------------------------------------------------------
 @triton.jit
-def _codec_kernel(x_ptr, c_ptr, s_ptr, k_ptr, y_ptr, NB, B: tl.constexpr, BP: tl.constexpr, ROWS: tl.constexpr,
-                  FMT: tl.constexpr, TR: tl.constexpr, FMAX: tl.constexpr, LOGR: tl.constexpr,
-                  FLOOR: tl.constexpr, K_MIN: tl.constexpr, K_MAX: tl.constexpr):
+def _codec_kernel(
+    x_ptr,
+    c_ptr,
+    s_ptr,
+    k_ptr,
+    y_ptr,
+    NB,
+    B: tl.constexpr,
+    BP: tl.constexpr,
+    ROWS: tl.constexpr,
+    FMT: tl.constexpr,
+    TR: tl.constexpr,
+    FMAX: tl.constexpr,
+    LOGR: tl.constexpr,
+    FLOOR: tl.constexpr,
+    K_MIN: tl.constexpr,
+    K_MAX: tl.constexpr,
+):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < NB
     cols = tl.arange(0, BP)
@@ -274,8 +354,21 @@ def encode_decode(x: torch.Tensor, fmt: str, transform: str, rows: int = 2):
     y = torch.empty_like(x)
     fid, fmax, logr = _fmt_consts(f)
     _codec_kernel[(triton.cdiv(nb, rows),)](
-        x.contiguous(), codes, scale, k.view(torch.int16), y, nb, B=blk, BP=triton.next_power_of_2(blk),
-        ROWS=rows, FMT=fid,
-        TR=_TR_ID[transform], FMAX=fmax, LOGR=logr, FLOOR=codec.SCALE_FLOOR, K_MIN=codec.DRE_K_MIN,
-        K_MAX=codec.DRE_K_MAX)
+        x.contiguous(),
+        codes,
+        scale,
+        k.view(torch.int16),
+        y,
+        nb,
+        B=blk,
+        BP=triton.next_power_of_2(blk),
+        ROWS=rows,
+        FMT=fid,
+        TR=_TR_ID[transform],
+        FMAX=fmax,
+        LOGR=logr,
+        FLOOR=codec.SCALE_FLOOR,
+        K_MIN=codec.DRE_K_MIN,
+        K_MAX=codec.DRE_K_MAX,
+    )
     return codes.view(f.dtype), scale, k, y

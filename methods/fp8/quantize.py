@@ -15,6 +15,7 @@ same path with the same scales; only the last step differs: :func:`~methods.fp8.
 instead of ``.to(float8)``, its values carried in ``fmt.carrier``. There is no Triton kernel for them:
 ``backend="auto"`` takes the PyTorch path on a GPU too, ``backend="triton"`` is refused.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,10 @@ def use_triton(backend: str, x: torch.Tensor, fmt: FP8Format | None = None) -> b
     """Whether to take the Triton path; never for a simulated ``fmt`` (refused if asked for by name)."""
     if fmt is not None and fmt.simulated:
         if backend == "triton":
-            raise ValueError(f"backend 'triton' needs a torch float8 format; {fmt} is simulated "
-                             "(use backend auto, dequant or reference)")
+            raise ValueError(
+                f"backend 'triton' needs a torch float8 format; {fmt} is simulated "
+                "(use backend auto, dequant or reference)"
+            )
         return False
     if backend == "triton":
         return True
@@ -41,8 +44,17 @@ def use_triton(backend: str, x: torch.Tensor, fmt: FP8Format | None = None) -> b
     return False
 
 
-def quantize(x: torch.Tensor, fmt: str | FP8Format, blocks: Blocks, *, scaler: DelayedScaler | None = None,
-             record: bool = True, pow2: bool = False, margin: int = 0, backend: str = "auto") -> Quantized:
+def quantize(
+    x: torch.Tensor,
+    fmt: str | FP8Format,
+    blocks: Blocks,
+    *,
+    scaler: DelayedScaler | None = None,
+    record: bool = True,
+    pow2: bool = False,
+    margin: int = 0,
+    backend: str = "auto",
+) -> Quantized:
     """x (R, C) → :class:`Quantized`. Current scaling unless a ``scaler`` (delayed, tensorwise) is given;
     ``record`` pushes this tensor's amax into the scaler's history."""
     fmt = get_format(fmt)

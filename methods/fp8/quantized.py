@@ -1,5 +1,6 @@
 """An FP8-quantized 2-D tensor (codes, group scales, the groups' amax) and how two of them meet in a GEMM:
 the container every part of the library passes around, below quantize, GEMM and kernels alike."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +33,17 @@ class Quantized:
     #: a tensor used by two GEMMs (grad_output in dgrad and wgrad) is decoded once. Lives as long as this.
     decoded: torch.Tensor | None = None
 
-    def t(self) -> "Quantized":
-        return Quantized(self.data.t(), self.scale.t(), self.scale_inv.t(), self.blocks.t(), self.fmt,
-                         self.amax.t(), self.n_sat, None if self.decoded is None else self.decoded.t())
+    def t(self) -> Quantized:
+        return Quantized(
+            self.data.t(),
+            self.scale.t(),
+            self.scale_inv.t(),
+            self.blocks.t(),
+            self.fmt,
+            self.amax.t(),
+            self.n_sat,
+            None if self.decoded is None else self.decoded.t(),
+        )
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         from methods.fp8.scaling import expand_scales

@@ -4,6 +4,7 @@ bf16 keeps the top 16 bits of an fp32 word. Adding a uniform random 16-bit integ
 before truncating rounds up with probability equal to the discarded fraction, so the rounding is
 unbiased in expectation: small updates that round-to-nearest would always drop survive on average.
 """
+
 from __future__ import annotations
 
 import torch

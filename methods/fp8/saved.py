@@ -15,6 +15,7 @@ therefore the module's exact gradients *at the decoded inputs*: one E4M3 roundin
 the unquantized one. The recomputation costs one more elementwise pass in backward, as activation
 checkpointing of these layers would, and the autocast state of the forward is restored for it.
 """
+
 from __future__ import annotations
 
 import torch

@@ -20,6 +20,7 @@ extra read of the tensor, never overflows); *delayed* scaling (:class:`DelayedSc
 of previous steps from a history window, as TE's ``DelayedScaling`` and Nanotron do, so the scale is
 known before the tensor is; values that outgrew the history saturate, and are counted.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ AMAX_FLOOR = 1e-12
 #: ``max / amax`` = inf for any amax < 1, and an inverse scale in fp32's subnormals (imprecise) just
 #: before that. 2^64 is exact, and its inverse a normal fp32; it never binds for the FP8 formats
 #: (max / AMAX_FLOOR <= 5.8e16 < 2^64 = 1.8e19), so their scales are what they always were.
-SCALE_MAX = 2.0 ** 64
+SCALE_MAX = 2.0**64
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Blocks:
         br, bc = self.resolve(shape)
         return -(-shape[0] // br), -(-shape[1] // bc)
 
-    def t(self) -> "Blocks":
+    def t(self) -> Blocks:
         return Blocks(self.cols, self.rows)
 
     @property
@@ -70,8 +71,14 @@ COLWISE = Blocks(0, 1)
 TILE_1x128 = Blocks(1, 128)
 TILE_128x1 = Blocks(128, 1)
 BLOCK_128x128 = Blocks(128, 128)
-_LABELS = {TENSORWISE: "tensorwise", ROWWISE: "rowwise", COLWISE: "colwise", TILE_1x128: "1x128",
-           TILE_128x1: "128x1", BLOCK_128x128: "128x128"}
+_LABELS = {
+    TENSORWISE: "tensorwise",
+    ROWWISE: "rowwise",
+    COLWISE: "colwise",
+    TILE_1x128: "1x128",
+    TILE_128x1: "128x1",
+    BLOCK_128x128: "128x128",
+}
 
 
 def scale_from_amax(amax: torch.Tensor, fmt: FP8Format, margin: int = 0, pow2: bool = False) -> torch.Tensor:
@@ -87,7 +94,7 @@ def scale_from_amax(amax: torch.Tensor, fmt: FP8Format, margin: int = 0, pow2: b
     # tensor / tensor is IEEE division; ``fmt.max / a`` is ``a.reciprocal() * fmt.max`` (two roundings)
     s = torch.full_like(a, fmt.max) / a
     if margin:
-        s = s * (2.0 ** -margin)
+        s = s * (2.0**-margin)
     s = s.clamp(max=SCALE_MAX)  # (a smaller scale keeps amax * scale <= max)
     if pow2:  # 2**floor(log2 s), exactly: keep the exponent bits, clear the mantissa
         s = (s.view(torch.int32) & 0x7F800000).view(torch.float32)
@@ -151,8 +158,9 @@ class DelayedScaler(nn.Module):
     ``algo`` is ``max`` (TE's default: max over the window) or ``most_recent``.
     """
 
-    def __init__(self, fmt: str | FP8Format, history_len: int = 16, margin: int = 0, algo: str = "max",
-                 pow2: bool = False):
+    def __init__(
+        self, fmt: str | FP8Format, history_len: int = 16, margin: int = 0, algo: str = "max", pow2: bool = False
+    ):
         super().__init__()
         if history_len < 1:
             raise ValueError(f"amax history length must be >= 1, got {history_len}")
@@ -190,14 +198,15 @@ class DelayedScaler(nn.Module):
         self.scale.copy_(scale_from_amax(ref, self.fmt, self.margin, self.pow2))
 
     def extra_repr(self) -> str:
-        return (f"{self.fmt}, history={self.amax_history.numel()}, margin={self.margin}, algo={self.algo}, "
-                f"pow2={self.pow2}")
+        return (
+            f"{self.fmt}, history={self.amax_history.numel()}, margin={self.margin}, algo={self.algo}, pow2={self.pow2}"
+        )
 
 
 def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
     """Smallest power of two >= x, exactly (bit arithmetic on fp32); 1 where x is 0, tiny or not finite."""
     x = x.float()
-    ok = torch.isfinite(x) & (x >= 2.0 ** -126)
+    ok = torch.isfinite(x) & (x >= 2.0**-126)
     bits = torch.where(ok, x, torch.ones_like(x)).view(torch.int32)
     up = (bits & 0x7FFFFF) != 0  # any mantissa bit: round the exponent up
     return ((bits & 0x7F800000) + (up.int() << 23)).view(torch.float32)
@@ -209,5 +218,8 @@ def describe_scales(scale: torch.Tensor) -> dict:
     if s.numel() == 1:
         v = float(s)
         return {"scale": v}
-    return {"scale": float(s.min()), "scale_max": float(s.max()),
-            "scale_log2_spread": float(torch.log2(s.max() / s.min())) if float(s.min()) > 0 else math.inf}
+    return {
+        "scale": float(s.min()),
+        "scale_max": float(s.max()),
+        "scale_log2_spread": float(torch.log2(s.max() / s.min())) if float(s.min()) > 0 else math.inf,
+    }

@@ -5,6 +5,7 @@ at every evaluation step, from the runs' ``metrics.jsonl``.
     python -m pipelines.analysis.collect --out results/summary.csv results/runs/cpu/*/*/seed*/summary.json
     python -m pipelines.analysis.collect --out results/summary.csv --profile cpu      # finds them itself
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,45 @@ from pipelines.run.events import read_events
 
 REFERENCE = "bf16-amp"
 COLUMNS = [
-    "profile", "model", "method", "seed", "lr", "device", "world_size", "n_params", "steps", "tokens", "status", "reason",
-    "diverged_step", "initial_val_loss", "final_train_loss", "final_val_loss", "loss_gap_pct", "tokens_per_s",
-    "speedup", "step_time_s", "state_bytes_per_param", "weights_bytes", "master_bytes", "grads_bytes",
-    "optim_bytes", "meta_bytes", "state_bytes", "peak_mem_bytes", "peak_mem_kind", "wall_time_s", "run_dir",
-    "weight_codes_unchanged_frac_mean", "saturated_frac_max", "saturated_frac_mean", "underflow_frac_max",
-    "underflow_frac_mean", "lost_pred_frac_mean", "unchanged_frac_mean", "lost_bias_mean",
+    "profile",
+    "model",
+    "method",
+    "seed",
+    "lr",
+    "device",
+    "world_size",
+    "n_params",
+    "steps",
+    "tokens",
+    "status",
+    "reason",
+    "diverged_step",
+    "initial_val_loss",
+    "final_train_loss",
+    "final_val_loss",
+    "loss_gap_pct",
+    "tokens_per_s",
+    "speedup",
+    "step_time_s",
+    "state_bytes_per_param",
+    "weights_bytes",
+    "master_bytes",
+    "grads_bytes",
+    "optim_bytes",
+    "meta_bytes",
+    "state_bytes",
+    "peak_mem_bytes",
+    "peak_mem_kind",
+    "wall_time_s",
+    "run_dir",
+    "weight_codes_unchanged_frac_mean",
+    "saturated_frac_max",
+    "saturated_frac_mean",
+    "underflow_frac_max",
+    "underflow_frac_mean",
+    "lost_pred_frac_mean",
+    "unchanged_frac_mean",
+    "lost_bias_mean",
 ]
 #: FP8 linear telemetry fractions summarized per run (max and mean over layers, tensors and logged steps)
 FRACTIONS = {"saturated": "saturated_frac_window", "underflow": "underflow_frac_window"}
@@ -57,8 +91,11 @@ def run_events(run_dir: str | Path) -> tuple[list[dict], float]:
             if ev["event"] == "eval" and ev.get("val_loss") is not None:
                 evals.append({"step": ev["step"], "val_loss": ev["val_loss"]})
             elif ev["event"] == "telemetry" and ev["step"] > 0:
-                unchanged += [r["unchanged_frac"] for r in ev.get("layers", [])
-                              if r.get("unchanged_frac") is not None and r.get("format", "e4m3") == "e4m3"]
+                unchanged += [
+                    r["unchanged_frac"]
+                    for r in ev.get("layers", [])
+                    if r.get("unchanged_frac") is not None and r.get("format", "e4m3") == "e4m3"
+                ]
     return evals, (sum(unchanged) / len(unchanged) if unchanged else float("nan"))
 
 
@@ -94,8 +131,17 @@ def eval_gaps(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     rows = []
     for r in df.itertuples():
         for ev in run_events(r.run_dir)[0]:
-            rows.append({"profile": r.profile, "model": r.model, "method": r.method, "lr": r.lr, "seed": r.seed,
-                         "status": r.status, **ev})
+            rows.append(
+                {
+                    "profile": r.profile,
+                    "model": r.model,
+                    "method": r.method,
+                    "lr": r.lr,
+                    "seed": r.seed,
+                    "status": r.status,
+                    **ev,
+                }
+            )
     cols = ["profile", "model", "method", "lr", "seed", "status", "step", "val_loss"]
     ev = pd.DataFrame(rows, columns=cols)
     keys = ["profile", "model", "lr", "seed", "step"]

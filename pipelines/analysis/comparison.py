@@ -5,14 +5,15 @@ its command also writes the tables built on them (the claims, the memory model, 
 
 writes ``comparison.csv`` + ``comparison.md``, ``noise_floor.csv``, ``claims.csv``, ``memory_model.csv`` and
 ``optim_ablation.csv``; the claims also read the stability tables already in ``--out-dir`` (``frontier.csv``,
-``long_horizon.csv``, ``stress_outliers.csv``). Every registered method gets a comparison row, also when it did not run (status
-``not run``) or was skipped; the numbers the report prints are these files' numbers.
+``long_horizon.csv``, ``stress_outliers.csv``). Every registered method gets a comparison row, also when it did
+not run (status ``not run``) or was skipped; the numbers the report prints are these files' numbers.
 
 Per method and lr: the paired gaps of its seeds against ``bf16-amp`` at the same seed (``loss_gap_pct`` of
 summary.csv), their mean with a Student-t interval, the noise floor of that lr (fp32 against bf16-amp) and
 a verdict against the equivalence margin (``pipelines/analysis/stats.py`` states the rules; ``analysis:`` in
 ``pipelines/config.yaml`` sets margin, confidence and the minimum number of seeds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import write_csv, write_text
-from pipelines.analysis.markdown import md_table  # one table renderer for every markdown table
 from pipelines.analysis.claims import claims
+from pipelines.analysis.markdown import md_table  # one table renderer for every markdown table
 from pipelines.analysis.memory_model import COMPONENTS, memory_model
 from pipelines.analysis.optim_ablation import optim_ablation
 from pipelines.analysis.stats import Analysis, noise_floor, seeds_to_decide, t_interval, verdict
@@ -43,8 +44,16 @@ def registry_rows() -> pd.DataFrame:
     for name in method_names():
         m = get_method(name)
         unmet = m.unmet()
-        rows.append({"method": name, "family": m.family, "available_here": not unmet, "unavailable_reason": "; ".join(unmet),
-                     "summary": m.summary, **{f"stores_{k}": v for k, v in m.stores.items()}})
+        rows.append(
+            {
+                "method": name,
+                "family": m.family,
+                "available_here": not unmet,
+                "unavailable_reason": "; ".join(unmet),
+                "summary": m.summary,
+                **{f"stores_{k}": v for k, v in m.stores.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -76,19 +85,46 @@ def noise_floors(summary: pd.DataFrame, an: Analysis) -> pd.DataFrame:
         if ref.empty:
             continue
         val, init = ref["final_val_loss"].astype(float), ref["initial_val_loss"].astype(float)
-        base = {**dict(zip(LR_KEYS, key)), "ref_seeds": len(ref), "ref_val_mean": val.mean(),
-                "ref_spread_pct": 100 * (val.max() - val.min()) / val.mean() if len(ref) > 1 else np.nan,
-                "ref_fall_pct": 100 * float((1 - val / init).min()), "margin_pct": an.margin_pct}
+        base = {
+            **dict(zip(LR_KEYS, key)),
+            "ref_seeds": len(ref),
+            "ref_val_mean": val.mean(),
+            "ref_spread_pct": 100 * (val.max() - val.min()) / val.mean() if len(ref) > 1 else np.nan,
+            "ref_fall_pct": 100 * float((1 - val / init).min()),
+            "margin_pct": an.margin_pct,
+        }
         for null in an.null_methods:
             gaps = _gaps(g[g["method"] == null])
             if gaps.empty:
                 continue
             ci = t_interval(gaps, an.confidence)
-            rows.append({**base, "null_method": null, "n_seeds": ci.n,
-                         "gaps_pct": " / ".join(f"{v:+.2f}" for v in gaps), "noise_floor_pct": noise_floor(gaps),
-                         "gap_mean_pct": ci.mean, "gap_ci_lo_pct": ci.lo, "gap_ci_hi_pct": ci.hi})
-    cols = [*LR_KEYS, "null_method", "n_seeds", "gaps_pct", "noise_floor_pct", "gap_mean_pct", "gap_ci_lo_pct",
-            "gap_ci_hi_pct", "margin_pct", "ref_seeds", "ref_val_mean", "ref_spread_pct", "ref_fall_pct"]
+            rows.append(
+                {
+                    **base,
+                    "null_method": null,
+                    "n_seeds": ci.n,
+                    "gaps_pct": " / ".join(f"{v:+.2f}" for v in gaps),
+                    "noise_floor_pct": noise_floor(gaps),
+                    "gap_mean_pct": ci.mean,
+                    "gap_ci_lo_pct": ci.lo,
+                    "gap_ci_hi_pct": ci.hi,
+                }
+            )
+    cols = [
+        *LR_KEYS,
+        "null_method",
+        "n_seeds",
+        "gaps_pct",
+        "noise_floor_pct",
+        "gap_mean_pct",
+        "gap_ci_lo_pct",
+        "gap_ci_hi_pct",
+        "margin_pct",
+        "ref_seeds",
+        "ref_val_mean",
+        "ref_spread_pct",
+        "ref_fall_pct",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -117,41 +153,46 @@ def aggregate(summary: pd.DataFrame, an: Analysis | None = None, floors: pd.Data
             v = "n/a (" + (_status(statuses) if statuses else "no runs") + ")"
         else:
             v = verdict(gaps, an, floor)
-        row.update({
-            "status": _status(statuses),
-            "runs": len(g),
-            "seeds": ",".join(str(int(x)) for x in sorted(g["seed"])),
-            "n_ok": len(gok),
-            "reason": "; ".join(reasons),
-            "diverged_step": g["diverged_step"].min() if "diverged_step" in g else np.nan,
-            "val_loss_mean": gok["final_val_loss"].mean() if len(gok) else np.nan,
-            "val_loss_std": _std(gok["final_val_loss"]),
-            "n_seeds": len(gaps),  # the reference too: its seeds, though its gap to itself has no interval
-            "n_judged": int(g["status"].isin(["ok", "diverged"]).sum()),  # seeds a verdict rests on
-            "gap_mean_pct": ci.mean,
-            "gap_ci_lo_pct": ci.lo,
-            "gap_ci_hi_pct": ci.hi,
-            "gap_sd_pct": ci.sd,
-            "noise_floor_pct": floor,
-            "margin_pct": an.margin_pct,
-            "verdict": v,
-            # seeds at which the interval would be decided, were the mean and spread to stay as observed
-            "seeds_to_decide": np.nan if row["method"] == an.reference else seeds_to_decide(gaps, an),
-            # the verdict on its first min_seeds seeds: what a fixed design would say (adaptive seeds add more)
-            "verdict_at_min_seeds": v if len(gaps) <= an.min_seeds or v in ("reference", "diverged")
-            else verdict(gaps.iloc[:an.min_seeds], an, floor),
-            "verdict_rule": an.rule(),
-            "tokens_per_s_median": gok["tokens_per_s"].median() if len(gok) else np.nan,
-            "speedup_median": gok["speedup"].median() if len(gok) else np.nan,
-            "peak_mem_bytes": g["peak_mem_bytes"].max(),
-            "peak_mem_mib": g["peak_mem_bytes"].max() / 2**20,
-            "peak_mem_kind": ",".join(sorted(g["peak_mem_kind"].dropna().astype(str).unique())),
-            "world_size": g["world_size"].max() if "world_size" in g else 1,
-            "weight_codes_unchanged_frac_mean": (g["weight_codes_unchanged_frac_mean"].mean()
-                                                 if "weight_codes_unchanged_frac_mean" in g else np.nan),
-            "weight_codes_unchanged_frac_max": (g["telemetry_max_unchanged_frac"].max()
-                                                if "telemetry_max_unchanged_frac" in g else np.nan),
-        })
+        row.update(
+            {
+                "status": _status(statuses),
+                "runs": len(g),
+                "seeds": ",".join(str(int(x)) for x in sorted(g["seed"])),
+                "n_ok": len(gok),
+                "reason": "; ".join(reasons),
+                "diverged_step": g["diverged_step"].min() if "diverged_step" in g else np.nan,
+                "val_loss_mean": gok["final_val_loss"].mean() if len(gok) else np.nan,
+                "val_loss_std": _std(gok["final_val_loss"]),
+                "n_seeds": len(gaps),  # the reference too: its seeds, though its gap to itself has no interval
+                "n_judged": int(g["status"].isin(["ok", "diverged"]).sum()),  # seeds a verdict rests on
+                "gap_mean_pct": ci.mean,
+                "gap_ci_lo_pct": ci.lo,
+                "gap_ci_hi_pct": ci.hi,
+                "gap_sd_pct": ci.sd,
+                "noise_floor_pct": floor,
+                "margin_pct": an.margin_pct,
+                "verdict": v,
+                # seeds at which the interval would be decided, were the mean and spread to stay as observed
+                "seeds_to_decide": np.nan if row["method"] == an.reference else seeds_to_decide(gaps, an),
+                # the verdict on its first min_seeds seeds: what a fixed design would say (adaptive seeds add more)
+                "verdict_at_min_seeds": v
+                if len(gaps) <= an.min_seeds or v in ("reference", "diverged")
+                else verdict(gaps.iloc[: an.min_seeds], an, floor),
+                "verdict_rule": an.rule(),
+                "tokens_per_s_median": gok["tokens_per_s"].median() if len(gok) else np.nan,
+                "speedup_median": gok["speedup"].median() if len(gok) else np.nan,
+                "peak_mem_bytes": g["peak_mem_bytes"].max(),
+                "peak_mem_mib": g["peak_mem_bytes"].max() / 2**20,
+                "peak_mem_kind": ",".join(sorted(g["peak_mem_kind"].dropna().astype(str).unique())),
+                "world_size": g["world_size"].max() if "world_size" in g else 1,
+                "weight_codes_unchanged_frac_mean": (
+                    g["weight_codes_unchanged_frac_mean"].mean() if "weight_codes_unchanged_frac_mean" in g else np.nan
+                ),
+                "weight_codes_unchanged_frac_max": (
+                    g["telemetry_max_unchanged_frac"].max() if "telemetry_max_unchanged_frac" in g else np.nan
+                ),
+            }
+        )
         for c in COMPONENTS:
             row[f"{c}_bpp"] = first[f"{c}_bytes"] / first["n_params"] if first is not None else np.nan
         row["state_bytes_per_param"] = first["state_bytes_per_param"] if first is not None else np.nan
@@ -162,8 +203,12 @@ def aggregate(summary: pd.DataFrame, an: Analysis | None = None, floors: pd.Data
     return pd.DataFrame(rows)
 
 
-def comparison(summary: pd.DataFrame, registry: pd.DataFrame | None = None, an: Analysis | None = None,
-               floors: pd.DataFrame | None = None) -> pd.DataFrame:
+def comparison(
+    summary: pd.DataFrame,
+    registry: pd.DataFrame | None = None,
+    an: Analysis | None = None,
+    floors: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Aggregated rows, plus a ``not run`` row for every registered method absent from the results."""
     registry = registry_rows() if registry is None else registry
     agg = aggregate(summary, an, floors)
@@ -172,10 +217,22 @@ def comparison(summary: pd.DataFrame, registry: pd.DataFrame | None = None, an: 
         present = set(agg[(agg["profile"] == profile) & (agg["model"] == model)]["method"])
         for r in registry.itertuples():
             if r.method not in present:
-                why = f"not in profile {profile}" + (f"; unavailable here: {r.unavailable_reason}"
-                                                       if not r.available_here else "")
-                extra.append({"profile": profile, "model": model, "method": r.method, "status": "not run",
-                              "runs": 0, "n_ok": 0, "n_seeds": 0, "verdict": "not run", "reason": why})
+                why = f"not in profile {profile}" + (
+                    f"; unavailable here: {r.unavailable_reason}" if not r.available_here else ""
+                )
+                extra.append(
+                    {
+                        "profile": profile,
+                        "model": model,
+                        "method": r.method,
+                        "status": "not run",
+                        "runs": 0,
+                        "n_ok": 0,
+                        "n_seeds": 0,
+                        "verdict": "not run",
+                        "reason": why,
+                    }
+                )
     out = pd.concat([agg, pd.DataFrame(extra)], ignore_index=True) if extra else agg
     out = out.merge(registry[["method", "family"]], on="method", how="left")
     order = {m: i for i, m in enumerate(registry["method"])}
@@ -194,8 +251,9 @@ def load_analysis(text: str | None = None) -> Analysis:
     return Analysis.from_config(load().get("analysis"))
 
 
-def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | None = None,
-                  traced_csv: str | Path | None = None) -> dict[str, Path]:
+def write_outputs(
+    summary_csv: str | Path, out_dir: str | Path, an: Analysis | None = None, traced_csv: str | Path | None = None
+) -> dict[str, Path]:
 
     an = an or load_analysis()
     out_dir = Path(out_dir)
@@ -209,11 +267,21 @@ def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | N
     cl = claims(comp, an, traced=traced, stability=StabilityTables.load(out_dir))
     mm = memory_model(comp)
     ab = optim_ablation(summary, comp)
-    paths = {"comparison": out_dir / "comparison.csv", "comparison_md": out_dir / "comparison.md",
-             "noise_floor": out_dir / "noise_floor.csv", "claims": out_dir / "claims.csv",
-             "memory_model": out_dir / "memory_model.csv", "optim_ablation": out_dir / "optim_ablation.csv"}
-    for key, df in (("comparison", comp), ("noise_floor", floors), ("claims", cl), ("memory_model", mm),
-                    ("optim_ablation", ab)):
+    paths = {
+        "comparison": out_dir / "comparison.csv",
+        "comparison_md": out_dir / "comparison.md",
+        "noise_floor": out_dir / "noise_floor.csv",
+        "claims": out_dir / "claims.csv",
+        "memory_model": out_dir / "memory_model.csv",
+        "optim_ablation": out_dir / "optim_ablation.csv",
+    }
+    for key, df in (
+        ("comparison", comp),
+        ("noise_floor", floors),
+        ("claims", cl),
+        ("memory_model", mm),
+        ("optim_ablation", ab),
+    ):
         write_csv(df, paths[key])
     write_text(paths["comparison_md"], "# Per-method comparison\n\n" + md_table(comparison_view(comp)) + "\n")
     return paths
@@ -221,9 +289,31 @@ def write_outputs(summary_csv: str | Path, out_dir: str | Path, an: Analysis | N
 
 def comparison_view(comp: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader scans, as printed in comparison.md and REPORT.md."""
-    cols = ["profile", "model", "method", "lr", "status", "n_seeds", "val_loss_mean", "gap_mean_pct", "gap_ci_lo_pct",
-            "gap_ci_hi_pct", "verdict", "seeds_to_decide", "margin_pct", "tokens_per_s_median", "speedup_median", "state_bytes_per_param", "weights_bpp",
-            "master_bpp", "grads_bpp", "optim_bpp", "meta_bpp", "peak_mem_mib", "reason"]
+    cols = [
+        "profile",
+        "model",
+        "method",
+        "lr",
+        "status",
+        "n_seeds",
+        "val_loss_mean",
+        "gap_mean_pct",
+        "gap_ci_lo_pct",
+        "gap_ci_hi_pct",
+        "verdict",
+        "seeds_to_decide",
+        "margin_pct",
+        "tokens_per_s_median",
+        "speedup_median",
+        "state_bytes_per_param",
+        "weights_bpp",
+        "master_bpp",
+        "grads_bpp",
+        "optim_bpp",
+        "meta_bpp",
+        "peak_mem_mib",
+        "reason",
+    ]
     view = comp[[c for c in cols if c in comp]].copy()
     if view["profile"].nunique() == 1:
         view = view.drop(columns="profile")

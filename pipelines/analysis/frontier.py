@@ -33,6 +33,7 @@ weights and batches, so a seed's luck cancels.
 - **Bounded**: the frontier is bounded when bf16-amp itself diverges on every seed at the top of the grid and
   on none at its bottom; only then does a divergence lr compared with bf16-amp's mean anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,41 +53,108 @@ COMMAND = f"snakemake --cores all --config profile={PROFILE}"
 FRONTIER_CSV, CELLS_CSV, SEEDS_CSV = "frontier.csv", "frontier_cells.csv", "frontier_seeds.csv"
 GROUP = ["profile", "model"]
 FRONTIER_COLUMNS = [
-    "profile", "model", "method", "is_fp8", "n_seeds", "divergence_lr", "divergence_index", "divergence_grid_steps",
-    "divergence_vs_reference", "divergence_paired_grid_steps", "divergence_lr_by_seed", "n_diverging_seeds",
-    "divergence_kinds", "within_margin_lr", "within_margin_index", "within_margin_grid_steps",
-    "within_margin_differs", "lr_sensitivity", "lr_sensitivity_sd", "n_sensitivity_seeds", "best_lr", "best_loss",
-    "grid", "n_grid", "margin_pct", "bounded", "bounded_note", "reference_points_between", "rule",
-    "divergence_rule", "divergence_definition", "sensitivity_rule", "source",
+    "profile",
+    "model",
+    "method",
+    "is_fp8",
+    "n_seeds",
+    "divergence_lr",
+    "divergence_index",
+    "divergence_grid_steps",
+    "divergence_vs_reference",
+    "divergence_paired_grid_steps",
+    "divergence_lr_by_seed",
+    "n_diverging_seeds",
+    "divergence_kinds",
+    "within_margin_lr",
+    "within_margin_index",
+    "within_margin_grid_steps",
+    "within_margin_differs",
+    "lr_sensitivity",
+    "lr_sensitivity_sd",
+    "n_sensitivity_seeds",
+    "best_lr",
+    "best_loss",
+    "grid",
+    "n_grid",
+    "margin_pct",
+    "bounded",
+    "bounded_note",
+    "reference_points_between",
+    "rule",
+    "divergence_rule",
+    "divergence_definition",
+    "sensitivity_rule",
+    "source",
 ]
 CELL_COLUMNS = [
-    "profile", "model", "method", "lr", "lr_index", "n_runs", "n_ok", "n_diverged", "n_failed", "status", "seeds",
-    "diverged", "divergence_kinds", "first_divergence", "within_margin", "max_within_margin", "val_loss_mean",
-    "excess_pct_max", "excess_pct", "gaps_pct", "n_gaps", "gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct",
+    "profile",
+    "model",
+    "method",
+    "lr",
+    "lr_index",
+    "n_runs",
+    "n_ok",
+    "n_diverged",
+    "n_failed",
+    "status",
+    "seeds",
+    "diverged",
+    "divergence_kinds",
+    "first_divergence",
+    "within_margin",
+    "max_within_margin",
+    "val_loss_mean",
+    "excess_pct_max",
+    "excess_pct",
+    "gaps_pct",
+    "n_gaps",
+    "gap_mean_pct",
+    "gap_ci_lo_pct",
+    "gap_ci_hi_pct",
     "diverged_step_min",
 ]
 SEED_COLUMNS = [
-    "profile", "model", "method", "seed", "divergence_lr", "divergence_index", "diverged_on_grid", "divergence_kinds",
-    "diverged_step", "reason", "reference_divergence_index", "paired_grid_steps", "vs_reference", "n_lrs", "n_failed",
+    "profile",
+    "model",
+    "method",
+    "seed",
+    "divergence_lr",
+    "divergence_index",
+    "diverged_on_grid",
+    "divergence_kinds",
+    "diverged_step",
+    "reason",
+    "reference_divergence_index",
+    "paired_grid_steps",
+    "vs_reference",
+    "n_lrs",
+    "n_failed",
 ]
 
 
 def within_margin_rule(margin_pct: float) -> str:
-    return (f"max within-margin lr: the largest grid lr at which every seed finishes ok with final val loss within "
-            f"{margin_pct:g}% (analysis.margin_pct) of best_s, the lowest final val loss any frontier recipe reached "
-            f"at any grid lr at the same seed s")
+    return (
+        f"max within-margin lr: the largest grid lr at which every seed finishes ok with final val loss within "
+        f"{margin_pct:g}% (analysis.margin_pct) of best_s, the lowest final val loss any frontier recipe reached "
+        f"at any grid lr at the same seed s"
+    )
 
 
-DIVERGENCE_RULE = (f"divergence lr: per seed the smallest grid lr at which the run diverged; per recipe the smallest "
-                   f"over its seeds. Against {REFERENCE}, paired by seed in grid steps: lower when every seed diverges "
-                   f"at least one grid step below {REFERENCE}'s divergence lr at the same seed, higher when every "
-                   f"seed at least one step above (a seed that does not diverge on the grid counts above its top), "
-                   f"same when every seed at {REFERENCE}'s, mixed when seeds disagree, n/a where a seed cannot be compared "
-                   f"(neither diverged on the grid there)")
+DIVERGENCE_RULE = (
+    f"divergence lr: per seed the smallest grid lr at which the run diverged; per recipe the smallest "
+    f"over its seeds. Against {REFERENCE}, paired by seed in grid steps: lower when every seed diverges "
+    f"at least one grid step below {REFERENCE}'s divergence lr at the same seed, higher when every "
+    f"seed at least one step above (a seed that does not diverge on the grid counts above its top), "
+    f"same when every seed at {REFERENCE}'s, mixed when seeds disagree, n/a where a seed cannot be compared "
+    f"(neither diverged on the grid there)"
+)
 
-SENSITIVITY_RULE = ("lr sensitivity (Wortsman et al. 2023): per seed, mean over the grid of min(L, L0) minus the "
-                    "recipe's lowest min(L, L0) on the grid (L final val loss, L0 step-0 val loss; a diverged or "
-                    "failed run counts at L0), then the mean over seeds with a complete grid; nats")
+SENSITIVITY_RULE = (
+    "lr sensitivity (Wortsman et al. 2023): per seed, mean over the grid of min(L, L0) minus the "
+    "recipe's lowest min(L, L0) on the grid (L final val loss, L0 step-0 val loss; a diverged or "
+    "failed run counts at L0), then the mean over seeds with a complete grid; nats"
+)
 
 
 def is_fp8(method: str, base: str | None = None) -> bool:
@@ -127,6 +195,7 @@ def definition_of(runs: pd.DataFrame) -> str:
 
 # ------------------------------------------------------------------------------------------- runs
 
+
 def frontier_runs(summary: pd.DataFrame) -> pd.DataFrame:
     """The runs of frontier recipes: per profile and model, the methods that ran at >= 2 learning rates."""
     if summary.empty or "lr" not in summary:
@@ -156,6 +225,7 @@ def _step0(runs: pd.DataFrame) -> pd.Series:
 
 # ------------------------------------------------------------------------------------------ cells
 
+
 def _kinds(reasons) -> str:
     """The divergence rules that fired over some runs' reasons (``pipelines.run.divergence.kinds``)."""
     from pipelines.run.divergence import kinds
@@ -172,37 +242,56 @@ def _cells_one(runs: pd.DataFrame, grid: list[float], an: Analysis) -> pd.DataFr
     for (method, lr), g in runs.groupby(["method", "lr"], sort=False):
         g = g.sort_values("seed")
         st = g["status"].tolist()
-        excess = [100.0 * (r.final_val_loss - best[r.seed]) / best[r.seed] if r.status == "ok" else np.nan
-                  for r in g.itertuples()]
+        excess = [
+            100.0 * (r.final_val_loss - best[r.seed]) / best[r.seed] if r.status == "ok" else np.nan
+            for r in g.itertuples()
+        ]
         gaps = pd.to_numeric(g[g["status"] == "ok"]["loss_gap_pct"], errors="coerce").dropna()
         if method == REFERENCE:  # its gap to itself is 0 by construction: no interval to print
             gaps = gaps.iloc[0:0]
         ci = t_interval(gaps, an.confidence)
         recipe_seeds = set(runs[runs["method"] == method]["seed"])
-        within = (set(g["seed"]) == recipe_seeds and all(s == "ok" for s in st)
-                  and all(e <= an.margin_pct for e in excess))
+        within = (
+            set(g["seed"]) == recipe_seeds and all(s == "ok" for s in st) and all(e <= an.margin_pct for e in excess)
+        )
         counts = {s: st.count(s) for s in dict.fromkeys(st)}
         div = g[g["status"] == "diverged"]
-        rows.append({
-            "profile": g["profile"].iloc[0], "model": g["model"].iloc[0], "method": method, "lr": float(lr),
-            "lr_index": grid.index(float(lr)), "n_runs": len(g), "n_ok": st.count("ok"),
-            "n_diverged": st.count("diverged"), "n_failed": len(st) - st.count("ok") - st.count("diverged"),
-            "status": ", ".join(f"{k}×{v}" for k, v in counts.items()),
-            "seeds": ",".join(str(int(s)) for s in g["seed"]), "diverged": "diverged" in st,
-            "divergence_kinds": _kinds(div["reason"]) if len(div) else "", "first_divergence": False,
-            "within_margin": within, "max_within_margin": False,
-            "val_loss_mean": ok[(ok["method"] == method) & (ok["lr"] == lr)]["final_val_loss"].mean(),
-            "excess_pct_max": max(excess) if excess and not any(np.isnan(excess)) else np.nan,
-            "excess_pct": " / ".join("–" if np.isnan(e) else f"{e:+.2f}" for e in excess),
-            "gaps_pct": "reference" if method == REFERENCE else " / ".join(f"{v:+.2f}" for v in gaps), "n_gaps": ci.n, "gap_mean_pct": ci.mean,
-            "gap_ci_lo_pct": ci.lo, "gap_ci_hi_pct": ci.hi,
-            "diverged_step_min": (pd.to_numeric(g["diverged_step"], errors="coerce").min()
-                                  if "diverged_step" in g else np.nan),
-        })
+        rows.append(
+            {
+                "profile": g["profile"].iloc[0],
+                "model": g["model"].iloc[0],
+                "method": method,
+                "lr": float(lr),
+                "lr_index": grid.index(float(lr)),
+                "n_runs": len(g),
+                "n_ok": st.count("ok"),
+                "n_diverged": st.count("diverged"),
+                "n_failed": len(st) - st.count("ok") - st.count("diverged"),
+                "status": ", ".join(f"{k}×{v}" for k, v in counts.items()),
+                "seeds": ",".join(str(int(s)) for s in g["seed"]),
+                "diverged": "diverged" in st,
+                "divergence_kinds": _kinds(div["reason"]) if len(div) else "",
+                "first_divergence": False,
+                "within_margin": within,
+                "max_within_margin": False,
+                "val_loss_mean": ok[(ok["method"] == method) & (ok["lr"] == lr)]["final_val_loss"].mean(),
+                "excess_pct_max": max(excess) if excess and not any(np.isnan(excess)) else np.nan,
+                "excess_pct": " / ".join("–" if np.isnan(e) else f"{e:+.2f}" for e in excess),
+                "gaps_pct": "reference" if method == REFERENCE else " / ".join(f"{v:+.2f}" for v in gaps),
+                "n_gaps": ci.n,
+                "gap_mean_pct": ci.mean,
+                "gap_ci_lo_pct": ci.lo,
+                "gap_ci_hi_pct": ci.hi,
+                "diverged_step_min": (
+                    pd.to_numeric(g["diverged_step"], errors="coerce").min() if "diverged_step" in g else np.nan
+                ),
+            }
+        )
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------ seeds
+
 
 def _seeds_one(runs: pd.DataFrame, grid: list[float]) -> pd.DataFrame:
     """Per recipe and seed: the smallest grid lr that diverged (index len(grid) where none did: above the
@@ -213,17 +302,22 @@ def _seeds_one(runs: pd.DataFrame, grid: list[float]) -> pd.DataFrame:
         g = g.sort_values("lr")
         div = g[g["status"] == "diverged"]
         first = div.iloc[0] if len(div) else None
-        rows.append({
-            "profile": g["profile"].iloc[0], "model": g["model"].iloc[0], "method": method, "seed": int(seed),
-            "divergence_lr": float(first["lr"]) if first is not None else np.nan,
-            "divergence_index": grid.index(float(first["lr"])) if first is not None else n,
-            "diverged_on_grid": first is not None,
-            "divergence_kinds": _kinds([first["reason"]]) if first is not None else "",
-            "diverged_step": first["diverged_step"] if first is not None and "diverged_step" in g else np.nan,
-            "reason": str(first["reason"]) if first is not None and isinstance(first["reason"], str) else "",
-            "n_lrs": int(g["lr"].nunique()),
-            "n_failed": int((~g["status"].isin(["ok", "diverged"])).sum()),
-        })
+        rows.append(
+            {
+                "profile": g["profile"].iloc[0],
+                "model": g["model"].iloc[0],
+                "method": method,
+                "seed": int(seed),
+                "divergence_lr": float(first["lr"]) if first is not None else np.nan,
+                "divergence_index": grid.index(float(first["lr"])) if first is not None else n,
+                "diverged_on_grid": first is not None,
+                "divergence_kinds": _kinds([first["reason"]]) if first is not None else "",
+                "diverged_step": first["diverged_step"] if first is not None and "diverged_step" in g else np.nan,
+                "reason": str(first["reason"]) if first is not None and isinstance(first["reason"], str) else "",
+                "n_lrs": int(g["lr"].nunique()),
+                "n_failed": int((~g["status"].isin(["ok", "diverged"])).sum()),
+            }
+        )
     seeds = pd.DataFrame(rows)
     ref = seeds[seeds["method"] == REFERENCE].set_index("seed")
     ref_idx, ref_on = ref["divergence_index"].to_dict(), ref["diverged_on_grid"].to_dict()
@@ -255,6 +349,7 @@ def _vs_reference(words: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------- frontier
 
+
 def _sensitivity(runs: pd.DataFrame, n_grid: int) -> tuple[float, float, int]:
     """Mean and sd over seeds of the per-seed lr sensitivity, and the number of seeds with a complete grid."""
     loss = pd.to_numeric(runs["final_val_loss"], errors="coerce")
@@ -282,14 +377,20 @@ def _reference_bounds(cells: pd.DataFrame, grid: list[float]) -> tuple[bool, str
     at_top = int(t["n_diverged"]) == int(t["n_runs"])
     at_bottom = int(b["n_diverged"]) > 0
     if at_top and not at_bottom:
-        return True, (f"{REFERENCE} diverges on every seed at the top of the grid (lr {grid[-1]:g}: {t['status']}) "
-                      f"and on none at its bottom (lr {grid[0]:g}: {b['status']})")
+        return True, (
+            f"{REFERENCE} diverges on every seed at the top of the grid (lr {grid[-1]:g}: {t['status']}) "
+            f"and on none at its bottom (lr {grid[0]:g}: {b['status']})"
+        )
     if at_bottom:
-        return False, (f"{REFERENCE} diverges already at the bottom of the grid (lr {grid[0]:g}: {b['status']}): "
-                       f"the grid starts too high")
-    return False, (f"{REFERENCE} does not diverge on every seed at the top of the grid (lr {grid[-1]:g}: "
-                   f"{t['status']}): the grid does not reach its breaking point, so a recipe that does not diverge "
-                   f"on it is not shown to break later than {REFERENCE}")
+        return False, (
+            f"{REFERENCE} diverges already at the bottom of the grid (lr {grid[0]:g}: {b['status']}): "
+            f"the grid starts too high"
+        )
+    return False, (
+        f"{REFERENCE} does not diverge on every seed at the top of the grid (lr {grid[-1]:g}: "
+        f"{t['status']}): the grid does not reach its breaking point, so a recipe that does not diverge "
+        f"on it is not shown to break later than {REFERENCE}"
+    )
 
 
 def _frontier_one(runs: pd.DataFrame, an: Analysis, source: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -314,27 +415,51 @@ def _frontier_one(runs: pd.DataFrame, an: Analysis, source: str) -> tuple[pd.Dat
         means = c.dropna(subset=["val_loss_mean"])
         base = g["base_method"].dropna().iloc[0] if "base_method" in g and g["base_method"].notna().any() else None
         on_grid = sd_rows[sd_rows["diverged_on_grid"].astype(bool)]
-        rows.append({
-            "profile": g["profile"].iloc[0], "model": g["model"].iloc[0], "method": method,
-            "is_fp8": is_fp8(method, base), "n_seeds": int(g["seed"].nunique()),
-            "divergence_lr": grid[div_idx] if div_idx < n else np.nan, "divergence_index": div_idx,
-            "divergence_vs_reference": ("reference" if method == REFERENCE else
-                                        _vs_reference(sd_rows["vs_reference"].tolist())),
-            "divergence_paired_grid_steps": "reference" if method == REFERENCE else "; ".join(
-                f"seed {r.seed}: " + steps_text(r.paired_grid_steps, censored=not (r.diverged_on_grid and
-                                                                                   r.reference_divergence_index < n))
-                for r in sd_rows.itertuples()),
-            "divergence_lr_by_seed": "; ".join(f"seed {r.seed}: {lr_text(r.divergence_lr)}" for r in sd_rows.itertuples()),
-            "n_diverging_seeds": len(on_grid), "divergence_kinds": _kinds(on_grid["reason"]) if len(on_grid) else "",
-            "within_margin_lr": grid[idx] if idx >= 0 else np.nan, "within_margin_index": idx,
-            "lr_sensitivity": sens, "lr_sensitivity_sd": sd, "n_sensitivity_seeds": n_sens,
-            "best_lr": means.loc[means["val_loss_mean"].idxmin(), "lr"] if len(means) else np.nan,
-            "best_loss": means["val_loss_mean"].min() if len(means) else np.nan,
-            "grid": " / ".join(f"{x:g}" for x in grid), "n_grid": n, "margin_pct": an.margin_pct,
-            "bounded": bounded, "bounded_note": note, "rule": within_margin_rule(an.margin_pct),
-            "divergence_rule": DIVERGENCE_RULE, "divergence_definition": definition,
-            "sensitivity_rule": SENSITIVITY_RULE, "source": source,
-        })
+        rows.append(
+            {
+                "profile": g["profile"].iloc[0],
+                "model": g["model"].iloc[0],
+                "method": method,
+                "is_fp8": is_fp8(method, base),
+                "n_seeds": int(g["seed"].nunique()),
+                "divergence_lr": grid[div_idx] if div_idx < n else np.nan,
+                "divergence_index": div_idx,
+                "divergence_vs_reference": (
+                    "reference" if method == REFERENCE else _vs_reference(sd_rows["vs_reference"].tolist())
+                ),
+                "divergence_paired_grid_steps": "reference"
+                if method == REFERENCE
+                else "; ".join(
+                    f"seed {r.seed}: "
+                    + steps_text(
+                        r.paired_grid_steps, censored=not (r.diverged_on_grid and r.reference_divergence_index < n)
+                    )
+                    for r in sd_rows.itertuples()
+                ),
+                "divergence_lr_by_seed": "; ".join(
+                    f"seed {r.seed}: {lr_text(r.divergence_lr)}" for r in sd_rows.itertuples()
+                ),
+                "n_diverging_seeds": len(on_grid),
+                "divergence_kinds": _kinds(on_grid["reason"]) if len(on_grid) else "",
+                "within_margin_lr": grid[idx] if idx >= 0 else np.nan,
+                "within_margin_index": idx,
+                "lr_sensitivity": sens,
+                "lr_sensitivity_sd": sd,
+                "n_sensitivity_seeds": n_sens,
+                "best_lr": means.loc[means["val_loss_mean"].idxmin(), "lr"] if len(means) else np.nan,
+                "best_loss": means["val_loss_mean"].min() if len(means) else np.nan,
+                "grid": " / ".join(f"{x:g}" for x in grid),
+                "n_grid": n,
+                "margin_pct": an.margin_pct,
+                "bounded": bounded,
+                "bounded_note": note,
+                "rule": within_margin_rule(an.margin_pct),
+                "divergence_rule": DIVERGENCE_RULE,
+                "divergence_definition": definition,
+                "sensitivity_rule": SENSITIVITY_RULE,
+                "source": source,
+            }
+        )
     fr = pd.DataFrame(rows)
     fr = pd.concat([fr[fr["method"] == REFERENCE], fr[fr["method"] != REFERENCE]], ignore_index=True)
     ref = fr[fr["method"] == REFERENCE]
@@ -345,16 +470,18 @@ def _frontier_one(runs: pd.DataFrame, an: Analysis, source: str) -> tuple[pd.Dat
         # where neither diverged on the grid the difference is unknown, not 0
         both_above = (fr["divergence_index"] == n) & (int(r["divergence_index"]) == n)
         fr["divergence_grid_steps"] = (fr["divergence_index"] - int(r["divergence_index"])).where(~both_above)
-        fr["reference_points_between"] = (int(r["divergence_index"]) - int(r["within_margin_index"]) - 1
-                                          if int(r["divergence_index"]) < n else np.nan)
+        fr["reference_points_between"] = (
+            int(r["divergence_index"]) - int(r["within_margin_index"]) - 1 if int(r["divergence_index"]) < n else np.nan
+        )
     else:
         fr["within_margin_grid_steps"], fr["within_margin_differs"] = np.nan, pd.NA
         fr["divergence_grid_steps"], fr["reference_points_between"] = np.nan, np.nan
     return fr[FRONTIER_COLUMNS], cells, seeds
 
 
-def frontier(summary: pd.DataFrame, an: Analysis | None = None, source: str = "results/summary.csv",
-             with_seeds: bool = False):
+def frontier(
+    summary: pd.DataFrame, an: Analysis | None = None, source: str = "results/summary.csv", with_seeds: bool = False
+):
     """(frontier, cells) of every profile and model in ``summary`` that has frontier recipes; with
     ``with_seeds`` also the per-seed divergence table: (frontier, cells, seeds)."""
     an = an or Analysis()
@@ -381,17 +508,25 @@ def divergence_statement(r, ref_lr: str) -> str:
     """One FP8 recipe's divergence lr against bf16-amp's, in grid steps, from its frontier.csv row."""
     word = r["divergence_vs_reference"]
     steps = r["divergence_grid_steps"]
-    where = (f"diverges from lr {lr_text(r['divergence_lr'])}" if int(r["n_diverging_seeds"]) else
-             "does not diverge on the grid")
+    where = (
+        f"diverges from lr {lr_text(r['divergence_lr'])}"
+        if int(r["n_diverging_seeds"])
+        else "does not diverge on the grid"
+    )
     if pd.isna(steps):
         rel = "not comparable with " + REFERENCE + "'s"
     elif int(r["n_diverging_seeds"]) == 0:
         rel = f"at least {int(steps)} grid step(s) above {REFERENCE}'s {ref_lr}"
     else:
-        rel = (f"{abs(int(steps))} grid step(s) {'below' if steps < 0 else 'above'} {REFERENCE}'s {ref_lr}"
-               if steps else f"at {REFERENCE}'s {ref_lr}")
-    return (f"{r['method']} {where} ({r['divergence_lr_by_seed']}), {rel}; paired by seed: "
-            f"{r['divergence_paired_grid_steps']} -> {word}")
+        rel = (
+            f"{abs(int(steps))} grid step(s) {'below' if steps < 0 else 'above'} {REFERENCE}'s {ref_lr}"
+            if steps
+            else f"at {REFERENCE}'s {ref_lr}"
+        )
+    return (
+        f"{r['method']} {where} ({r['divergence_lr_by_seed']}), {rel}; paired by seed: "
+        f"{r['divergence_paired_grid_steps']} -> {word}"
+    )
 
 
 def statements(fr: pd.DataFrame) -> list[str]:
@@ -401,29 +536,39 @@ def statements(fr: pd.DataFrame) -> list[str]:
     for (profile, model), g in fr.groupby(GROUP, sort=False):
         first = g.iloc[0]
         where = f"{profile}/{model}, grid {first['grid']}"
-        out.append(f"{where}: the frontier is {'bounded' if bool(first['bounded']) else 'not bounded'}: "
-                   f"{first['bounded_note']}.")
+        out.append(
+            f"{where}: the frontier is {'bounded' if bool(first['bounded']) else 'not bounded'}: "
+            f"{first['bounded_note']}."
+        )
         ref = g[g["method"] == REFERENCE]
         if ref.empty:
             out.append(f"{where}: {REFERENCE} did not run on the grid, so no recipe's frontier is compared with it.")
             continue
         r0 = ref.iloc[0]
         ref_lr = lr_text(r0["divergence_lr"])
-        out.append(f"{where}: {REFERENCE} diverges from lr {ref_lr} ({r0['divergence_lr_by_seed']}); its max "
-                   f"within-margin lr is {lr_text(r0['within_margin_lr'])}, "
-                   f"{fmt_count(r0['reference_points_between'])} grid point(s) between the two.")
+        out.append(
+            f"{where}: {REFERENCE} diverges from lr {ref_lr} ({r0['divergence_lr_by_seed']}); its max "
+            f"within-margin lr is {lr_text(r0['within_margin_lr'])}, "
+            f"{fmt_count(r0['reference_points_between'])} grid point(s) between the two."
+        )
         fp8 = g[g["is_fp8"].astype(bool)]
         for r in fp8.itertuples():
             out.append(f"{where}: {divergence_statement(fp8.loc[r.Index], ref_lr)}.")
         differ = fp8[fp8["within_margin_differs"].astype(bool)]
         if len(fp8) and differ.empty:
-            out.append(f"{where}: no FP8 recipe's max within-margin lr differs from {REFERENCE}'s "
-                       f"({lr_text(r0['within_margin_lr'])}) by a grid step.")
+            out.append(
+                f"{where}: no FP8 recipe's max within-margin lr differs from {REFERENCE}'s "
+                f"({lr_text(r0['within_margin_lr'])}) by a grid step."
+            )
         elif len(fp8):
-            parts = [f"{r.method} {lr_text(r.within_margin_lr)} ({int(r.within_margin_grid_steps):+d} grid steps)"
-                     for r in differ.itertuples()]
-            out.append(f"{where}: FP8 recipes whose max within-margin lr differs from {REFERENCE}'s "
-                       f"({lr_text(r0['within_margin_lr'])}): " + "; ".join(parts) + ".")
+            parts = [
+                f"{r.method} {lr_text(r.within_margin_lr)} ({int(r.within_margin_grid_steps):+d} grid steps)"
+                for r in differ.itertuples()
+            ]
+            out.append(
+                f"{where}: FP8 recipes whose max within-margin lr differs from {REFERENCE}'s "
+                f"({lr_text(r0['within_margin_lr'])}): " + "; ".join(parts) + "."
+            )
     return out
 
 
@@ -441,8 +586,9 @@ def write_outputs(summary_csv: str | Path, results: str | Path, an: Analysis | N
     if fr.empty:
         disk = stability_runs_on_disk(results)
         if not disk.empty:
-            fr, cells, seeds = frontier(disk, an, source=f"{results}/runs/{PROFILE}/ (finished runs on disk)",
-                                        with_seeds=True)
+            fr, cells, seeds = frontier(
+                disk, an, source=f"{results}/runs/{PROFILE}/ (finished runs on disk)", with_seeds=True
+            )
     paths = {"frontier": results / FRONTIER_CSV, "cells": results / CELLS_CSV, "seeds": results / SEEDS_CSV}
     for key, df in (("frontier", fr), ("cells", cells), ("seeds", seeds)):
         write_csv(df, paths[key])
@@ -457,17 +603,40 @@ def main(argv=None) -> int:
     ap.add_argument("--summary", help="default: RESULTS/summary.csv")
     ap.add_argument("--analysis", help="analysis settings as JSON (default: pipelines/config.yaml's analysis)")
     args = ap.parse_args(argv)
-    paths = write_outputs(args.summary or Path(args.results) / "summary.csv", args.results, load_analysis(args.analysis))
+    paths = write_outputs(
+        args.summary or Path(args.results) / "summary.csv", args.results, load_analysis(args.analysis)
+    )
     fr = pd.read_csv(paths["frontier"])
     for p in paths.values():
         print(f"wrote {p}")
     if fr.empty:
         print(f"no learning-rate frontier in these results (no recipe ran at >= 2 lrs); run: {COMMAND}")
         return 0
-    print(fr[["profile", "model", "method", "n_seeds", "divergence_lr", "divergence_vs_reference", "within_margin_lr",
-              "lr_sensitivity"]].to_string(index=False))
-    print(json.dumps({"divergence": fr["divergence_definition"].iloc[0], "divergence_rule": fr["divergence_rule"].iloc[0],
-                      "rule": fr["rule"].iloc[0], "sensitivity_rule": fr["sensitivity_rule"].iloc[0]}, indent=1))
+    print(
+        fr[
+            [
+                "profile",
+                "model",
+                "method",
+                "n_seeds",
+                "divergence_lr",
+                "divergence_vs_reference",
+                "within_margin_lr",
+                "lr_sensitivity",
+            ]
+        ].to_string(index=False)
+    )
+    print(
+        json.dumps(
+            {
+                "divergence": fr["divergence_definition"].iloc[0],
+                "divergence_rule": fr["divergence_rule"].iloc[0],
+                "rule": fr["rule"].iloc[0],
+                "sensitivity_rule": fr["sensitivity_rule"].iloc[0],
+            },
+            indent=1,
+        )
+    )
     for s in statements(fr):
         print(s)
     return 0

@@ -30,6 +30,7 @@ over seeds: ``grows`` where the interval lies above 0, ``shrinks`` where below, 
 
 Reads the runs of the ``long_horizon`` profile on disk, so any profile's report shows them once they ran.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,23 +48,68 @@ COMMAND = f"snakemake --cores all --config profile={PROFILE}"
 REFERENCE = "bf16-amp"
 LONG_CSV, RUNS_CSV, CURVE_CSV = "long_horizon.csv", "long_horizon_runs.csv", "long_horizon_curve.csv"
 COLUMNS = [
-    "model", "method", "n_seeds", "seeds", "status", "n_diverged", "diverged_steps", "steps", "default_steps",
-    "tokens_ratio", "horizon_step", "gaps_default_pct", "gap_default_mean_pct", "gap_default_ci_lo_pct",
-    "gap_default_ci_hi_pct", "gaps_end_pct", "gap_end_mean_pct", "gap_end_ci_lo_pct", "gap_end_ci_hi_pct",
-    "verdict_end", "changes_pct", "change_mean_pct", "change_ci_lo_pct", "change_ci_hi_pct", "trend",
-    "noise_floor_pct", "null_method", "null_gaps_end_pct", "margin_pct", "unchanged_early", "unchanged_late",
-    "verdict_rule", "trend_rule",
+    "model",
+    "method",
+    "n_seeds",
+    "seeds",
+    "status",
+    "n_diverged",
+    "diverged_steps",
+    "steps",
+    "default_steps",
+    "tokens_ratio",
+    "horizon_step",
+    "gaps_default_pct",
+    "gap_default_mean_pct",
+    "gap_default_ci_lo_pct",
+    "gap_default_ci_hi_pct",
+    "gaps_end_pct",
+    "gap_end_mean_pct",
+    "gap_end_ci_lo_pct",
+    "gap_end_ci_hi_pct",
+    "verdict_end",
+    "changes_pct",
+    "change_mean_pct",
+    "change_ci_lo_pct",
+    "change_ci_hi_pct",
+    "trend",
+    "noise_floor_pct",
+    "null_method",
+    "null_gaps_end_pct",
+    "margin_pct",
+    "unchanged_early",
+    "unchanged_late",
+    "verdict_rule",
+    "trend_rule",
 ]
-RUN_COLUMNS = ["model", "method", "seed", "status", "reason", "diverged_step", "steps", "tokens", "default_steps",
-               "tokens_ratio", "horizon_step", "gap_at_default_pct", "gap_final_pct", "gap_change_pct",
-               "unchanged_early", "unchanged_late", "final_val_loss"]
+RUN_COLUMNS = [
+    "model",
+    "method",
+    "seed",
+    "status",
+    "reason",
+    "diverged_step",
+    "steps",
+    "tokens",
+    "default_steps",
+    "tokens_ratio",
+    "horizon_step",
+    "gap_at_default_pct",
+    "gap_final_pct",
+    "gap_change_pct",
+    "unchanged_early",
+    "unchanged_late",
+    "final_val_loss",
+]
 CURVE_COLUMNS = ["model", "method", "step", "n_seeds", "gaps_pct", "gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct"]
 
 
 def trend_rule(an: Analysis) -> str:
-    return (f"trend: per seed the change gap(end) - gap(default horizon) of the paired gap vs {REFERENCE}; grows "
-            f"if the {an.confidence:.0%} Student-t interval of its mean over seeds lies above 0, shrinks if below, "
-            f"holds if it contains 0; diverged if any seed diverged; fewer than {an.min_seeds} seeds: inconclusive")
+    return (
+        f"trend: per seed the change gap(end) - gap(default horizon) of the paired gap vs {REFERENCE}; grows "
+        f"if the {an.confidence:.0%} Student-t interval of its mean over seeds lies above 0, shrinks if below, "
+        f"holds if it contains 0; diverged if any seed diverged; fewer than {an.min_seeds} seeds: inconclusive"
+    )
 
 
 def runs_on_disk(results: Path) -> pd.DataFrame:
@@ -82,8 +128,11 @@ def unchanged_by_step(run_dir: str | Path) -> pd.Series:
     if path.is_file():
         for ev in read_events(path):
             if ev["event"] == "telemetry" and ev["step"] > 0:
-                vals = [r["unchanged_frac"] for r in ev.get("layers", [])
-                        if r.get("unchanged_frac") is not None and r.get("format", "e4m3") == "e4m3"]
+                vals = [
+                    r["unchanged_frac"]
+                    for r in ev.get("layers", [])
+                    if r.get("unchanged_frac") is not None and r.get("format", "e4m3") == "e4m3"
+                ]
                 if vals:
                     out[ev["step"]] = float(np.mean(vals))
     return pd.Series(out, dtype=float).sort_index()
@@ -116,21 +165,35 @@ def _join(values, digits: int = 2) -> str:
 def _per_run(runs: pd.DataFrame, curve_runs: pd.DataFrame, default_steps: int) -> pd.DataFrame:
     rows = []
     for r in runs.itertuples():
-        c = curve_runs[(curve_runs["method"] == r.method) & (curve_runs["seed"] == r.seed)
-                       & (curve_runs["model"] == r.model)]
+        c = curve_runs[
+            (curve_runs["method"] == r.method) & (curve_runs["seed"] == r.seed) & (curve_runs["model"] == r.model)
+        ]
         c = c.dropna(subset=["gap_pct"]).set_index("step")["gap_pct"].sort_index()
         horizon = int(c.index[np.argmin(np.abs(c.index.to_numpy() - default_steps))]) if len(c) else default_steps
         at_default = _at(c, default_steps)
         final = float(r.loss_gap_pct) if pd.notna(r.loss_gap_pct) else float("nan")
         unchanged = unchanged_by_step(r.run_dir)
-        rows.append({
-            "model": r.model, "method": r.method, "seed": int(r.seed), "status": r.status, "reason": r.reason,
-            "diverged_step": r.diverged_step, "steps": r.steps, "tokens": r.tokens, "default_steps": default_steps,
-            "tokens_ratio": float(r.steps) / default_steps if pd.notna(r.steps) else float("nan"),
-            "horizon_step": horizon, "gap_at_default_pct": at_default, "gap_final_pct": final,
-            "gap_change_pct": final - at_default,
-            "unchanged_early": _at(unchanged, default_steps), "unchanged_late": _at(unchanged, int(r.steps or 0)),
-            "final_val_loss": r.final_val_loss})
+        rows.append(
+            {
+                "model": r.model,
+                "method": r.method,
+                "seed": int(r.seed),
+                "status": r.status,
+                "reason": r.reason,
+                "diverged_step": r.diverged_step,
+                "steps": r.steps,
+                "tokens": r.tokens,
+                "default_steps": default_steps,
+                "tokens_ratio": float(r.steps) / default_steps if pd.notna(r.steps) else float("nan"),
+                "horizon_step": horizon,
+                "gap_at_default_pct": at_default,
+                "gap_final_pct": final,
+                "gap_change_pct": final - at_default,
+                "unchanged_early": _at(unchanged, default_steps),
+                "unchanged_late": _at(unchanged, int(r.steps or 0)),
+                "final_val_loss": r.final_val_loss,
+            }
+        )
     table = pd.DataFrame(rows, columns=RUN_COLUMNS)
     first = [REFERENCE] if REFERENCE in set(table["method"]) else []
     order = first + sorted(set(table["method"]) - set(first))
@@ -144,9 +207,18 @@ def _curve(curve_runs: pd.DataFrame, an: Analysis) -> pd.DataFrame:
     for (model, method, step), g in c.groupby(["model", "method", "step"], sort=True):
         g = g.sort_values("seed")
         ci = t_interval(g["gap_pct"], an.confidence)
-        rows.append({"model": model, "method": method, "step": int(step), "n_seeds": ci.n,
-                     "gaps_pct": _join(g["gap_pct"]), "gap_mean_pct": ci.mean, "gap_ci_lo_pct": ci.lo,
-                     "gap_ci_hi_pct": ci.hi})
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                "step": int(step),
+                "n_seeds": ci.n,
+                "gaps_pct": _join(g["gap_pct"]),
+                "gap_mean_pct": ci.mean,
+                "gap_ci_lo_pct": ci.lo,
+                "gap_ci_hi_pct": ci.hi,
+            }
+        )
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
@@ -159,15 +231,15 @@ def _null_floor(per_run: pd.DataFrame, an: Analysis) -> tuple[float, str, str]:
     return float("nan"), "", ""
 
 
-def long_horizon(runs: pd.DataFrame, default_steps: int, an: Analysis
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def long_horizon(
+    runs: pd.DataFrame, default_steps: int, an: Analysis
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(per-recipe table, per-run table, per-step curve) of the long_horizon runs; ``default_steps`` is the
     default profile's horizon, where the gap is read a second time."""
     from pipelines.analysis.collect import eval_gaps
 
     if runs.empty:
-        return (pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=RUN_COLUMNS),
-                pd.DataFrame(columns=CURVE_COLUMNS))
+        return (pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=RUN_COLUMNS), pd.DataFrame(columns=CURVE_COLUMNS))
     curve_runs = eval_gaps(runs)
     per_run = _per_run(runs, curve_runs, default_steps)
     floor, null, null_gaps = _null_floor(per_run, an)
@@ -181,32 +253,43 @@ def long_horizon(runs: pd.DataFrame, default_steps: int, an: Analysis
         c_ci = t_interval(changes, an.confidence)
         is_ref = method == REFERENCE
         statuses = g["status"].tolist()
-        rows.append({
-            "model": model, "method": method, "n_seeds": int(g["seed"].nunique()),
-            "seeds": ",".join(str(int(s)) for s in g["seed"]),
-            "status": ", ".join(f"{k}×{statuses.count(k)}" for k in dict.fromkeys(statuses)),
-            "n_diverged": int((g["status"] == "diverged").sum()),
-            "diverged_steps": " / ".join(f"{int(s)}" for s in g["diverged_step"].dropna()),
-            "steps": int(g["steps"].max()) if g["steps"].notna().any() else np.nan,
-            "default_steps": default_steps, "tokens_ratio": g["tokens_ratio"].max(),
-            "horizon_step": int(g["horizon_step"].mode().iloc[0]),
-            "gaps_default_pct": "reference" if is_ref else _join(ok["gap_at_default_pct"]),
-            "gap_default_mean_pct": np.nan if is_ref else d_ci.mean,
-            "gap_default_ci_lo_pct": np.nan if is_ref else d_ci.lo,
-            "gap_default_ci_hi_pct": np.nan if is_ref else d_ci.hi,
-            "gaps_end_pct": "reference" if is_ref else _join(ok["gap_final_pct"]),
-            "gap_end_mean_pct": np.nan if is_ref else e_ci.mean,
-            "gap_end_ci_lo_pct": np.nan if is_ref else e_ci.lo, "gap_end_ci_hi_pct": np.nan if is_ref else e_ci.hi,
-            "verdict_end": "reference" if is_ref else verdict(ok["gap_final_pct"], an, floor, diverged),
-            "changes_pct": "reference" if is_ref else _join(changes),
-            "change_mean_pct": np.nan if is_ref else c_ci.mean, "change_ci_lo_pct": np.nan if is_ref else c_ci.lo,
-            "change_ci_hi_pct": np.nan if is_ref else c_ci.hi,
-            "trend": "reference" if is_ref else trend(changes, an, diverged),
-            "noise_floor_pct": floor, "null_method": null, "null_gaps_end_pct": null_gaps,
-            "margin_pct": an.margin_pct,
-            "unchanged_early": g["unchanged_early"].mean(), "unchanged_late": g["unchanged_late"].mean(),
-            "verdict_rule": an.rule(), "trend_rule": trend_rule(an),
-        })
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                "n_seeds": int(g["seed"].nunique()),
+                "seeds": ",".join(str(int(s)) for s in g["seed"]),
+                "status": ", ".join(f"{k}×{statuses.count(k)}" for k in dict.fromkeys(statuses)),
+                "n_diverged": int((g["status"] == "diverged").sum()),
+                "diverged_steps": " / ".join(f"{int(s)}" for s in g["diverged_step"].dropna()),
+                "steps": int(g["steps"].max()) if g["steps"].notna().any() else np.nan,
+                "default_steps": default_steps,
+                "tokens_ratio": g["tokens_ratio"].max(),
+                "horizon_step": int(g["horizon_step"].mode().iloc[0]),
+                "gaps_default_pct": "reference" if is_ref else _join(ok["gap_at_default_pct"]),
+                "gap_default_mean_pct": np.nan if is_ref else d_ci.mean,
+                "gap_default_ci_lo_pct": np.nan if is_ref else d_ci.lo,
+                "gap_default_ci_hi_pct": np.nan if is_ref else d_ci.hi,
+                "gaps_end_pct": "reference" if is_ref else _join(ok["gap_final_pct"]),
+                "gap_end_mean_pct": np.nan if is_ref else e_ci.mean,
+                "gap_end_ci_lo_pct": np.nan if is_ref else e_ci.lo,
+                "gap_end_ci_hi_pct": np.nan if is_ref else e_ci.hi,
+                "verdict_end": "reference" if is_ref else verdict(ok["gap_final_pct"], an, floor, diverged),
+                "changes_pct": "reference" if is_ref else _join(changes),
+                "change_mean_pct": np.nan if is_ref else c_ci.mean,
+                "change_ci_lo_pct": np.nan if is_ref else c_ci.lo,
+                "change_ci_hi_pct": np.nan if is_ref else c_ci.hi,
+                "trend": "reference" if is_ref else trend(changes, an, diverged),
+                "noise_floor_pct": floor,
+                "null_method": null,
+                "null_gaps_end_pct": null_gaps,
+                "margin_pct": an.margin_pct,
+                "unchanged_early": g["unchanged_early"].mean(),
+                "unchanged_late": g["unchanged_late"].mean(),
+                "verdict_rule": an.rule(),
+                "trend_rule": trend_rule(an),
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS), per_run, _curve(curve_runs, an)
 
 
@@ -216,8 +299,9 @@ def default_steps() -> int:
     return int(load()["train"]["steps"])
 
 
-def write_outputs(results: str | Path, an: Analysis | None = None, default: int | None = None,
-                  summary: str | Path | None = None) -> dict[str, Path]:
+def write_outputs(
+    results: str | Path, an: Analysis | None = None, default: int | None = None, summary: str | Path | None = None
+) -> dict[str, Path]:
     """The three CSVs under ``results`` and the lost-update mechanism's (``pipelines.analysis.lost_updates``, from
     these runs and those of ``summary``); ``default``: the default horizon in steps (pipelines/config.yaml's)."""
     from pipelines.analysis import lost_updates as lu
@@ -248,9 +332,23 @@ def main(argv=None) -> int:
     if table.empty:
         print(f"no long-horizon runs on disk; run: {COMMAND}")
     else:
-        print(table[["method", "n_seeds", "status", "gap_default_mean_pct", "gap_end_mean_pct", "gap_end_ci_lo_pct",
-                     "gap_end_ci_hi_pct", "verdict_end", "change_mean_pct", "trend", "noise_floor_pct"]]
-              .to_string(index=False))
+        print(
+            table[
+                [
+                    "method",
+                    "n_seeds",
+                    "status",
+                    "gap_default_mean_pct",
+                    "gap_end_mean_pct",
+                    "gap_end_ci_lo_pct",
+                    "gap_end_ci_hi_pct",
+                    "verdict_end",
+                    "change_mean_pct",
+                    "trend",
+                    "noise_floor_pct",
+                ]
+            ].to_string(index=False)
+        )
     return 0
 
 

@@ -31,6 +31,7 @@ recipe), headers only where no run was probed. Per recipe:
 Fewer than ``analysis.min_seeds`` seeds give ``inconclusive (n seeds)`` for every decision. The rules are
 printed in the ``rule`` column.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,28 +50,66 @@ LATE_SHARE = 0.25  # the last quarter of training: where the cosine lr is lowest
 MIN_POINTS = 3  # a correlation over fewer points says nothing
 GROUP = ["profile", "model", "lr", "method"]
 COLUMNS = [
-    "profile", "model", "lr", "method", "n_seeds", "seeds", "n_diverged", "steps", "warmup_steps", "early_steps",
-    "late_steps", "n_probes", "lost_pred_early_frac", "lost_pred_late_frac", "lost_pred_changes_frac",
-    "lost_pred_change_mean_frac", "lost_pred_change_ci_lo_frac", "lost_pred_change_ci_hi_frac", "stall",
-    "unchanged_early_frac", "unchanged_late_frac", "unchanged_change_mean_frac", "unchanged_change_ci_lo_frac",
-    "unchanged_change_ci_hi_frac", "stall_measured", "lr_corr_pred_rho", "lr_corr_measured_rho", "n_evals",
-    "gap_corrs_rho", "gap_corr_mean_rho", "gap_corr_ci_lo_rho", "gap_corr_ci_hi_rho", "gap_tracks",
-    "biases_frac", "bias_mean_frac", "bias_ci_lo_frac", "bias_ci_hi_frac", "bias", "sr_statement",
-    "pred_vs_measured_abs_diff_frac", "formats", "rounding", "agreement_note", "rule",
+    "profile",
+    "model",
+    "lr",
+    "method",
+    "n_seeds",
+    "seeds",
+    "n_diverged",
+    "steps",
+    "warmup_steps",
+    "early_steps",
+    "late_steps",
+    "n_probes",
+    "lost_pred_early_frac",
+    "lost_pred_late_frac",
+    "lost_pred_changes_frac",
+    "lost_pred_change_mean_frac",
+    "lost_pred_change_ci_lo_frac",
+    "lost_pred_change_ci_hi_frac",
+    "stall",
+    "unchanged_early_frac",
+    "unchanged_late_frac",
+    "unchanged_change_mean_frac",
+    "unchanged_change_ci_lo_frac",
+    "unchanged_change_ci_hi_frac",
+    "stall_measured",
+    "lr_corr_pred_rho",
+    "lr_corr_measured_rho",
+    "n_evals",
+    "gap_corrs_rho",
+    "gap_corr_mean_rho",
+    "gap_corr_ci_lo_rho",
+    "gap_corr_ci_hi_rho",
+    "gap_tracks",
+    "biases_frac",
+    "bias_mean_frac",
+    "bias_ci_lo_frac",
+    "bias_ci_hi_frac",
+    "bias",
+    "sr_statement",
+    "pred_vs_measured_abs_diff_frac",
+    "formats",
+    "rounding",
+    "agreement_note",
+    "rule",
 ]
 
 
 def rule(an: Analysis) -> str:
     ci = f"{an.confidence:.0%} Student-t interval over seeds"
-    return (f"stall: per seed the mean lost share over the probes after the warmup up to the default horizon "
-            f"(early) and over the last {LATE_SHARE:.0%} of the steps (late); grows as the lr decays if the {ci} of "
-            f"late - early lies above 0, shrinks if below, holds if it contains 0; gap tracks: per seed the "
-            f"Spearman correlation over the evaluations after the warmup between the paired gap vs {REFERENCE} "
-            f"and the predicted lost share at the nearest probe; tracks if its {ci} lies above 0, moves against "
-            f"it if below, not shown otherwise; bias: the mean lost_bias per seed, positive / negative if its "
-            f"{ci} lies above / below 0, zero within the interval otherwise; SR removes the bias only if the base "
-            f"recipe's bias is positive and its -sr variant's interval contains 0; fewer than {an.min_seeds} "
-            f"seeds: inconclusive")
+    return (
+        f"stall: per seed the mean lost share over the probes after the warmup up to the default horizon "
+        f"(early) and over the last {LATE_SHARE:.0%} of the steps (late); grows as the lr decays if the {ci} of "
+        f"late - early lies above 0, shrinks if below, holds if it contains 0; gap tracks: per seed the "
+        f"Spearman correlation over the evaluations after the warmup between the paired gap vs {REFERENCE} "
+        f"and the predicted lost share at the nearest probe; tracks if its {ci} lies above 0, moves against "
+        f"it if below, not shown otherwise; bias: the mean lost_bias per seed, positive / negative if its "
+        f"{ci} lies above / below 0, zero within the interval otherwise; SR removes the bias only if the base "
+        f"recipe's bias is positive and its -sr variant's interval contains 0; fewer than {an.min_seeds} "
+        f"seeds: inconclusive"
+    )
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -82,8 +121,7 @@ def read_run(run_dir: str | Path) -> dict:
         for ev in read_events(path):
             kind = ev["event"]
             if kind == "train_step" and ev.get("probed") and ev["step"] > 0:
-                rows.append({"step": ev["step"], "step_lr": ev.get("lr"),
-                             **{k: ev.get(k) for k in KEYS}})
+                rows.append({"step": ev["step"], "step_lr": ev.get("lr"), **{k: ev.get(k) for k in KEYS}})
             elif kind == "run_start":
                 warmup = (ev.get("config") or {}).get("train", {}).get("warmup_steps")
             elif kind == "telemetry":
@@ -161,11 +199,15 @@ def _join(values, digits: int = 3) -> str:
 def agreement_note(formats: set, rounding: set) -> str:
     notes = []
     if formats - {"bf16"}:
-        notes.append(f"{'/'.join(sorted(formats - {'bf16'}))} codes with a per-tensor scale: a code also moves (or "
-                     f"stays) when the scale is recomputed, so measured unchanged departs from predicted lost")
+        notes.append(
+            f"{'/'.join(sorted(formats - {'bf16'}))} codes with a per-tensor scale: a code also moves (or "
+            f"stays) when the scale is recomputed, so measured unchanged departs from predicted lost"
+        )
     if "stochastic" in rounding:
-        notes.append("stochastic rounding moves a lost update with probability |u|/d and keeps a kept one with "
-                     "1 - |u|/d, so measured departs from predicted by design")
+        notes.append(
+            "stochastic rounding moves a lost update with probability |u|/d and keeps a kept one with "
+            "1 - |u|/d, so measured departs from predicted by design"
+        )
     return "; ".join(notes) or "rounding to nearest of bf16 weights: predicted and measured agree"
 
 
@@ -174,13 +216,19 @@ def _sr_statements(table: pd.DataFrame) -> pd.Series:
     out = pd.Series("", index=table.index, dtype=object)
     for i, r in table.iterrows():
         base = r["method"][:-3] if r["method"].endswith("-sr") else None
-        b = table[(table["method"] == base) & (table["profile"] == r["profile"]) & (table["model"] == r["model"])
-                  & ((table["lr"] == r["lr"]) | (table["lr"].isna() & pd.isna(r["lr"])))]
+        b = table[
+            (table["method"] == base)
+            & (table["profile"] == r["profile"])
+            & (table["model"] == r["model"])
+            & ((table["lr"] == r["lr"]) | (table["lr"].isna() & pd.isna(r["lr"])))
+        ]
         if base is None or b.empty:
             continue
         b = b.iloc[0]
-        nums = (f"{base} {b['bias_mean_frac']:+.3f} [{b['bias_ci_lo_frac']:+.3f}, {b['bias_ci_hi_frac']:+.3f}], "
-                f"{r['method']} {r['bias_mean_frac']:+.3f} [{r['bias_ci_lo_frac']:+.3f}, {r['bias_ci_hi_frac']:+.3f}]")
+        nums = (
+            f"{base} {b['bias_mean_frac']:+.3f} [{b['bias_ci_lo_frac']:+.3f}, {b['bias_ci_hi_frac']:+.3f}], "
+            f"{r['method']} {r['bias_mean_frac']:+.3f} [{r['bias_ci_lo_frac']:+.3f}, {r['bias_ci_hi_frac']:+.3f}]"
+        )
         if b["bias"] == "positive" and r["bias"] == "zero within the interval":
             out[i] = f"SR removes the bias ({nums})"
         elif b["bias"] == "positive" and r["bias"] in ("positive", "negative"):
@@ -212,43 +260,77 @@ def lost_updates(runs: pd.DataFrame, default_steps: int, an: Analysis) -> pd.Dat
     for (profile, model, lr, method), g in probed.groupby(GROUP, sort=False, dropna=False):
         per = []
         for r in g.sort_values("seed").itertuples():
-            mine = gaps[(gaps["profile"] == profile) & (gaps["model"] == model) & (gaps["method"] == method)
-                        & (gaps["seed"] == r.seed) & ((gaps["lr"] == lr) | (gaps["lr"].isna() & pd.isna(lr)))]
+            mine = gaps[
+                (gaps["profile"] == profile)
+                & (gaps["model"] == model)
+                & (gaps["method"] == method)
+                & (gaps["seed"] == r.seed)
+                & ((gaps["lr"] == lr) | (gaps["lr"].isna() & pd.isna(lr)))
+            ]
             per.append({"seed": int(r.seed), "status": r.status, **per_run(r, infos[r.run_dir], mine, default_steps)})
         per = pd.DataFrame(per)
         ok = per[per["status"] == "ok"]
         stall, pc = _decide(ok["pred_change"], an, "grows as the lr decays", "shrinks as the lr decays", "holds")
-        stall_m, mc = _decide(ok["measured_change"], an, "grows as the lr decays", "shrinks as the lr decays",
-                              "holds")
+        stall_m, mc = _decide(ok["measured_change"], an, "grows as the lr decays", "shrinks as the lr decays", "holds")
         tracks, gc = _decide(per["gap_corr"], an, "tracks", "moves against it", "not shown")
         if not np.isfinite(per["gap_corr"]).any():
-            tracks = (f"n/a (no {REFERENCE} evaluations at the same seed)" if not per["n_evals"].any() else
-                      f"n/a (fewer than {MIN_POINTS} evaluations after the warmup, or a constant side)")
+            tracks = (
+                f"n/a (no {REFERENCE} evaluations at the same seed)"
+                if not per["n_evals"].any()
+                else f"n/a (fewer than {MIN_POINTS} evaluations after the warmup, or a constant side)"
+            )
         bias, bc = _decide(per["bias"], an, "positive", "negative", "zero within the interval")
         first = ok.iloc[0] if len(ok) else per.iloc[0]
         formats = set().union(*(infos[d]["formats"] for d in g["run_dir"]))
         rounding = set().union(*(infos[d]["rounding"] for d in g["run_dir"]))
-        rows.append({
-            "profile": profile, "model": model, "lr": lr, "method": method, "n_seeds": len(per),
-            "seeds": ",".join(str(s) for s in per["seed"]), "n_diverged": int((per["status"] == "diverged").sum()),
-            "steps": int(per["steps"].max()), "warmup_steps": int(first["warmup"]),
-            "early_steps": f"{first['early'][0]}-{first['early'][1]}",
-            "late_steps": f"{first['late']}-{first['steps']}", "n_probes": int(per["n_probes"].min()),
-            "lost_pred_early_frac": _mean(ok["pred_early"]), "lost_pred_late_frac": _mean(ok["pred_late"]),
-            "lost_pred_changes_frac": _join(ok["pred_change"]), "lost_pred_change_mean_frac": pc.mean,
-            "lost_pred_change_ci_lo_frac": pc.lo, "lost_pred_change_ci_hi_frac": pc.hi, "stall": stall,
-            "unchanged_early_frac": _mean(ok["measured_early"]), "unchanged_late_frac": _mean(ok["measured_late"]),
-            "unchanged_change_mean_frac": mc.mean, "unchanged_change_ci_lo_frac": mc.lo,
-            "unchanged_change_ci_hi_frac": mc.hi, "stall_measured": stall_m,
-            "lr_corr_pred_rho": _mean(per["lr_corr_pred"]), "lr_corr_measured_rho": _mean(per["lr_corr_measured"]),
-            "n_evals": int(per["n_evals"].min()), "gap_corrs_rho": _join(per["gap_corr"], 2),
-            "gap_corr_mean_rho": gc.mean, "gap_corr_ci_lo_rho": gc.lo, "gap_corr_ci_hi_rho": gc.hi,
-            "gap_tracks": tracks, "biases_frac": _join(per["bias"]), "bias_mean_frac": bc.mean,
-            "bias_ci_lo_frac": bc.lo, "bias_ci_hi_frac": bc.hi, "bias": bias, "sr_statement": "",
-            "pred_vs_measured_abs_diff_frac": _mean(per["abs_diff"]), "formats": "/".join(sorted(formats)),
-            "rounding": "/".join(sorted(rounding)), "agreement_note": agreement_note(formats, rounding),
-            "rule": rule(an),
-        })
+        rows.append(
+            {
+                "profile": profile,
+                "model": model,
+                "lr": lr,
+                "method": method,
+                "n_seeds": len(per),
+                "seeds": ",".join(str(s) for s in per["seed"]),
+                "n_diverged": int((per["status"] == "diverged").sum()),
+                "steps": int(per["steps"].max()),
+                "warmup_steps": int(first["warmup"]),
+                "early_steps": f"{first['early'][0]}-{first['early'][1]}",
+                "late_steps": f"{first['late']}-{first['steps']}",
+                "n_probes": int(per["n_probes"].min()),
+                "lost_pred_early_frac": _mean(ok["pred_early"]),
+                "lost_pred_late_frac": _mean(ok["pred_late"]),
+                "lost_pred_changes_frac": _join(ok["pred_change"]),
+                "lost_pred_change_mean_frac": pc.mean,
+                "lost_pred_change_ci_lo_frac": pc.lo,
+                "lost_pred_change_ci_hi_frac": pc.hi,
+                "stall": stall,
+                "unchanged_early_frac": _mean(ok["measured_early"]),
+                "unchanged_late_frac": _mean(ok["measured_late"]),
+                "unchanged_change_mean_frac": mc.mean,
+                "unchanged_change_ci_lo_frac": mc.lo,
+                "unchanged_change_ci_hi_frac": mc.hi,
+                "stall_measured": stall_m,
+                "lr_corr_pred_rho": _mean(per["lr_corr_pred"]),
+                "lr_corr_measured_rho": _mean(per["lr_corr_measured"]),
+                "n_evals": int(per["n_evals"].min()),
+                "gap_corrs_rho": _join(per["gap_corr"], 2),
+                "gap_corr_mean_rho": gc.mean,
+                "gap_corr_ci_lo_rho": gc.lo,
+                "gap_corr_ci_hi_rho": gc.hi,
+                "gap_tracks": tracks,
+                "biases_frac": _join(per["bias"]),
+                "bias_mean_frac": bc.mean,
+                "bias_ci_lo_frac": bc.lo,
+                "bias_ci_hi_frac": bc.hi,
+                "bias": bias,
+                "sr_statement": "",
+                "pred_vs_measured_abs_diff_frac": _mean(per["abs_diff"]),
+                "formats": "/".join(sorted(formats)),
+                "rounding": "/".join(sorted(rounding)),
+                "agreement_note": agreement_note(formats, rounding),
+                "rule": rule(an),
+            }
+        )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.sort_values(GROUP, kind="stable", na_position="first").reset_index(drop=True)  # base before -sr
     table["sr_statement"] = _sr_statements(table)
@@ -281,7 +363,8 @@ def probe_frame(runs: pd.DataFrame) -> pd.DataFrame:
     for r in runs.itertuples():
         p = read_run(r.run_dir)["probes"]
         if len(p):
-            frames.append(p.assign(profile=r.profile, model=r.model, method=r.method, seed=r.seed, lr=r.lr,
-                                   status=r.status))
+            frames.append(
+                p.assign(profile=r.profile, model=r.model, method=r.method, seed=r.seed, lr=r.lr, status=r.status)
+            )
     cols = ["profile", "model", "method", "seed", "lr", "status", "step", "step_lr", *KEYS]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)

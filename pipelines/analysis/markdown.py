@@ -1,5 +1,6 @@
 """Numbers and markdown tables as every report prints them: one rule for REPORT.md's tables and prose, the
 comparison table (``pipelines.analysis.comparison``), the landing page and the HTML tables."""
+
 from __future__ import annotations
 
 import math
@@ -10,9 +11,15 @@ import pandas as pd
 def digits_for(col: str) -> int:
     """Decimal places per kind of column: one rule for the tables, the prose and the tests."""
     c = col.lower()
-    if "tokens_per_s" in c or "mib" in c or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "seeds", "diverged_step"):
+    if (
+        "tokens_per_s" in c
+        or "mib" in c
+        or c in ("steps", "tokens", "n_params", "runs", "n_ok", "seed", "seeds", "diverged_step")
+    ):
         return 0
-    if c.startswith("diverged_step") or c.startswith("steps_vs") or c.endswith("_index") or "grid_steps" in c:  # counts of steps
+    if (
+        c.startswith("diverged_step") or c.startswith("steps_vs") or c.endswith("_index") or "grid_steps" in c
+    ):  # counts of steps
         return 0
     if "sensitivity" in c:  # a loss difference in nats, as the losses are printed
         return 3
@@ -33,7 +40,7 @@ def fmt(v, digits: int = 2) -> str:
     if isinstance(v, int) or (isinstance(v, float) and digits == 0):
         return f"{v:.0f}"
     if isinstance(v, float):
-        if v != 0 and abs(v) < 10 ** -digits:
+        if v != 0 and abs(v) < 10**-digits:
             return f"{v:.{digits}e}"  # a small number is not printed as 0.00
         return f"{v:.{digits}f}"
     return str(v)

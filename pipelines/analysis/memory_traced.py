@@ -1,7 +1,8 @@
 """Traced memory at full size for the workflow: one table per (model, seq_len), merged, and "does it fit".
 
     python -m pipelines.analysis.memory_traced trace --model 10b --seq-len 2048 4096 --out results/memory_traced/10b.csv
-    python -m pipelines.analysis.memory_traced merge --out results/memory_traced.csv --fit results/memory_fit.csv PART...
+    python -m pipelines.analysis.memory_traced merge --out results/memory_traced.csv \
+        --fit results/memory_fit.csv PART...
 
 ``trace`` runs ``methods.memory_trace.trace_steps`` (real training steps under fake tensors: one to make the
 optimizer state, then one per sequence length) for every registered method at micro-batch 1, in one
@@ -16,6 +17,7 @@ the step is (batch, seq, ...)-shaped or independent of the batch; ``tests/test_m
 the phase peaks at micro-batches 1-3 against this exactly), so each phase's peak at micro-batch b is its
 traced fixed part plus b times its traced activations and temporaries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +30,12 @@ import pandas as pd
 
 from common.atomic import atomic_path
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
-def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1,
-               variants: dict | None = None) -> list[dict]:
+def trace_rows(
+    model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1, variants: dict | None = None
+) -> list[dict]:
     """Every method (or ``methods``), then each of ``variants`` (name → {method, options}) whose method is
     among them."""
     from methods.memory import COMPONENTS
@@ -43,7 +46,10 @@ def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None
     cfg = get_model_config(model)
     names = list(methods or method_names())
     todo = [(n, get_method(n)) for n in names] + [
-        (n, get_method(v["method"], **v.get("options", {}))) for n, v in (variants or {}).items() if v["method"] in names]
+        (n, get_method(v["method"], **v.get("options", {})))
+        for n, v in (variants or {}).items()
+        if v["method"] in names
+    ]
     rows = []
     for name, m in todo:
         try:
@@ -59,13 +65,17 @@ def trace_rows(model: str, seq_lens: list[int], methods: list[str] | None = None
             row["persistent_vs_analytic_pct"] = 100 * (row["persistent_bytes"] - analytic) / analytic
             row["rss_after_bytes"] = peak_rss_bytes()
             rows.append(row)
-            print(f"{name} seq {t.seq_len}: persistent {t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB "
-                  f"({t.peak_phase}), traced in {t.trace_s:.1f} s", flush=True)
+            print(
+                f"{name} seq {t.seq_len}: persistent {t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB "
+                f"({t.peak_phase}), traced in {t.trace_s:.1f} s",
+                flush=True,
+            )
     return rows
 
 
-def rank_rows(model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1,
-              ranks: int = 8) -> list[dict]:
+def rank_rows(
+    model: str, seq_lens: list[int], methods: list[str] | None = None, batch_size: int = 1, ranks: int = 8
+) -> list[dict]:
     """Rank 0 of ``ranks`` for every multi-rank method (or ``methods``): traced (FSDP2 itself, ZeRO-2/3
     through their FSDP2 stand-ins) or untraceable with the reason, plus DeepSpeed's own analytic estimate
     of its model states where it has one. ``batch_size`` is the micro-batch per rank."""
@@ -86,8 +96,11 @@ def rank_rows(model: str, seq_lens: list[int], methods: list[str] | None = None,
             continue
         own = float(sum(replace(m, ranks=ranks).analytic_bytes(cfg).get(c, 0.0) for c in COMPONENTS))
         estimate = getattr(m, "deepspeed_estimate", lambda *_: None)(cfg, ranks)
-        base = {"ranks": ranks, "method_analytic_bytes": own,
-                "deepspeed_estimate_bytes": float("nan") if estimate is None else float(estimate)}
+        base = {
+            "ranks": ranks,
+            "method_analytic_bytes": own,
+            "deepspeed_estimate_bytes": float("nan") if estimate is None else float(estimate),
+        }
         try:
             traced, label = rank_stand_in(m)
             key = (traced.name, tuple(sorted(traced.options().items())))
@@ -100,13 +113,20 @@ def rank_rows(model: str, seq_lens: list[int], methods: list[str] | None = None,
             continue
         analytic = float(sum(replace(traced, ranks=ranks).analytic_bytes(cfg).get(c, 0.0) for c in COMPONENTS))
         for t in traces:
-            row = {**t.row(), **base, "analytic_bytes": analytic,
-                   "persistent_vs_analytic_pct": 100 * (t.persistent - analytic) / analytic,
-                   "rss_after_bytes": peak_rss_bytes()}
+            row = {
+                **t.row(),
+                **base,
+                "analytic_bytes": analytic,
+                "persistent_vs_analytic_pct": 100 * (t.persistent - analytic) / analytic,
+                "rss_after_bytes": peak_rss_bytes(),
+            }
             rows.append(row)
-            print(f"{name} seq {t.seq_len}, rank 0 of {ranks} ({t.extra['traced_as']}): persistent "
-                  f"{t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB ({t.peak_phase}), "
-                  f"traced in {t.trace_s:.1f} s", flush=True)
+            print(
+                f"{name} seq {t.seq_len}, rank 0 of {ranks} ({t.extra['traced_as']}): persistent "
+                f"{t.persistent / GIB:.2f} GiB, peak {t.peak_total / GIB:.2f} GiB ({t.peak_phase}), "
+                f"traced in {t.trace_s:.1f} s",
+                flush=True,
+            )
     return rows
 
 
@@ -118,8 +138,10 @@ def phase_lines(short: pd.Series, long: pd.Series) -> dict[str, tuple[float, flo
     that differ only in tokens per micro-batch (micro-batch 1 at two sequence lengths)."""
     t1, t2 = (int(r["batch_size"]) * int(r["seq_len"]) for r in (short, long))
     if t1 == t2:
-        raise ValueError(f"two traces of {short['method']} at {short['model']} with the same {t1} tokens: "
-                         "each (method, model, seq_len) must be traced once")
+        raise ValueError(
+            f"two traces of {short['method']} at {short['model']} with the same {t1} tokens: "
+            "each (method, model, seq_len) must be traced once"
+        )
     out = {}
     for phase in PHASES:
         p1, p2 = float(short[f"peak_{phase}_bytes"]), float(long[f"peak_{phase}_bytes"])
@@ -139,8 +161,9 @@ def max_micro_batch(lines: dict[str, tuple[float, float]], seq_len: int, usable_
     return int(best) if math.isfinite(best) else 1 << 20
 
 
-def fit_table(traced: pd.DataFrame, devices: dict[str, float], seq_len: int, reserve_gib: float,
-              margin: float) -> pd.DataFrame:
+def fit_table(
+    traced: pd.DataFrame, devices: dict[str, float], seq_len: int, reserve_gib: float, margin: float
+) -> pd.DataFrame:
     """Per (method, model, device): the largest micro-batch at ``seq_len`` that fits. Each phase's peak is
     linear in the tokens of a micro-batch (activations and temporaries are (batch, seq, ...)-shaped; flash
     attention keeps none that grows with seq²), so the two traced sequence lengths at micro-batch 1 give
@@ -157,12 +180,20 @@ def fit_table(traced: pd.DataFrame, devices: dict[str, float], seq_len: int, res
         at = g[g["seq_len"] == seq_len].iloc[0]
         for dev, cap_gib in devices.items():
             usable = (cap_gib - reserve_gib) * GIB / (1 + margin)
-            rows.append({"method": method, "model": model, "seq_len": seq_len, "device": dev,
-                         "capacity_gib": cap_gib, "usable_gib": usable / GIB,
-                         "max_micro_batch": max_micro_batch(lines, seq_len, usable),
-                         "peak_b1_gib": float(at["peak_bytes"]) / GIB,
-                         "per_sample_gib": max(pt for _, pt in lines.values()) * seq_len / GIB,
-                         "persistent_gib": float(at["persistent_bytes"]) / GIB})
+            rows.append(
+                {
+                    "method": method,
+                    "model": model,
+                    "seq_len": seq_len,
+                    "device": dev,
+                    "capacity_gib": cap_gib,
+                    "usable_gib": usable / GIB,
+                    "max_micro_batch": max_micro_batch(lines, seq_len, usable),
+                    "peak_b1_gib": float(at["peak_bytes"]) / GIB,
+                    "per_sample_gib": max(pt for _, pt in lines.values()) * seq_len / GIB,
+                    "persistent_gib": float(at["persistent_bytes"]) / GIB,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -174,7 +205,9 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.analysis.memory_traced", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.analysis.memory_traced", description=__doc__.split("\n\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("trace", help="trace every method (or --methods) at one model size and its seq_lens")
     t.add_argument("--model", required=True)
@@ -183,8 +216,12 @@ def main(argv=None) -> int:
     t.add_argument("--methods", nargs="*")
     t.add_argument("--out", required=True)
     t.add_argument("--variants", default="{}", help="JSON: variant name -> {method, options}, traced too")
-    t.add_argument("--ranks", type=int, default=0,
-                   help="0: the single-process methods; N: rank 0 of N for the multi-rank ones (fake process group)")
+    t.add_argument(
+        "--ranks",
+        type=int,
+        default=0,
+        help="0: the single-process methods; N: rank 0 of N for the multi-rank ones (fake process group)",
+    )
     mg = sub.add_parser("merge", help="merge the per-size tables and derive the fit table")
     mg.add_argument("parts", nargs="+")
     mg.add_argument("--out", required=True)
@@ -210,11 +247,15 @@ def main(argv=None) -> int:
             ap.error(f"unknown method(s) {bad}; valid: {', '.join(method_names())}")
         if args.ranks < 0 or args.ranks == 1:
             ap.error("--ranks must be 0 (single process) or >= 2")
-        rows = (rank_rows(args.model, args.seq_len, args.methods, args.batch_size, args.ranks) if args.ranks
-                else trace_rows(args.model, args.seq_len, args.methods, args.batch_size, json.loads(args.variants)))
+        rows = (
+            rank_rows(args.model, args.seq_len, args.methods, args.batch_size, args.ranks)
+            if args.ranks
+            else trace_rows(args.model, args.seq_len, args.methods, args.batch_size, json.loads(args.variants))
+        )
         # no rows (no method of the list is of this kind): the header alone, which the merge reads
-        write_csv(pd.DataFrame(rows) if rows else pd.DataFrame(columns=["method", "model", "seq_len", "status"]),
-                  args.out)
+        write_csv(
+            pd.DataFrame(rows) if rows else pd.DataFrame(columns=["method", "model", "seq_len", "status"]), args.out
+        )
         return 0
     from pipelines.run.config import load
 
@@ -224,8 +265,11 @@ def main(argv=None) -> int:
     fit_args = (settings["devices"], settings["fit_seq_len"], settings["reserve_gib"], settings["margin"])
     fit = fit_table(traced, *fit_args).assign(ranks=1)
     if args.ranks_out:
-        ranks = (pd.concat([pd.read_csv(p) for p in args.rank_parts], ignore_index=True) if args.rank_parts
-                 else pd.DataFrame(columns=["method", "model", "ranks", "seq_len", "status", "reason"]))
+        ranks = (
+            pd.concat([pd.read_csv(p) for p in args.rank_parts], ignore_index=True)
+            if args.rank_parts
+            else pd.DataFrame(columns=["method", "model", "ranks", "seq_len", "status", "reason"])
+        )
         write_csv(ranks, args.ranks_out)
         if not ranks.empty and (ranks["status"] == "ok").any():  # micro-batch per rank, each rank its device
             per_rank = [fit_table(g, *fit_args).assign(ranks=int(r)) for r, g in ranks.groupby("ranks")]

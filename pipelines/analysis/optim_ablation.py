@@ -1,6 +1,7 @@
 """The FP8 optimizer-state ablation table (``results/optim_ablation.csv``): ``fp8-optim``, its profile variants
 (other m / v formats and transforms) and the torchao low-bit optimizers, with their paired verdicts and what
 the stored moments looked like."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,13 +57,46 @@ def optim_ablation(summary: pd.DataFrame, comp: pd.DataFrame) -> pd.DataFrame:
             def worst(col, gg=gg):
                 return gg[col].max() if col in gg and gg[col].notna().any() else np.nan
 
-            rows.append({"profile": r.profile, "model": r.model, "method": method, "lr": r.lr,
-                         "optimizer_state": fmt, "status": r.status,
-                         "n_seeds": r.n_seeds, "val_loss_mean": r.val_loss_mean, "gap_mean_pct": r.gap_mean_pct,
-                         "gap_ci_lo_pct": r.gap_ci_lo_pct, "gap_ci_hi_pct": r.gap_ci_hi_pct, "verdict": r.verdict,
-                         "margin_pct": r.margin_pct, "optim_bpp": r.optim_bpp,
-                         "v_flush_frac_max": worst("telemetry_max_v_flush_frac"),
-                         "max_m_over_sqrt_v": worst("telemetry_max_max_m_over_sqrt_v"), "reason": r.reason})
-    cols = ["profile", "model", "method", "lr", "optimizer_state", "status", "n_seeds", "val_loss_mean", "gap_mean_pct",
-            "gap_ci_lo_pct", "gap_ci_hi_pct", "verdict", "margin_pct", "optim_bpp", "v_flush_frac_max", "max_m_over_sqrt_v", "reason"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["profile", "model", "lr"], kind="stable").reset_index(drop=True)
+            rows.append(
+                {
+                    "profile": r.profile,
+                    "model": r.model,
+                    "method": method,
+                    "lr": r.lr,
+                    "optimizer_state": fmt,
+                    "status": r.status,
+                    "n_seeds": r.n_seeds,
+                    "val_loss_mean": r.val_loss_mean,
+                    "gap_mean_pct": r.gap_mean_pct,
+                    "gap_ci_lo_pct": r.gap_ci_lo_pct,
+                    "gap_ci_hi_pct": r.gap_ci_hi_pct,
+                    "verdict": r.verdict,
+                    "margin_pct": r.margin_pct,
+                    "optim_bpp": r.optim_bpp,
+                    "v_flush_frac_max": worst("telemetry_max_v_flush_frac"),
+                    "max_m_over_sqrt_v": worst("telemetry_max_max_m_over_sqrt_v"),
+                    "reason": r.reason,
+                }
+            )
+    cols = [
+        "profile",
+        "model",
+        "method",
+        "lr",
+        "optimizer_state",
+        "status",
+        "n_seeds",
+        "val_loss_mean",
+        "gap_mean_pct",
+        "gap_ci_lo_pct",
+        "gap_ci_hi_pct",
+        "verdict",
+        "margin_pct",
+        "optim_bpp",
+        "v_flush_frac_max",
+        "max_m_over_sqrt_v",
+        "reason",
+    ]
+    return (
+        pd.DataFrame(rows, columns=cols).sort_values(["profile", "model", "lr"], kind="stable").reset_index(drop=True)
+    )

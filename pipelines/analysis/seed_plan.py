@@ -12,6 +12,7 @@ it, then adds round r's runs; the comparison table's ``n_seeds`` is then the see
 
     python -m pipelines.analysis.seed_plan --round 1 --settings JSON --analysis JSON --out plan.json SUMMARY...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,7 @@ def plan(summary, r: int, seeds: list[int], seeds_for: dict, methods: list[str],
             continue
         ran = set(summary[summary["method"] == m]["seed"].astype(int))
         room = an.max_seeds - len(ran)
-        take = [s for s in new if s not in ran][:max(0, room)]
+        take = [s for s in new if s not in ran][: max(0, room)]
         if take:
             out[m] = take
             why[m] = f"{v} on {n} seeds"

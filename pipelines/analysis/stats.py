@@ -19,6 +19,7 @@ on too few seeds is never ``equivalent``. A method any of whose seeds diverged i
 The **noise floor** is the largest |paired gap| of changes that should not matter (fp32 against bf16-amp),
 over the same seeds: differences below it are indistinguishable from numerical chaos.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,6 +31,7 @@ VERDICTS = ("equivalent", "worse", "better", "inconclusive", "diverged")
 @dataclass(frozen=True)
 class Analysis:
     """How verdicts are drawn (``analysis:`` in pipelines/config.yaml)."""
+
     reference: str = "bf16-amp"
     margin_pct: float = 0.5
     confidence: float = 0.95
@@ -42,18 +44,20 @@ class Analysis:
     seed_batch: int = 2
 
     @classmethod
-    def from_config(cls, cfg: dict | None) -> "Analysis":
+    def from_config(cls, cfg: dict | None) -> Analysis:
         cfg = dict(cfg or {})
         if "null_methods" in cfg:
             cfg["null_methods"] = tuple(cfg["null_methods"])
         return cls(**cfg)
 
     def rule(self) -> str:
-        return (f"{self.confidence:.0%} Student-t CI of the mean paired gap vs {self.reference} over seeds; "
-                f"equivalent: CI inside ±{self.margin_pct:g}%; worse/better: CI entirely above +{self.margin_pct:g}% / "
-                f"below -{self.margin_pct:g}%; otherwise inconclusive; fewer than {self.min_seeds} seeds: "
-                f"inconclusive unless every seed's gap is beyond max(margin, {self.far_factor:g} × noise floor) "
-                f"on the same side; any diverged seed: diverged")
+        return (
+            f"{self.confidence:.0%} Student-t CI of the mean paired gap vs {self.reference} over seeds; "
+            f"equivalent: CI inside ±{self.margin_pct:g}%; worse/better: CI entirely above +{self.margin_pct:g}% / "
+            f"below -{self.margin_pct:g}%; otherwise inconclusive; fewer than {self.min_seeds} seeds: "
+            f"inconclusive unless every seed's gap is beyond max(margin, {self.far_factor:g} × noise floor) "
+            f"on the same side; any diverged seed: diverged"
+        )
 
 
 def paired_gap_pct(value: float, reference: float) -> float:

@@ -9,6 +9,7 @@ telemetry) into ``results/stress_ladder.csv``, ``stress_outliers.csv``, ``stress
 
     python -m pipelines.analysis.stress_tables --results results      # writes the four CSVs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import write_csv
-from pipelines.run.events import read_events
 from pipelines.analysis.stats import paired_gap_pct, t_interval
 from pipelines.run import stress_variants as sv
+from pipelines.run.events import read_events
 
 PROFILE = "stress"
 #: where the stress runs are read: the stress profile runs them; a frontier profile may carry them at one lr
@@ -71,12 +72,22 @@ def _paired(df: pd.DataFrame, method: str, reference: str) -> dict:
     """Per-seed paired gaps (%) of ``method`` against ``reference`` (same seed, both ok), their mean and
     t interval; seeds that diverged are counted, not averaged."""
     runs, ref = _final(df, method), _final(df, reference)
-    gaps = [paired_gap_pct(v, ref[s][1]) for s, (st, v) in sorted(runs.items())
-            if st == "ok" and s in ref and ref[s][0] == "ok" and math.isfinite(v)]
+    gaps = [
+        paired_gap_pct(v, ref[s][1])
+        for s, (st, v) in sorted(runs.items())
+        if st == "ok" and s in ref and ref[s][0] == "ok" and math.isfinite(v)
+    ]
     ci = t_interval(gaps)
-    return {"n_seeds": len(runs), "n_diverged": sum(st == "diverged" for st, _ in runs.values()), "n_paired": ci.n,
-            "gap_mean_pct": ci.mean, "gap_ci_lo_pct": ci.lo, "gap_ci_hi_pct": ci.hi,
-            "gap_min_pct": min(gaps) if gaps else math.nan, "gap_max_pct": max(gaps) if gaps else math.nan}
+    return {
+        "n_seeds": len(runs),
+        "n_diverged": sum(st == "diverged" for st, _ in runs.values()),
+        "n_paired": ci.n,
+        "gap_mean_pct": ci.mean,
+        "gap_ci_lo_pct": ci.lo,
+        "gap_ci_hi_pct": ci.hi,
+        "gap_min_pct": min(gaps) if gaps else math.nan,
+        "gap_max_pct": max(gaps) if gaps else math.nan,
+    }
 
 
 def _layer_fractions(run_dirs, layer: str) -> dict:
@@ -112,8 +123,15 @@ def ladder_table(df: pd.DataFrame) -> pd.DataFrame:
     for fmt, de, dm in sv.LADDER:
         name = sv.ladder_name(fmt)
         if name in set(df["method"]):
-            rows.append({"format": fmt, "method": name, "exponent_bits_removed": de, "mantissa_bits_removed": dm,
-                         **_paired(df, name, REFERENCE)})
+            rows.append(
+                {
+                    "format": fmt,
+                    "method": name,
+                    "exponent_bits_removed": de,
+                    "mantissa_bits_removed": dm,
+                    **_paired(df, name, REFERENCE),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -125,13 +143,22 @@ def outliers_table(df: pd.DataFrame) -> pd.DataFrame:
             if name not in set(df["method"]):
                 continue
             p = _paired(df, name, base)
-            rows.append({"granularity": gran, "k": k, "method": name, "n_seeds": p["n_seeds"],
-                         "n_diverged": p["n_diverged"], "gap_vs_uninjected_pct": p["gap_mean_pct"],
-                         # the interval over the paired seeds (the outlier claim's rule reads it)
-                         "gap_vs_uninjected_ci_lo_pct": p["gap_ci_lo_pct"], "gap_vs_uninjected_ci_hi_pct": p["gap_ci_hi_pct"],
-                         "n_paired": p["n_paired"],
-                         "gap_vs_bf16_amp_pct": _paired(df, name, REFERENCE)["gap_mean_pct"],
-                         **_layer_fractions(df[df["method"] == name]["run_dir"], sv.OUTLIER_LAYER)})
+            rows.append(
+                {
+                    "granularity": gran,
+                    "k": k,
+                    "method": name,
+                    "n_seeds": p["n_seeds"],
+                    "n_diverged": p["n_diverged"],
+                    "gap_vs_uninjected_pct": p["gap_mean_pct"],
+                    # the interval over the paired seeds (the outlier claim's rule reads it)
+                    "gap_vs_uninjected_ci_lo_pct": p["gap_ci_lo_pct"],
+                    "gap_vs_uninjected_ci_hi_pct": p["gap_ci_hi_pct"],
+                    "n_paired": p["n_paired"],
+                    "gap_vs_bf16_amp_pct": _paired(df, name, REFERENCE)["gap_mean_pct"],
+                    **_layer_fractions(df[df["method"] == name]["run_dir"], sv.OUTLIER_LAYER),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -140,11 +167,18 @@ def norm_gains_table(df: pd.DataFrame) -> pd.DataFrame:
     for mode, name in (("hp", "fp8-own-tensorwise"), *((m, sv.norm_gain_name(m)) for m in sv.NORM_GAIN_MODES)):
         if name in set(df["method"]):
             p = _paired(df, name, REFERENCE)
-            rows.append({"norm_gains": mode, "method": name, "n_seeds": p["n_seeds"], "n_diverged": p["n_diverged"],
-                         "gap_vs_bf16_amp_pct": p["gap_mean_pct"],
-                         "gap_vs_hp_gains_pct": _paired(df, name, "fp8-own-tensorwise")["gap_mean_pct"],
-                         # the largest share of a norm's gains any telemetry window saw clipped (train's digest)
-                         "gain_clipped_frac_max": _col_max(df, name, "telemetry_max_clipped_frac_window")})
+            rows.append(
+                {
+                    "norm_gains": mode,
+                    "method": name,
+                    "n_seeds": p["n_seeds"],
+                    "n_diverged": p["n_diverged"],
+                    "gap_vs_bf16_amp_pct": p["gap_mean_pct"],
+                    "gap_vs_hp_gains_pct": _paired(df, name, "fp8-own-tensorwise")["gap_mean_pct"],
+                    # the largest share of a norm's gains any telemetry window saw clipped (train's digest)
+                    "gain_clipped_frac_max": _col_max(df, name, "telemetry_max_clipped_frac_window"),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -156,15 +190,29 @@ def second_moment_table(df: pd.DataFrame) -> pd.DataFrame:
                 name = sv.second_moment_name(eps, b2, storage)
                 if name in set(df["method"]):
                     p = _paired(df, name, REFERENCE)
-                    rows.append({"eps": eps, "beta2": b2, "v": storage, "method": name, "n_seeds": p["n_seeds"],
-                                 "n_diverged": p["n_diverged"], "gap_vs_bf16_amp_pct": p["gap_mean_pct"],
-                                 "gap_vs_dre_same_hp_pct": _paired(df, name, sv.second_moment_name(eps, b2, "dre"))[
-                                     "gap_mean_pct"]})
+                    rows.append(
+                        {
+                            "eps": eps,
+                            "beta2": b2,
+                            "v": storage,
+                            "method": name,
+                            "n_seeds": p["n_seeds"],
+                            "n_diverged": p["n_diverged"],
+                            "gap_vs_bf16_amp_pct": p["gap_mean_pct"],
+                            "gap_vs_dre_same_hp_pct": _paired(df, name, sv.second_moment_name(eps, b2, "dre"))[
+                                "gap_mean_pct"
+                            ],
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
-BUILDERS = {"ladder": ladder_table, "outliers": outliers_table, "norm_gains": norm_gains_table,
-            "second_moment": second_moment_table}
+BUILDERS = {
+    "ladder": ladder_table,
+    "outliers": outliers_table,
+    "norm_gains": norm_gains_table,
+    "second_moment": second_moment_table,
+}
 
 
 def csv_path(results_dir: Path, name: str) -> Path:
@@ -185,7 +233,9 @@ def build_tables(results_dir: str | Path) -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.analysis.stress_tables", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.analysis.stress_tables", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--results", default="results")
     args = ap.parse_args(argv)
     for path in build_tables(args.results).values():

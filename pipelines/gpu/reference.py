@@ -3,12 +3,13 @@
 Everything lands in ``--out`` as a few flat files:
 ``meta.json`` (device, date, versions, settings), ``summary.csv`` (one row per run, the columns of
 ``results/summary.csv``; ``run_dir`` points into the archive), ``fp8_bench.json``, ``optim_bench.json``,
-``runs.tar.gz`` (each run's config, metrics and summary), ``driver.log`` and ``log.txt``. Commit them under ``results/reference/<device>/``; the
-report presents them there.
+``runs.tar.gz`` (each run's config, metrics and summary), ``driver.log`` and ``log.txt``. Commit them under
+``results/reference/<device>/``; the report presents them there.
 
 A time budget bounds the whole script: each step gets what is left, and a run that no longer fits is
 recorded as skipped with that reason rather than cut off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,18 @@ import torch
 
 from common.atomic import write_json
 
-GPU_METHODS = ["bf16-amp", "fp8-torchao-tensorwise", "fp8-torchao-rowwise", "fp8-own-tensorwise", "fp8-own-blockwise",
-               "fp8-optim", "fp8-e2e", "fp8-te-delayed", "fp8-te-current", "fp8-te-block"]
+GPU_METHODS = [
+    "bf16-amp",
+    "fp8-torchao-tensorwise",
+    "fp8-torchao-rowwise",
+    "fp8-own-tensorwise",
+    "fp8-own-blockwise",
+    "fp8-optim",
+    "fp8-e2e",
+    "fp8-te-delayed",
+    "fp8-te-current",
+    "fp8-te-block",
+]
 
 
 def run(cmd: list[str], timeout: float, log) -> int:
@@ -59,17 +70,26 @@ def main(argv=None) -> int:
         return 2
     models = args.models or (["tiny"] if dry else ["1b"])
     steps = args.steps or (3 if dry else 40)
+    from common.environment import environment
     from methods.registry import method_names
     from pipelines.run.config import check_choice
-    from common.environment import environment
 
     for m in args.methods:
         check_choice("method", m, method_names())
     left = lambda: args.budget_s - (time.time() - t0)  # noqa: E731
     env = environment(torch.device(device))
-    meta = {"device": env["device_name"], "date": dt.date.today().isoformat(), "dry": dry, "versions": env["versions"],
-            "python": env["python"], "git_revision": env["git_revision"], "models": models, "steps": steps,
-            "compile": args.compile, "budget_s": args.budget_s}
+    meta = {
+        "device": env["device_name"],
+        "date": dt.date.today().isoformat(),
+        "dry": dry,
+        "versions": env["versions"],
+        "python": env["python"],
+        "git_revision": env["git_revision"],
+        "models": models,
+        "steps": steps,
+        "compile": args.compile,
+        "budget_s": args.budget_s,
+    }
     write_json(out / "meta.json", meta)
     log = (out / "driver.log").open("w")
     py = sys.executable
@@ -88,10 +108,33 @@ def main(argv=None) -> int:
         rdir = out / "runs" / model / method / "seed0"
         share = left() / max(1, len(plan) - i)
         # The gpu profile's settings in both modes; the dry mode only shrinks the batch to fit a CPU.
-        cmd = [py, "-m", "pipelines.train", "--profile", "gpu", "--model", model, "--method", method,
-               "--seed", "0", "--out", str(rdir), "--steps", str(steps), "--set", f"device={device}",
-               "--set", f"compile={'true' if args.compile else 'false'}", "--set", f"eval_every={steps}",
-               "--set", "checkpoint_every=0", "--set", f"timing_warmup_steps={max(1, steps // 4)}"]
+        cmd = [
+            py,
+            "-m",
+            "pipelines.train",
+            "--profile",
+            "gpu",
+            "--model",
+            model,
+            "--method",
+            method,
+            "--seed",
+            "0",
+            "--out",
+            str(rdir),
+            "--steps",
+            str(steps),
+            "--set",
+            f"device={device}",
+            "--set",
+            f"compile={'true' if args.compile else 'false'}",
+            "--set",
+            f"eval_every={steps}",
+            "--set",
+            "checkpoint_every=0",
+            "--set",
+            f"timing_warmup_steps={max(1, steps // 4)}",
+        ]
         if dry:
             cmd += ["--set", "batch_size=2", "--set", "seq_len=64", "--set", "eval_tokens=128", "--set", "threads=1"]
         if args.configfile:
@@ -103,16 +146,34 @@ def main(argv=None) -> int:
             w.event("run_start", config={"method": method, "model": model})
             reason = f"time budget: {share:.0f}s left for this run"
             w.event("run_stop", status="skipped", reason=reason)
-            w.finish({"profile": "gpu-reference", "model": model, "method": method, "seed": 0, "status": "skipped",
-                      "reason": reason, "run_dir": str(rdir)})
+            w.finish(
+                {
+                    "profile": "gpu-reference",
+                    "model": model,
+                    "method": method,
+                    "seed": 0,
+                    "status": "skipped",
+                    "reason": reason,
+                    "run_dir": str(rdir),
+                }
+            )
         else:
             rc = run(cmd, share, log)
             if rc != 0 and not (rdir / "summary.json").exists():
                 from pipelines.run.events import RunWriter
 
                 w = RunWriter(rdir)
-                w.finish({"profile": "gpu-reference", "model": model, "method": method, "seed": 0, "status": "failed",
-                          "reason": f"exit code {rc} (see log.txt)", "run_dir": str(rdir)})
+                w.finish(
+                    {
+                        "profile": "gpu-reference",
+                        "model": model,
+                        "method": method,
+                        "seed": 0,
+                        "status": "failed",
+                        "reason": f"exit code {rc} (see log.txt)",
+                        "run_dir": str(rdir),
+                    }
+                )
         summaries.append(rdir / "summary.json")
 
     # 3. one table in the report's format, and the run folders in one archive

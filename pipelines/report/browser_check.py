@@ -1,6 +1,7 @@
 """Open ``reports/report.html`` in headless Chromium and check what a reader sees first.
 
-    python -m pipelines.report.browser_check reports/report.html --results results --screenshot reports/report_landing.png
+    python -m pipelines.report.browser_check reports/report.html --results results \
+        --screenshot reports/report_landing.png
 
 Chromium runs the report's JavaScript; ``--dump-dom`` gives the page as rendered. The checks, on that DOM:
 
@@ -14,6 +15,7 @@ Chromium runs the report's JavaScript; ``--dump-dom`` gives the page as rendered
 A screenshot of the landing page is saved for a person to look at. Exit status: 0 all checks pass, 1 some
 failed (each printed), 2 no Chromium here (Debian: ``apt-get install chromium``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +49,20 @@ def _chromium(browser: str, url: str, *args: str, timeout: int = 120) -> subproc
     # --no-sandbox: CI and containers run as root, where Chromium's sandbox refuses to start. The virtual
     # time budget lets the page's scripts (React) finish before the DOM is dumped or the screenshot taken.
     with tempfile.TemporaryDirectory(prefix="fp8bench-chromium-") as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={WINDOW}",
-               "--virtual-time-budget=10000", *args, url]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={WINDOW}",
+            "--virtual-time-budget=10000",
+            *args,
+            url,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{Path(browser).name} exited {r.returncode}: {r.stderr[-2000:]}")
@@ -77,7 +90,7 @@ class _Landing(HTMLParser):
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.depth = 0          # >0 while inside the landing div (its nesting depth of divs)
+        self.depth = 0  # >0 while inside the landing div (its nesting depth of divs)
         self.found = False
         self.text: list[str] = []
         self.hrefs: list[str] = []

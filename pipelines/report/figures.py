@@ -8,6 +8,7 @@ caption (``pipelines/report/captions/<name>.rst``, which the HTML report shows t
 figure says why there is nothing to plot (no diverged run, no sweep, no GPU results); the figure file
 then shows that sentence, and the report repeats it, rather than an empty axis.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from common.atomic import atomic_path  # noqa: E402
-from pipelines.report.figures_stability import (fig_long_horizon, fig_lr_frontier, fig_stress_ladder,  # noqa: E402
-                                        fig_stress_outliers)
-from pipelines.run.events import read_events  # noqa: E402
 from pipelines.analysis.stats import base_verdict, t_interval  # noqa: E402
+from pipelines.report.figures_stability import fig_long_horizon, fig_lr_frontier, fig_stress_ladder, fig_stress_outliers  # noqa: E402
+from pipelines.run.events import read_events  # noqa: E402
 
 REFERENCE = "bf16-amp"
 COMPONENTS = ["weights", "master", "grads", "optim", "meta"]
@@ -40,12 +40,12 @@ TRAIN_LOSS_WINDOW = 10  # steps of the trailing moving average in the train_loss
 @dataclass
 class FigureData:
     summary: pd.DataFrame
-    curves: pd.DataFrame = field(default_factory=pd.DataFrame)      # method, seed, lr, step, loss, kind
-    telemetry: pd.DataFrame = field(default_factory=pd.DataFrame)   # method, seed, step, layer, tensor, amax, ...
-    probes: pd.DataFrame = field(default_factory=pd.DataFrame)      # method, seed, step, lr, lost_pred_frac, ...
-    reference: pd.DataFrame = field(default_factory=pd.DataFrame)   # committed GPU summaries, with 'device_dir'
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # method, seed, lr, step, loss, kind
+    telemetry: pd.DataFrame = field(default_factory=pd.DataFrame)  # method, seed, step, layer, tensor, amax, ...
+    probes: pd.DataFrame = field(default_factory=pd.DataFrame)  # method, seed, step, lr, lost_pred_frac, ...
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)  # committed GPU summaries, with 'device_dir'
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/comparison.csv (verdicts, CIs)
-    eval_gaps: pd.DataFrame = field(default_factory=pd.DataFrame)   # results/eval_gaps.csv (paired gap per step)
+    eval_gaps: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/eval_gaps.csv (paired gap per step)
     noise_floor: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/noise_floor.csv
     traced: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/memory_traced.csv (full-size traces)
     predicted: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/bench/gpu_predicted.csv (on paper)
@@ -55,7 +55,7 @@ class FigureData:
     stress: dict = field(default_factory=dict)  # name -> results/stress_<name>.csv (pipelines.analysis.stress_tables)
 
     @classmethod
-    def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> "FigureData":
+    def load(cls, summary_csv: str | Path, reference_glob: str = "results/reference/*/summary.csv") -> FigureData:
         """The summary and, beside it, the tables the workflow derives from it (where they exist)."""
         summary = pd.read_csv(summary_csv)
         curves, telemetry, probes = load_events(summary)
@@ -68,11 +68,22 @@ class FigureData:
             except pd.errors.EmptyDataError:  # written with no columns: nothing of that kind ran
                 return pd.DataFrame()
 
-        return cls(summary, curves, telemetry, probes, pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
-                   table("comparison.csv"), table("eval_gaps.csv"), table("noise_floor.csv"),
-                   table("memory_traced.csv"), table("bench/gpu_predicted.csv"), table("frontier_cells.csv"),
-                   table("long_horizon_curve.csv"), long_probes(here),
-                   {p.stem.removeprefix("stress_"): table(p.name) for p in sorted(here.glob("stress_*.csv"))})
+        return cls(
+            summary,
+            curves,
+            telemetry,
+            probes,
+            pd.concat(refs, ignore_index=True) if refs else pd.DataFrame(),
+            table("comparison.csv"),
+            table("eval_gaps.csv"),
+            table("noise_floor.csv"),
+            table("memory_traced.csv"),
+            table("bench/gpu_predicted.csv"),
+            table("frontier_cells.csv"),
+            table("long_horizon_curve.csv"),
+            long_probes(here),
+            {p.stem.removeprefix("stress_"): table(p.name) for p in sorted(here.glob("stress_*.csv"))},
+        )
 
 
 #: what a probed step measured of the low-precision weights' update (train_step events; methods.fp8.lost_updates)
@@ -86,14 +97,22 @@ def load_events(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
         path = Path(str(r.run_dir)) / "metrics.jsonl"
         if not path.is_file():
             continue
-        base = {"profile": r.profile, "model": r.model, "method": r.method, "seed": r.seed,
-                "lr": getattr(r, "lr", np.nan), "status": r.status}
+        base = {
+            "profile": r.profile,
+            "model": r.model,
+            "method": r.method,
+            "seed": r.seed,
+            "lr": getattr(r, "lr", np.nan),
+            "status": r.status,
+        }
         for ev in read_events(path):
             kind = ev["event"]
             if kind == "train_step":
                 curves.append({**base, "step": ev["step"] + 1, "loss": ev["loss"], "kind": "train"})
                 if ev.get("probed"):
-                    probes.append({**base, "step": ev["step"], "step_lr": ev["lr"], **{k: ev.get(k) for k in PROBE_KEYS}})
+                    probes.append(
+                        {**base, "step": ev["step"], "step_lr": ev["lr"], **{k: ev.get(k) for k in PROBE_KEYS}}
+                    )
             elif kind == "eval":
                 curves.append({**base, "step": ev["step"], "loss": ev["val_loss"], "kind": "val"})
             elif kind == "telemetry":
@@ -126,6 +145,7 @@ def _main_profile(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------- figures
+
 
 def _main_lr(d: FigureData, df: pd.DataFrame) -> pd.DataFrame:
     """Rows of ``df`` at the (profile, model, lr) with the most runs in the summary: the comparison the
@@ -177,15 +197,24 @@ def fig_forest(d: FigureData):
         if vb == "diverged":
             ax.scatter([x_div], [i], marker="X", s=70, color="black", zorder=4)
         elif r["n_seeds"] >= 2 and np.isfinite(r["gap_ci_lo_pct"]):
-            ax.errorbar(r["gap_mean_pct"], i, xerr=[[r["gap_mean_pct"] - r["gap_ci_lo_pct"]],
-                                                    [r["gap_ci_hi_pct"] - r["gap_mean_pct"]]],
-                        fmt="o", color=color, ms=5, capsize=3, zorder=4)
+            ax.errorbar(
+                r["gap_mean_pct"],
+                i,
+                xerr=[[r["gap_mean_pct"] - r["gap_ci_lo_pct"]], [r["gap_ci_hi_pct"] - r["gap_mean_pct"]]],
+                fmt="o",
+                color=color,
+                ms=5,
+                capsize=3,
+                zorder=4,
+            )
         else:
             ax.scatter([r["gap_mean_pct"]], [i], marker="D", s=25, color=color, zorder=4)
     ax.set_yticks(range(len(rows)), [f"{r.method}  [{r.verdict}]" for r in rows.itertuples()], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel=f"final val loss gap vs {REFERENCE} at the same seed (%): mean, 95% CI; dots: seeds",
-           title="Paired loss gap per method (X at the right: diverged; diamond: one seed, no interval)")
+    ax.set(
+        xlabel=f"final val loss gap vs {REFERENCE} at the same seed (%): mean, 95% CI; dots: seeds",
+        title="Paired loss gap per method (X at the right: diverged; diamond: one seed, no interval)",
+    )
     fig.legend(fontsize=7, loc="outside lower center", ncol=2)
     return fig
 
@@ -198,8 +227,12 @@ def fig_loss_curves(d: FigureData):
     multi = val[val["method"].isin(n[n >= max(2, n.max())].index)]  # the methods run on every seed
     fig, ax = plt.subplots(figsize=(9, 5.5))
     sns.lineplot(data=multi, x="step", y="loss", hue="method", errorbar=None, ax=ax, marker="o", markersize=3, lw=1)
-    ax.set(xlabel="optimizer step", ylabel="validation loss (nats/token)", yscale="log",
-           title=f"Validation loss, mean over {int(n.max())} seeds (methods run on every seed)")
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="validation loss (nats/token)",
+        yscale="log",
+        title=f"Validation loss, mean over {int(n.max())} seeds (methods run on every seed)",
+    )
     ax.legend(fontsize=7, ncol=2)
     return fig
 
@@ -215,9 +248,10 @@ def smoothed_train_loss(curves: pd.DataFrame, window: int = TRAIN_LOSS_WINDOW) -
     if tr.empty:
         return tr[["method", "seed", "step", "loss"]], pd.DataFrame(columns=["method", "step", "loss", "n_seeds"])
     per_seed = tr[["method", "seed", "step"]].copy()
-    per_seed["loss"] = (tr.groupby(["method", "seed"])["loss"]
-                        .transform(lambda x: x.astype(float).rolling(window, min_periods=1).mean()))
-    mean = (per_seed.groupby(["method", "step"])["loss"].agg(loss="mean", n_seeds="size").reset_index())
+    per_seed["loss"] = tr.groupby(["method", "seed"])["loss"].transform(
+        lambda x: x.astype(float).rolling(window, min_periods=1).mean()
+    )
+    mean = per_seed.groupby(["method", "step"])["loss"].agg(loss="mean", n_seeds="size").reset_index()
     return per_seed, mean
 
 
@@ -232,8 +266,9 @@ def fig_train_loss(d: FigureData):
     ref = mean[mean["method"] == REFERENCE]
     cols = min(4, len(methods))
     rowsn = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rowsn, cols, figsize=(3.2 * cols + 1, 2.5 * rowsn + 0.8), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rowsn, cols, figsize=(3.2 * cols + 1, 2.5 * rowsn + 0.8), sharex=True, sharey=True, squeeze=False
+    )
     for ax, m in zip(axes.flat, methods):
         for _, one in per_seed[per_seed["method"] == m].groupby("seed"):
             ax.plot(one["step"], one["loss"], color="C0", lw=0.7, alpha=0.35)
@@ -243,13 +278,16 @@ def fig_train_loss(d: FigureData):
         ax.plot(mm["step"], mm["loss"], color="C0", lw=1.8)
         n = int(mm["n_seeds"].max())
         ax.set_title(f"{m} ({n} seed{'s' if n > 1 else ''})", fontsize=9)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("training loss (nats/token)", fontsize=9)
     fig.supxlabel("optimizer step")
-    fig.suptitle(f"Training loss per method, moving average over {TRAIN_LOSS_WINDOW} steps: mean over seeds (bold), "
-                 f"each seed (faint); dashed grey: {REFERENCE}'s mean", fontsize=10)
+    fig.suptitle(
+        f"Training loss per method, moving average over {TRAIN_LOSS_WINDOW} steps: mean over seeds (bold), "
+        f"each seed (faint); dashed grey: {REFERENCE}'s mean",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -286,14 +324,17 @@ def fig_loss_gap(d: FigureData):
         ax.axhline(0, color="black", lw=0.5)
         v = comp[comp["method"] == m]["verdict"]
         ax.set_title(f"{m} [{v.iloc[0] if len(v) else '?'}]", fontsize=9)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     lim = np.nanpercentile(np.abs(g[g["method"].isin(methods)]["gap_pct"]), 98) * 1.3 + 0.2
     axes[0, 0].set_ylim(-lim, lim)
     fig.supxlabel("optimizer step")
     fig.supylabel(f"val loss gap vs {REFERENCE}, same seed (%)")
-    fig.suptitle(f"Paired gap per eval step: mean and 95% CI over seeds (thin: seeds); grey: noise floor "
-                 f"(|fp32 gap|, max over seeds); dashed: margin ±{margin:g}%", fontsize=10)
+    fig.suptitle(
+        f"Paired gap per eval step: mean and 95% CI over seeds (thin: seeds); grey: noise floor "
+        f"(|fp32 gap|, max over seeds); dashed: margin ±{margin:g}%",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -315,8 +356,11 @@ def fig_memory(d: FigureData):
     per.plot.barh(stacked=True, ax=ax, color=sns.color_palette("deep", len(COMPONENTS)), width=0.75)
     for v in ARTICLE_BPP.values():
         ax.axvline(v, color="black", ls=":", lw=0.8)
-    ax.set(xlabel="bytes per parameter, measured from live tensors after step 1 (per rank for ZeRO)", ylabel="",
-           title="Training state per parameter (dotted: the article's 16 / 12 / 6)")
+    ax.set(
+        xlabel="bytes per parameter, measured from live tensors after step 1 (per rank for ZeRO)",
+        ylabel="",
+        title="Training state per parameter (dotted: the article's 16 / 12 / 6)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.invert_yaxis()
     return fig
@@ -333,8 +377,11 @@ def fig_throughput(d: FigureData):
     sp = s.groupby("method")["speedup"].median()
     ax.set_yticks(range(len(order)), [f"{m} ({sp.get(m, float('nan')):.2f}x)" for m in order])
     device = ", ".join(sorted(s["device"].dropna().astype(str).unique()))
-    ax.set(xlabel=f"tokens/s, median over timed steps ({device})", ylabel="",
-           title=f"Throughput (label: speedup vs {REFERENCE})")
+    ax.set(
+        xlabel=f"tokens/s, median over timed steps ({device})",
+        ylabel="",
+        title=f"Throughput (label: speedup vs {REFERENCE})",
+    )
     return fig
 
 
@@ -360,11 +407,24 @@ def fig_memory_scaling(d: FigureData):
         ax.annotate(label, (sizes[-1], bpp * sizes[-1] / 1e9), fontsize=7, ha="right", va="bottom")
     if not measured.empty:
         n_meas = _main_profile(d.summary.dropna(subset=["state_bytes_per_param"])).groupby("method")["n_params"].first()
-        pts = pd.DataFrame({"method": measured.index, "params": n_meas.reindex(measured.index).values,
-                            "GB": measured.sum(axis=1).values * n_meas.reindex(measured.index).values / 1e9})
+        pts = pd.DataFrame(
+            {
+                "method": measured.index,
+                "params": n_meas.reindex(measured.index).values,
+                "GB": measured.sum(axis=1).values * n_meas.reindex(measured.index).values / 1e9,
+            }
+        )
         ax.scatter(pts["params"], pts["GB"], color="black", marker="x", zorder=5, label="measured (this run)")
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="persistent training state (GB = 1e9 B)",
-           title="Memory vs model size: analytic model (lines), measured runs (x), the article's 16 / 12 / 6 B/param (dotted)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="persistent training state (GB = 1e9 B)",
+        title=(
+            "Memory vs model size: analytic model (lines), measured runs (x), "
+            "the article's 16 / 12 / 6 B/param (dotted)"
+        ),
+    )
     ax.legend(fontsize=7, ncol=2)
     return fig
 
@@ -381,19 +441,22 @@ def fig_memory_traced(d: FigureData):
     at = ok[ok["model"] == model]
     seq = int(at["seq_len"].max())
     at = at[at["seq_len"] == seq].set_index("method")
-    parts = pd.DataFrame({c: at[f"peak_{c}_bytes"] / 2 ** 30 for c in TRACED_PARTS})
+    parts = pd.DataFrame({c: at[f"peak_{c}_bytes"] / 2**30 for c in TRACED_PARTS})
     parts = parts.loc[parts.sum(axis=1).sort_values(ascending=False).index]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(parts) + 1.8))
     parts.plot.barh(stacked=True, ax=ax, color=sns.color_palette("deep", len(TRACED_PARTS)), width=0.75)
     for m, (peak, phase) in at[["peak_bytes", "peak_phase"]].iterrows():
         if m in parts.index:
-            ax.annotate(f" {phase}", (peak / 2 ** 30, list(parts.index).index(m)), va="center", fontsize=7)
+            ax.annotate(f" {phase}", (peak / 2**30, list(parts.index).index(m)), va="center", fontsize=7)
     for name, gib in (("H100 80 GB", 79.6), ("H200 141 GB", 139.0)):
         ax.axvline(gib, color="black", ls=":", lw=0.8)
         ax.annotate(name, (gib, -0.6), fontsize=7, ha="right")
-    ax.set(xlabel=f"GiB at the step's traced peak, by what each live storage was (micro-batch 1 × seq {seq})",
-           ylabel="", title=f"Peak memory of one training step at {model} ({at['n_params'].iloc[0] / 1e9:.2f}B params), "
-                            "traced (label: the phase of the peak)")
+    ax.set(
+        xlabel=f"GiB at the step's traced peak, by what each live storage was (micro-batch 1 × seq {seq})",
+        ylabel="",
+        title=f"Peak memory of one training step at {model} ({at['n_params'].iloc[0] / 1e9:.2f}B params), "
+        "traced (label: the phase of the peak)",
+    )
     ax.legend(loc="lower right", fontsize=7)
     ax.invert_yaxis()
     return fig
@@ -403,16 +466,26 @@ def fig_activation_seq(d: FigureData):
     t = d.traced
     if t.empty:
         return "no traced step (results/memory_traced.csv is missing)"
-    ok = t[(t["status"] == "ok") & (t["batch_size"] == 1)].assign(act_gib=lambda x: x["act_peak_bytes"] / 2 ** 30)
+    ok = t[(t["status"] == "ok") & (t["batch_size"] == 1)].assign(act_gib=lambda x: x["act_peak_bytes"] / 2**30)
     models = [m for m, g in ok.sort_values("n_params").groupby("model", sort=False) if g["seq_len"].nunique() >= 2]
     if not models:
         return "no model was traced at two or more sequence lengths"
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models) + 1.5, 5), sharey=False, squeeze=False)
     for ax, model in zip(axes[0], models):
-        sns.lineplot(data=ok[ok["model"] == model], x="seq_len", y="act_gib", hue="method", style="method",
-                     markers=True, dashes=False, ax=ax, legend=ax is axes[0][-1])
-        ax.set(xscale="log", xlabel="sequence length (micro-batch 1)", ylabel="largest activation total (GiB)",
-               title=model)
+        sns.lineplot(
+            data=ok[ok["model"] == model],
+            x="seq_len",
+            y="act_gib",
+            hue="method",
+            style="method",
+            markers=True,
+            dashes=False,
+            ax=ax,
+            legend=ax is axes[0][-1],
+        )
+        ax.set(
+            xscale="log", xlabel="sequence length (micro-batch 1)", ylabel="largest activation total (GiB)", title=model
+        )
     axes[0][-1].legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle("Activation memory against sequence length, traced: what each recipe keeps for backward")
     return fig
@@ -426,16 +499,21 @@ def fig_divergence(d: FigureData):
     fig, ax = plt.subplots(figsize=(9, 5))
     ref = tr[(tr["method"] == REFERENCE) & (tr["profile"].isin(div["profile"]))]
     if not ref.empty:
-        sns.lineplot(data=ref, x="step", y="loss", color="grey", errorbar=None, ax=ax, label=f"{REFERENCE} (train)", lw=1)
+        sns.lineplot(
+            data=ref, x="step", y="loss", color="grey", errorbar=None, ax=ax, label=f"{REFERENCE} (train)", lw=1
+        )
     for r in div.itertuples():
-        c = tr[(tr["method"] == r.method) & (tr["seed"] == r.seed) & (tr["profile"] == r.profile)
-               & (tr["lr"] == r.lr)]
+        c = tr[(tr["method"] == r.method) & (tr["seed"] == r.seed) & (tr["profile"] == r.profile) & (tr["lr"] == r.lr)]
         line = ax.plot(c["step"], c["loss"].clip(upper=50), lw=1, label=f"{r.method} s{r.seed} lr{r.lr:g}")
         step = int(r.diverged_step) + 1 if not pd.isna(r.diverged_step) else (int(c["step"].max()) if len(c) else 0)
         last = c[c["step"] == step]["loss"]
         y = float(last.iloc[0]) if len(last) and np.isfinite(last.iloc[0]) else float(ax.get_ylim()[1])
         ax.scatter([step], [min(y, 50)], marker="X", s=80, color=line[0].get_color(), zorder=5)
-    ax.set(xlabel="optimizer step", ylabel="training loss (clipped at 50)", title="Diverged runs (X: the step each diverged at)")
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="training loss (clipped at 50)",
+        title="Diverged runs (X: the step each diverged at)",
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -449,14 +527,25 @@ def fig_lr_sweep(d: FigureData):
     for i, (m, gm) in enumerate(s[(s["method"] != REFERENCE) & (s["status"] == "ok")].groupby("method")):
         pts = [(lr, t_interval(x["gap"].dropna())) for lr, x in gm.groupby("lr")]
         lrs = [lr for lr, _ in pts]
-        ax.errorbar(lrs, [c.mean for _, c in pts], yerr=[[c.mean - c.lo for _, c in pts], [c.hi - c.mean for _, c in pts]],
-                    marker="o", capsize=3, label=m, color=f"C{i % 10}")
+        ax.errorbar(
+            lrs,
+            [c.mean for _, c in pts],
+            yerr=[[c.mean - c.lo for _, c in pts], [c.hi - c.mean for _, c in pts]],
+            marker="o",
+            capsize=3,
+            label=m,
+            color=f"C{i % 10}",
+        )
     div = s[s["status"] == "diverged"]
     if not div.empty:
         ax.scatter(div["lr"], np.zeros(len(div)), marker="X", color="red", s=60, label="diverged", zorder=5)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"final val loss gap vs {REFERENCE} (%)",
-           title="Learning-rate robustness (paired gap: mean and 95% CI over seeds)")
+    ax.set(
+        xscale="log",
+        xlabel="peak learning rate",
+        ylabel=f"final val loss gap vs {REFERENCE} (%)",
+        title="Learning-rate robustness (paired gap: mean and 95% CI over seeds)",
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -469,8 +558,10 @@ def fig_gpu_scaling(d: FigureData):
         r = _ok(r).dropna(subset=["speedup"]) if "speedup" in r else r.iloc[0:0]
         r = r[r["method"] != REFERENCE]
     if p.empty and r.empty:
-        return ("no prediction (results/bench/gpu_predicted.csv) and no GPU reference results committed "
-                "(results/reference/<device>/summary.csv)")
+        return (
+            "no prediction (results/bench/gpu_predicted.csv) and no GPU reference results committed "
+            "(results/reference/<device>/summary.csv)"
+        )
     fig, ax = plt.subplots(figsize=(8, 5))
     if not p.empty:
         seq = int(p["seq_len"].min())  # one sequence length: the lines differ little between them
@@ -482,8 +573,12 @@ def fig_gpu_scaling(d: FigureData):
         ax.plot(g["n_params"], g["speedup"], "o-", color=f"C{j + 3}", label=f"measured: {method} ({dev})")
     ax.axhline(1, color="black", lw=0.8)
     ax.axhline(2, color="grey", lw=0.8, ls=":", label="FP8/bf16 peak ratio (2x)")
-    ax.set(xscale="log", xlabel="parameters", ylabel="speedup vs bf16 (measured: tokens/s vs bf16-amp)",
-           title="FP8 speedup vs model size on GPU (predicted on paper; measured where committed)")
+    ax.set(
+        xscale="log",
+        xlabel="parameters",
+        ylabel="speedup vs bf16 (measured: tokens/s vs bf16-amp)",
+        title="FP8 speedup vs model size on GPU (predicted on paper; measured where committed)",
+    )
     if r.empty:
         ax.text(0.02, 0.97, "no measured GPU points committed yet", transform=ax.transAxes, va="top", fontsize=8)
     ax.legend(fontsize=8, loc="lower right")
@@ -501,13 +596,20 @@ def fig_fp8_telemetry(d: FigureData):
     fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 8), squeeze=False)
     for j, m in enumerate(methods):
         tm = t[(t["method"] == m) & (t["seed"] == t[t["method"] == m]["seed"].min())]
-        for i, (col, title, log) in enumerate((("amax", "input amax", True), ("saturated_frac", "saturated fraction", False))):
+        for i, (col, title, log) in enumerate(
+            (("amax", "input amax", True), ("saturated_frac", "saturated fraction", False))
+        ):
             if col not in tm:
                 axes[i, j].axis("off")
                 continue
             grid = tm.pivot_table(index="layer", columns="step", values=col, aggfunc="max")
             data = np.log10(grid.clip(lower=1e-12)) if log else grid
-            sns.heatmap(data, ax=axes[i, j], cmap="viridis" if log else "magma", cbar_kws={"label": ("log10 " if log else "") + col})
+            sns.heatmap(
+                data,
+                ax=axes[i, j],
+                cmap="viridis" if log else "magma",
+                cbar_kws={"label": ("log10 " if log else "") + col},
+            )
             axes[i, j].set(title=f"{m}: {title}", xlabel="step", ylabel="layer" if j == 0 else "")
             axes[i, j].tick_params(axis="y", labelsize=6)
     fig.suptitle("FP8 telemetry per layer (inputs of the FP8 linears)")
@@ -522,8 +624,9 @@ def fig_lost_updates(d: FigureData):
     p = _main_lr(d, d.probes)
     if p.empty:
         return "no recipe with low-precision weights was probed in these results"
-    return _lost_updates_figure(p, "Weight updates lost to rounding: predicted from the update vs measured after it "
-                                   "(grey: lr)")
+    return _lost_updates_figure(
+        p, "Weight updates lost to rounding: predicted from the update vs measured after it (grey: lr)"
+    )
 
 
 def fig_lost_updates_long(d: FigureData):
@@ -534,8 +637,12 @@ def fig_lost_updates_long(d: FigureData):
     p = d.long_probes
     if p.empty:
         return "no long-horizon run with low-precision weights on disk (profile long_horizon)"
-    return _lost_updates_figure(p, "Long horizon: weight updates lost to rounding over training (grey: lr; shaded: "
-                                   "the last quarter, where the lr is lowest)", late_share=LATE_SHARE)
+    return _lost_updates_figure(
+        p,
+        "Long horizon: weight updates lost to rounding over training (grey: lr; shaded: "
+        "the last quarter, where the lr is lowest)",
+        late_share=LATE_SHARE,
+    )
 
 
 def _lost_updates_figure(p: pd.DataFrame, title: str, late_share: float | None = None):
@@ -545,9 +652,14 @@ def _lost_updates_figure(p: pd.DataFrame, title: str, late_share: float | None =
     fig, axes = plt.subplots(1, len(methods), figsize=(max(8.0, 4.2 * len(methods)), 3.6), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], methods):
         pm = p[p["method"] == m]
-        for col, style, label in (("lost_pred_frac", "-", "predicted lost"), ("unchanged_frac", "--", "measured unchanged")):
+        for col, style, label in (
+            ("lost_pred_frac", "-", "predicted lost"),
+            ("unchanged_frac", "--", "measured unchanged"),
+        ):
             for _, one in pm.groupby("seed"):
-                ax.plot(one["step"], one[col], style, color="C0" if col == "lost_pred_frac" else "C3", alpha=0.25, lw=0.8)
+                ax.plot(
+                    one["step"], one[col], style, color="C0" if col == "lost_pred_frac" else "C3", alpha=0.25, lw=0.8
+                )
             mean = pm.groupby("step")[col].mean()
             ax.plot(mean.index, mean.values, style, color="C0" if col == "lost_pred_frac" else "C3", lw=2, label=label)
         ax.set(title=m, xlabel="step", ylim=(0, 1.02))
@@ -571,15 +683,30 @@ def _caption(name: str) -> str:
     return path.read_text(encoding="utf-8").strip() if path.is_file() else name
 
 
-FIGURES = {name: (fn, _caption(name)) for name, fn in (
-    ("forest", fig_forest), ("loss_curves", fig_loss_curves), ("train_loss", fig_train_loss),
-    ("loss_gap", fig_loss_gap), ("memory", fig_memory),
-    ("throughput", fig_throughput), ("memory_scaling", fig_memory_scaling), ("memory_traced", fig_memory_traced),
-    ("activation_seq", fig_activation_seq), ("divergence", fig_divergence),
-    ("lr_sweep", fig_lr_sweep), ("gpu_scaling", fig_gpu_scaling), ("fp8_telemetry", fig_fp8_telemetry),
-    ("lost_updates", fig_lost_updates), ("lost_updates_long", fig_lost_updates_long),
-    ("lr_frontier", fig_lr_frontier), ("long_horizon", fig_long_horizon), ("stress_ladder", fig_stress_ladder),
-    ("stress_outliers", fig_stress_outliers))}
+FIGURES = {
+    name: (fn, _caption(name))
+    for name, fn in (
+        ("forest", fig_forest),
+        ("loss_curves", fig_loss_curves),
+        ("train_loss", fig_train_loss),
+        ("loss_gap", fig_loss_gap),
+        ("memory", fig_memory),
+        ("throughput", fig_throughput),
+        ("memory_scaling", fig_memory_scaling),
+        ("memory_traced", fig_memory_traced),
+        ("activation_seq", fig_activation_seq),
+        ("divergence", fig_divergence),
+        ("lr_sweep", fig_lr_sweep),
+        ("gpu_scaling", fig_gpu_scaling),
+        ("fp8_telemetry", fig_fp8_telemetry),
+        ("lost_updates", fig_lost_updates),
+        ("lost_updates_long", fig_lost_updates_long),
+        ("lr_frontier", fig_lr_frontier),
+        ("long_horizon", fig_long_horizon),
+        ("stress_ladder", fig_stress_ladder),
+        ("stress_outliers", fig_stress_outliers),
+    )
+}
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:

@@ -3,6 +3,7 @@
 Each takes the ``FigureData`` of ``pipelines.report.figures`` and returns a figure, or the sentence saying why there
 is nothing to draw (another profile's results hold no frontier), so that no profile breaks on them.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -35,7 +36,9 @@ def fig_lr_frontier(d):
         i, j = methods.index(r.method), lrs.index(float(r.lr))
         broken = r.n_diverged + r.n_failed
         if broken:
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="lightgrey", hatch="///", edgecolor="grey", lw=0))
+            ax.add_patch(
+                Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="lightgrey", hatch="///", edgecolor="grey", lw=0)
+            )
             text = "\n".join(f"{word} {n}/{r.n_runs}" for word, n in (("div", r.n_diverged), ("fail", r.n_failed)) if n)
         elif r.method == REFERENCE:
             text = "ref"
@@ -49,9 +52,12 @@ def fig_lr_frontier(d):
             ax.add_patch(Rectangle((j - 0.47, i - 0.45), 0.94, 0.9, fill=False, edgecolor="black", lw=2.5))
     ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
     ax.set_yticks(range(len(methods)), methods, fontsize=8)
-    ax.set(xlabel="peak learning rate", title=f"Where each recipe breaks ({key[0]}/{key[1]})\n"
-                                              "paired gap; hatched: diverged (div k/n) or failed; black frame: divergence lr; "
-                                              "green: max within-margin lr")
+    ax.set(
+        xlabel="peak learning rate",
+        title=f"Where each recipe breaks ({key[0]}/{key[1]})\n"
+        "paired gap; hatched: diverged (div k/n) or failed; black frame: divergence lr; "
+        "green: max within-margin lr",
+    )
     ax.grid(False)
     return fig
 
@@ -60,7 +66,8 @@ def fig_long_horizon(d):
     """The paired gap against bf16-amp over training steps in the long_horizon profile, one line per recipe
     (mean over seeds) with its Student-t interval as a band, the default profile's horizon marked: does an
     early gap grow, hold or close? fp32 (the null) is drawn in grey: its band is this horizon's noise."""
-    from pipelines.analysis.long_horizon import COMMAND as LONG_COMMAND, default_steps
+    from pipelines.analysis.long_horizon import COMMAND as LONG_COMMAND
+    from pipelines.analysis.long_horizon import default_steps
 
     c = d.long_horizon_curve
     if c is None or c.empty or c["gap_mean_pct"].notna().sum() == 0:
@@ -70,19 +77,34 @@ def fig_long_horizon(d):
         g = g.sort_values("step")
         n = int(g["n_seeds"].max())
         null = method == "fp32"
-        line, = ax.plot(g["step"], g["gap_mean_pct"], marker="o", ms=3, color="grey" if null else None,
-                        ls="--" if null else "-", label=f"{method} (n={n}{', the null' if null else ''})")
+        (line,) = ax.plot(
+            g["step"],
+            g["gap_mean_pct"],
+            marker="o",
+            ms=3,
+            color="grey" if null else None,
+            ls="--" if null else "-",
+            label=f"{method} (n={n}{', the null' if null else ''})",
+        )
         band = g.dropna(subset=["gap_ci_lo_pct", "gap_ci_hi_pct"])
-        ax.fill_between(band["step"], band["gap_ci_lo_pct"], band["gap_ci_hi_pct"], color=line.get_color(),
-                        alpha=0.15, lw=0)
+        ax.fill_between(
+            band["step"], band["gap_ci_lo_pct"], band["gap_ci_hi_pct"], color=line.get_color(), alpha=0.15, lw=0
+        )
         short = g[g["n_seeds"] < n]  # a run of this recipe ended early (diverged or failed) before these steps
         if len(short):
-            ax.scatter(short["step"].iloc[:1], short["gap_mean_pct"].iloc[:1], marker="x", s=60, color="black",
-                       zorder=3)
+            ax.scatter(
+                short["step"].iloc[:1], short["gap_mean_pct"].iloc[:1], marker="x", s=60, color="black", zorder=3
+            )
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(default_steps(), color="grey", ls=":", lw=1, label="default horizon")
-    ax.set(xlabel="step", ylabel=f"paired val-loss gap vs {REFERENCE} (%)",
-           title="Long horizon: 10x the default tokens\nmean over seeds, band: Student-t interval over seeds; x: fewer seeds from here")
+    ax.set(
+        xlabel="step",
+        ylabel=f"paired val-loss gap vs {REFERENCE} (%)",
+        title=(
+            "Long horizon: 10x the default tokens\n"
+            "mean over seeds, band: Student-t interval over seeds; x: fewer seeds from here"
+        ),
+    )
     ax.legend(fontsize=7)
     return fig
 

@@ -8,6 +8,7 @@ report's data URI). Cells are formatted by ``pipelines.analysis.markdown.cell``,
 reads the same in both; each cell keeps its raw value in ``data-v`` and a click on a column header sorts by
 it (numbers as numbers, empty cells last).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,16 +74,28 @@ def render(df: pd.DataFrame, title: str, source: str) -> str:
         tds = []
         for c, v in zip(cols, row):
             num = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-            tds.append(f'<td{" class=num" if num else ""} data-v="{html.escape(_raw(v), quote=True)}">'
-                       f"{html.escape(cell(c, v))}</td>")
+            tds.append(
+                f'<td{" class=num" if num else ""} data-v="{html.escape(_raw(v), quote=True)}">'
+                f"{html.escape(cell(c, v))}</td>"
+            )
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="src">{len(df)} rows from <code>{html.escape(source)}</code>; click a column header to sort.</p>',
-        f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>', *body, "</tbody></table>",
-        f"<script>{_SCRIPT}</script>", "</body></html>", ""])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            f"<style>{_STYLE}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f'<p class="src">{len(df)} rows from <code>{html.escape(source)}</code>; '
+            "click a column header to sort.</p>",
+            f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>',
+            *body,
+            "</tbody></table>",
+            f"<script>{_SCRIPT}</script>",
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def write(name: str, results: str | Path, out_dir: str | Path) -> Path:

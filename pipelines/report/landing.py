@@ -11,6 +11,7 @@ Snakemake renders the text with Jinja2 and then docutils. The generated part sit
 claim's text must never be read as a template) and is escaped for reStructuredText; the links at the end
 name report items (``forest.png``_), which Snakemake turns into links that open them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,12 @@ GPU_REFERENCE = "results/reference/h200"
 # Snakemake's page centres its content vertically in a fixed-height box and gives this text a narrow
 # column: a text taller than the window would lose its top (claims included) beyond reach of the scroll
 # bar. This lets the box scroll from the top and the text take the width it needs.
-STYLE = [".. raw:: html", "",
-         "   <style>div.h-screen.overflow-auto{align-items:flex-start} div.prose.max-w-lg{max-width:56rem}</style>",
-         ""]
+STYLE = [
+    ".. raw:: html",
+    "",
+    "   <style>div.h-screen.overflow-auto{align-items:flex-start} div.prose.max-w-lg{max-width:56rem}</style>",
+    "",
+]
 _RST_SPECIAL = re.compile(r"([\\`*_|<>\[\]])")
 
 
@@ -50,23 +54,30 @@ def _heading(title: str, char: str) -> list[str]:
 
 def claims_part(claims: pd.DataFrame) -> list[str]:
     out = _heading("The article's claims", "-")
-    out += ["Each verdict follows from per-seed measurements by a stated rule; `claims.html`_ has the rule and the "
-            "basis of each (``n seeds``: the fewest seeds of the methods a claim rests on).", ""]
+    out += [
+        "Each verdict follows from per-seed measurements by a stated rule; `claims.html`_ has the rule and the "
+        "basis of each (``n seeds``: the fewest seeds of the methods a claim rests on).",
+        "",
+    ]
     for r in claims.itertuples():
         # a claim from the deterministic full-size trace rests on no seeds (n_seeds empty)
         basis = "traced, no seeds" if pd.isna(r.n_seeds) else f"{int(r.n_seeds)} seeds"
         reading = getattr(r, "reading", None)  # the stability claims: how their recipes fail where they do
-        out += [f"- **{esc(r.verdict)}**: {esc(r.claim)}. Article's value {esc(r.article_value)}; measured "
-                f"{esc(r.measured)} ({basis})." + (f" Reading: {esc(reading)}." if isinstance(reading, str) and reading
-                                                   else "")]
+        out += [
+            f"- **{esc(r.verdict)}**: {esc(r.claim)}. Article's value {esc(r.article_value)}; measured "
+            f"{esc(r.measured)} ({basis})."
+            + (f" Reading: {esc(reading)}." if isinstance(reading, str) and reading else "")
+        ]
     return out + [""]
 
 
 def _gap_text(r) -> str:
 
     if r.n_seeds >= 2:
-        return (f"gap {fmt(r.gap_mean_pct, 2)}% [{fmt(r.gap_ci_lo_pct, 2)}, {fmt(r.gap_ci_hi_pct, 2)}] over "
-                f"{int(r.n_seeds)} seeds")
+        return (
+            f"gap {fmt(r.gap_mean_pct, 2)}% [{fmt(r.gap_ci_lo_pct, 2)}, {fmt(r.gap_ci_hi_pct, 2)}] over "
+            f"{int(r.n_seeds)} seeds"
+        )
     if r.n_seeds == 1:
         return f"gap {fmt(r.gap_mean_pct, 2)}% on one seed"
     return "no seed paired with " + REFERENCE
@@ -86,17 +97,26 @@ def methods_part(comp: pd.DataFrame, forest_png: Path, forest_note: str | None) 
         out += [f"The forest figure has nothing to plot: {esc(forest_note)}.", ""]
     else:
         uri = data_uri(forest_png)  # docutils limits a line to 10,000 characters and joins a wrapped URI
-        out += [".. image:: " + uri[:76], *(f"   {uri[i:i + 76]}" for i in range(76, len(uri), 76)),
-                "   :width: 100%", "   :alt: forest", ""]
-    out += ["`forest.png`_ (full size): the final val-loss gap against bf16-amp at the same seed, mean and 95% "
-            "interval over seeds, against the noise floor and the margin. Per method, from "
-            "``results/comparison.csv`` (all columns: `comparison.html`_):", ""]
+        out += [
+            ".. image:: " + uri[:76],
+            *(f"   {uri[i : i + 76]}" for i in range(76, len(uri), 76)),
+            "   :width: 100%",
+            "   :alt: forest",
+            "",
+        ]
+    out += [
+        "`forest.png`_ (full size): the final val-loss gap against bf16-amp at the same seed, mean and 95% "
+        "interval over seeds, against the noise floor and the margin. Per method, from "
+        "``results/comparison.csv`` (all columns: `comparison.html`_):",
+        "",
+    ]
     rows = _main_rows(comp)
     if rows.empty:
         return out + ["No method ran.", ""]
     # the reference first, then by gap as the forest figure orders them, runs without a gap last
-    rows = rows.assign(_ref=rows["method"] != REFERENCE).sort_values(["_ref", "gap_mean_pct", "method"],
-                                                                      na_position="last")
+    rows = rows.assign(_ref=rows["method"] != REFERENCE).sort_values(
+        ["_ref", "gap_mean_pct", "method"], na_position="last"
+    )
     for r in rows.itertuples():
         if r.method == REFERENCE:
             text = f"the reference; {fmt(r.tokens_per_s_median, 0)} tokens/s"
@@ -116,13 +136,18 @@ def noise_floor_part(floors: pd.DataFrame) -> list[str]:
 
     out = _heading("Noise floor", "-")
     if floors.empty:
-        return out + ["No null comparison ran (fp32 and bf16-amp on the same seeds): there is no noise floor, and "
-                      "no gap can be told from numerical chaos.", ""]
+        return out + [
+            "No null comparison ran (fp32 and bf16-amp on the same seeds): there is no noise floor, and "
+            "no gap can be told from numerical chaos.",
+            "",
+        ]
     for r in floors.itertuples():
         where = f"{r.profile}, {r.model}, lr {r.lr:g}" if pd.notna(r.lr) else f"{r.profile}, {r.model}"
-        line = (f"{where}: {r.null_method} against {REFERENCE} on {_seeds(r.n_seeds)} ends at most "
-                f"{fmt(r.noise_floor_pct, 2)}% apart (the noise floor); the equivalence margin is "
-                f"{fmt(r.margin_pct, 2)}%.")
+        line = (
+            f"{where}: {r.null_method} against {REFERENCE} on {_seeds(r.n_seeds)} ends at most "
+            f"{fmt(r.noise_floor_pct, 2)}% apart (the noise floor); the equivalence margin is "
+            f"{fmt(r.margin_pct, 2)}%."
+        )
         if r.noise_floor_pct >= r.margin_pct:
             line += " The floor is not below the margin: equivalence is not resolvable here."
         out += [f"- {esc(line)}"]
@@ -135,15 +160,21 @@ def reference_part(reference_dir: str | Path) -> list[str]:
     summary = d / "summary.csv"
     if not summary.is_file():
         state = "is absent" if not d.exists() else "holds no summary.csv"
-        return out + [f"``{d}`` {state}: no GPU reference run is committed yet, so every number in this "
-                      f"report was measured on this machine's CPU, where FP8 is emulated and speed says nothing "
-                      f"about GPUs. ``pipelines/gpu/h200.sh`` produces the folder on one H200.", ""]
+        return out + [
+            f"``{d}`` {state}: no GPU reference run is committed yet, so every number in this "
+            f"report was measured on this machine's CPU, where FP8 is emulated and speed says nothing "
+            f"about GPUs. ``pipelines/gpu/h200.sh`` produces the folder on one H200.",
+            "",
+        ]
     meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
     df = pd.read_csv(summary)
     n_ok = int((df["status"] == "ok").sum()) if "status" in df else 0
-    return out + [f"``{d}``: {len(df)} runs ({n_ok} ok) on {esc(meta.get('device', 'device not recorded'))}, "
-                  f"{esc(meta.get('date', 'date not recorded'))}; REPORT.md's GPU section and the "
-                  f"`gpu_scaling.png`_ figure show them.", ""]
+    return out + [
+        f"``{d}``: {len(df)} runs ({n_ok} ok) on {esc(meta.get('device', 'device not recorded'))}, "
+        f"{esc(meta.get('date', 'date not recorded'))}; REPORT.md's GPU section and the "
+        f"`gpu_scaling.png`_ figure show them.",
+        "",
+    ]
 
 
 def index_part(tables: list[str], figures: list[str]) -> list[str]:
@@ -155,12 +186,21 @@ def index_part(tables: list[str], figures: list[str]) -> list[str]:
         names = [f for f in figures if figure_group(f) == g]
         if names:
             out.append(f"- Figures, {g}: " + ", ".join(f"`{f}.png`_" for f in names))
-    return out + ["", "``reports/REPORT.md`` holds the same tables and figures as one document; "
-                      "``tensorboard --logdir results/runs`` shows every run's curves.", ""]
+    return out + [
+        "",
+        "``reports/REPORT.md`` holds the same tables and figures as one document; "
+        "``tensorboard --logdir results/runs`` shows every run's curves.",
+        "",
+    ]
 
 
-def build(results: str | Path, fig_dir: str | Path, tables: list[str], figures: list[str],
-          reference_dir: str | Path = GPU_REFERENCE) -> str:
+def build(
+    results: str | Path,
+    fig_dir: str | Path,
+    tables: list[str],
+    figures: list[str],
+    reference_dir: str | Path = GPU_REFERENCE,
+) -> str:
     from pipelines.report.figures import empty_note
 
     results, fig_dir = Path(results), Path(fig_dir)
@@ -171,15 +211,22 @@ def build(results: str | Path, fig_dir: str | Path, tables: list[str], figures: 
     note = empty_note(fig_dir, "forest")
     status = summary["status"].value_counts()
     profiles = ", ".join(sorted(summary["profile"].astype(str).unique()))
-    lines = [*_heading("fp8bench: the answers", "="), *STYLE,
-             esc(f"Profile {profiles}: {len(summary)} runs (" + ", ".join(f"{n} {s}" for s, n in status.items())
-                 + f") of {summary['method'].nunique()} methods, each paired by seed against {REFERENCE}. "
-                 "Written by the workflow from results/; every figure and table below is a report item."), "",
-             *claims_part(claims),
-             *methods_part(comp, fig_dir / "forest.png", note.read_text().strip() if note.is_file() else None),
-             *noise_floor_part(floors),
-             *reference_part(reference_dir),
-             *index_part(tables, figures)]
+    lines = [
+        *_heading("fp8bench: the answers", "="),
+        *STYLE,
+        esc(
+            f"Profile {profiles}: {len(summary)} runs ("
+            + ", ".join(f"{n} {s}" for s, n in status.items())
+            + f") of {summary['method'].nunique()} methods, each paired by seed against {REFERENCE}. "
+            "Written by the workflow from results/; every figure and table below is a report item."
+        ),
+        "",
+        *claims_part(claims),
+        *methods_part(comp, fig_dir / "forest.png", note.read_text().strip() if note.is_file() else None),
+        *noise_floor_part(floors),
+        *reference_part(reference_dir),
+        *index_part(tables, figures),
+    ]
     return "{% raw %}\n" + "\n".join(lines).rstrip() + "\n{% endraw %}\n"
 
 
@@ -195,8 +242,13 @@ def main(argv=None) -> int:
     from pipelines.report.figures import FIGURES
     from pipelines.report.items import TABLES
 
-    text = build(args.results, args.figures, args.tables if args.tables is not None else list(TABLES),
-                 args.figure_names if args.figure_names is not None else list(FIGURES), args.reference)
+    text = build(
+        args.results,
+        args.figures,
+        args.tables if args.tables is not None else list(TABLES),
+        args.figure_names if args.figure_names is not None else list(FIGURES),
+        args.reference,
+    )
     write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0

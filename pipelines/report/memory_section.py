@@ -1,9 +1,10 @@
 """REPORT.md's section on memory traced at full size (results/memory_traced.csv, results/memory_fit.csv)."""
+
 from __future__ import annotations
 
 import pandas as pd
 
-GIB = 2 ** 30
+GIB = 2**30
 PEAK_PARTS = ["weights", "master", "grads", "optim", "meta", "activations", "temporaries", "other"]
 
 
@@ -17,11 +18,25 @@ def _gib(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 def traced_table(traced: pd.DataFrame, model: str, seq: int) -> pd.DataFrame:
     t = traced[(traced["model"] == model) & (traced["seq_len"] == seq) & (traced["status"] == "ok")]
     t = t.sort_values("peak_bytes", ascending=False)
-    cols = {"persistent_bytes": "persistent_gib", "peak_bytes": "peak_gib",
-            **{f"peak_{c}_bytes": f"{c}_at_peak_gib" for c in PEAK_PARTS}, "act_peak_bytes": "activations_max_gib"}
+    cols = {
+        "persistent_bytes": "persistent_gib",
+        "peak_bytes": "peak_gib",
+        **{f"peak_{c}_bytes": f"{c}_at_peak_gib" for c in PEAK_PARTS},
+        "act_peak_bytes": "activations_max_gib",
+    }
     view = _gib(t, list(cols)).rename(columns=cols)
-    return view[["method", "persistent_gib", "persistent_vs_analytic_pct", "peak_gib", "peak_phase",
-                 *[f"{c}_at_peak_gib" for c in PEAK_PARTS], "activations_max_gib", "trace_s"]]
+    return view[
+        [
+            "method",
+            "persistent_gib",
+            "persistent_vs_analytic_pct",
+            "peak_gib",
+            "peak_phase",
+            *[f"{c}_at_peak_gib" for c in PEAK_PARTS],
+            "activations_max_gib",
+            "trace_s",
+        ]
+    ]
 
 
 def fit_view(fit: pd.DataFrame) -> pd.DataFrame:
@@ -45,8 +60,10 @@ def saved_activations(traced: pd.DataFrame, model: str, seq: int, methods: list[
     for m in methods:
         if m in t.index:
             a = float(t.loc[m, "act_peak_bytes"])
-            out.append(f"- `{m}`: {a / GIB:.1f} GiB of activations at most ({100 * (a - ref) / ref:+.0f}% against "
-                       f"bf16-amp's {ref / GIB:.1f} GiB)")
+            out.append(
+                f"- `{m}`: {a / GIB:.1f} GiB of activations at most ({100 * (a - ref) / ref:+.0f}% against "
+                f"bf16-amp's {ref / GIB:.1f} GiB)"
+            )
     return out
 
 
@@ -56,12 +73,27 @@ RANK_PARTS = ["weights", "grads", "optim", "gathered", "activations", "temporari
 def rank_table(ranks: pd.DataFrame, model: str, seq: int) -> pd.DataFrame:
     t = ranks[(ranks["model"] == model) & (ranks["seq_len"] == seq) & (ranks["status"] == "ok")]
     t = t.sort_values(["peak_bytes", "method"], ascending=[False, True])
-    cols = {"persistent_bytes": "persistent_gib", "method_analytic_bytes": "own_layout_analytic_gib",
-            "deepspeed_estimate_bytes": "deepspeed_estimate_gib", "peak_bytes": "peak_gib",
-            **{f"peak_{c}_bytes": f"{c}_at_peak_gib" for c in RANK_PARTS}}
+    cols = {
+        "persistent_bytes": "persistent_gib",
+        "method_analytic_bytes": "own_layout_analytic_gib",
+        "deepspeed_estimate_bytes": "deepspeed_estimate_gib",
+        "peak_bytes": "peak_gib",
+        **{f"peak_{c}_bytes": f"{c}_at_peak_gib" for c in RANK_PARTS},
+    }
     view = _gib(t, list(cols)).rename(columns=cols)
-    return view[["method", "traced_as", "persistent_gib", "own_layout_analytic_gib", "deepspeed_estimate_gib",
-                 "peak_gib", "peak_phase", *[f"{c}_at_peak_gib" for c in RANK_PARTS], "trace_s"]]
+    return view[
+        [
+            "method",
+            "traced_as",
+            "persistent_gib",
+            "own_layout_analytic_gib",
+            "deepspeed_estimate_gib",
+            "peak_gib",
+            "peak_phase",
+            *[f"{c}_at_peak_gib" for c in RANK_PARTS],
+            "trace_s",
+        ]
+    ]
 
 
 def rank_section(ranks: pd.DataFrame, md_table) -> list[str]:
@@ -112,8 +144,13 @@ def paired_option_cost(summary: pd.DataFrame, variant: str, base: str, confidenc
     return t_interval([paired_gap_pct(float(v[s]), float(b[s])) for s in seeds], confidence), seeds
 
 
-def coat_section(traced: pd.DataFrame, summary: pd.DataFrame | None, comp: pd.DataFrame | None,
-                 variant: str = "fp8-own-tensorwise-coat", base: str = "fp8-own-tensorwise") -> list[str]:
+def coat_section(
+    traced: pd.DataFrame,
+    summary: pd.DataFrame | None,
+    comp: pd.DataFrame | None,
+    variant: str = "fp8-own-tensorwise-coat",
+    base: str = "fp8-own-tensorwise",
+) -> list[str]:
     """What keeping the non-linear layers' saved inputs in FP8 (COAT) saves at 7b, and costs in loss."""
     ok = traced[traced["status"] == "ok"] if not traced.empty else traced
     if ok.empty or variant not in set(ok["method"]):
@@ -123,38 +160,62 @@ def coat_section(traced: pd.DataFrame, summary: pd.DataFrame | None, comp: pd.Da
     t = ok[(ok["model"] == model) & (ok["seq_len"] == seq)].set_index("method")
     if base not in t.index:
         return []
-    lines = [f"### FP8-saved non-linear inputs (COAT) at {model}, micro-batch 1 × seq {seq}", "",
-             f"`{variant}` is `{base}` with option `fp8_saved_nonlinear`: every block's RMSNorm and SwiGLU keep "
-             "their inputs for backward in E4M3 with one scale per 1 × 128 values (`methods/fp8/saved.py`) and "
-             "recompute their backward from them.", ""]
+    lines = [
+        f"### FP8-saved non-linear inputs (COAT) at {model}, micro-batch 1 × seq {seq}",
+        "",
+        f"`{variant}` is `{base}` with option `fp8_saved_nonlinear`: every block's RMSNorm and SwiGLU keep "
+        "their inputs for backward in E4M3 with one scale per 1 × 128 values (`methods/fp8/saved.py`) and "
+        "recompute their backward from them.",
+        "",
+    ]
     for m in ("bf16-amp", base, variant):
         if m in t.index:
             a, bw = float(t.loc[m, "act_peak_bytes"]), float(t.loc[m, "peak_backward_bytes"])
-            lines.append(f"- `{m}`: activations at most {a / GIB:.1f} GiB; backward peak {bw / GIB:.1f} GiB; "
-                         f"step peak {float(t.loc[m, 'peak_bytes']) / GIB:.1f} GiB ({t.loc[m, 'peak_phase']})")
+            lines.append(
+                f"- `{m}`: activations at most {a / GIB:.1f} GiB; backward peak {bw / GIB:.1f} GiB; "
+                f"step peak {float(t.loc[m, 'peak_bytes']) / GIB:.1f} GiB ({t.loc[m, 'peak_phase']})"
+            )
     a_b, a_v = float(t.loc[base, "act_peak_bytes"]), float(t.loc[variant, "act_peak_bytes"])
     lines.append(f"- saved by the option: {(a_b - a_v) / GIB:.1f} GiB of activations ({100 * (a_v - a_b) / a_b:+.0f}%)")
-    row = comp[comp["method"] == variant].iloc[0] if comp is not None and not comp.empty and variant in set(comp["method"]) else None
+    row = (
+        comp[comp["method"] == variant].iloc[0]
+        if comp is not None and not comp.empty and variant in set(comp["method"])
+        else None
+    )
     # the yardstick beside every gap: the noise floor (max |fp32 gap| over seeds) and the margin
-    yard = (f"; noise floor {row['noise_floor_pct']:.3f}%, margin ±{row['margin_pct']:.2f}%"
-            if row is not None and {"noise_floor_pct", "margin_pct"} <= set(row.index) else "")
+    yard = (
+        f"; noise floor {row['noise_floor_pct']:.3f}%, margin ±{row['margin_pct']:.2f}%"
+        if row is not None and {"noise_floor_pct", "margin_pct"} <= set(row.index)
+        else ""
+    )
     if summary is not None and not summary.empty:
         iv, seeds = paired_option_cost(summary, variant, base)
         if iv.n >= 2:
-            lines.append(f"- its cost in loss (cpu runs, final validation loss against `{base}` paired by seed, "
-                         f"{iv.n} seeds {seeds}): {iv.mean:+.3f}% [95% CI {iv.lo:+.3f}, {iv.hi:+.3f}]{yard}")
+            lines.append(
+                f"- its cost in loss (cpu runs, final validation loss against `{base}` paired by seed, "
+                f"{iv.n} seeds {seeds}): {iv.mean:+.3f}% [95% CI {iv.lo:+.3f}, {iv.hi:+.3f}]{yard}"
+            )
         else:
             lines.append(f"- its cost in loss: not measured ({iv.n} paired seed(s) of `{variant}` and `{base}`)")
     if row is not None:
         r = row
-        ci = (f", gap {r['gap_mean_pct']:+.3f}% [95% CI {r['gap_ci_lo_pct']:+.3f}, {r['gap_ci_hi_pct']:+.3f}]"
-              if {"gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct"} <= set(r.index) else "")
+        ci = (
+            f", gap {r['gap_mean_pct']:+.3f}% [95% CI {r['gap_ci_lo_pct']:+.3f}, {r['gap_ci_hi_pct']:+.3f}]"
+            if {"gap_mean_pct", "gap_ci_lo_pct", "gap_ci_hi_pct"} <= set(r.index)
+            else ""
+        )
         lines.append(f"- against bf16-amp (the comparison table): verdict `{r.get('verdict', 'n/a')}`{ci}{yard}")
     return lines + [""]
 
 
-def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.DataFrame | None = None,
-                   summary: pd.DataFrame | None = None, comp: pd.DataFrame | None = None) -> str:
+def traced_section(
+    traced: pd.DataFrame,
+    fit: pd.DataFrame,
+    md_table,
+    ranks: pd.DataFrame | None = None,
+    summary: pd.DataFrame | None = None,
+    comp: pd.DataFrame | None = None,
+) -> str:
     if traced.empty:
         return "## Memory traced at full size\n\nNo trace ran (results/memory_traced.csv is missing)."
     ok = traced[traced["status"] == "ok"]
@@ -187,11 +248,20 @@ def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.
     seven = "7b" if (ok["model"] == "7b").any() else None
     if seven:
         s7 = int(ok[ok["model"] == seven]["seq_len"].max())
-        act = saved_activations(traced, seven, s7, ["fp8-own-tensorwise", "fp8-own-blockwise", "fp8-torchao-tensorwise",
-                                                    "fp8-e2e", "bf16-pure"])
+        act = saved_activations(
+            traced,
+            seven,
+            s7,
+            ["fp8-own-tensorwise", "fp8-own-blockwise", "fp8-torchao-tensorwise", "fp8-e2e", "bf16-pure"],
+        )
         if act:
-            lines += [f"What the FP8 linears' saved inputs change at {seven} (micro-batch 1 × seq {s7}; the own linears "
-                      "keep only FP8 copies of their inputs for backward):", "", *act, ""]
+            lines += [
+                f"What the FP8 linears' saved inputs change at {seven} (micro-batch 1 × seq {s7}; the own linears "
+                "keep only FP8 copies of their inputs for backward):",
+                "",
+                *act,
+                "",
+            ]
     lines += coat_section(traced, summary, comp)
     if not fit.empty:
         f0 = fit.iloc[0]
@@ -214,4 +284,3 @@ def traced_section(traced: pd.DataFrame, fit: pd.DataFrame, md_table, ranks: pd.
 
 def _usable(fit: pd.DataFrame):
     return fit.drop_duplicates("device")[["device", "usable_gib"]].itertuples(index=False, name=None)
-

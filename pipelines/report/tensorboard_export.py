@@ -22,6 +22,7 @@ Tags, with the step as the number of optimizer steps done (the x axis of the rep
 Values are TensorBoard scalars (``simple_value``, float32, as ``SummaryWriter.add_scalar`` writes them).
 A value that ``metrics.jsonl`` holds as null (a non-finite loss of a diverged run) has no point.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,10 @@ def run_text(events: list[dict]) -> str:
     status = stop.get("status", "no run_stop event (incomplete log)")
     reason = f" ({stop['reason']})" if stop.get("reason") else ""
     body = json.dumps(cfg, indent=2, sort_keys=True)
-    return (f"**{name}** seed {cfg.get('seed', '?')}, profile {cfg.get('profile', '?')}, model "
-            f"{cfg.get('model', '?')}: {status}{reason}\n\n```\n{body}\n```")
+    return (
+        f"**{name}** seed {cfg.get('seed', '?')}, profile {cfg.get('profile', '?')}, model "
+        f"{cfg.get('model', '?')}: {status}{reason}\n\n```\n{body}\n```"
+    )
 
 
 def _records(events: list[dict]):
@@ -87,10 +90,14 @@ def _records(events: list[dict]):
 
     yield event_pb2.Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString()
     text = summary_pb2.Summary.Value(
-        tag="run", metadata=summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name="text")),
-        tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[run_text(events).encode()],
-                                      tensor_shape=tensor_shape_pb2.TensorShapeProto()))
+        tag="run",
+        metadata=summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text")),
+        tensor=tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[run_text(events).encode()],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        ),
+    )
     yield event_pb2.Event(wall_time=0.0, step=0, summary=summary_pb2.Summary(value=[text])).SerializeToString()
     for wall, step, vals in scalars(events):
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in vals.items()])
@@ -116,7 +123,9 @@ def export(run_dir: str | Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.report.tensorboard_export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.report.tensorboard_export", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("runs", nargs="+", help="run folders, or files inside them (summary.json, metrics.jsonl)")
     args = ap.parse_args(argv)
     try:

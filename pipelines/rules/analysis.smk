@@ -12,8 +12,17 @@ LONG_HORIZON_CSV = f"{RESULTS}/long_horizon.csv"
 LONG_HORIZON_RUNS_CSV = f"{RESULTS}/long_horizon_runs.csv"
 LONG_HORIZON_CURVE_CSV = f"{RESULTS}/long_horizon_curve.csv"
 LOST_UPDATES_CSV = f"{RESULTS}/lost_updates.csv"
-STABILITY_CSVS = [*FRONTIER_CSVS, LONG_HORIZON_CSV, LONG_HORIZON_RUNS_CSV, LONG_HORIZON_CURVE_CSV, LOST_UPDATES_CSV]
-STRESS_CSVS = [f"{RESULTS}/stress_{name}.csv" for name in ("ladder", "outliers", "norm_gains", "second_moment")]
+STABILITY_CSVS = [
+    *FRONTIER_CSVS,
+    LONG_HORIZON_CSV,
+    LONG_HORIZON_RUNS_CSV,
+    LONG_HORIZON_CURVE_CSV,
+    LOST_UPDATES_CSV,
+]
+STRESS_CSVS = [
+    f"{RESULTS}/stress_{name}.csv"
+    for name in ("ladder", "outliers", "norm_gains", "second_moment")
+]
 STABILITY_CSVS += STRESS_CSVS
 
 
@@ -23,13 +32,13 @@ checkpoint seed_plan:
         plan_inputs,
     output:
         f"{RESULTS}/seed_plan/round{{round}}.json",
+    log:
+        f"{RESULTS}/logs/seed_plan_round{{round}}.log",
+    conda:
+        "../../environment.yml"
     params:
         settings=SEED_SETTINGS_JSON,
         analysis=ANALYSIS_JSON,
-    conda:
-        "../../environment.yml"
-    log:
-        f"{RESULTS}/logs/seed_plan_round{{round}}.log",
     shell:
         "python -m pipelines.analysis.seed_plan --round {wildcards.round} --settings {params.settings:q} "
         "--analysis {params.analysis:q} --out {output:q} {input:q} > {log:q} 2>&1"
@@ -41,10 +50,10 @@ rule collect:
     output:
         summary=SUMMARY_CSV,
         eval_gaps=EVAL_GAPS_CSV,
-    conda:
-        CPU_ENV
     log:
         f"{RESULTS}/logs/collect.log",
+    conda:
+        CPU_ENV
     shell:
         "python -m pipelines.analysis.collect --out {output.summary:q} {input:q} > {log:q} 2>&1"
 
@@ -62,12 +71,12 @@ rule compare:
         claims=f"{RESULTS}/claims.csv",
         memory=f"{RESULTS}/memory_model.csv",
         optim_ablation=f"{RESULTS}/optim_ablation.csv",
-    params:
-        analysis=ANALYSIS_JSON,
-    conda:
-        CPU_ENV
     log:
         f"{RESULTS}/logs/compare.log",
+    conda:
+        CPU_ENV
+    params:
+        analysis=ANALYSIS_JSON,
     shell:
         'python -m pipelines.analysis.comparison --summary {input.summary:q} --out-dir "$(dirname {output.comparison:q})" '
         "--analysis {params.analysis:q} --traced {input.traced:q} > {log:q} 2>&1"
@@ -81,12 +90,12 @@ rule memory_traced:
         traced=MEMORY_TRACED_CSV,
         fit=MEMORY_FIT_CSV,
         ranks=MEMORY_TRACED_RANKS_CSV,
-    params:
-        settings=MEMORY_TRACE_JSON,
-    conda:
-        CPU_ENV
     log:
         f"{RESULTS}/logs/memory_traced.log",
+    conda:
+        CPU_ENV
+    params:
+        settings=MEMORY_TRACE_JSON,
     shell:
         "python -m pipelines.analysis.memory_traced merge --out {output.traced:q} --fit {output.fit:q} "
         "--ranks-out {output.ranks:q} --rank-parts {input.rank_parts:q} "
@@ -105,12 +114,12 @@ rule frontier:
         frontier=FRONTIER_CSV,
         cells=FRONTIER_CELLS_CSV,
         seeds=FRONTIER_SEEDS_CSV,
-    params:
-        analysis=ANALYSIS_JSON,
-    conda:
-        CPU_ENV
     log:
         f"{RESULTS}/logs/frontier.log",
+    conda:
+        CPU_ENV
+    params:
+        analysis=ANALYSIS_JSON,
     shell:
         'python -m pipelines.analysis.frontier --summary {input.summary:q} --results "$(dirname {output.frontier:q})" '
         "--analysis {params.analysis:q} > {log:q} 2>&1"
@@ -130,12 +139,12 @@ rule long_horizon:
         runs=LONG_HORIZON_RUNS_CSV,
         curve=LONG_HORIZON_CURVE_CSV,
         lost_updates=LOST_UPDATES_CSV,
-    params:
-        analysis=ANALYSIS_JSON,
-    conda:
-        CPU_ENV
     log:
         f"{RESULTS}/logs/long_horizon.log",
+    conda:
+        CPU_ENV
+    params:
+        analysis=ANALYSIS_JSON,
     shell:
         'python -m pipelines.analysis.long_horizon --results "$(dirname {output.table:q})" --analysis {params.analysis:q} '
         "--summary {input.summary:q} > {log:q} 2>&1"
@@ -153,9 +162,9 @@ rule stress_tables:
         outliers=STRESS_CSVS[1],
         norm_gains=STRESS_CSVS[2],
         second_moment=STRESS_CSVS[3],
-    conda:
-        CPU_ENV
     log:
         f"{RESULTS}/logs/stress_tables.log",
+    conda:
+        CPU_ENV
     shell:
         'python -m pipelines.analysis.stress_tables --results "$(dirname {output.ladder:q})" > {log:q} 2>&1'

@@ -14,6 +14,10 @@
 rule bench_fp8_linear:
     output:
         BENCH_FP8_CSV,
+    log:
+        f"{RESULTS}/logs/bench_fp8_linear.log",
+    conda:
+        CPU_ENV
     threads: bench_threads
     resources:
         mem_mb=JOBS["bench"]["mem_mb"],
@@ -21,10 +25,6 @@ rule bench_fp8_linear:
     params:
         rounds=BENCH["fp8_rounds"],
         torch_threads=BENCH["threads"],
-    conda:
-        CPU_ENV
-    log:
-        f"{RESULTS}/logs/bench_fp8_linear.log",
     shell:
         "python -m benchmarks.fp8_bench --rounds {params.rounds} --threads {params.torch_threads} "
         "--job-cores {threads} --csv {output:q} > {log:q} 2>&1"
@@ -33,6 +33,10 @@ rule bench_fp8_linear:
 rule bench_optim:
     output:
         BENCH_OPTIM_CSV,
+    log:
+        f"{RESULTS}/logs/bench_optim.log",
+    conda:
+        CPU_ENV
     threads: bench_threads
     resources:
         mem_mb=JOBS["bench"]["mem_mb"],
@@ -43,10 +47,6 @@ rule bench_optim:
         steps=BENCH["optim_steps"],
         warmup=BENCH["optim_warmup"],
         torch_threads=BENCH["threads"],
-    conda:
-        CPU_ENV
-    log:
-        f"{RESULTS}/logs/bench_optim.log",
     shell:
         "python -m benchmarks.optim_bench --shapes {params.shapes} --optimizers {params.optimizers} "
         "--steps {params.steps} --warmup {params.warmup} --threads {params.torch_threads} --job-cores {threads} "
@@ -59,15 +59,15 @@ rule gpu_predicted:
         predicted=GPU_PREDICTED_CSV,
         inputs=GPU_INPUTS_CSV,
         anchors=GPU_ANCHORS_CSV,
+    log:
+        f"{RESULTS}/logs/gpu_predicted.log",
+    conda:
+        CPU_ENV
     params:
         device=BENCH["gpu_device"],
         models=" ".join(BENCH["gpu_models"]),
         seqs=" ".join(str(s) for s in BENCH["gpu_seq_lens"]),
         micro_batch=BENCH["gpu_micro_batch"],
-    conda:
-        CPU_ENV
-    log:
-        f"{RESULTS}/logs/gpu_predicted.log",
     shell:
         "python -m benchmarks.gpu_cost --device {params.device} --models {params.models} --seq-lens {params.seqs} "
         "--micro-batch {params.micro_batch} --csv {output.predicted:q} --inputs-csv {output.inputs:q} "

@@ -36,13 +36,17 @@ def run_method(name):
     from methods.registry import get_method
 
     base = base_method(name)
-    options = {**config.get("method_options", {}).get(base, {}), **PSET["variants"].get(name, {}).get("options", {})}
+    options = {
+        **config.get("method_options", {}).get(base, {}),
+        **PSET["variants"].get(name, {}).get("options", {}),
+    }
     return get_method(base, **options)
 
 
 def _check_runs_fit():
     """Refuse the workflow up front if a run cannot fit here (analytic memory model; pipelines/run/fits.py).
-    Skipped for CUDA profiles on a machine without CUDA (e.g. a cluster's submit node)."""
+    Skipped for CUDA profiles on a machine without CUDA (e.g. a cluster's submit node).
+    """
     import torch
 
     from models.config import get_model_config
@@ -55,18 +59,27 @@ def _check_runs_fit():
         m = run_method(method)
         if not m.unmet():
             try:
-                check_fits(m, model, get_model_config(model).with_vocab(PSET["data"]["vocab_size"]), train)
+                check_fits(
+                    m,
+                    model,
+                    get_model_config(model).with_vocab(PSET["data"]["vocab_size"]),
+                    train,
+                )
             except fp8cfg.ConfigError as e:
                 raise WorkflowError(str(e))
 
 
 _check_runs_fit()
 DATA_JSON = json.dumps(PSET["data"], sort_keys=True)
-DATA_DIR = str(fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], 0)["data"]["dir"])
+DATA_DIR = str(
+    fp8cfg.resolve_run(config, PROFILE, RUNS[0][0], RUNS[0][1], 0)["data"]["dir"]
+)
 RUN_DIR = f"{RESULTS}/runs/{{profile}}/{{model}}/{{method}}/{{run}}"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 EVAL_GAPS_CSV = f"{RESULTS}/eval_gaps.csv"
-ANALYSIS_JSON = json.dumps(PSET["analysis"], sort_keys=True)  # the experiment's, with the profile's overrides
+ANALYSIS_JSON = json.dumps(
+    PSET["analysis"], sort_keys=True
+)  # the experiment's, with the profile's overrides
 REPORT_MD = "reports/REPORT.md"
 FIGURE_PNGS = [f"reports/figures/{name}.png" for name in FIGURES]
 
@@ -81,15 +94,23 @@ wildcard_constraints:
 
 
 def summaries_of(runs):
-    return [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in runs]
+    return [
+        f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/summary.json" for m, me, rid in runs
+    ]
 
 
 # Adaptive seeds (analysis.max_seeds; pipelines/analysis/seed_plan.py): round r's runs come from the plan the
 # checkpoint `seed_plan` writes after the rounds before it; none when adaptive seeds are off.
 from pipelines.analysis import seed_plan as fp8seeds
 
-SEED_SETTINGS = {"seeds": PSET["seeds"], "seeds_for": PSET["seeds_for"], "methods": PSET["methods"]}
-SEED_ROUNDS = fp8seeds.rounds(**SEED_SETTINGS, an=fp8seeds.Analysis.from_config(PSET["analysis"]))
+SEED_SETTINGS = {
+    "seeds": PSET["seeds"],
+    "seeds_for": PSET["seeds_for"],
+    "methods": PSET["methods"],
+}
+SEED_ROUNDS = fp8seeds.rounds(
+    **SEED_SETTINGS, an=fp8seeds.Analysis.from_config(PSET["analysis"])
+)
 SEED_SETTINGS_JSON = json.dumps(SEED_SETTINGS, sort_keys=True)
 
 
@@ -97,8 +118,12 @@ def runs_through(last_round):
     """The profile's runs and those the plans of rounds 1..last_round add (each plan read once it exists)."""
     runs = list(RUNS)
     for r in range(1, last_round + 1):
-        added = fp8seeds.plan_runs(checkpoints.seed_plan.get(round=r).output[0], PSET["models"])
-        if not added:  # nothing left inconclusive: later rounds would add nothing either
+        added = fp8seeds.plan_runs(
+            checkpoints.seed_plan.get(round=r).output[0], PSET["models"]
+        )
+        if (
+            not added
+        ):  # nothing left inconclusive: later rounds would add nothing either
             break
         runs += added
     return runs
@@ -117,12 +142,18 @@ def plan_inputs(wildcards):
 @functools.lru_cache(maxsize=None)
 def _resolved_run(profile, model, method, run):
     seed, lr = fp8cfg.parse_run_id(run)
-    return json.dumps(fp8cfg.resolve_run(config, profile, model, method, seed, lr=lr), sort_keys=True)
+    return json.dumps(
+        fp8cfg.resolve_run(config, profile, model, method, seed, lr=lr), sort_keys=True
+    )
 
 
 def run_config(wildcards):
     """The resolved config of one run; a change to it reruns that run (params are a rerun trigger)."""
-    return json.loads(_resolved_run(wildcards.profile, wildcards.model, wildcards.method, wildcards.run))
+    return json.loads(
+        _resolved_run(
+            wildcards.profile, wildcards.model, wildcards.method, wildcards.run
+        )
+    )
 
 
 def figure_caption(wildcards):
@@ -140,12 +171,15 @@ JOBS = PSET["jobs"]
 # The conda environment of the training runs under --use-conda: CUDA torch and TransformerEngine where the
 # profile trains on CUDA, else the pinned CPU one (every other rule: the CPU one; they need no GPU).
 CPU_ENV = "../../environment.yml"
-TRAIN_ENV = "../../environment-gpu.yml" if PSET["train"]["device"] == "cuda" else CPU_ENV
+TRAIN_ENV = (
+    "../../environment-gpu.yml" if PSET["train"]["device"] == "cuda" else CPU_ENV
+)
 
 
 def on_cluster():
     """Whether the jobs go to a cluster's scheduler (or this is one of its jobs) rather than run on this
-    machine. Known once the DAG is built (in rule functions), not while the Snakefile is read."""
+    machine. Known once the DAG is built (in rule functions), not while the Snakefile is read.
+    """
     return not workflow.local_exec or fp8devices.under_slurm()
 
 
@@ -168,10 +202,13 @@ LOCAL_GPUS = _gpu_total()
 
 def _run_shape(wildcards):
     """(ranks, nodes, whether it trains on a GPU) of one run. `auto` is a GPU where the machine that plans
-    the jobs has one (locally); on a cluster name the device (`cuda`), the submit node cannot tell."""
+    the jobs has one (locally); on a cluster name the device (`cuda`), the submit node cannot tell.
+    """
     m = run_method(wildcards.method)
     device = run_config(wildcards)["train"]["device"]
-    gpu = device == "cuda" or (device == "auto" and not on_cluster() and bool(LOCAL_GPUS))
+    gpu = device == "cuda" or (
+        device == "auto" and not on_cluster() and bool(LOCAL_GPUS)
+    )
     # a multi-rank method's `nodes` option (pipelines/run/launch/nodes.py starts one torchrun per node)
     return m.world_size, int(getattr(m, "nodes", 1) or 1), gpu
 
@@ -184,13 +221,15 @@ def ranks_here(wildcards):
 
 def run_threads(wildcards):
     """Cores one run occupies on a machine: torch threads per rank times its ranks there (ZeRO, DDP, FSDP2 run
-    several ranks). On a cluster this is per node (sbatch --cpus-per-task of each node's one task)."""
+    several ranks). On a cluster this is per node (sbatch --cpus-per-task of each node's one task).
+    """
     return run_config(wildcards)["train"]["threads"] * ranks_here(wildcards)
 
 
 def run_gpus(wildcards):
     """GPUs one run holds: one per rank when it trains on a GPU, none otherwise. Locally this counts against
-    the `gpu` total (_gpu_total). On a cluster a run over several nodes asks per node instead (run_gres)."""
+    the `gpu` total (_gpu_total). On a cluster a run over several nodes asks per node instead (run_gres).
+    """
     ranks, nodes, gpu = _run_shape(wildcards)
     if not gpu:
         return 0
@@ -202,7 +241,9 @@ def run_gpus(wildcards):
 def run_gres(wildcards):
     """On a cluster, a GPU run over several nodes: its GPUs per node (sbatch --gres=gpu:N); else none."""
     _ranks, nodes, gpu = _run_shape(wildcards)
-    return f"gpu:{ranks_here(wildcards)}" if gpu and nodes > 1 and on_cluster() else None
+    return (
+        f"gpu:{ranks_here(wildcards)}" if gpu and nodes > 1 and on_cluster() else None
+    )
 
 
 def run_nodes(wildcards):
@@ -212,7 +253,8 @@ def run_nodes(wildcards):
 
 def run_tasks(wildcards):
     """A run over several nodes is one task per node (its torchrun); with `mpi` set the job-step executor
-    runs the command in the job itself, which then starts its nodes with srun. None: a plain job."""
+    runs the command in the job itself, which then starts its nodes with srun. None: a plain job.
+    """
     nodes = run_nodes(wildcards)
     return nodes if nodes > 1 else None
 
@@ -233,7 +275,13 @@ def run_mem_mb(wildcards):
 
     train = run_config(wildcards)["train"]
     cfg = get_model_config(wildcards.model).with_vocab(PSET["data"]["vocab_size"])
-    return host_mem_mb(run_method(wildcards.method), cfg, train, ranks_here(wildcards), JOBS["train"]["process_mb"])
+    return host_mem_mb(
+        run_method(wildcards.method),
+        cfg,
+        train,
+        ranks_here(wildcards),
+        JOBS["train"]["process_mb"],
+    )
 
 
 def bench_threads(wildcards):
@@ -254,9 +302,17 @@ TRACE_PART_CSVS = [f"{RESULTS}/memory_traced/{m}.csv" for m in MEMORY_TRACE["mod
 # the multi-rank methods, rank 0 of MEMORY_TRACE["ranks"] (0: none traced, the table lists them untraced)
 TRACE_RANKS = MEMORY_TRACE.get("ranks", 0)
 MEMORY_TRACED_RANKS_CSV = f"{RESULTS}/memory_traced_ranks.csv"
-TRACE_RANK_PART_CSVS = [f"{RESULTS}/memory_traced_ranks/{m}.csv" for m in MEMORY_TRACE["models"]] if TRACE_RANKS else []
+TRACE_RANK_PART_CSVS = (
+    [f"{RESULTS}/memory_traced_ranks/{m}.csv" for m in MEMORY_TRACE["models"]]
+    if TRACE_RANKS
+    else []
+)
 TRACE_SEQ_ARG = " ".join(str(s) for s in MEMORY_TRACE["seq_lens"])
-TRACE_METHODS_ARG = "" if MEMORY_TRACE["methods"] == "all" else "--methods " + " ".join(MEMORY_TRACE["methods"])
+TRACE_METHODS_ARG = (
+    ""
+    if MEMORY_TRACE["methods"] == "all"
+    else "--methods " + " ".join(MEMORY_TRACE["methods"])
+)
 TRACE_VARIANTS_JSON = json.dumps(MEMORY_TRACE.get("variants", {}), sort_keys=True)
 
 
@@ -271,12 +327,17 @@ BENCH_OPTIM_CSV = f"{RESULTS}/bench/optim.csv"
 GPU_PREDICTED_CSV = f"{RESULTS}/bench/gpu_predicted.csv"
 GPU_INPUTS_CSV = f"{RESULTS}/bench/gpu_cost_inputs.csv"
 GPU_ANCHORS_CSV = f"{RESULTS}/bench/gpu_anchors.csv"
-BENCH_CSVS = ([BENCH_FP8_CSV, BENCH_OPTIM_CSV] if BENCH["enabled"] else []) + [GPU_PREDICTED_CSV, GPU_INPUTS_CSV,
-                                                                              GPU_ANCHORS_CSV]
+BENCH_CSVS = ([BENCH_FP8_CSV, BENCH_OPTIM_CSV] if BENCH["enabled"] else []) + [
+    GPU_PREDICTED_CSV,
+    GPU_INPUTS_CSV,
+    GPU_ANCHORS_CSV,
+]
 TABLE_NAMES = tables_for(PROFILE, bench=BENCH["enabled"])
 TABLE_HTMLS = [f"{TABLES_DIR}/{name}.html" for name in TABLE_NAMES]
 LANDING_RST = "reports/landing.rst"
-TB_EVENTS = [f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/{EVENTS_NAME}" for m, me, rid in RUNS]
+TB_EVENTS = [
+    f"{RESULTS}/runs/{PROFILE}/{m}/{me}/{rid}/{EVENTS_NAME}" for m, me, rid in RUNS
+]
 
 
 wildcard_constraints:

@@ -5,21 +5,21 @@
 
 
 rule trace_memory:
-    priority: 50
     output:
         f"{RESULTS}/memory_traced/{{model}}.csv",
-    params:
-        seqs=TRACE_SEQ_ARG,
-        methods=TRACE_METHODS_ARG,
-        variants=TRACE_VARIANTS_JSON,
+    log:
+        f"{RESULTS}/logs/trace_memory_{{model}}.log",
+    priority: 50
+    conda:
+        CPU_ENV
     threads: 1
     resources:
         mem_mb=JOBS["trace_memory"]["mem_mb"],
         runtime=JOBS["trace_memory"]["runtime"],
-    conda:
-        CPU_ENV
-    log:
-        f"{RESULTS}/logs/trace_memory_{{model}}.log",
+    params:
+        seqs=TRACE_SEQ_ARG,
+        methods=TRACE_METHODS_ARG,
+        variants=TRACE_VARIANTS_JSON,
     shell:
         "python -m pipelines.analysis.memory_traced trace --model {wildcards.model} --seq-len {params.seqs} "
         "{params.methods} --variants {params.variants:q} --out {output:q} > {log:q} 2>&1"
@@ -28,23 +28,21 @@ rule trace_memory:
 # The multi-rank methods, one rank of TRACE_RANKS in a fake process group: FSDP2, ZeRO-2/3 through their
 # FSDP2 stand-ins, DeepSpeed's analytic estimate beside them.
 rule trace_memory_ranks:
-    priority: 50
     output:
         f"{RESULTS}/memory_traced_ranks/{{model}}.csv",
-    params:
-        seqs=TRACE_SEQ_ARG,
-        ranks=TRACE_RANKS,
-        methods=TRACE_METHODS_ARG,
+    log:
+        f"{RESULTS}/logs/trace_memory_ranks_{{model}}.log",
+    priority: 50
+    conda:
+        CPU_ENV
     threads: 1
     resources:
         mem_mb=JOBS["trace_memory"]["mem_mb"],
         runtime=JOBS["trace_memory"]["runtime"],
-    conda:
-        CPU_ENV
-    log:
-        f"{RESULTS}/logs/trace_memory_ranks_{{model}}.log",
+    params:
+        seqs=TRACE_SEQ_ARG,
+        ranks=TRACE_RANKS,
+        methods=TRACE_METHODS_ARG,
     shell:
         "python -m pipelines.analysis.memory_traced trace --model {wildcards.model} --seq-len {params.seqs} "
         "--ranks {params.ranks} {params.methods} --out {output:q} > {log:q} 2>&1"
-
-

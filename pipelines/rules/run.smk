@@ -7,16 +7,16 @@ rule prepare_data:
         tokenizer=f"{DATA_DIR}/tokenizer.json",
         train=f"{DATA_DIR}/train.bin",
         val=f"{DATA_DIR}/val.bin",
-    params:
-        data=DATA_JSON,
+    log:
+        f"{DATA_DIR}.log",
+    conda:
+        CPU_ENV
     threads: 1
     resources:
         mem_mb=JOBS["prepare_data"]["mem_mb"],
         runtime=JOBS["prepare_data"]["runtime"],
-    conda:
-        CPU_ENV
-    log:
-        f"{DATA_DIR}.log",
+    params:
+        data=DATA_JSON,
     shell:
         'python -m pipelines.run.data --out "$(dirname {output.meta:q})" --settings {params.data:q} > {log:q} 2>&1'
 
@@ -24,15 +24,15 @@ rule prepare_data:
 rule run_config:
     output:
         f"{RUN_DIR}/config.json",
+    log:
+        f"{RUN_DIR}/config.log",
+    conda:
+        CPU_ENV
     params:
         # Resolved when the DAG is built (a change to it reruns the run); the job only writes it, with a
         # stdlib-only writer: a `run:` block makes Snakemake parse the whole workflow again per job
         # (~10 s each, minutes for a profile of 30 runs).
         cfg=lambda wildcards: json.dumps(run_config(wildcards), sort_keys=True),
-    conda:
-        CPU_ENV
-    log:
-        f"{RUN_DIR}/config.log",
     shell:
         "python -m common.atomic {output:q} {params.cfg:q} > {log:q} 2>&1"
 
@@ -46,6 +46,10 @@ rule train:
     # and the training command resumes from the run's last checkpoint.
     output:
         summary=f"{RUN_DIR}/summary.json",
+    log:
+        f"{RUN_DIR}/train.log",
+    conda:
+        TRAIN_ENV
     # What one run asks for (pipelines/rules/common.smk): cores and GPUs per machine it runs on, host memory
     # per node, the profile's runtime; a run over several nodes is one task per node, started by the training
     # command itself inside the job (`mpi`: no `srun -n1` around it).
@@ -59,10 +63,6 @@ rule train:
         tasks_per_gpu=run_tasks_per_gpu,
         mem_mb=run_mem_mb,
         runtime=JOBS["train"]["runtime"],
-    conda:
-        TRAIN_ENV
-    log:
-        f"{RUN_DIR}/train.log",
     # pipelines.run.launch.devices: locally the run claims GPUs of its own and sees only those
     # (CUDA_VISIBLE_DEVICES); under SLURM the scheduler's assignment stands. The log is appended to, not
     # truncated: a second writer of the run folder (refused by pipelines.run.dirlock) must not wipe the running

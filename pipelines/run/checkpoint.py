@@ -11,6 +11,7 @@ Resuming requires the same resolved config (a fingerprint of it is stored); a ch
 config is ignored and the run starts over. Multi-rank runs, whose state is partitioned over ranks, use
 ``pipelines.run.dist_checkpoint`` instead (same fingerprint, one committed checkpoint for all ranks).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,14 @@ def set_rng_states(st: dict) -> None:
 
 def save(out_dir: Path, rc: dict, step: int, trainee_state: dict, loop_state: dict, metrics_offset: int) -> Path:
     path = Path(out_dir) / NAME
-    payload = {"fingerprint": fingerprint(rc), "step": step, "trainee": trainee_state, "loop": loop_state,
-               "rng": rng_states(), "metrics_offset": metrics_offset}
+    payload = {
+        "fingerprint": fingerprint(rc),
+        "step": step,
+        "trainee": trainee_state,
+        "loop": loop_state,
+        "rng": rng_states(),
+        "metrics_offset": metrics_offset,
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)
     return path

@@ -3,6 +3,7 @@
 The resolved run config (``config.json`` in a run folder) is self-contained: ``python -m
 pipelines.train --config config.json`` reproduces the run without the YAML.
 """
+
 from __future__ import annotations
 
 import copy
@@ -103,11 +104,15 @@ def profile_settings(cfg: dict, profile: str) -> dict:
         check_choice("analysis method", m, registered)
     if an.get("max_seeds") is not None:
         if lrs:
-            raise ConfigError(f"profile {profile}: analysis.max_seeds (adaptive seeds) works on one lr; the profile "
-                              f"sweeps lrs {lrs}: drop max_seeds or the lrs")
+            raise ConfigError(
+                f"profile {profile}: analysis.max_seeds (adaptive seeds) works on one lr; the profile "
+                f"sweeps lrs {lrs}: drop max_seeds or the lrs"
+            )
         if an["max_seeds"] < an.get("min_seeds", 3):
-            raise ConfigError(f"profile {profile}: analysis.max_seeds {an['max_seeds']} is below min_seeds "
-                              f"{an.get('min_seeds', 3)}; valid: >= min_seeds, or null (off)")
+            raise ConfigError(
+                f"profile {profile}: analysis.max_seeds {an['max_seeds']} is below min_seeds "
+                f"{an.get('min_seeds', 3)}; valid: >= min_seeds, or null (off)"
+            )
     variants = dict(p.get("variants", {}))
     for name, v in variants.items():
         check_choice("method", v["method"], registered)
@@ -143,11 +148,14 @@ def check_lrs(values, where: str, allow_empty: bool = True) -> list[float]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ConfigError(f"{where}: {v!r} is not a learning rate; valid: positive finite numbers, e.g. 1.0e-3")
         if float(f"{v:g}") != float(v):
-            raise ConfigError(f"{where}: {v!r} has more than 6 significant digits; valid: e.g. {float(f'{v:g}'):g} "
-                              "(run folders name the lr with 6)")
+            raise ConfigError(
+                f"{where}: {v!r} has more than 6 significant digits; valid: e.g. {float(f'{v:g}'):g} "
+                "(run folders name the lr with 6)"
+            )
     if values != sorted(values) or len(set(values)) != len(values):
-        raise ConfigError(f"{where}: {values} must be ascending without repeats; valid: "
-                          f"{sorted(set(float(v) for v in values))}")
+        raise ConfigError(
+            f"{where}: {values} must be ascending without repeats; valid: {sorted(set(float(v) for v in values))}"
+        )
     return [float(v) for v in values]
 
 
@@ -190,7 +198,9 @@ def memory_trace_settings(cfg: dict, profile: dict) -> dict:
     if mt.get("ranks", 0) == 1:
         raise ConfigError("memory_trace.ranks 1 is the single-process trace; give 0 (no per-rank trace) or >= 2")
     if mt.get("fit_seq_len") not in mt.get("seq_lens", []):
-        raise ConfigError(f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}")
+        raise ConfigError(
+            f"memory_trace.fit_seq_len {mt.get('fit_seq_len')} must be one of seq_lens {mt.get('seq_lens')}"
+        )
     return mt
 
 
@@ -224,8 +234,15 @@ def run_dir(cfg: dict, profile: str, model: str, method: str, seed: int, lr: flo
     return Path(cfg["results_dir"]) / "runs" / profile / model / method / run_id(seed, lr)
 
 
-def resolve_run(cfg: dict, profile: str, model: str, method: str, seed: int,
-                train_overrides: dict | None = None, lr: float | None = None) -> dict:
+def resolve_run(
+    cfg: dict,
+    profile: str,
+    model: str,
+    method: str,
+    seed: int,
+    train_overrides: dict | None = None,
+    lr: float | None = None,
+) -> dict:
     """The fully resolved config of one run (what ``config.json`` holds)."""
     ps = profile_settings(cfg, profile)
     from methods.registry import method_names

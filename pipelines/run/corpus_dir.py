@@ -1,6 +1,7 @@
 """Where a prepared corpus lives: one folder per set of data settings that shape the tokens, named so that a
 change of settings or of the on-disk format (``FORMAT_VERSION``) never reuses an old folder. Below both the
 config (which resolves a run's data folder) and ``pipelines.run.data`` (which writes and checks it)."""
+
 from __future__ import annotations
 
 import hashlib

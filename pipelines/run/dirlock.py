@@ -14,6 +14,7 @@ A multi-rank run is locked by its launcher; the ranks it starts are its children
 (``pipelines.run.launch``). The launcher hands the locked descriptor to the process that starts the ranks
 (``held_fds``), so the folder stays locked while that one lives, even if the launcher itself is killed alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,7 @@ def acquire(folder: str | Path) -> int:
         raise Busy(folder, read_holder(path)) from None
     except OSError as e:  # a file system without flock (some Lustre mounts): the run goes on, unguarded
         os.close(fd)
-        print(f"note: cannot lock {folder} ({e.strerror}); a second writer of it would not be refused",
-              file=sys.stderr)
+        print(f"note: cannot lock {folder} ({e.strerror}); a second writer of it would not be refused", file=sys.stderr)
         return -1
     record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": command_line()}
     os.ftruncate(fd, 0)

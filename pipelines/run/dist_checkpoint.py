@@ -14,6 +14,7 @@ read, so a kill at any moment leaves either the previous complete checkpoint or 
 tags it does not name are leftovers, removed at the next save. The pointer is written last and the
 removal comes after it, so there is no moment without a complete checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(out: Path, rc: dict, step: int, trainee, loop_state: dict, metrics_offset: int, rank: int,
-         world: int) -> None:
+def save(out: Path, rc: dict, step: int, trainee, loop_state: dict, metrics_offset: int, rank: int, world: int) -> None:
     """Collective: every rank calls it at the same step."""
     root = Path(out) / DIR
     tag = f"step{step}"
@@ -92,8 +92,13 @@ def load(out: Path, rc: dict, rank: int, world: int) -> tuple[dict | None, str]:
     partial = Path(out) / PARTIAL
     if not partial.is_file() or partial.stat().st_size < loop["metrics_offset"]:
         return None, "event log is shorter than the checkpoint says; starting over"
-    return {"sharded": (root, ptr["tag"]), "step": loop["step"], "loop": loop["loop"], "rng": rng,
-            "metrics_offset": loop["metrics_offset"]}, f"resuming after step {loop['step']}"
+    return {
+        "sharded": (root, ptr["tag"]),
+        "step": loop["step"],
+        "loop": loop["loop"],
+        "rng": rng,
+        "metrics_offset": loop["metrics_offset"],
+    }, f"resuming after step {loop['step']}"
 
 
 def exists(out: Path) -> bool:

@@ -14,24 +14,27 @@ A run **diverged** when any of these holds:
 Rules 2 and 3 are judged at the end of a run that ran all its steps: the run keeps its status ``diverged``
 with the reason and ``diverged_step`` (for rule 3 the step from which the windowed mean stayed above the
 threshold to the end, located at the first step of its first window above the threshold; for rule 2 alone
-likewise with the step-0 loss as the threshold, else the last step). A run is never stopped early for a high loss: the learning-rate frontier's own runs show losses
-20-30x the step-0 loss that recover (a multiple of the step-0 loss as a stop would call them diverged).
+likewise with the step-0 loss as the threshold, else the last step). A run is never stopped early for a high
+loss: the learning-rate frontier's own runs show losses 20-30x the step-0 loss that recover (a multiple of the
+step-0 loss as a stop would call them diverged).
 
 The settings are ``train.spike_factor`` and ``train.spike_window`` (pipelines/config.yaml; the schema holds
 them to factor > 1 and window >= 1). Window means smooth the batch-to-batch noise of single-step losses
 (about +-10% on the CPU profiles), and the step-0 loss in the reference keeps a run that never got below it
 (a loss that explodes within the first window) from being measured against its own explosion.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-
 #: the rule each part of a ``diverged`` run's reason comes from, as tables name it
-KINDS = {"non-finite": ("non-finite", "infinite gradient norm", "NaN gradient norm"),
-         "above start": ("above the step-0 val loss",),
-         "unrecovered spike": ("a spike that did not recover",)}
+KINDS = {
+    "non-finite": ("non-finite", "infinite gradient norm", "NaN gradient norm"),
+    "above start": ("above the step-0 val loss",),
+    "unrecovered spike": ("a spike that did not recover",),
+}
 
 
 def kinds(reason) -> list[str]:
@@ -49,19 +52,22 @@ def _finite(x) -> bool:
 @dataclass(frozen=True)
 class Divergence:
     """The rule with its settings; ``at_step`` during the run, ``at_end`` once it ran all its steps."""
+
     spike_factor: float = 1.5
     spike_window: int = 10
 
     @classmethod
-    def from_train(cls, train: dict) -> "Divergence":
+    def from_train(cls, train: dict) -> Divergence:
         return cls(spike_factor=float(train["spike_factor"]), spike_window=int(train["spike_window"]))
 
     def text(self) -> str:
         """The definition in one sentence, as tables and the report print it."""
-        return (f"diverged: a non-finite loss, gradient norm or val loss (the run ends there); or, at the end, a "
-                f"final val loss above the step-0 val loss; or a mean loss over the last {self.spike_window} steps "
-                f"above {self.spike_factor:g} x the lower of the step-0 loss and the lowest {self.spike_window}-step "
-                f"mean (a spike that did not recover)")
+        return (
+            f"diverged: a non-finite loss, gradient norm or val loss (the run ends there); or, at the end, a "
+            f"final val loss above the step-0 val loss; or a mean loss over the last {self.spike_window} steps "
+            f"above {self.spike_factor:g} x the lower of the step-0 loss and the lowest {self.spike_window}-step "
+            f"mean (a spike that did not recover)"
+        )
 
     # -- during the run --------------------------------------------------------------------------
     @staticmethod
@@ -126,15 +132,18 @@ class Divergence:
                 refs.append(ref)
             if means[-1] > self.spike_factor * refs[-1]:
                 start = self._stretch([m > self.spike_factor * r for m, r in zip(means, refs)])
-                reasons.append(f"mean loss of the last {w} steps {means[-1]:.3f} > {self.spike_factor:g} x "
-                               f"{refs[-1]:.3f} (the lower of the step-0 loss and the lowest {w}-step mean): a spike "
-                               f"that did not recover")
+                reasons.append(
+                    f"mean loss of the last {w} steps {means[-1]:.3f} > {self.spike_factor:g} x "
+                    f"{refs[-1]:.3f} (the lower of the step-0 loss and the lowest {w}-step mean): a spike "
+                    f"that did not recover"
+                )
                 steps.append(self._first_above(losses, start, self.spike_factor * refs[start]))
         if _finite(initial_val) and _finite(final_val) and final_val > initial_val:
             reasons.insert(0, f"final val loss {final_val:.3f} above the step-0 val loss {initial_val:.3f}")
             above = [m > first for m in means]
-            steps.append(self._first_above(losses, self._stretch(above), first) if above and above[-1]
-                         else len(losses) - 1)
+            steps.append(
+                self._first_above(losses, self._stretch(above), first) if above and above[-1] else len(losses) - 1
+            )
         if not reasons:
             return None
         return "; ".join(reasons), min(steps)

@@ -5,6 +5,7 @@ loses at most the line being written). Only when the run ends is that file renam
 ``metrics.jsonl`` and ``summary.json`` written, both atomically: a reader that finds
 ``summary.json`` finds a complete run, and a reader never opens the partial file.
 """
+
 from __future__ import annotations
 
 import json

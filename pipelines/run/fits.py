@@ -5,6 +5,7 @@ checked against measured tensors) + a rough activation estimate. On the CPU all 
 method share the machine's memory; on GPUs each rank has its own device. ``host_mem_mb`` turns the same
 estimate into the host memory a run's job asks a scheduler for, per node.
 """
+
 from __future__ import annotations
 
 import psutil
@@ -37,8 +38,13 @@ def estimate(method, model_cfg, train: dict) -> dict:
     acts = activation_bytes(model_cfg, max(1, train["batch_size"] // method.world_size), train["seq_len"])
     per_rank = state + acts
     ranks_here = method.world_size if train["device"] != "cuda" else 1
-    return {"n_params": n, "state_bytes": state, "activation_bytes": acts, "needed_bytes": per_rank * ranks_here,
-            "ranks_sharing_memory": ranks_here}
+    return {
+        "n_params": n,
+        "state_bytes": state,
+        "activation_bytes": acts,
+        "needed_bytes": per_rank * ranks_here,
+        "ranks_sharing_memory": ranks_here,
+    }
 
 
 def check_fits(method, model_name: str, model_cfg, train: dict, headroom: float = 0.9) -> None:
@@ -54,7 +60,8 @@ def check_fits(method, model_name: str, model_cfg, train: dict, headroom: float 
             f"model {model_name} ({est['n_params'] / 1e9:.2f}B params) with method {method.name} needs about "
             f"{est['needed_bytes'] / GiB:.1f} GiB (analytic model: {est['state_bytes'] / GiB:.1f} GiB persistent "
             f"state + {est['activation_bytes'] / GiB:.1f} GiB activations{ranks}), but only {avail / GiB:.1f} GiB "
-            f"is {where}; choose a smaller model or a leaner method (python -m methods.memory --model {model_name})")
+            f"is {where}; choose a smaller model or a leaner method (python -m methods.memory --model {model_name})"
+        )
 
 
 def host_mem_mb(method, model_cfg, train: dict, ranks_here: int, process_mb: int) -> int:
@@ -63,5 +70,7 @@ def host_mem_mb(method, model_cfg, train: dict, ranks_here: int, process_mb: int
     with a quarter on top (the activation term is rough); on CUDA the host holds a copy of the rank's
     training state while a checkpoint is written."""
     est = estimate(method, model_cfg, train)
-    per_rank = est["state_bytes"] if train["device"] == "cuda" else 1.25 * (est["state_bytes"] + est["activation_bytes"])
+    per_rank = (
+        est["state_bytes"] if train["device"] == "cuda" else 1.25 * (est["state_bytes"] + est["activation_bytes"])
+    )
     return int(ranks_here * (process_mb + per_rank / 2**20)) + 1

@@ -14,6 +14,7 @@ the clock is passed in (``now``), so the decision and the text are testable with
 - elapsed: wall time since this process began the loop (a resumed run counts from its resume);
 - eta: the steps left at the wall-clock rate of the steps this process did, evaluations included.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,16 +48,18 @@ def rate(x: float) -> str:
 class Progress:
     """Decides when a progress line is due and writes it (``feed`` returns it, or None)."""
 
-    def __init__(self, total: int, start_step: int, now: float, every_steps: int = EVERY_STEPS,
-                 every_s: float = EVERY_S):
+    def __init__(
+        self, total: int, start_step: int, now: float, every_steps: int = EVERY_STEPS, every_s: float = EVERY_S
+    ):
         self.total, self.start, self.t0 = total, start_step, now
         self.every_steps, self.every_s = max(1, int(every_steps)), every_s
         self.last_line_t = now
-        self._tokens = self._time = 0.0            # since the last line, unprobed steps
-        self._tokens_all = self._time_all = 0.0    # since the last line, every step
+        self._tokens = self._time = 0.0  # since the last line, unprobed steps
+        self._tokens_all = self._time_all = 0.0  # since the last line, every step
 
-    def feed(self, done: int, loss: float, tokens: int, step_time_s: float, now: float,
-             probed: bool = False) -> str | None:
+    def feed(
+        self, done: int, loss: float, tokens: int, step_time_s: float, now: float, probed: bool = False
+    ) -> str | None:
         """A step finished: ``done`` steps are done, the last one trained ``tokens`` tokens in ``step_time_s``
         and ended at loss ``loss`` (wall clock ``now``). Returns the line to print, if one is due: after the
         first step of this process, every ``every_steps`` steps, the last step, or ``every_s`` seconds after
@@ -66,8 +69,12 @@ class Progress:
         if not probed:
             self._tokens += tokens
             self._time += step_time_s
-        due = (done == self.start + 1 or done % self.every_steps == 0 or done >= self.total
-               or now - self.last_line_t >= self.every_s)
+        due = (
+            done == self.start + 1
+            or done % self.every_steps == 0
+            or done >= self.total
+            or now - self.last_line_t >= self.every_s
+        )
         if not due:
             return None
         line = self.line(done, loss, now)
@@ -84,5 +91,7 @@ class Progress:
         pct = 100 * done / self.total if self.total else 100.0
         loss_s = f"{loss:.3f}" if loss is not None and math.isfinite(loss) else str(loss)
         eta_s = duration(eta) if math.isfinite(eta) else "?"
-        return (f"step {done}/{self.total} ({pct:.0f}%)  loss {loss_s}  tok/s {rate(tps)}  "
-                f"elapsed {duration(elapsed)}  eta {eta_s}")
+        return (
+            f"step {done}/{self.total} ({pct:.0f}%)  loss {loss_s}  tok/s {rate(tps)}  "
+            f"elapsed {duration(elapsed)}  eta {eta_s}"
+        )

@@ -11,6 +11,7 @@ must not take the other runs of a workflow down. Bad input exits 2 before any wo
 folder that another process is writing (``pipelines.run.dirlock``: one writer per folder). Progress lines
 (``pipelines.run.progress``) go to stderr every ``train.log_every`` steps or 60 seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,17 +28,14 @@ from pathlib import Path
 
 import torch
 
-from pipelines.run import checkpoint
-from pipelines.run import dist_checkpoint
-from pipelines.run import dirlock
-from pipelines.run import launch
-from pipelines.run import progress as progress_mod
-from pipelines.run import config as config_mod
 from common.atomic import write_json
-from pipelines.run.config import ConfigError
-from pipelines.run.divergence import Divergence
-from pipelines.run.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
 from common.environment import environment
+from pipelines.run import checkpoint, dirlock, dist_checkpoint, launch
+from pipelines.run import config as config_mod
+from pipelines.run import progress as progress_mod
+from pipelines.run.config import ConfigError
+from pipelines.run.data import Batches, Corpus, CorpusError, batch_hash, check_corpus, prepare
+from pipelines.run.divergence import Divergence
 from pipelines.run.events import RunWriter
 from pipelines.run.progress import Progress
 from pipelines.run.validate import check_run, load_run_config
@@ -47,8 +45,13 @@ from pipelines.run.validate import check_run, load_run_config
 LOST_UPDATE_KEYS = ("lost_pred_frac", "unchanged_frac", "lost_bias")
 
 TRAIN_FLAGS = {  # CLI flag → train key
-    "steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "threads": "threads",
-    "device": "device", "eval_every": "eval_every",
+    "steps": "steps",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "seq_len": "seq_len",
+    "threads": "threads",
+    "device": "device",
+    "eval_every": "eval_every",
 }
 
 
@@ -111,8 +114,13 @@ class Run:
         if resumed:
             writer.event("resume", environment=self.env)
         else:
-            writer.event("run_start", config=rc, environment=self.env, method_options=self.method.options(),
-                         world_size=self.method.world_size)
+            writer.event(
+                "run_start",
+                config=rc,
+                environment=self.env,
+                method_options=self.method.options(),
+                world_size=self.method.world_size,
+            )
         unmet = self.method.unmet()
         if unmet:
             return "; ".join(unmet)
@@ -120,11 +128,20 @@ class Run:
         check_corpus(self.corpus, train)  # too small for a batch or the eval set: refused before the model
         mcfg = get_model_config(rc["model"]).with_vocab(self.corpus.vocab_size)
         if train["seq_len"] > mcfg.max_seq_len:
-            raise ConfigError(f"train.seq_len {train['seq_len']} exceeds {rc['model']}'s max_seq_len {mcfg.max_seq_len}")
+            raise ConfigError(
+                f"train.seq_len {train['seq_len']} exceeds {rc['model']}'s max_seq_len {mcfg.max_seq_len}"
+            )
         self.model_cfg = mcfg
         model = build_model(mcfg, seed=rc["seed"], device=self.device)  # fp32, before any conversion
-        ctx = RunContext(device=self.device, seed=rc["seed"], threads=train["threads"], compile=train["compile"],
-                         rank=self.rank, world_size=self.world, extra={"batch_size": train["batch_size"]})
+        ctx = RunContext(
+            device=self.device,
+            seed=rc["seed"],
+            threads=train["threads"],
+            compile=train["compile"],
+            rank=self.rank,
+            world_size=self.world,
+            extra={"batch_size": train["batch_size"]},
+        )
         self.trainee = self.method.build(model, HParams.from_train(train), ctx)
         self.batches = Batches(self.corpus, train["batch_size"], train["seq_len"], train["data_seed"])
         self.val = [(x.to(self.device), y.to(self.device)) for x, y in self.batches.val_batches(train["eval_tokens"])]
@@ -147,13 +164,16 @@ class Run:
         self.summary.update({f"{k}_bytes": v for k, v in mem.items()})
         self.summary["state_bytes"] = total
         self.summary["state_bytes_per_param"] = total / n
-        writer.event("memory", after_step=0, bytes=mem, state_bytes=total, state_bytes_per_param=total / n,
-                     n_params=n)
+        writer.event("memory", after_step=0, bytes=mem, state_bytes=total, state_bytes_per_param=total / n, n_params=n)
 
     # -- the loop -----------------------------------------------------------------------------
     def loop_state(self) -> dict:
-        return {"events_train": self.events_train, "evals": self.evals, "summary": self.summary,
-                "first_loss": self.first_loss}
+        return {
+            "events_train": self.events_train,
+            "evals": self.evals,
+            "summary": self.summary,
+            "first_loss": self.first_loss,
+        }
 
     def restore(self, ck: dict) -> int:
         """Load a checkpoint into the built trainee; returns the step to continue from."""
@@ -178,8 +198,13 @@ class Run:
         if start == 0:
             self.evaluate(writer, 0)
         # Plain progress lines on stderr (the run's log under the workflow), terminal or not; rank 0's only
-        progress = Progress(train["steps"], start, time.monotonic(),
-                            every_steps=train.get("log_every", progress_mod.EVERY_STEPS)) if self.rank == 0 else None
+        progress = (
+            Progress(
+                train["steps"], start, time.monotonic(), every_steps=train.get("log_every", progress_mod.EVERY_STEPS)
+            )
+            if self.rank == 0
+            else None
+        )
         for step in range(start, train["steps"]):
             x, y = self.batches.get(step)
             h = batch_hash(x)
@@ -195,8 +220,15 @@ class Run:
             _sync(self.device)
             dt = time.perf_counter() - t0
             self.trainee.probe_updates = False
-            ev = {"step": step, "loss": res.loss, "lr": lr, "grad_norm": res.grad_norm, "step_time_s": dt,
-                  "tokens_per_s": tokens_per_step / dt, "batch_hash": h}
+            ev = {
+                "step": step,
+                "loss": res.loss,
+                "lr": lr,
+                "grad_norm": res.grad_norm,
+                "step_time_s": dt,
+                "tokens_per_s": tokens_per_step / dt,
+                "batch_hash": h,
+            }
             if res.extra:
                 ev.update(res.extra, probed=True)
             writer.event("train_step", **ev)
@@ -214,22 +246,24 @@ class Run:
                 self.summary.update(status="diverged", reason=f"step {step}: {why}", diverged_step=step)
                 break
             done = step + 1
-            line = progress and progress.feed(done, res.loss, tokens_per_step, dt, time.monotonic(),
-                                              probed=bool(res.extra))
+            line = progress and progress.feed(
+                done, res.loss, tokens_per_step, dt, time.monotonic(), probed=bool(res.extra)
+            )
             if line:
                 print(line, file=sys.stderr, flush=True)
             if done % train["eval_every"] == 0 or done == train["steps"]:
                 val = self.evaluate(writer, done)
                 if not math.isfinite(val):
-                    self.summary.update(status="diverged", reason=f"step {step}: non-finite val loss",
-                                        diverged_step=step)
+                    self.summary.update(
+                        status="diverged", reason=f"step {step}: non-finite val loss", diverged_step=step
+                    )
                     break
             if every and done % every == 0 and done < train["steps"] and sharded:
-                dist_checkpoint.save(self.out, self.rc, done, self.trainee, self.loop_state(), writer.offset(),
-                                     self.rank, self.world)
+                dist_checkpoint.save(
+                    self.out, self.rc, done, self.trainee, self.loop_state(), writer.offset(), self.rank, self.world
+                )
             elif every and done % every == 0 and done < train["steps"]:
-                checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(),
-                                writer.offset())
+                checkpoint.save(self.out, self.rc, done, self.trainee.state_dict(), self.loop_state(), writer.offset())
 
     def telemetry_step(self, step: int) -> bool:
         return step % self.train["telemetry_every"] == 0 or step == self.train["steps"] - 1
@@ -254,8 +288,9 @@ class Run:
         s = self.summary
         if s["status"] != "ok" or len(self.events_train) != self.train["steps"] or len(self.evals) < 2:
             return
-        found = Divergence.from_train(self.train).at_end([e["loss"] for e in self.events_train],
-                                                          self.evals[0]["val_loss"], self.evals[-1]["val_loss"])
+        found = Divergence.from_train(self.train).at_end(
+            [e["loss"] for e in self.events_train], self.evals[0]["val_loss"], self.evals[-1]["val_loss"]
+        )
         if found:
             s.update(status="diverged", reason=f"step {found[1]}: {found[0]}", diverged_step=found[1])
 
@@ -270,9 +305,9 @@ class Run:
         s["steps"] = len(steps)
         s["tokens"] = len(steps) * train["batch_size"] * train["seq_len"]
         if steps:
-            tail = [e["loss"] for e in steps[-min(10, len(steps)):]]
+            tail = [e["loss"] for e in steps[-min(10, len(steps)) :]]
             s["final_train_loss"] = sum(tail) / len(tail)
-            after = steps[train["timing_warmup_steps"]:] or steps
+            after = steps[train["timing_warmup_steps"] :] or steps
             timed = [e for e in after if not e.get("probed")] or after
             s["tokens_per_s"] = statistics.median(e["tokens_per_s"] for e in timed)
             s["step_time_s"] = statistics.median(e["step_time_s"] for e in timed)
@@ -332,14 +367,21 @@ class Run:
         self.summary["world_size"] = getattr(getattr(self, "method", None), "world_size", 1)
         trainee = getattr(self, "trainee", None)  # none where the run was skipped or failed before its build
         # what train.compile did, read at the end: a fallback can happen at any step's first compiled call
-        self.summary["compile_status"] = trainee.compile_status if trainee is not None else (
-            "off" if not self.train["compile"] else "not built")
+        self.summary["compile_status"] = (
+            trainee.compile_status if trainee is not None else ("off" if not self.train["compile"] else "not built")
+        )
         if trainee is not None and trainee.compile_status != "off":
-            self.summary.update(compile_graphs=trainee.compile_graphs,
-                                compile_graph_breaks=trainee.compile_graph_breaks)
+            self.summary.update(
+                compile_graphs=trainee.compile_graphs, compile_graph_breaks=trainee.compile_graph_breaks
+            )
         self.summary["wall_time_s"] = time.perf_counter() - t_start
-        writer.event("run_stop", status=self.summary["status"], reason=self.summary["reason"],
-                     steps=self.summary.get("steps", 0), compile_status=self.summary["compile_status"])
+        writer.event(
+            "run_stop",
+            status=self.summary["status"],
+            reason=self.summary["reason"],
+            steps=self.summary.get("steps", 0),
+            compile_status=self.summary["compile_status"],
+        )
         writer.finish(self.summary)
         checkpoint.remove(self.out)
         if self.rank == 0:  # after the last collective: no rank reads it any more
@@ -348,6 +390,7 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------- CLI
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as every other refusal of bad input
@@ -364,12 +407,21 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int)
     ap.add_argument("--out", help="run folder (default: results/runs/<profile>/<model>/<method>/seed<seed>)")
     for flag in TRAIN_FLAGS:
-        ap.add_argument(f"--{flag.replace('_', '-')}", dest=flag,
-                        type={"device": str, "lr": float}.get(flag, int))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any train key, e.g. --set warmup_steps=10 (YAML value syntax)")
-    ap.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="method option, e.g. --method-option stochastic_rounding=true")
+        ap.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type={"device": str, "lr": float}.get(flag, int))
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any train key, e.g. --set warmup_steps=10 (YAML value syntax)",
+    )
+    ap.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. --method-option stochastic_rounding=true",
+    )
     return ap.parse_args(argv)
 
 
@@ -444,8 +496,12 @@ def main(argv=None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             # a rerun appends to the log the workflow keeps: this line says where each attempt begins
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on host {socket.gethostname()} writes {out}"
-                  f": {dirlock.command_line()}", file=sys.stderr, flush=True)
+            print(
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on host {socket.gethostname()} writes {out}"
+                f": {dirlock.command_line()}",
+                file=sys.stderr,
+                flush=True,
+            )
         return _run(args, argv, rc, out)
 
 
@@ -461,10 +517,12 @@ def _run(args, argv, rc: dict, out: Path) -> int:
     except (ConfigError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{rc.get('variant') or rc['method']} seed {rc['seed']}: {summary['status']}"
-          f"{' (' + summary['reason'] + ')' if summary['reason'] else ''}"
-          f"; final val loss {summary.get('final_val_loss')}; {summary.get('tokens_per_s', 0):.0f} tokens/s",
-          file=sys.stderr)
+    print(
+        f"{rc.get('variant') or rc['method']} seed {rc['seed']}: {summary['status']}"
+        f"{' (' + summary['reason'] + ')' if summary['reason'] else ''}"
+        f"; final val loss {summary.get('final_val_loss')}; {summary.get('tokens_per_s', 0):.0f} tokens/s",
+        file=sys.stderr,
+    )
     return launch.exit_code(out, summary)
 
 

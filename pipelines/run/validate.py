@@ -10,6 +10,7 @@ keys together (a multi-rank method's batch must split evenly over its ranks). A 
 it into exit 2 and the workflow (``pipelines/rules/common.smk``, through ``check_profile``) into an error
 before the DAG is built.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ import yaml
 from pipelines.run.config import SCHEMA_PATH, ConfigError, check_choice
 
 #: seeds feed torch.manual_seed and numpy's generators: whole numbers in this range
-SEED_RANGE = (0, 2 ** 32 - 1)
+SEED_RANGE = (0, 2**32 - 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,12 +46,30 @@ def describe(prop: dict) -> str:
     if not types:
         return "any value"
     t = types[0]
-    word = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
-            "array": "a list", "object": "a mapping"}.get(t, t)
+    word = {
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+        "string": "a string",
+        "array": "a list",
+        "object": "a mapping",
+    }.get(t, t)
     if t == "array" and prop.get("items", {}).get("type") == "string":
         word = "a list of strings"
-    lo = ("[", prop["minimum"]) if "minimum" in prop else ("(", prop["exclusiveMinimum"]) if "exclusiveMinimum" in prop else None
-    hi = ("]", prop["maximum"]) if "maximum" in prop else (")", prop["exclusiveMaximum"]) if "exclusiveMaximum" in prop else None
+    lo = (
+        ("[", prop["minimum"])
+        if "minimum" in prop
+        else ("(", prop["exclusiveMinimum"])
+        if "exclusiveMinimum" in prop
+        else None
+    )
+    hi = (
+        ("]", prop["maximum"])
+        if "maximum" in prop
+        else (")", prop["exclusiveMaximum"])
+        if "exclusiveMaximum" in prop
+        else None
+    )
     if lo and hi:
         word += f" in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
     elif lo:
@@ -100,8 +119,11 @@ def check_run(rc: dict, what: str = "config key") -> object:
         if not isinstance(rc.get(section), dict):
             raise ConfigError(f"{what} {section} = {rc.get(section)!r}: must be a mapping")
     train, data = rc["train"], rc["data"]
-    for key, value in (("variant", rc.get("variant")), ("profile", rc.get("profile", "")),
-                       ("data.dir", data.get("dir", ""))):
+    for key, value in (
+        ("variant", rc.get("variant")),
+        ("profile", rc.get("profile", "")),
+        ("data.dir", data.get("dir", "")),
+    ):
         if value is not None and not isinstance(value, str):  # names and paths: a run folder is made of them
             raise ConfigError(f"{what} {key} = {value!r}: must be a string")
     check_section("train", train, what)
@@ -110,8 +132,10 @@ def check_run(rc: dict, what: str = "config key") -> object:
         _whole_in(f"{what} train.data_seed", train["data_seed"], *SEED_RANGE)
     mcfg = get_model_config(rc["model"])
     if train["seq_len"] > mcfg.max_seq_len:  # before any memory estimate, which would blame the RAM
-        raise ConfigError(f"{what} train.seq_len = {train['seq_len']}: exceeds {rc['model']}'s max_seq_len "
-                          f"{mcfg.max_seq_len}; valid: an integer in [2, {mcfg.max_seq_len}]")
+        raise ConfigError(
+            f"{what} train.seq_len = {train['seq_len']}: exceeds {rc['model']}'s max_seq_len "
+            f"{mcfg.max_seq_len}; valid: an integer in [2, {mcfg.max_seq_len}]"
+        )
     options = rc.get("method_options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"method_options = {options!r}: must be a mapping of option names to values")
@@ -121,8 +145,10 @@ def check_run(rc: dict, what: str = "config key") -> object:
         raise ConfigError(str(e)) from None
     ws = method.world_size
     if ws > 1 and train["batch_size"] % ws:
-        raise ConfigError(f"{what} train.batch_size = {train['batch_size']}: method {rc['method']} runs as {ws} "
-                          f"ranks; valid: a multiple of {ws}")
+        raise ConfigError(
+            f"{what} train.batch_size = {train['batch_size']}: method {rc['method']} runs as {ws} "
+            f"ranks; valid: a multiple of {ws}"
+        )
     return method
 
 
@@ -151,8 +177,18 @@ def check_run_sections(rc: dict, what: str = "config key") -> None:
         check_section(section, {k: v for k, v in rc[section].items() if not (section == "data" and k == "dir")}, what)
 
 
-RUN_KEYS = {"schema_version", "profile", "model", "method", "variant", "method_options", "seed", "train", "data",
-            "results_dir"}
+RUN_KEYS = {
+    "schema_version",
+    "profile",
+    "model",
+    "method",
+    "variant",
+    "method_options",
+    "seed",
+    "train",
+    "data",
+    "results_dir",
+}
 
 
 def load_run_config(path: str | Path) -> dict:
@@ -168,7 +204,9 @@ def load_run_config(path: str | Path) -> dict:
     rc.setdefault("variant", None)
     unknown, missing = set(rc) - RUN_KEYS, RUN_KEYS - set(rc)
     if unknown:
-        raise ConfigError(f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}")
+        raise ConfigError(
+            f"run config key {sorted(unknown)[0]!r} is not allowed; valid keys: {', '.join(sorted(RUN_KEYS))}"
+        )
     if missing:
         raise ConfigError(f"run config is missing key {sorted(missing)[0]!r}")
     if not isinstance(rc["method_options"], dict):

@@ -7,6 +7,7 @@ Where the cluster cannot start here (not root, no packages) the test is skipped 
 Settings: FP8BENCH_SLURM_DIR / FP8BENCH_SLURM_PORT_BASE (a second cluster beside another), and
 FP8BENCH_SLURM_CPUS (default here 4 per fake node, so that every training run of the profile starts at once).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ from tests.conftest import ROOT
 
 SCRIPT = ROOT / "pipelines" / "cluster" / "slurm-local.sh"
 OVERLAY = ROOT / "tests" / "cluster" / "profile"
-WORKFLOW_FILES = ["Snakefile", "pipelines", "environment.yml", "environment-gpu.yml", "environment-gpu.post-deploy.sh",
-                  "requirements.txt"]
+WORKFLOW_FILES = [
+    "Snakefile",
+    "pipelines",
+    "environment.yml",
+    "environment-gpu.yml",
+    "environment-gpu.post-deploy.sh",
+    "requirements.txt",
+]
 # guards: a hung workflow (the SLURM executor ignores SIGTERM when sacct fails) is killed, not waited for
 WORKFLOW_TIMEOUT_S = 420
 TWIN_TIMEOUT_S = 240
@@ -58,8 +65,9 @@ def sacct(env: dict, *args: str, workdir: Path | None = None) -> list[dict]:
     """sacct's records (all users, since midnight), those of jobs started in ``workdir`` where given (the
     cluster may have run other workflows before)."""
     fields = ["JobID", "Comment", "NNodes", "NTasks", "AllocTRES", "Timelimit", "State", "WorkDir"]
-    r = subprocess.run(["sacct", "-a", "-P", "-n", "-o", ",".join(fields), *args], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        ["sacct", "-a", "-P", "-n", "-o", ",".join(fields), *args], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     rows = [dict(zip(fields, ln.split("|"))) for ln in r.stdout.splitlines() if ln.strip()]
     return [j for j in rows if workdir is None or Path(j["WorkDir"]) == workdir]
@@ -106,10 +114,28 @@ def test_the_cluster_profile_runs_as_slurm_jobs(cluster, tmp_path):
     # training runs' outputs as targets (the report's figures and tables would add minutes here, on the
     # submitting machine, and say nothing about the cluster).
     t0 = time.perf_counter()
-    targets = ["results/summary.csv", "results/memory_traced.csv", "results/bench/fp8_linear.csv",
-               "results/bench/optim.csv"]
-    cmd = ["timeout", "-s", "KILL", str(WORKFLOW_TIMEOUT_S), sys.executable, "-m", "snakemake", *targets,
-           "--profile", "pipelines/profiles/slurm", "--workflow-profile", str(OVERLAY), "--config", "profile=cluster"]
+    targets = [
+        "results/summary.csv",
+        "results/memory_traced.csv",
+        "results/bench/fp8_linear.csv",
+        "results/bench/optim.csv",
+    ]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(WORKFLOW_TIMEOUT_S),
+        sys.executable,
+        "-m",
+        "snakemake",
+        *targets,
+        "--profile",
+        "pipelines/profiles/slurm",
+        "--workflow-profile",
+        str(OVERLAY),
+        "--config",
+        "profile=cluster",
+    ]
     r = subprocess.run(cmd, cwd=wd, env=env, capture_output=True, text=True)
     out = r.stdout + r.stderr
     print(f"workflow on SLURM: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -131,11 +157,16 @@ def test_the_cluster_profile_runs_as_slurm_jobs(cluster, tmp_path):
         run_dirs[method] = run
     # the corpus, the memory trace and the benchmarks were jobs too; the light rules were not
     rules = sorted(j["Comment"].split("_wildcards_")[0] for j in jobs.values())
-    assert rules == sorted(["rule_prepare_data", "rule_trace_memory", "rule_bench_fp8_linear", "rule_bench_optim"]
-                           + ["rule_train"] * len(runs)), rules
+    assert rules == sorted(
+        ["rule_prepare_data", "rule_trace_memory", "rule_bench_fp8_linear", "rule_bench_optim"]
+        + ["rule_train"] * len(runs)
+    ), rules
     # a timing benchmark had its node to itself (--exclusive: every CPU of the node, though it asked for one)
-    node_cpus = int(subprocess.run(["sinfo", "-h", "-N", "-n", "n1", "-o", "%c"], env=env, capture_output=True,
-                                   text=True, timeout=60).stdout.split()[0])
+    node_cpus = int(
+        subprocess.run(
+            ["sinfo", "-h", "-N", "-n", "n1", "-o", "%c"], env=env, capture_output=True, text=True, timeout=60
+        ).stdout.split()[0]
+    )
     for j in jobs.values():
         if j["Comment"].startswith("rule_bench_"):
             assert f"cpu={node_cpus}," in j["AllocTRES"] and j["State"] == "COMPLETED", j
@@ -145,9 +176,27 @@ def test_the_cluster_profile_runs_as_slurm_jobs(cluster, tmp_path):
     twin_cfg = json.loads((run_dirs["ddp-bf16"] / "config.json").read_text())
     twin = tmp_path / "twin"
     t0 = time.perf_counter()
-    r = subprocess.run(["timeout", "-s", "KILL", str(TWIN_TIMEOUT_S), sys.executable, "-m", "pipelines.train",
-                        "--config", str(run_dirs["ddp-bf16"] / "config.json"), "--out", str(twin), "--threads", "2"],
-                       cwd=wd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            str(TWIN_TIMEOUT_S),
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "--config",
+            str(run_dirs["ddp-bf16"] / "config.json"),
+            "--out",
+            str(twin),
+            "--threads",
+            "2",
+        ],
+        cwd=wd,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     print(f"local twin (1 node x 2 ranks): {time.perf_counter() - t0:.0f} s", flush=True)
     assert r.returncode == 0 and json.loads((twin / "summary.json").read_text())["status"] == "ok", r.stderr[-3000:]
     assert twin_cfg["method_options"].get("nodes", 1) == 1

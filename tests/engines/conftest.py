@@ -1,4 +1,5 @@
 """Fixtures of the engine tests: the real experiment config, pointed at the small test corpus."""
+
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,14 @@ from tests.conftest import write_small_config
 
 @pytest.fixture(scope="module")
 def engine_configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("engines"), steps=4, eval_every=2, eval_tokens=256,
-                              warmup_steps=2, timing_warmup_steps=1)
+    return write_small_config(
+        tmp_path_factory.mktemp("engines"),
+        steps=4,
+        eval_every=2,
+        eval_tokens=256,
+        warmup_steps=2,
+        timing_warmup_steps=1,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """torchao float8 methods: availability, identical step 0, module filter, and the CPU integration
 (input cast under CPU autocast, bf16-emulated backward GEMMs) against float64 references."""
+
 import pytest
 import torch
 from torch import nn
@@ -56,8 +57,9 @@ def test_step0_loss_equals_bf16_amp_and_only_block_linears_are_fp8(name, corpus,
 def test_keep_high_precision_is_an_option(corpus):
     from torchao.float8.float8_linear import Float8Linear
 
-    tr = build_trainee("fp8-torchao-tensorwise", vocab=corpus.vocab_size,
-                       keep_high_precision=("lm_head", "layers.0.*", "*.w2"))
+    tr = build_trainee(
+        "fp8-torchao-tensorwise", vocab=corpus.vocab_size, keep_high_precision=("lm_head", "layers.0.*", "*.w2")
+    )
     fp8 = {n for n, m in tr.model.named_modules() if isinstance(m, Float8Linear)}
     assert fp8 and not any(n.startswith("layers.0.") or n.endswith(".w2") for n in fp8)
     assert "layers.1.attn.wq" in fp8
@@ -75,7 +77,7 @@ def test_float8_linear_under_cpu_autocast_vs_float64(recipe, shape):
     g = torch.Generator().manual_seed(sum(shape))
     model = nn.Sequential(nn.Linear(k, n, bias=False))
     with torch.no_grad():
-        model[0].weight.copy_(torch.randn(n, k, generator=g) / k ** 0.5)
+        model[0].weight.copy_(torch.randn(n, k, generator=g) / k**0.5)
     w64 = model[0].weight.detach().double()
     convert_torchao_float8(model, recipe, keep_high_precision=(), emulate=True)
     x = torch.randn(b, t, k, generator=g, requires_grad=True)

@@ -5,6 +5,7 @@ exercised against a stand-in for TE's Python API (names and signatures as in TE 
 amax_compute_algo=)``, ``Float8CurrentScaling(fp8_format=)``, ``Float8BlockScaling(fp8_format=)``).
 The stand-in's Linear is a plain nn.Linear: what is checked is fp8bench's wiring (same weights, the
 recipe and its options, the autocast around the forward only), not TE's numerics."""
+
 import enum
 import importlib.machinery
 import sys
@@ -56,8 +57,15 @@ def fake_te(monkeypatch):
     class Linear(nn.Linear):
         def __init__(self, in_features, out_features, bias=True, params_dtype=None, device="cuda", **kw):
             super().__init__(in_features, out_features, bias=bias, dtype=params_dtype, device=device)
-            log["linears"].append(dict(in_features=in_features, out_features=out_features, bias=bias,
-                                       params_dtype=params_dtype, device=device))
+            log["linears"].append(
+                dict(
+                    in_features=in_features,
+                    out_features=out_features,
+                    bias=bias,
+                    params_dtype=params_dtype,
+                    device=device,
+                )
+            )
 
         def forward(self, x):
             assert log["active"], "te.Linear ran outside te.autocast"
@@ -80,7 +88,9 @@ def fake_te(monkeypatch):
     te_torch.Linear, te_torch.autocast = Linear, autocast
     te_torch.is_fp8_available = lambda return_reason=False: (True, "")
     te_torch.is_fp8_block_scaling_available = lambda return_reason=False: (
-        False, "FP8 block scaled GEMM requires compute capability 9.0 or higher and CUDA >= 12.9.")
+        False,
+        "FP8 block scaled GEMM requires compute capability 9.0 or higher and CUDA >= 12.9.",
+    )
     te_common = types.ModuleType("transformer_engine.common")
     te_common.__path__ = []
     te_recipe = types.ModuleType("transformer_engine.common.recipe")
@@ -89,17 +99,28 @@ def fake_te(monkeypatch):
     te_pkg.pytorch, te_pkg.common, te_common.recipe = te_torch, te_common, te_recipe
     for mod in (te_pkg, te_torch, te_common, te_recipe):
         mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None)
-    for name, mod in [("transformer_engine", te_pkg), ("transformer_engine.pytorch", te_torch),
-                      ("transformer_engine.common", te_common), ("transformer_engine.common.recipe", te_recipe)]:
+    for name, mod in [
+        ("transformer_engine", te_pkg),
+        ("transformer_engine.pytorch", te_torch),
+        ("transformer_engine.common", te_common),
+        ("transformer_engine.common.recipe", te_recipe),
+    ]:
         monkeypatch.setitem(sys.modules, name, mod)
     return log
 
 
-@pytest.mark.parametrize("name,recipe_type,fields", [
-    ("fp8-te-delayed", "DelayedScaling", {"fp8_format": "HYBRID", "amax_history_len": 16, "amax_compute_algo": "max"}),
-    ("fp8-te-current", "Float8CurrentScaling", {"fp8_format": "HYBRID"}),
-    ("fp8-te-block", "Float8BlockScaling", {"fp8_format": "E4M3"}),
-])
+@pytest.mark.parametrize(
+    "name,recipe_type,fields",
+    [
+        (
+            "fp8-te-delayed",
+            "DelayedScaling",
+            {"fp8_format": "HYBRID", "amax_history_len": 16, "amax_compute_algo": "max"},
+        ),
+        ("fp8-te-current", "Float8CurrentScaling", {"fp8_format": "HYBRID"}),
+        ("fp8-te-block", "Float8BlockScaling", {"fp8_format": "E4M3"}),
+    ],
+)
 def test_te_code_path_with_a_stand_in(fake_te, name, recipe_type, fields, corpus, bf16_amp_step0):
     x, y, weights, plain, r_ref, _ = bf16_amp_step0
     opts = {"amax_history_len": 16} if name == "fp8-te-delayed" else {}
@@ -107,8 +128,9 @@ def test_te_code_path_with_a_stand_in(fake_te, name, recipe_type, fields, corpus
     te_linear = sys.modules["transformer_engine.pytorch"].Linear
     converted = {n for n, m in tr.model.named_modules() if isinstance(m, te_linear)}
     assert converted == {n for n in plain if n.startswith("layers.")}
-    assert all(c == dict(c, bias=False, params_dtype=torch.float32, device=torch.device("cpu"))
-               for c in fake_te["linears"])
+    assert all(
+        c == dict(c, bias=False, params_dtype=torch.float32, device=torch.device("cpu")) for c in fake_te["linears"]
+    )
     params = dict(tr.model.named_parameters())  # the seeded weights, copied into te.Linear
     assert params.keys() == weights.keys() and all(torch.equal(params[n], w) for n, w in weights.items())
     r = tr.train_step(x, y, 1e-3)

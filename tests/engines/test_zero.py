@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO as 2 CPU ranks: identical step-0 loss, partitioned per-rank state, the real pipeline
 (launch, global batches, one summary), and a dead rank ending as ``failed`` instead of a hang."""
+
 import json
 import sys
 import time
@@ -18,9 +19,19 @@ ZERO = [m for m in method_names() if get_method(m).family == "zero"]
 @pytest.fixture(scope="module")
 def ranks_result(corpus_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("zero") / "ranks.json"
-    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--monitor-interval=0.5",
-                str(ROOT / "tests" / "engines" / "zero_ranks.py"), str(corpus_dir), str(out), ",".join(ZERO),
-                env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    r = run_cli(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--monitor-interval=0.5",
+        str(ROOT / "tests" / "engines" / "zero_ranks.py"),
+        str(corpus_dir),
+        str(out),
+        ",".join(ZERO),
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return json.loads(out.read_text())
 
@@ -77,8 +88,23 @@ def test_nothing_was_compiled(ranks_result):
 def test_zero_run_through_the_training_cli(engine_configfile, tmp_path):
     """The real loop: 2 ranks launched by pipelines.run.train, one summary, the batches every method sees."""
     out = tmp_path / "zero2"
-    r = run_cli("-m", "pipelines.train", "--configfile", str(engine_configfile), "--model", "tiny",
-                "--method", "zero2-fp8-optim", "--seed", "0", "--out", str(out), "--threads", "2", timeout=300)
+    r = run_cli(
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(engine_configfile),
+        "--model",
+        "tiny",
+        "--method",
+        "zero2-fp8-optim",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "ok", s["reason"]
@@ -103,8 +129,25 @@ def test_a_dead_rank_ends_the_run_as_failed_not_hung(engine_configfile, tmp_path
     import subprocess
 
     out = tmp_path / "dead"
-    cmd = [sys.executable, "-m", "pipelines.train", "--configfile", str(engine_configfile), "--model", "tiny",
-           "--method", "zero1-bf16", "--seed", "0", "--out", str(out), "--steps", "400", "--set", "checkpoint_every=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(engine_configfile),
+        "--model",
+        "tiny",
+        "--method",
+        "zero1-bf16",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--steps",
+        "400",
+        "--set",
+        "checkpoint_every=1",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         victim, deadline = None, time.time() + 120
@@ -112,8 +155,7 @@ def test_a_dead_rank_ends_the_run_as_failed_not_hung(engine_configfile, tmp_path
             time.sleep(0.5)
             assert proc.poll() is None, f"the run ended before training: {proc.stderr.read()[-3000:]}"
             if (out / "checkpoints" / "latest.json").is_file():
-                ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                         if p.environ().get("RANK") == "1"]
+                ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
                 victim = ranks[0] if ranks else None
         assert victim is not None, "the ranks never started training"
         victim.kill()

@@ -5,6 +5,7 @@ one pair of ranks (one launch instead of one per method). Rank 0 writes a JSON o
 
 Any JIT build of a C++ op (DeepSpeed's or torch.compile's) makes the run fail: it must not happen.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,18 @@ def main(corpus_dir: str, out: str, methods: list[str]) -> None:
         mem = trainee.memory()
         per_rank = [None] * ws
         dist.all_gather_object(per_rank, mem)
-        results[name] = {"analytic": method.analytic_bytes(cfg), "loss0": first.loss, "loss1": second.loss, "grad_norm0": first.grad_norm,
-                         "memory_by_rank": per_rank, "n_params": trainee.n_params(),
-                         "client_optimizer": type(trainee.engine.optimizer.optimizer).__name__,
-                         "exp_avg_types": sorted({type(st["exp_avg"]).__name__
-                                                  for st in trainee.engine.optimizer.optimizer.state.values()})}
+        results[name] = {
+            "analytic": method.analytic_bytes(cfg),
+            "loss0": first.loss,
+            "loss1": second.loss,
+            "grad_norm0": first.grad_norm,
+            "memory_by_rank": per_rank,
+            "n_params": trainee.n_params(),
+            "client_optimizer": type(trainee.engine.optimizer.optimizer).__name__,
+            "exp_avg_types": sorted(
+                {type(st["exp_avg"]).__name__ for st in trainee.engine.optimizer.optimizer.state.values()}
+            ),
+        }
         del trainee
     import deepspeed.comm.comm as ds_comm
 

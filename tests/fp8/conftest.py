@@ -7,6 +7,7 @@ defined at import). So on a CPU-only machine this conftest sets it as early as p
 nothing else there. ``test_kernels.py`` checks that it took effect and otherwise reruns itself in a
 fresh process.
 """
+
 import os
 
 import torch
@@ -47,8 +48,12 @@ def probe_fp8_adamw(impl: str, probe: bool, device: torch.device | None = None, 
     g = torch.Generator().manual_seed(11)
     shapes = [(37, 19), (300,), (2, 256)]
     params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).bfloat16().to(device)) for s in shapes]
-    opt = FP8AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
-                   lr=3e-5, impl=impl, seed=5)  # updates of ~3e-5 on weights of ~0.05: many below half a spacing
+    opt = FP8AdamW(
+        [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
+        lr=3e-5,
+        impl=impl,
+        seed=5,
+    )  # updates of ~3e-5 on weights of ~0.05: many below half a spacing
     rec, figures = LostUpdates(), []
     for _ in range(steps):
         for p in params:

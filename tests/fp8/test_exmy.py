@@ -3,6 +3,7 @@ reference built here from bit patterns in exact rational arithmetic; the E8 ladd
 exhaustively over their codes and midpoints, and on a dense sweep of fp32 against integer rounding of
 fp32 bit patterns; torch's float8 / bf16 / fp16 casts bit for bit where torch has the format; then the
 same formats through quantize, the GEMM, FP8Linear and a short training run."""
+
 import dataclasses
 import math
 from bisect import bisect_right
@@ -11,12 +12,28 @@ from fractions import Fraction
 import pytest
 import torch
 
-from methods.fp8.formats import (E4M3, E5M2, LADDER, LADDER_BASE, exmy, fp8_values, get_format, round_to_format,
-                                 saturating_cast)
+from methods.fp8.formats import (
+    E4M3,
+    E5M2,
+    LADDER,
+    LADDER_BASE,
+    exmy,
+    fp8_values,
+    get_format,
+    round_to_format,
+    saturating_cast,
+)
 from methods.fp8.gemm import fp8_mm
 from methods.fp8.quantize import quantize
-from methods.fp8.scaling import (BLOCK_128x128, ROWWISE, SCALE_MAX, TENSORWISE, TILE_1x128, DelayedScaler,
-                                 scale_from_amax)
+from methods.fp8.scaling import (
+    ROWWISE,
+    SCALE_MAX,
+    TENSORWISE,
+    BLOCK_128x128,
+    DelayedScaler,
+    TILE_1x128,
+    scale_from_amax,
+)
 
 # every (exponent, mantissa) with sign + e + m <= 8 that the library takes (e >= 2, m >= 1), both conventions
 SMALL = [(e, m, sp) for e in range(2, 8) for m in range(1, 8 - e) for sp in ("ieee", "fn")]
@@ -35,12 +52,12 @@ def reference_values(e: int, m: int, specials: str) -> list[Fraction]:
     """Every finite non-negative value from its bit pattern, exactly; list index = code (sign bit 0)."""
     bias = 2 ** (e - 1) - 1
     out = []
-    for E in range(2 ** e):
-        for M in range(2 ** m):
-            top = E == 2 ** e - 1
-            if top and (specials == "ieee" or M == 2 ** m - 1):  # inf/NaN codes
+    for E in range(2**e):
+        for M in range(2**m):
+            top = E == 2**e - 1
+            if top and (specials == "ieee" or M == 2**m - 1):  # inf/NaN codes
                 continue
-            frac = Fraction(M, 2 ** m)
+            frac = Fraction(M, 2**m)
             out.append(frac * Fraction(2) ** (1 - bias) if E == 0 else (1 + frac) * Fraction(2) ** (E - bias))
     return out
 
@@ -169,9 +186,9 @@ def test_ladder_counts_bits_against_bf16():
 def _e8_values(m: int) -> torch.Tensor:
     """Every finite non-negative E8Mm value from its bit pattern, fp64 (exact), index = code."""
     E = torch.arange(255, dtype=torch.float64)[:, None]  # 255: IEEE's inf/NaN exponent left out
-    M = torch.arange(2 ** m, dtype=torch.float64)[None, :]
-    frac = M / 2 ** m
-    return torch.where(E == 0, frac * 2.0 ** -126, (1 + frac) * torch.exp2(E - 127)).reshape(-1)
+    M = torch.arange(2**m, dtype=torch.float64)[None, :]
+    frac = M / 2**m
+    return torch.where(E == 0, frac * 2.0**-126, (1 + frac) * torch.exp2(E - 127)).reshape(-1)
 
 
 def _rne_bits_reference(x: torch.Tensor, m: int, mx: float) -> torch.Tensor:
@@ -261,7 +278,7 @@ def test_quantize_and_gemm_with_simulated_formats(blocks):
         assert torch.equal(out, fp8_mm(qa, qb.t(), backend="dequant"))
         torch.testing.assert_close(out, fp8_mm(qa, qb.t(), backend="reference"), rtol=1e-5, atol=1e-5)
         err = (out.double() - ref).norm() / ref.norm()
-        assert 0 < err < 2 * 2.0 ** -fmt.mantissa_bits, (fmt, float(err))  # precision tracks the mantissa
+        assert 0 < err < 2 * 2.0**-fmt.mantissa_bits, (fmt, float(err))  # precision tracks the mantissa
         for backend in ("torch", "triton"):
             with pytest.raises(ValueError, match="simulated"):
                 fp8_mm(qa, qb.t(), backend=backend)

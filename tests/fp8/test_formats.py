@@ -1,4 +1,5 @@
 """FP8 formats: constants, the saturating round-to-nearest-even cast, round-trip error bounds."""
+
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def test_explicit_rne_equals_torch_cast_bit_for_bit(fmt):
     hi = torch.tensor(fmt.max * 1.2).view(torch.int32).item()
     x = torch.arange(0, hi, 397, dtype=torch.int32).view(torch.float32)
     v = fp8_values(fmt)
-    ties = ((v[1:] + v[:-1]) / 2)
+    ties = (v[1:] + v[:-1]) / 2
     near = (ties.view(torch.int32)[:, None] + torch.arange(-64, 65, dtype=torch.int32)).reshape(-1).view(torch.float32)
     x = torch.cat([x, near])
     x = torch.cat([x, -x])
@@ -54,7 +55,7 @@ def test_round_trip_error_bounds(fmt):
     e = torch.empty(200_000).uniform_(fmt.min_exponent, torch.log2(torch.tensor(fmt.max)).item(), generator=g)
     x = torch.exp2(e) * torch.where(torch.rand(200_000, generator=g) < 0.5, -1.0, 1.0)
     rt = saturating_cast(x, fmt).float()
-    rel = ((rt - x).abs() / x.abs())
+    rel = (rt - x).abs() / x.abs()
     assert rel.max() <= fmt.max_rel_error  # half an ulp: 2^-4 for E4M3, 2^-3 for E5M2
     # ...and tight: the worst case is just below the first tie of a binade, u / (1 + u)
     assert rel.max() > 0.99 * fmt.max_rel_error / (1 + fmt.max_rel_error)

@@ -1,5 +1,6 @@
 """The registered own-FP8 methods: availability, conversion, short real training runs with telemetry,
 the memory the ledger reports (fp8-naive's FP8 storage counted where it belongs), checkpoints."""
+
 import io
 import math
 

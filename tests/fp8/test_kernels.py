@@ -6,6 +6,7 @@ cast rounds half-away-from-zero and mishandles mantissa carries. The GEMM sums t
 products in another order, so it is checked against the fp32 summation bound
 |C - C_ref| <= (K + 2) * 2^-24 * (|A| @ |B|) (per element, against a float64 reference).
 """
+
 import os
 import subprocess
 import sys
@@ -21,8 +22,16 @@ from methods.fp8.gemm import mm_reference  # noqa: E402
 from methods.fp8.kernels import quantize_triton_t, scaled_mm_triton, triton_available  # noqa: E402
 from methods.fp8.linear import FP8Linear, FP8Recipe  # noqa: E402
 from methods.fp8.quantize import quantize  # noqa: E402
-from methods.fp8.scaling import (BLOCK_128x128, COLWISE, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1,  # noqa: E402
-                                 Blocks, DelayedScaler)
+from methods.fp8.scaling import (  # noqa: E402
+    COLWISE,
+    ROWWISE,
+    TENSORWISE,
+    BLOCK_128x128,
+    Blocks,
+    DelayedScaler,
+    TILE_1x128,
+    TILE_128x1,
+)
 
 
 def _runnable_here() -> bool:
@@ -36,16 +45,23 @@ def _runnable_here() -> bool:
 
 HERE = _runnable_here()
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-here = pytest.mark.skipif(not HERE, reason="Triton was imported before TRITON_INTERPRET=1 was set; "
-                                           "covered by test_kernels_in_a_fresh_process")
+here = pytest.mark.skipif(
+    not HERE, reason="Triton was imported before TRITON_INTERPRET=1 was set; covered by test_kernels_in_a_fresh_process"
+)
 
 
 @pytest.mark.skipif(HERE, reason="the kernel tests run in this process")
 def test_kernels_in_a_fresh_process():
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
 
 
@@ -67,8 +83,9 @@ def awkward(shape, gen, dtype):
     return x.to(DEV, dtype)
 
 
-@pytest.mark.parametrize("blocks", [TENSORWISE, ROWWISE, COLWISE, TILE_1x128, TILE_128x1, BLOCK_128x128],
-                         ids=lambda b: b.label)
+@pytest.mark.parametrize(
+    "blocks", [TENSORWISE, ROWWISE, COLWISE, TILE_1x128, TILE_128x1, BLOCK_128x128], ids=lambda b: b.label
+)
 @here
 def test_quantize_kernels_bit_exact(blocks):
     gen = torch.Generator().manual_seed(0)
@@ -109,9 +126,17 @@ def test_delayed_kernel_counts_saturation_like_torch():
     assert int(st.pos) == 4
 
 
-@pytest.mark.parametrize("pair", [(TENSORWISE, TENSORWISE), (ROWWISE, COLWISE), (TILE_1x128, BLOCK_128x128),
-                                  (TILE_1x128, TILE_128x1), (TENSORWISE, COLWISE)],
-                         ids=lambda p: f"{p[0].label}-{p[1].label}")
+@pytest.mark.parametrize(
+    "pair",
+    [
+        (TENSORWISE, TENSORWISE),
+        (ROWWISE, COLWISE),
+        (TILE_1x128, BLOCK_128x128),
+        (TILE_1x128, TILE_128x1),
+        (TENSORWISE, COLWISE),
+    ],
+    ids=lambda p: f"{p[0].label}-{p[1].label}",
+)
 @here
 def test_gemm_kernel_within_fp32_summation_bound(pair):
     gen = torch.Generator().manual_seed(3)
@@ -124,7 +149,7 @@ def test_gemm_kernel_within_fp32_summation_bound(pair):
             b = quantize(torch.randn(K, N, generator=gen).to(DEV), fb, gb, backend="torch")  # groups along K
         ref = mm_reference(a, b, torch.float64, acc_dtype=torch.float64)
         out = scaled_mm_triton(a, b, torch.float32)
-        bound = (K + 2) * 2.0 ** -24 * (a.dequantize(torch.float64).abs() @ b.dequantize(torch.float64).abs())
+        bound = (K + 2) * 2.0**-24 * (a.dequantize(torch.float64).abs() @ b.dequantize(torch.float64).abs())
         assert torch.isfinite(out).all()
         assert ((out.double() - ref).abs() <= bound).all(), (M, K, N)
         assert (out.double() - ref).abs().max() > 0 or K <= 128  # the bound is about real rounding
@@ -132,9 +157,13 @@ def test_gemm_kernel_within_fp32_summation_bound(pair):
         assert outb.dtype == torch.bfloat16 and torch.equal(outb, out.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("name,recipe", [("tensorwise", FP8Recipe(backend="triton")),
-                                         ("blockwise", FP8Recipe(granularity="blockwise", grad_format="e4m3",
-                                                                 backend="triton"))])
+@pytest.mark.parametrize(
+    "name,recipe",
+    [
+        ("tensorwise", FP8Recipe(backend="triton")),
+        ("blockwise", FP8Recipe(granularity="blockwise", grad_format="e4m3", backend="triton")),
+    ],
+)
 @here
 def test_fp8_linear_on_triton_matches_pytorch_path(name, recipe):
     gen = torch.Generator().manual_seed(4)

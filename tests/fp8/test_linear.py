@@ -1,5 +1,6 @@
 """The FP8 linear layer against a float64 reference: forward and both gradients, every recipe, shapes
 that are not multiples of 128, a random grad_output; what it saves; dtypes; conversion of a model."""
+
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from methods.fp8.formats import E4M3, E5M2
 from methods.fp8.gemm import fp8_mm, mm_reference
 from methods.fp8.linear import FP8Linear, FP8Recipe, convert_to_fp8, fp8_telemetry, saved_activation_bytes
 from methods.fp8.quantize import quantize
-from methods.fp8.scaling import BLOCK_128x128, COLWISE, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1
+from methods.fp8.scaling import COLWISE, ROWWISE, TENSORWISE, BLOCK_128x128, TILE_1x128, TILE_128x1
 
 SHAPES = [(64, 128, 96), (200, 256, 130), (77, 300, 256), (33, 688, 256)]  # (tokens, in, out)
 RECIPES = {
@@ -101,22 +102,33 @@ def test_smooth_swiglu_keeps_delayed_scaling_from_saturating_on_an_outlier_burst
 
 
 @pytest.mark.parametrize("backend", ["dequant", "torch", "reference"])
-@pytest.mark.parametrize("blocks", [(TENSORWISE, TENSORWISE), (ROWWISE, COLWISE), (TILE_1x128, BLOCK_128x128),
-                                    (TILE_1x128, TILE_128x1), (TENSORWISE, COLWISE)],
-                         ids=lambda b: f"{b[0].label}-{b[1].label}")
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        (TENSORWISE, TENSORWISE),
+        (ROWWISE, COLWISE),
+        (TILE_1x128, BLOCK_128x128),
+        (TILE_1x128, TILE_128x1),
+        (TENSORWISE, COLWISE),
+    ],
+    ids=lambda b: f"{b[0].label}-{b[1].label}",
+)
 def test_gemm_backends_agree_with_float64(backend, blocks):
     gen = torch.Generator().manual_seed(3)
     ga, gb = blocks
     for M, K, N in SHAPES[:3]:
         a = quantize(torch.randn(M, K, generator=gen), E4M3, ga)
         # B is logically (K, N); its groups run along K (a weight's 128x128 blocks: quantize W, transpose)
-        b = quantize(torch.randn(K, N, generator=gen), E5M2, gb) if gb != BLOCK_128x128 else \
-            quantize(torch.randn(N, K, generator=gen), E5M2, gb).t()
+        b = (
+            quantize(torch.randn(K, N, generator=gen), E5M2, gb)
+            if gb != BLOCK_128x128
+            else quantize(torch.randn(N, K, generator=gen), E5M2, gb).t()
+        )
         ref = mm_reference(a, b, torch.float64, acc_dtype=torch.float64)
         out = fp8_mm(a, b, torch.float32, backend)
         # fp32 accumulation of exact FP8 products: |error| <= K * 2^-24 * (|A| @ |B|) (plus the rounding
         # of a dequantized value to fp32, another 2^-24 relative per operand)
-        bound = (K + 2) * 2.0 ** -24 * (a.dequantize(torch.float64).abs() @ b.dequantize(torch.float64).abs())
+        bound = (K + 2) * 2.0**-24 * (a.dequantize(torch.float64).abs() @ b.dequantize(torch.float64).abs())
         assert ((out.double() - ref).abs() <= bound).all()
 
 

@@ -1,6 +1,7 @@
 """Lost updates measured in training (``Trainee.probe_updates``): probing leaves the trajectory as it is; the
 probed steps give per-layer ``weight_update`` rows and whole-model figures in ``StepResult.extra``; for
 ``bf16-pure`` at nearest rounding the prediction is the measurement."""
+
 import math
 
 import pytest
@@ -11,9 +12,15 @@ from tests.fp8.conftest import build_micro, probe_fp8_adamw
 
 KEYS = ("lost_pred_frac", "unchanged_frac", "lost_bias")
 #: (recipe, options, rounding) for every recipe that probes; "fp8-naive" with its FP8 linears only
-RECIPES = [("fp8-naive", {}, "nearest"), ("fp8-naive", {"stochastic_rounding": True}, "stochastic"),
-           ("bf16-pure", {}, "nearest"), ("bf16-pure", {"stochastic_rounding": True}, "stochastic"),
-           ("fp8-optim", {}, "stochastic"), ("fp8-e2e", {}, "stochastic"), ("fp8-lean", {}, "stochastic")]
+RECIPES = [
+    ("fp8-naive", {}, "nearest"),
+    ("fp8-naive", {"stochastic_rounding": True}, "stochastic"),
+    ("bf16-pure", {}, "nearest"),
+    ("bf16-pure", {"stochastic_rounding": True}, "stochastic"),
+    ("fp8-optim", {}, "stochastic"),
+    ("fp8-e2e", {}, "stochastic"),
+    ("fp8-lean", {}, "stochastic"),
+]
 
 
 def _batches(n, seed=0):
@@ -34,10 +41,17 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1).contiguous().view(torch.uint8)
 
 
-@pytest.mark.parametrize("name,options", [("fp8-naive", {}), ("fp8-naive", {"stochastic_rounding": True}),
-                                          ("fp8-optim", {}), ("fp8-optim", {"impl": "torch"}),
-                                          ("bf16-pure", {"stochastic_rounding": True})],
-                         ids=["fp8-naive", "fp8-naive-sr", "fp8-optim-native", "fp8-optim-reference", "bf16-pure-sr"])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("fp8-naive", {}),
+        ("fp8-naive", {"stochastic_rounding": True}),
+        ("fp8-optim", {}),
+        ("fp8-optim", {"impl": "torch"}),
+        ("bf16-pure", {"stochastic_rounding": True}),
+    ],
+    ids=["fp8-naive", "fp8-naive-sr", "fp8-optim-native", "fp8-optim-reference", "bf16-pure-sr"],
+)
 def test_probing_leaves_the_trajectory_bit_identical(name, options):
     """Losses, weights and optimizer state after 4 steps, two of them probed, are those of 4 unprobed steps
     (the stochastic variants too: probing draws no random numbers)."""
@@ -55,9 +69,11 @@ def test_probing_leaves_the_trajectory_bit_identical(name, options):
         assert all(torch.equal(x, y) for x, y in zip(flat(sa["fp8_optimizer"]), flat(sb["fp8_optimizer"])))
 
 
-@pytest.mark.parametrize("name,options,rounding", RECIPES,
-                         ids=["fp8-naive", "fp8-naive-sr", "bf16-pure", "bf16-pure-sr", "fp8-optim", "fp8-e2e",
-                              "fp8-lean"])
+@pytest.mark.parametrize(
+    "name,options,rounding",
+    RECIPES,
+    ids=["fp8-naive", "fp8-naive-sr", "bf16-pure", "bf16-pure-sr", "fp8-optim", "fp8-e2e", "fp8-lean"],
+)
 def test_probed_steps_give_rows_and_step_figures(name, options, rounding):
     tr = build_micro(name, **options)
     res = _run(tr, {1, 2})

@@ -1,4 +1,5 @@
 """MX block quantization of norm gains (methods/fp8/mx_gains.py) against a high-precision reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,14 +34,14 @@ def test_floor_clips_the_block_max_and_bump_never_saturates(shape):
     for r, sl in _blocks(x):
         blk, amax = xf[r, sl], xf[r, sl].abs().max()
         e = int(torch.floor(torch.log2(amax))) - 8  # E4M3's largest binade is 2^8
-        top = E4M3.max * 2.0 ** e
+        top = E4M3.max * 2.0**e
         # floor: everything beyond 448 * 2^e lands on it exactly (clipped), nothing lands beyond
         assert float(qf2[r, sl].abs().max()) <= top
-        over = blk.abs() > E4M3.overflow_threshold * 2.0 ** e
+        over = blk.abs() > E4M3.overflow_threshold * 2.0**e
         assert torch.equal(qf2[r, sl].abs()[over], torch.full_like(blk[over], top))
         # bump: no clipping, so the error is rounding only: half an ulp of the value's binade (2^-4 rel)
         err = (qb2[r, sl] - blk).abs()
-        assert bool((err <= blk.abs() * 2.0 ** -4 + 2.0 ** (e + 1 - 9)).all()), (err.max(), amax)
+        assert bool((err <= blk.abs() * 2.0**-4 + 2.0 ** (e + 1 - 9)).all()), (err.max(), amax)
     assert float((qf.double() - x.double()).abs().max()) > float((qb.double() - x.double()).abs().max())
     assert torch.isfinite(qf).all() and torch.isfinite(qb).all()
 
@@ -61,7 +62,7 @@ def test_exact_on_representable_values(rounding, n):
         top = vals[(vals >= lo) & (vals <= hi)]
         codes[0] = top[torch.randint(len(top), (1,), generator=g)]  # fixes the block's shared exponent
         e = int(torch.randint(-12, 4, (1,), generator=g))
-        out.append(codes * 2.0 ** e)
+        out.append(codes * 2.0**e)
     x = torch.cat(out)
     q, n_clip = mx_quantize(x, rounding=rounding)
     assert n_clip == 0 and torch.equal(q, x)

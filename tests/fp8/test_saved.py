@@ -4,6 +4,7 @@ The gradients must be the module's exact gradients at the decoded inputs (checke
 float64 at those inputs), within one E4M3 rounding of the unquantized gradients, and the forward output
 must be the unquantized one. What is kept for backward is measured from the autograd graph itself.
 """
+
 from __future__ import annotations
 
 import copy
@@ -142,7 +143,9 @@ def test_the_option_wraps_the_blocks_nonlinear_layers_and_saves_activations():
     method = get_method("fp8-own-tensorwise", fp8_saved_nonlinear=True)
     trainee = method.build(build_model(cfg, 0), HParams(lr=1e-3), RunContext(device=torch.device("cpu"), seed=0))
     wrapped = sorted(n for n, m in trainee.model.named_modules() if saves_inputs_in_fp8(m))
-    assert wrapped == sorted(f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in ("attn_norm", "mlp_norm", "mlp.act"))
+    assert wrapped == sorted(
+        f"layers.{i}.{n}" for i in range(cfg.n_layers) for n in ("attn_norm", "mlp_norm", "mlp.act")
+    )
     x = torch.randint(0, cfg.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
     losses = [trainee.train_step(x, x, 1e-3).loss for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]

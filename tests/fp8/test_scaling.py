@@ -1,5 +1,6 @@
 """Scale selection and quantization: current scaling never overflows, delayed scaling follows its
 history and counts what saturates, group amaxes are right on shapes that are not multiples of 128."""
+
 import math
 
 import pytest
@@ -7,8 +8,20 @@ import torch
 
 from methods.fp8.formats import E4M3, E5M2
 from methods.fp8.quantize import quantize
-from methods.fp8.scaling import (AMAX_FLOOR, BLOCK_128x128, COLWISE, ROWWISE, TENSORWISE, TILE_1x128, TILE_128x1,
-                                 Blocks, DelayedScaler, expand_scales, group_amax, scale_from_amax)
+from methods.fp8.scaling import (
+    AMAX_FLOOR,
+    COLWISE,
+    ROWWISE,
+    TENSORWISE,
+    BLOCK_128x128,
+    Blocks,
+    DelayedScaler,
+    TILE_1x128,
+    TILE_128x1,
+    expand_scales,
+    group_amax,
+    scale_from_amax,
+)
 from methods.ledger import ledger
 
 ALL_BLOCKS = [TENSORWISE, ROWWISE, COLWISE, TILE_1x128, TILE_128x1, BLOCK_128x128]
@@ -50,7 +63,7 @@ def test_group_amax_against_a_loop(blocks):
         ref = torch.empty(Rb, Cb)
         for i in range(Rb):
             for j in range(Cb):
-                ref[i, j] = x[i * br:(i + 1) * br, j * bc:(j + 1) * bc].abs().max()
+                ref[i, j] = x[i * br : (i + 1) * br, j * bc : (j + 1) * bc].abs().max()
         assert torch.equal(got, ref)
 
 
@@ -107,14 +120,14 @@ def test_delayed_scaling_follows_its_history():
         x = x / x.abs().max() * a
         q = quantize(x, E4M3, TENSORWISE, scaler=sc, backend="torch")
         used.append(float(q.scale))
-        window = amaxes[max(0, i + 1 - H): i + 1]
+        window = amaxes[max(0, i + 1 - H) : i + 1]
         assert float(sc.scale) == pytest.approx(E4M3.max / max(window), rel=1e-6)
         assert float(sc.amax_history.max()) == pytest.approx(max(window), rel=1e-6)
     # the first quantization had no history: its own amax (current scaling), not TE's initial 1.0
     assert used[0] == pytest.approx(448.0 / 1.0, rel=1e-6)
     # afterwards each step used the scale derived from the previous steps' window
     for i in range(1, len(amaxes)):
-        window = amaxes[max(0, i - H): i]
+        window = amaxes[max(0, i - H) : i]
         assert used[i] == pytest.approx(448.0 / max(window), rel=1e-6)
     assert int(sc.pos) == len(amaxes)
 

@@ -1,6 +1,7 @@
 """Stochastic rounding onto an FP8 grid (``methods.fp8.rounding.stochastic_round_to_format``) and the
 fp8-naive option that uses it for the FP8 weight update: results lie on the grid, between the two
 neighbours of the input, unbiased in expectation, saturating beyond max; representable values stay."""
+
 import io
 import math
 

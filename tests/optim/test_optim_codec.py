@@ -1,4 +1,5 @@
 """Block-scaled FP8 codec of the optimizer states, against float64 and exhaustive references."""
+
 import math
 
 import pytest
@@ -60,8 +61,14 @@ def test_second_moment_roundtrip(fmt, transform):
     y = codec.decode(enc["codes"], enc["scale"], f, transform, enc.get("k"))
     assert torch.isfinite(y).all() and (y >= 0).all()
     # sqrt doubles the relative error of v; measured here: e4m3 ~25-31 dB, e5m2 ~20-35 dB
-    floor = {("e4m3", "none"): 28, ("e4m3", "sqrt"): 22, ("e4m3", "dre"): 28,
-             ("e5m2", "none"): 22, ("e5m2", "sqrt"): 17, ("e5m2", "dre"): 28}[fmt, transform]
+    floor = {
+        ("e4m3", "none"): 28,
+        ("e4m3", "sqrt"): 22,
+        ("e4m3", "dre"): 28,
+        ("e5m2", "none"): 22,
+        ("e5m2", "sqrt"): 17,
+        ("e5m2", "dre"): 28,
+    }[fmt, transform]
     assert sqnr_db(v, y) > floor
     # what matters for Adam is how many nonzero v flush to zero: sqrt and dre must flush fewer
     # than storing v directly (the denominator then collapses to eps)
@@ -92,7 +99,7 @@ def test_degenerate_blocks_never_give_nan(transform):
     x = torch.zeros(4, 64)
     x[1] = 3.5  # one repeated magnitude
     x[2, 7] = 1e-20  # a single tiny value
-    x[3, ::2] = 2.0 ** -30
+    x[3, ::2] = 2.0**-30
     enc = codec.encode(x, f, transform)
     y = codec.decode(enc["codes"], enc["scale"], f, transform, enc.get("k"))
     assert torch.isfinite(y).all()
@@ -129,14 +136,16 @@ def test_stochastic_rounding_is_unbiased_and_lands_on_neighbours():
     n = 400
     for salt in range(n):
         r = codec.round_bf16_stochastic(x, salt).float()
-        down = torch.where(r <= x, r, torch.nextafter(r.bfloat16(), torch.tensor(-math.inf, dtype=torch.bfloat16)).float())
+        down = torch.where(
+            r <= x, r, torch.nextafter(r.bfloat16(), torch.tensor(-math.inf, dtype=torch.bfloat16)).float()
+        )
         assert ((r == x) | (r.bfloat16().float() == r)).all()
         # r is one of the two bf16 values bracketing x
-        ulp = (torch.nextafter(down.bfloat16(), torch.tensor(math.inf, dtype=torch.bfloat16)).float() - down)
+        ulp = torch.nextafter(down.bfloat16(), torch.tensor(math.inf, dtype=torch.bfloat16)).float() - down
         assert ((r - x).abs() <= ulp).all()
         acc += r.double()
     mean_err = (acc / n - x.double()).abs()
-    ulp = (lo.bfloat16().float().abs() * 2.0 ** -7).double().clamp_min(1e-30)
+    ulp = (lo.bfloat16().float().abs() * 2.0**-7).double().clamp_min(1e-30)
     # the mean of n Bernoulli roundings is within a few standard errors (ulp / (2 sqrt n)) of x
     assert (mean_err <= 5 * ulp / (2 * math.sqrt(n))).float().mean() > 0.99
     # deterministic per salt, different across salts

@@ -1,13 +1,14 @@
 """FP8-state AdamW (PyTorch path) against a float64 AdamW, and the shared fp32-state AdamW."""
+
 import io
 import math
 
 import pytest
 import torch
 
-from methods.fp8.adamw_base import AdamW
 from methods.fp8 import optim_codec as codec
 from methods.fp8.adamw import FP8AdamW
+from methods.fp8.adamw_base import AdamW
 
 SHAPES = [(37, 19), (300,), (64, 256)]  # 703 and 300 are not multiples of the block size
 HP = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
@@ -38,7 +39,7 @@ def adamw_fp64(params0, grads_per_step, wd, lr=HP["lr"], b1=0.9, b2=0.95, eps=1e
             m[i] = b1 * m[i] + (1 - b1) * g
             v[i] = b2 * v[i] + (1 - b2) * g * g
             p.mul_(1 - lr * wd)
-            p.sub_(lr * (m[i] / (1 - b1 ** t)) / ((v[i] / (1 - b2 ** t)).sqrt() + eps))
+            p.sub_(lr * (m[i] / (1 - b1**t)) / ((v[i] / (1 - b2**t)).sqrt() + eps))
     return ps
 
 
@@ -70,19 +71,21 @@ def test_first_step_is_exact_adamw():
     assert rel_update_error(params, ref, p0) < 1e-5
 
 
-@pytest.mark.parametrize("opts,bound", [
-    (dict(), 0.06),  # the default, E4M3 DRE v: measured 0.036
-    (dict(v_transform="sqrt"), 0.06),  # 0.034
-    (dict(m_transform="dre", v_transform="dre"), 0.06),  # 0.040
-    (dict(v_format="e5m2"), 0.1),  # 0.052
-    (dict(v_format="e5m2", v_transform="none"), 0.15),  # 0.044-0.095: 2 mantissa bits on v
-    (dict(block_size=100), 0.06),  # 0.033
-])
+@pytest.mark.parametrize(
+    "opts,bound",
+    [
+        (dict(), 0.06),  # the default, E4M3 DRE v: measured 0.036
+        (dict(v_transform="sqrt"), 0.06),  # 0.034
+        (dict(m_transform="dre", v_transform="dre"), 0.06),  # 0.040
+        (dict(v_format="e5m2"), 0.1),  # 0.052
+        (dict(v_format="e5m2", v_transform="none"), 0.15),  # 0.044-0.095: 2 mantissa bits on v
+        (dict(block_size=100), 0.06),  # 0.033
+    ],
+)
 def test_tracks_fp64_adamw_over_steps(opts, bound):
     params = make_params(torch.float32)
     p0 = [p.detach().clone() for p in params]
-    _, hist = run(lambda ps: FP8AdamW([{"params": ps, "weight_decay": 0.1}], impl="torch", **HP, **opts),
-                  params, 12)
+    _, hist = run(lambda ps: FP8AdamW([{"params": ps, "weight_decay": 0.1}], impl="torch", **HP, **opts), params, 12)
     ref = adamw_fp64(p0, hist, wd=0.1)
     err = rel_update_error(params, ref, p0)
     assert math.isfinite(err) and err < bound, err
@@ -95,8 +98,9 @@ def test_plain_e4m3_second_moment_collapses_the_denominator():
     # is ~30x the whole update (the sqrt variant above: 0.03).
     params = make_params(torch.float32)
     p0 = [p.detach().clone() for p in params]
-    _, hist = run(lambda ps: FP8AdamW([{"params": ps, "weight_decay": 0.1}], impl="torch", v_transform="none",
-                                      **HP), params, 12)
+    _, hist = run(
+        lambda ps: FP8AdamW([{"params": ps, "weight_decay": 0.1}], impl="torch", v_transform="none", **HP), params, 12
+    )
     ref = adamw_fp64(p0, hist, wd=0.1)
     assert rel_update_error(params, ref, p0) > 3
 
@@ -104,6 +108,7 @@ def test_plain_e4m3_second_moment_collapses_the_denominator():
 def test_fp32_state_adamw_matches_torch_adamw():
     # the shared update path (methods.fp8.adamw_base.adamw_update_) is plain AdamW
     a, b = make_params(torch.float32), make_params(torch.float32)
+
     def groups(ps):
         return [{"params": ps[:2], "weight_decay": 0.1}, {"params": ps[2:], "weight_decay": 0.0}]
 
@@ -129,8 +134,13 @@ def test_step_param_one_by_one_equals_step():
 
 def test_state_layout_and_bytes():
     params = make_params(torch.bfloat16)
-    opt, _ = run(lambda ps: FP8AdamW([{"params": ps}], impl="torch", block_size=128, m_transform="dre",
-                                     v_transform="sqrt", **HP), params, 1)
+    opt, _ = run(
+        lambda ps: FP8AdamW(
+            [{"params": ps}], impl="torch", block_size=128, m_transform="dre", v_transform="sqrt", **HP
+        ),
+        params,
+        1,
+    )
     for p in params:
         st = opt.state[p]
         nb = codec.n_blocks(p.numel(), 128)
@@ -143,8 +153,11 @@ def test_state_layout_and_bytes():
 
 def test_master_copy_and_bf16_view():
     params = make_params(torch.bfloat16)
-    opt, _ = run(lambda ps: FP8AdamW([{"params": ps}], impl="torch", master_weights=True,
-                                     stochastic_rounding=False, **HP), params, 3)
+    opt, _ = run(
+        lambda ps: FP8AdamW([{"params": ps}], impl="torch", master_weights=True, stochastic_rounding=False, **HP),
+        params,
+        3,
+    )
     for p in params:
         master = opt.state[p]["master"]
         assert master.dtype == torch.float32

@@ -7,6 +7,7 @@ off by an ulp on ~0.7% of small inputs): decoded values and updates can differ b
 bf16 weight by one ulp where stochastic rounding draws right at the boundary, or an FP8 code by one step.
 The test bounds that; everything else (lerp/addcmul rounding order, the casts, the hash) is exact.
 """
+
 import pytest
 import torch
 
@@ -21,8 +22,13 @@ SHAPES = [(37, 19), (300,), (100,), (2, 256), (9, 256)]
 def _run(impl, steps, shapes=SHAPES, dtype=torch.bfloat16, seed=5, compiled=True, **opts):
     g = torch.Generator().manual_seed(11)
     params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).to(dtype)) for s in shapes]
-    opt = FP8AdamW([{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
-                   lr=1e-2, impl=impl, seed=seed, **opts)
+    opt = FP8AdamW(
+        [{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
+        lr=1e-2,
+        impl=impl,
+        seed=seed,
+        **opts,
+    )
     how = set()
     for _ in range(steps):
         for p in params:
@@ -43,13 +49,16 @@ def _state_keys(st):
     return [k for k in st if k != "step"]
 
 
-@pytest.mark.parametrize("dtype,opts", [
-    (torch.bfloat16, dict()),  # the default: E4M3 m, E4M3 DRE v, stochastic rounding
-    (torch.bfloat16, dict(stochastic_rounding=False)),
-    (torch.bfloat16, dict(master_weights=True)),
-    (torch.bfloat16, dict(v_format="e5m2", v_transform="none", m_transform="dre", block_size=100)),
-    (torch.float32, dict(v_transform="sqrt", block_size=64)),
-])
+@pytest.mark.parametrize(
+    "dtype,opts",
+    [
+        (torch.bfloat16, dict()),  # the default: E4M3 m, E4M3 DRE v, stochastic rounding
+        (torch.bfloat16, dict(stochastic_rounding=False)),
+        (torch.bfloat16, dict(master_weights=True)),
+        (torch.bfloat16, dict(v_format="e5m2", v_transform="none", m_transform="dre", block_size=100)),
+        (torch.float32, dict(v_transform="sqrt", block_size=64)),
+    ],
+)
 def test_eager_fused_step_is_the_reference_bit_for_bit(dtype, opts, monkeypatch):
     monkeypatch.setattr(optim_fused, "EAGER_CHUNK_BLOCKS", 2)  # several chunks per parameter, and a partial one
     ref, ropt, _ = _run("torch", 3, dtype=dtype, **opts)
@@ -62,15 +71,19 @@ def test_eager_fused_step_is_the_reference_bit_for_bit(dtype, opts, monkeypatch)
         assert _state_keys(rs) == _state_keys(os_)
         for k in _state_keys(rs):
             a, b = rs[k], os_[k]
-            assert torch.equal(a.view(torch.uint8) if a.dtype.itemsize == 1 else a,
-                               b.view(torch.uint8) if b.dtype.itemsize == 1 else b), k
+            assert torch.equal(
+                a.view(torch.uint8) if a.dtype.itemsize == 1 else a, b.view(torch.uint8) if b.dtype.itemsize == 1 else b
+            ), k
 
 
-@pytest.mark.parametrize("dtype,opts", [
-    (torch.bfloat16, dict()),  # the default
-    # fp32 weights, the sqrt transform, and 1 - beta1 >= 0.5 (lerp's other branch)
-    (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95))),
-])  # each configuration compiles (seconds): the others are covered by the eager test above
+@pytest.mark.parametrize(
+    "dtype,opts",
+    [
+        (torch.bfloat16, dict()),  # the default
+        # fp32 weights, the sqrt transform, and 1 - beta1 >= 0.5 (lerp's other branch)
+        (torch.float32, dict(v_transform="sqrt", block_size=64, betas=(0.3, 0.95))),
+    ],
+)  # each configuration compiles (seconds): the others are covered by the eager test above
 def test_compiled_fused_step_matches_the_reference(dtype, opts):
     ref, ropt, _ = _run("torch", 0, dtype=dtype, **opts)
     out, oopt, _ = _run("fused", 0, dtype=dtype, **opts)
@@ -91,20 +104,20 @@ def test_compiled_fused_step_matches_the_reference(dtype, opts):
             rs, os_ = ropt.state[r], oopt.state[o]
             if dtype == torch.bfloat16:
                 # where they differ, by one bf16 ulp (the stochastic draw near a rounding boundary)
-                ulp = r.float().abs() * 2.0 ** -7 + 1e-2 * 2.0 ** -20
+                ulp = r.float().abs() * 2.0**-7 + 1e-2 * 2.0**-20
                 assert ((o.float() - r.float()).abs() <= ulp).all()
             else:  # fp32 weights keep sqrt's ulp in the update: a few ulps of an update of ~lr (1e-2)
-                torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+                torch.testing.assert_close(o, r, rtol=2.0**-20, atol=1e-2 * 2.0**-20)
             if "master" in rs:
-                torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+                torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0**-20, atol=1e-2 * 2.0**-20)
                 assert torch.equal(o, os_["master"].bfloat16())
             for key in ("exp_avg", "exp_avg_sq"):
                 a, b = rs[key].view(torch.uint8).int(), os_[key].view(torch.uint8).int()
                 assert ((a - b).abs() <= 1).all()  # same sign, magnitude at most one code step apart
                 code_diff += int((a != b).sum())
-                torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -21, atol=0)
+                torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0**-21, atol=0)
             if "exp_avg_sq_k" in rs:
-                torch.testing.assert_close(os_["exp_avg_sq_k"], rs["exp_avg_sq_k"], rtol=2.0 ** -7, atol=0)
+                torch.testing.assert_close(os_["exp_avg_sq_k"], rs["exp_avg_sq_k"], rtol=2.0**-7, atol=0)
     assert "compiled" in how, optim_fused.FALLBACK
     # measured on these shapes (AVX-512 EPYC): bf16 weights and all codes identical; fp32 weights an ulp
     # apart in 703 of 4 x 3919 updates (sqrt); over the whole tiny model a handful of bf16 weights (<1e-5)
@@ -132,8 +145,12 @@ def test_auto_picks_the_fused_step_on_cpu_and_falls_back_with_a_reason(monkeypat
     for impl, path in (("auto", "torch"), ("fused", "fused")):
         g = torch.Generator().manual_seed(11)
         params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).bfloat16()) for s in SHAPES]
-        opt = FP8AdamW([{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
-                       lr=1e-2, impl=impl, seed=5)
+        opt = FP8AdamW(
+            [{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
+            lr=1e-2,
+            impl=impl,
+            seed=5,
+        )
         for _ in range(2):
             for q in params:
                 q.grad = (torch.randn(q.shape, generator=g) * torch.logspace(-4, 0, q.shape[-1])).bfloat16()

@@ -1,4 +1,5 @@
 """fp8-lean: the optimizer step inside backward, against the same update taken after backward."""
+
 import math
 
 import torch

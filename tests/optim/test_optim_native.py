@@ -8,6 +8,7 @@ DRE, log2 is the kernel's own (~1 ulp) and the encode searches FP8 midpoints in 
 moments differ by ulps, which can move a block scale by ulps and, rarely, an FP8 code by one step or a
 bf16 weight by one ulp. Bounded here.
 """
+
 import pytest
 import torch
 
@@ -29,8 +30,13 @@ SHAPES = [(37, 19), (300,), (100,), (2, 256), (9, 256), (64, 1000)]
 def _run(impl, steps, dtype=torch.bfloat16, seed=5, **opts):
     g = torch.Generator().manual_seed(11)
     params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).to(dtype)) for s in SHAPES]
-    opt = FP8AdamW([{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
-                   lr=1e-2, impl=impl, seed=seed, **opts)
+    opt = FP8AdamW(
+        [{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}],
+        lr=1e-2,
+        impl=impl,
+        seed=seed,
+        **opts,
+    )
     for _ in range(steps):
         for p in params:
             spread = torch.logspace(-4, 0, p.shape[-1])  # moments over 4 decades inside a block
@@ -80,22 +86,22 @@ def test_native_step_matches_the_reference(dtype, opts, kind):
                     assert torch.equal(_u8(os_[k]), _u8(rs[k])), k
             if dtype == torch.bfloat16:  # where they differ, by one bf16 ulp (or, where the update cancels
                 # the weight to ~0, by the few fp32 ulps of an update of ~lr that DRE's log2/exp2 leave)
-                assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0 ** -7 + 1e-2 * 2.0 ** -20).all()
+                assert ((o.float() - r.float()).abs() <= r.float().abs() * 2.0**-7 + 1e-2 * 2.0**-20).all()
                 moved += int((o != r).sum())
             else:  # sqrt's ulp in the update: a few fp32 ulps of an update of ~lr (1e-2)
-                torch.testing.assert_close(o, r, rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+                torch.testing.assert_close(o, r, rtol=2.0**-20, atol=1e-2 * 2.0**-20)
             if kind == "exact":
                 continue
             if "master" in rs:
-                torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0 ** -20, atol=1e-2 * 2.0 ** -20)
+                torch.testing.assert_close(os_["master"], rs["master"], rtol=2.0**-20, atol=1e-2 * 2.0**-20)
                 assert torch.equal(o, os_["master"].bfloat16())
             for key in ("exp_avg", "exp_avg_sq"):
                 a, b = _u8(rs[key]), _u8(os_[key])
                 assert ((a - b).abs() <= 1).all()  # same sign, at most one code step apart
                 codes += int((a != b).sum())
-                torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0 ** -20, atol=0)
+                torch.testing.assert_close(os_[f"{key}_scale"], rs[f"{key}_scale"], rtol=2.0**-20, atol=0)
                 if f"{key}_k" in rs:  # the bf16 DRE exponent: equal, or one bf16 ulp where fp32 k sat on a midpoint
-                    torch.testing.assert_close(os_[f"{key}_k"], rs[f"{key}_k"], rtol=2.0 ** -7, atol=0)
+                    torch.testing.assert_close(os_[f"{key}_k"], rs[f"{key}_k"], rtol=2.0**-7, atol=0)
     # bf16 weights: the update divides by sqrt(v), and eager's vectorised sqrt is an ulp off on some inputs
     # (measured on an AVX-512 EPYC: 0-3 of 4 x 70k weight updates, each where the fp32 weight sat on a
     # bf16 midpoint); DRE adds the ulps of log2. Codes: without DRE all identical; with it 6-16 of the 4 x 140k

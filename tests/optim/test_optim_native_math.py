@@ -4,6 +4,7 @@ and its AVX-512 lanes against its portable loops, bit for bit.
 The step test (test_optim_native.py) sees these only where a value sits near an FP8 rounding midpoint;
 here they are driven over the whole fp32 range directly.
 """
+
 import math
 
 import numpy as np
@@ -39,7 +40,7 @@ def _positive_floats(n: int, seed: int) -> np.ndarray:
     """Log-uniform over every binade of fp32, subnormals included, plus the powers of two."""
     rng = np.random.default_rng(seed)
     bits = rng.integers(1, 0x7F800000, n, dtype=np.uint32)
-    pow2 = (np.arange(1, 255, dtype=np.uint32) << 23)
+    pow2 = np.arange(1, 255, dtype=np.uint32) << 23
     return np.concatenate([bits, pow2]).view(np.float32)
 
 
@@ -58,7 +59,7 @@ def test_log2_within_an_ulp_over_the_fp32_range_and_exact_at_powers_of_two():
         err = np.abs(y - ref) / ulp
         far = np.abs(ref) >= 1
         assert err[far].max() <= 1.5, (name, err[far].max())  # measured 1.0
-        assert np.abs(y - ref)[~far].max() <= 2.0 ** -24, name  # near x = 1: absolute (measured 2.8 ulps)
+        assert np.abs(y - ref)[~far].max() <= 2.0**-24, name  # near x = 1: absolute (measured 2.8 ulps)
         p2 = np.abs(ref - np.round(ref)) == 0
         assert np.array_equal(y[p2], ref[p2]), name
         special = np.array([0.0, np.inf, np.nan], dtype=np.float32)
@@ -70,7 +71,7 @@ def _nearest_codes(y: np.ndarray, fmt: codec.Fp8Format) -> np.ndarray:
     """Round-to-nearest FP8 magnitude codes of y >= 0 (float64) by search over the exact midpoints."""
     vals = torch.arange(128, dtype=torch.uint8).view(fmt.dtype).double().numpy()
     top = 0x7E if fmt.name == "e4m3" else 0x7B  # the largest finite code (e4m3fn: 0x7F is NaN; e5m2: 0x7C inf)
-    mids = (vals[:top] + vals[1:top + 1]) / 2
+    mids = (vals[:top] + vals[1 : top + 1]) / 2
     return np.searchsorted(mids, y, side="right")  # a tie (measure zero here) goes up
 
 
@@ -109,7 +110,7 @@ def test_dre_encode_is_the_nearest_fp8_value_of_the_power_but_within_ulps_of_a_m
 def test_dre_encode_specials():
     lib = optim_native.library()
     for fmt in ("e4m3", "e5m2"):
-        x = np.array([0.0, -0.0, np.nan, 1.0, -1.0, 2.0 ** -140], dtype=np.float32)
+        x = np.array([0.0, -0.0, np.nan, 1.0, -1.0, 2.0**-140], dtype=np.float32)
         c = _dre(lib, x, fmt, 1.0, 0.0)  # amax 1: 1 maps to fmax
         top = 0x7E if fmt == "e4m3" else 0x7B
         assert list(c[:2]) == [0x00, 0x80] and c[2] & 0x7F == 0x7F and c[3] == top and c[4] == 0x80 | top
@@ -124,7 +125,7 @@ def test_dre_encode_rounds_to_the_right_side_of_every_midpoint(fmt):
     top = 0x7E if fmt == "e4m3" else 0x7B
     vals = torch.arange(top + 1, dtype=torch.uint8).view(f.dtype).double().numpy()
     mids = (vals[:-1] + vals[1:]) / 2 / f.fmax
-    below, above = mids * (1 - 2.0 ** -18), mids * (1 + 2.0 ** -18)
+    below, above = mids * (1 - 2.0**-18), mids * (1 + 2.0**-18)
     for name, lib in _libs():
         assert np.array_equal(_dre(lib, below, fmt, 1.0, 0.0), np.arange(top)), name
         assert np.array_equal(_dre(lib, above, fmt, 1.0, 0.0), np.arange(1, top + 1)), name

@@ -1,5 +1,6 @@
 """The fused Triton FP8-AdamW kernel against the PyTorch path, under TRITON_INTERPRET=1 on the CPU
 (or compiled on a CUDA device when there is one)."""
+
 import importlib
 import os
 
@@ -56,8 +57,13 @@ def _run(impl, dtype, steps, **opts):
     g = torch.Generator().manual_seed(11)
     shapes = [(37, 19), (300,), (2, 256)]
     params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).to(dtype).to(DEVICE)) for s in shapes]
-    opt = FP8AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
-                   lr=1e-2, impl=impl, seed=5, **opts)
+    opt = FP8AdamW(
+        [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
+        lr=1e-2,
+        impl=impl,
+        seed=5,
+        **opts,
+    )
     for _ in range(steps):
         for p in params:
             spread = torch.logspace(-4, 0, p.shape[-1])
@@ -66,13 +72,16 @@ def _run(impl, dtype, steps, **opts):
     return params, opt
 
 
-@pytest.mark.parametrize("dtype,opts", [
-    (torch.bfloat16, dict()),  # stochastic rounding: same hash bits on both paths
-    (torch.bfloat16, dict(stochastic_rounding=False)),
-    (torch.bfloat16, dict(master_weights=True)),
-    (torch.bfloat16, dict(v_format="e5m2", v_transform="none", m_transform="dre", block_size=100)),
-    (torch.float32, dict(v_transform="sqrt")),
-])
+@pytest.mark.parametrize(
+    "dtype,opts",
+    [
+        (torch.bfloat16, dict()),  # stochastic rounding: same hash bits on both paths
+        (torch.bfloat16, dict(stochastic_rounding=False)),
+        (torch.bfloat16, dict(master_weights=True)),
+        (torch.bfloat16, dict(v_format="e5m2", v_transform="none", m_transform="dre", block_size=100)),
+        (torch.float32, dict(v_transform="sqrt")),
+    ],
+)
 def test_fused_step_matches_pytorch_path(dtype, opts):
     ref, ropt = _run("torch", dtype, 2, **opts)
     out, oopt = _run("triton", dtype, 2, **opts)
@@ -82,7 +91,7 @@ def test_fused_step_matches_pytorch_path(dtype, opts):
         # fp32 arithmetic may differ in the last bit (FMA contraction, sqrt rounding); measured under
         # the interpreter: bf16 weights and all codes identical, fp32 weights within 2e-7 relative
         if dtype == torch.bfloat16:
-            ulp = r.float().abs() * 2.0 ** -7
+            ulp = r.float().abs() * 2.0**-7
             assert ((o.float() - r.float()).abs() <= ulp).all()
             assert (o != r).float().mean() <= 0.01
         else:
@@ -114,8 +123,10 @@ def test_probed_step_is_the_unprobed_step_and_predicts_as_the_reference():
     for a, b in zip(plain, probed):
         assert torch.equal(a, b)
         for k, v in popt.state[a].items():
-            assert torch.equal(v.view(torch.uint8) if v.dtype.itemsize == 1 else v,
-                               qopt.state[b][k].view(torch.uint8) if v.dtype.itemsize == 1 else qopt.state[b][k]), k
+            assert torch.equal(
+                v.view(torch.uint8) if v.dtype.itemsize == 1 else v,
+                qopt.state[b][k].view(torch.uint8) if v.dtype.itemsize == 1 else qopt.state[b][k],
+            ), k
     _, _, ref = probe_fp8_adamw("torch", probe=True, device=DEVICE)
     assert figs[0]["lost_pred_frac"] == ref[0]["lost_pred_frac"]
     assert abs(figs[0]["unchanged_frac"] - ref[0]["unchanged_frac"]) <= 0.01

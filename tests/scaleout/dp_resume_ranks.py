@@ -5,6 +5,7 @@ that checkpoint and take steps 2 and 3 again. Rank 0 writes both runs' losses an
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/scaleout/dp_resume_ranks.py CORPUS OUT M1,M2
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,13 @@ def main(corpus_dir: str, out: str, methods: list[str]) -> None:
         before = b.eval_loss(x2, y2)  # the untrained weights: what a load that loaded nothing would leave
         b.load_sharded(*ck["sharded"])
         again = [[r.loss, r.grad_norm] for r in (b.train_step(*batches.get(s), lrs[s]) for s in (2, 3))]
-        result[name] = {"uninterrupted": first, "resumed": again, "step": ck["step"], "fresh_loss": before,
-                        "files": sorted(p.name for p in (run_dir / "checkpoints" / "step2").iterdir())}
+        result[name] = {
+            "uninterrupted": first,
+            "resumed": again,
+            "step": ck["step"],
+            "fresh_loss": before,
+            "files": sorted(p.name for p in (run_dir / "checkpoints" / "step2").iterdir()),
+        }
     if rank == 0:
         Path(out).write_text(json.dumps(result))
 

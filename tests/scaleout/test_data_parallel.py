@@ -1,6 +1,7 @@
 """torch DDP and FSDP2 as 2 gloo ranks through the real CLI: the runs every other method makes (same
 batches, same step-0 loss as bf16-amp in one process), FSDP2's sharded per-rank state against DDP's
 replicated state and against the methods' analytic bytes, and FP8 all-gather (torchao) doing what it says."""
+
 import json
 import os
 import subprocess
@@ -35,11 +36,29 @@ def dp_runs(engine_configfile, tmp_path_factory):
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     procs = {}
     for name in DP:
-        cmd = [sys.executable, "-m", "pipelines.train", "--configfile", str(engine_configfile), "--model", "tiny",
-               "--method", name, "--seed", "0", "--steps", str(STEPS), "--out", str(root / name), "--threads", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "--configfile",
+            str(engine_configfile),
+            "--model",
+            "tiny",
+            "--method",
+            name,
+            "--seed",
+            "0",
+            "--steps",
+            str(STEPS),
+            "--out",
+            str(root / name),
+            "--threads",
+            "2",
+        ]
         launcher = {"FP8BENCH_LAUNCHER": "deepspeed" if name == VIA_DEEPSPEED else "torchrun"}
-        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env={**env, **launcher}, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE, text=True)
+        procs[name] = subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, **launcher}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
     out = {}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=300)
@@ -59,8 +78,14 @@ def single_process(engine_configfile):
     x, y = batches.get(0)
     ref = build_trainee("bf16-amp", vocab=corpus.vocab_size)
     step0 = ref.train_step(x, y, 1e-3)
-    return {"loss0": step0.loss, "grad_norm0": step0.grad_norm, "memory": ref.memory(), "n_params": ref.n_params(),
-            "hashes": [batch_hash(batches.get(i)[0]) for i in range(STEPS)], "vocab": corpus.vocab_size}
+    return {
+        "loss0": step0.loss,
+        "grad_norm0": step0.grad_norm,
+        "memory": ref.memory(),
+        "n_params": ref.n_params(),
+        "hashes": [batch_hash(batches.get(i)[0]) for i in range(STEPS)],
+        "vocab": corpus.vocab_size,
+    }
 
 
 def test_methods_are_registered_multi_rank_and_only_in_the_gpu_profile():
@@ -94,7 +119,7 @@ def test_each_method_runs_as_two_gloo_ranks_through_the_cli(dp_runs):
 
 def test_step0_loss_and_batches_are_the_single_process_ones(dp_runs, single_process):
     ref = single_process
-    for name, (s, events, _) in dp_runs.items():
+    for name, (_summary, events, _) in dp_runs.items():
         steps = [e for e in events if e["event"] == "train_step"]
         # same weights and global batch: the mean of the ranks' losses is bf16-amp's up to bf16/FP8 numerics
         assert abs(steps[0]["loss"] - ref["loss0"]) <= 0.01 * ref["loss0"], (name, steps[0]["loss"], ref["loss0"])
@@ -104,8 +129,10 @@ def test_step0_loss_and_batches_are_the_single_process_ones(dp_runs, single_proc
 
 
 def test_fsdp2_holds_half_of_ddp_per_rank_and_ddp_holds_bf16_amp(dp_runs, single_process):
-    mem = {name: {c: s[f"{c}_bytes"] for c in ("weights", "master", "grads", "optim", "meta")}
-           for name, (s, _, _) in dp_runs.items()}
+    mem = {
+        name: {c: s[f"{c}_bytes"] for c in ("weights", "master", "grads", "optim", "meta")}
+        for name, (s, _, _) in dp_runs.items()
+    }
     ddp, ref, n = mem["ddp-bf16"], single_process["memory"], single_process["n_params"]
     # DDP replicates bf16-amp's state on every rank: fp32 weights, grads (its buckets), Adam m, v
     for comp in ("weights", "grads", "optim"):
@@ -198,14 +225,23 @@ def test_slurm_dry_runs_and_gpu_jobs_request_one_gpu_per_rank(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     for name in ("Snakefile", "pipelines", "environment.yml", "requirements.txt"):
         src = ROOT / name
-        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy(src, tmp_path / name))
+        (
+            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, tmp_path / name)
+        )
     env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
     env["PYTHONPATH"] = str(ROOT)
 
     def dry(*extra):
-        r = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "pipelines/profiles/slurm", "-n", *extra],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--profile", "pipelines/profiles/slurm", "-n", *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         return r.stdout + r.stderr
 

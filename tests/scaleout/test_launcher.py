@@ -1,6 +1,7 @@
 """The launcher choice of pipelines.run.launch: torchrun by default, DeepSpeed's launcher on request (the
 GPUs a job was given, or N CPU ranks), extra arguments, and a bad choice refused before any work. A real
 run through DeepSpeed's launcher is in test_data_parallel.py (ddp-bf16)."""
+
 import sys
 
 import pytest
@@ -33,7 +34,7 @@ def test_deepspeed_launcher_on_cpu_ranks_and_on_a_jobs_gpus():
 def test_extra_launcher_arguments_go_before_the_script():
     cmd = launch.launcher_command(4, SCRIPT, env={"FP8BENCH_LAUNCHER_ARGS": "--max-restarts 0 --log-dir /tmp/x"})
     i = cmd.index("--max-restarts")
-    assert cmd[i:i + 4] == ["--max-restarts", "0", "--log-dir", "/tmp/x"] and i < cmd.index("-m", 3)
+    assert cmd[i : i + 4] == ["--max-restarts", "0", "--log-dir", "/tmp/x"] and i < cmd.index("-m", 3)
 
 
 def test_an_unknown_launcher_is_refused_before_any_work(tmp_path, monkeypatch, capsys):

@@ -4,6 +4,7 @@ for two nodes. A run over 2 nodes x 1 rank logs what 1 node x 2 ranks logs, bit 
 2-node run killed mid-way resumes to the uninterrupted result; a SIGKILL to a run's process group leaves no
 process of it behind, and its rerun resumes. The srun command a SLURM job runs is checked as a command line,
 under a fake SLURM environment (the real one: tests/cluster/test_slurm.py)."""
+
 import json
 import os
 import signal
@@ -25,14 +26,32 @@ STEPS, EVERY = 6, 2
 
 
 def env(**extra):
-    base = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
-                                                              "LOCAL_RANK", "SLURM_JOB_ID", "SLURM_JOBID")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_JOB_ID", "SLURM_JOBID")
+    }
     return {**base, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
 def command(configfile, method, out, nodes=1, steps=None):
-    cmd = [sys.executable, "-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method",
-           method, "--seed", "0", "--out", str(out), "--threads", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(configfile),
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+    ]
     if nodes > 1:
         cmd += ["--method-option", f"nodes={nodes}"]
     return cmd + (["--steps", str(steps)] if steps else [])
@@ -40,18 +59,30 @@ def command(configfile, method, out, nodes=1, steps=None):
 
 # -- checks before any work ----------------------------------------------------------------------------------
 
+
 def test_ranks_must_split_evenly_over_the_nodes(engine_configfile, tmp_path):
     assert get_method("zero2-bf16", ranks=4, nodes=2).ranks_per_node == 2
-    with pytest.raises(ValueError, match=r"option nodes = 3 does not divide its 4 ranks evenly; valid: nodes one "
-                                         r"of 1, 2, 4, or ranks a multiple of 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"option nodes = 3 does not divide its 4 ranks evenly; valid: nodes one "
+        r"of 1, 2, 4, or ranks a multiple of 3",
+    ):
         get_method("fsdp2-bf16", ranks=4, nodes=3)
     with pytest.raises(ValueError, match=r"option nodes = 0; valid: a whole number >= 1"):
         get_method("ddp-bf16", nodes=0)
     out = tmp_path / "run"
-    r = subprocess.run([*command(engine_configfile, "zero2-bf16", out), "--method-option", "nodes=3"], cwd=ROOT,
-                       env=env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "option nodes = 3 does not divide its 2 ranks evenly; valid: nodes one of 1, 2" \
-        in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(
+        [*command(engine_configfile, "zero2-bf16", out), "--method-option", "nodes=3"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        r.returncode == 2
+        and "option nodes = 3 does not divide its 2 ranks evenly; valid: nodes one of 1, 2" in r.stderr
+    ), r.stderr[-2000:]
     assert not out.exists()  # refused before any work
 
 
@@ -67,7 +98,7 @@ def _fake_scontrol(bin_dir: Path, nodelist: str, hosts: list[str], addr: str) ->
     script.write_text(f"""#!/bin/sh
 echo "$@" >> "{bin_dir}/calls"
 case "$1 $2" in
-  "show hostnames") [ "$3" = "{nodelist}" ] || exit 1; printf '%s\\n' {' '.join(hosts)} ;;
+  "show hostnames") [ "$3" = "{nodelist}" ] || exit 1; printf '%s\\n' {" ".join(hosts)} ;;
   "show job") echo "JobId=$4 JobName=x NodeList={nodelist} NumNodes={len(hosts)} BatchHost={hosts[0]}" ;;
   "show node") echo "NodeName=$4 Arch=x86_64 NodeAddr={addr} NodeHostName=$4" ;;
   *) exit 1 ;;
@@ -79,8 +110,13 @@ esac
 def test_under_slurm_one_srun_starts_a_torchrun_per_node(tmp_path):
     bin_dir = tmp_path / "bin"
     _fake_scontrol(bin_dir, "gpu[07-08]", ["gpu07", "gpu08"], "10.0.0.7")
-    slurm = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]",
-             "SLURM_NNODES": "2", "FP8BENCH_LAUNCHER_ARGS": "--max-restarts 0"}
+    slurm = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_NNODES": "2",
+        "FP8BENCH_LAUNCHER_ARGS": "--max-restarts 0",
+    }
     [cmd] = launch.agent_commands(8, 2, 16, SCRIPT, env=slurm)
     assert cmd[:6] == ["srun", "-N", "2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=16"]
     assert cmd[6:9] == [sys.executable, "-m", "torch.distributed.run"]
@@ -93,7 +129,7 @@ def test_under_slurm_one_srun_starts_a_torchrun_per_node(tmp_path):
     assert host == "10.0.0.7" and 0 < int(port) < 65536  # the first node, at the address SLURM reaches it by
     assert arg("--rdzv-id") == f"fp8bench-4242-{port}"
     assert "--node-rank" not in cmd and "--standalone" not in cmd  # c10d gives the agents their node ranks
-    assert cmd[cmd.index("--max-restarts"):][:2] == ["--max-restarts", "0"]
+    assert cmd[cmd.index("--max-restarts") :][:2] == ["--max-restarts", "0"]
     assert cmd[-4:] == ["-m", *SCRIPT]
     assert launch.ranks_here(8, 2, env=slurm) == 4  # each node's cores are shared by its 4 ranks only
     # a job step started without the node list (Snakemake's job-step executor clears SLURM_*): asked of scontrol
@@ -125,13 +161,22 @@ def prepared(configfile: Path) -> Path:
 
 # -- two nodes on this machine equal one node, bit for bit ---------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["zero2-bf16", "fsdp2-bf16"])
 def test_two_nodes_of_one_rank_equal_one_node_of_two(engine_configfile, tmp_path, method):
     prepared(engine_configfile)
     one, two = tmp_path / "one", tmp_path / "two"
-    procs = [subprocess.Popen(command(engine_configfile, method, out, nodes=n, steps=3), cwd=ROOT, env=env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for out, n in ((one, 1), (two, 2))]
+    procs = [
+        subprocess.Popen(
+            command(engine_configfile, method, out, nodes=n, steps=3),
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out, n in ((one, 1), (two, 2))
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
     assert errs[1].count("-m torch.distributed.run --nnodes 2 --nproc-per-node 1 --node-rank") == 2
@@ -146,21 +191,32 @@ def test_two_nodes_of_one_rank_equal_one_node_of_two(engine_configfile, tmp_path
 
 # -- kills ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def resume_config(tmp_path_factory) -> Path:
     from tests.conftest import write_small_config
 
-    return prepared(write_small_config(tmp_path_factory.mktemp("nodes_resume"), steps=STEPS, eval_every=4,
-                                       eval_tokens=256, warmup_steps=2, timing_warmup_steps=1, checkpoint_every=EVERY,
-                                       telemetry_every=5))
+    return prepared(
+        write_small_config(
+            tmp_path_factory.mktemp("nodes_resume"),
+            steps=STEPS,
+            eval_every=4,
+            eval_tokens=256,
+            warmup_steps=2,
+            timing_warmup_steps=1,
+            checkpoint_every=EVERY,
+            telemetry_every=5,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(resume_config, tmp_path_factory) -> Path:
     """zero2-bf16, 1 node x 2 ranks, never stopped: what every killed and resumed run must end as."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    r = subprocess.run(command(resume_config, "zero2-bf16", out), cwd=ROOT, env=env(), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        command(resume_config, "zero2-bf16", out), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -183,8 +239,9 @@ def processes_of(out: Path) -> list[tuple[int, str]]:
 def kill_group_mid_way(cmd, out: Path) -> subprocess.Popen:
     """Start the run in a process group of its own and SIGKILL that group once a checkpoint is committed (step
     2) and a step past it logged; only the launcher is in the group (the agents have sessions of their own)."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 240
     try:
         while not (committed_step(out) >= 2 and logged_steps(out) >= 3) and time.time() < deadline:
@@ -217,8 +274,7 @@ def rerun_resumes_to(cmd, out: Path, ref: Path) -> None:
     assert not (out / "checkpoints").exists()
 
 
-def test_sigkill_to_a_runs_process_group_leaves_nothing_and_the_rerun_resumes(resume_config, uninterrupted,
-                                                                               tmp_path):
+def test_sigkill_to_a_runs_process_group_leaves_nothing_and_the_rerun_resumes(resume_config, uninterrupted, tmp_path):
     out = tmp_path / "killed"
     cmd = command(resume_config, "zero2-bf16", out)
     kill_group_mid_way(cmd, out)

@@ -4,9 +4,9 @@ committed checkpoint (pipelines.run.dist_checkpoint over DeepSpeed's engine chec
 losses, bit for bit, as an uninterrupted run: gloo's sums and the CPU kernels are deterministic for a fixed
 thread count, and the checkpoint holds every state a step reads (fp32 master partitions, the client
 AdamW's m, v and step, RNG states of each rank)."""
+
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,13 +22,36 @@ STEPS, EVERY = 6, 2
 
 @pytest.fixture(scope="module")
 def configfile(tmp_path_factory) -> Path:
-    return write_small_config(tmp_path_factory.mktemp("resume_ranks"), steps=STEPS, eval_every=4, eval_tokens=256,
-                              warmup_steps=2, timing_warmup_steps=1, checkpoint_every=EVERY, telemetry_every=5)
+    return write_small_config(
+        tmp_path_factory.mktemp("resume_ranks"),
+        steps=STEPS,
+        eval_every=4,
+        eval_tokens=256,
+        warmup_steps=2,
+        timing_warmup_steps=1,
+        checkpoint_every=EVERY,
+        telemetry_every=5,
+    )
 
 
 def command(configfile, method, out):
-    return [sys.executable, "-m", "pipelines.train", "--configfile", str(configfile), "--model", "tiny", "--method",
-            method, "--seed", "0", "--out", str(out), "--threads", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.train",
+        "--configfile",
+        str(configfile),
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+    ]
 
 
 def env():
@@ -65,8 +88,11 @@ def kill_run(proc: subprocess.Popen) -> None:
 
 def trajectory(out: Path):
     events = read_events(out / "metrics.jsonl")
-    return ([(e["step"], e["loss"], e["grad_norm"], e["batch_hash"]) for e in events if e["event"] == "train_step"],
-            [(e["step"], e["val_loss"]) for e in events if e["event"] == "eval"], events)
+    return (
+        [(e["step"], e["loss"], e["grad_norm"], e["batch_hash"]) for e in events if e["event"] == "train_step"],
+        [(e["step"], e["val_loss"]) for e in events if e["event"] == "eval"],
+        events,
+    )
 
 
 @pytest.mark.parametrize("method", ["zero2-bf16"])
@@ -77,8 +103,9 @@ def test_killed_multi_rank_run_resumes_bit_for_bit(configfile, tmp_path, method)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (ref / "checkpoints").exists()  # removed once the run is complete
 
-    p = subprocess.Popen(command(configfile, method, killed), env=env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        command(configfile, method, killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:  # mid-way: a checkpoint committed (after step 2) and a step past it logged, which the resume redoes
         deadline = time.time() + 240
         while not (committed_step(killed) >= 2 and logged_steps(killed) >= 3) and time.time() < deadline:
@@ -114,9 +141,19 @@ def test_ddp_and_fsdp2_resume_bit_for_bit_from_a_committed_checkpoint(corpus_dir
     from tests.conftest import run_cli
 
     out = tmp_path / "dp.json"
-    r = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--monitor-interval=0.5",
-                str(ROOT / "tests" / "scaleout" / "dp_resume_ranks.py"), str(corpus_dir), str(out), ",".join(DP),
-                env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    r = run_cli(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--monitor-interval=0.5",
+        str(ROOT / "tests" / "scaleout" / "dp_resume_ranks.py"),
+        str(corpus_dir),
+        str(out),
+        ",".join(DP),
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     res = json.loads(out.read_text())
     for name in DP:

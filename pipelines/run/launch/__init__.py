@@ -6,6 +6,7 @@ The public names of ``ranks`` are re-exported here, so ``from pipelines.run impo
 ``launch.launch(...)``, ``launch.rank_info()`` ... read as before. ``devices`` is not imported here: it runs as
 ``python -m`` and is imported by name (``from pipelines.run.launch import devices``) where it is used.
 """
+
 from pipelines.run.launch.ranks import (  # noqa: F401 - re-exported
     ERROR_FILE,
     LAUNCHED,

@@ -19,6 +19,7 @@ a CPU), else the indices ``CUDA_VISIBLE_DEVICES`` names (the GPUs this workflow 
 ``nvidia-smi -L`` lists. Lock folder: ``FP8BENCH_GPU_LOCKS`` (default ``/tmp/fp8bench-gpu-locks``, one per
 machine, shared by every checkout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,8 +105,10 @@ def try_claim(n: int, indices: list[str], folder: Path) -> tuple[list[str], list
 def claim(n: int, indices: list[str], folder: Path, poll_s: float = 0.5, log=sys.stderr) -> tuple[list[str], list[int]]:
     """Lock ``n`` free indices, waiting for them if they are taken."""
     if n > len(indices):
-        raise DeviceError(f"the run needs {n} GPUs but this machine has {len(indices)} "
-                          f"({', '.join(indices) or 'none'}); set {COUNT_ENV} or {VISIBLE} to the GPUs to use")
+        raise DeviceError(
+            f"the run needs {n} GPUs but this machine has {len(indices)} "
+            f"({', '.join(indices) or 'none'}); set {COUNT_ENV} or {VISIBLE} to the GPUs to use"
+        )
     waited = False
     while True:
         got = try_claim(n, indices, folder)
@@ -124,8 +127,12 @@ def prepare(n: int, env=None) -> tuple[dict, list[int], str]:
     if n < 0:
         raise DeviceError(f"GPU count {n}; valid: a whole number >= 0")
     if under_slurm(env):
-        return env, [], f"SLURM job {env.get('SLURM_JOB_ID') or env.get('SLURM_JOBID')}: " \
-                        f"{VISIBLE}={env.get(VISIBLE, '(unset)')} as the scheduler set it"
+        return (
+            env,
+            [],
+            f"SLURM job {env.get('SLURM_JOB_ID') or env.get('SLURM_JOBID')}: "
+            f"{VISIBLE}={env.get(VISIBLE, '(unset)')} as the scheduler set it",
+        )
     if n == 0:
         env[VISIBLE] = ""
         return env, [], f"no GPU needed: {VISIBLE} empty"
@@ -140,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pipelines.run.launch.devices N -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     cut = argv.index("--")
-    ap = argparse.ArgumentParser(prog="python -m pipelines.run.launch.devices",
-                                 description="Run COMMAND on N GPUs of its own (see the module docstring).")
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.run.launch.devices",
+        description="Run COMMAND on N GPUs of its own (see the module docstring).",
+    )
     ap.add_argument("gpus", type=int, help="GPUs the command needs (0: none visible)")
     args = ap.parse_args(argv[:cut])
-    command = argv[cut + 1:]
+    command = argv[cut + 1 :]
     if not command:
         ap.error("no command after --")
     try:

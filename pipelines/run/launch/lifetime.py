@@ -11,6 +11,7 @@ between the runner and the ranks; the ranks also watch the runner (their process
 Elsewhere than on Linux nothing is asked (``prctl`` does not exist); a stop by SIGTERM / SIGINT is still
 passed on by the launcher.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,6 +79,7 @@ def _cmdline(pid: int) -> str:
 
 def watch(pid: int, interval_s: float = 0.5) -> threading.Thread:
     """A daemon thread that SIGKILLs this process once ``pid`` no longer exists."""
+
     def loop():
         while True:
             try:
@@ -100,8 +102,12 @@ def rank_started() -> None:
         return
     # the parent read above may already be the reaper the rank was handed to: an agent or nothing
     if os.getppid() != parent or not any(a in _cmdline(parent) for a in AGENTS):
-        print(f"rank {os.environ.get('RANK', '?')}: its launcher is gone (parent {parent}: "
-              f"{_cmdline(parent)[:80]!r}); stopping", file=sys.stderr, flush=True)
+        print(
+            f"rank {os.environ.get('RANK', '?')}: its launcher is gone (parent {parent}: "
+            f"{_cmdline(parent)[:80]!r}); stopping",
+            file=sys.stderr,
+            flush=True,
+        )
         _die()
     leader = os.getpgid(0)
     if leader not in (parent, os.getpid()) and leader > 1 and any(a in _cmdline(leader) for a in AGENTS):

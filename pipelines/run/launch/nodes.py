@@ -15,6 +15,7 @@ its global rank names, so a run over N nodes logs what the same ranks on one nod
 DeepSpeed ZeRO runs under torchrun's environment like any multi-rank method; DeepSpeed's own launcher
 (``FP8BENCH_LAUNCHER=deepspeed``) starts ranks on one node only.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,24 +59,64 @@ def node_address(host: str, env) -> str:
     return addr or host
 
 
-def srun_command(nodes: int, ranks_per_node: int, threads: int, port: int, script: list[str], extra: list[str],
-                 env) -> list[str]:
+def srun_command(
+    nodes: int, ranks_per_node: int, threads: int, port: int, script: list[str], extra: list[str], env
+) -> list[str]:
     """The command that starts the run's agents on the job's first ``nodes`` nodes (one task each)."""
     hosts = job_hosts(env)
     job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
     endpoint = f"{node_address(hosts[0], env)}:{port}"
-    return ["srun", "-N", str(nodes), "--ntasks-per-node=1", "--kill-on-bad-exit=1", f"--cpus-per-task={threads}",
-            *TORCHRUN, "--nnodes", str(nodes), "--nproc-per-node", str(ranks_per_node), "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", endpoint, "--rdzv-id", f"fp8bench-{job}-{port}", "--monitor-interval=0.5", *extra,
-            "-m", *script]
+    return [
+        "srun",
+        "-N",
+        str(nodes),
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        f"--cpus-per-task={threads}",
+        *TORCHRUN,
+        "--nnodes",
+        str(nodes),
+        "--nproc-per-node",
+        str(ranks_per_node),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        f"fp8bench-{job}-{port}",
+        "--monitor-interval=0.5",
+        *extra,
+        "-m",
+        *script,
+    ]
 
 
-def local_agent_commands(nodes: int, ranks_per_node: int, port: int, script: list[str],
-                         extra: list[str]) -> list[list[str]]:
+def local_agent_commands(
+    nodes: int, ranks_per_node: int, port: int, script: list[str], extra: list[str]
+) -> list[list[str]]:
     """One torchrun per node, all on this machine, node ranks stated (static rendezvous at 127.0.0.1)."""
-    return [[*TORCHRUN, "--nnodes", str(nodes), "--nproc-per-node", str(ranks_per_node), "--node-rank", str(i),
-             "--rdzv-backend", "static", "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "--monitor-interval=0.5", *extra, "-m", *script] for i in range(nodes)]
+    return [
+        [
+            *TORCHRUN,
+            "--nnodes",
+            str(nodes),
+            "--nproc-per-node",
+            str(ranks_per_node),
+            "--node-rank",
+            str(i),
+            "--rdzv-backend",
+            "static",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "--monitor-interval=0.5",
+            *extra,
+            "-m",
+            *script,
+        ]
+        for i in range(nodes)
+    ]
 
 
 def slurm_has_nodes(nodes: int, env) -> bool:
@@ -88,8 +129,9 @@ def slurm_has_nodes(nodes: int, env) -> bool:
         return False
 
 
-def agent_commands(world_size: int, nodes: int, threads: int, port: int, script: list[str], extra: list[str],
-                   env=None) -> tuple[list[list[str]], bool]:
+def agent_commands(
+    world_size: int, nodes: int, threads: int, port: int, script: list[str], extra: list[str], env=None
+) -> tuple[list[list[str]], bool]:
     """(the commands this machine starts, whether SLURM starts the agents): one srun in a SLURM job of enough
     nodes, else one torchrun per node here. ``threads``: the cores of one node (srun's --cpus-per-task)."""
     env = os.environ if env is None else env

@@ -32,6 +32,7 @@ summary if rank 0 could not (and removes the run's checkpoints: a failed run is 
 whole (launcher and ranks, e.g. a node lost) leaves no summary and resumes from its last committed
 checkpoint when rerun (``pipelines.run.dist_checkpoint``; on one shared filesystem across nodes as well).
 """
+
 from __future__ import annotations
 
 import os
@@ -139,8 +140,17 @@ def launcher_command(world_size: int, script: list[str], env: dict | None = None
     name = launcher_name(env)
     extra = shlex.split(env.get(LAUNCHER_ARGS_ENV, ""))
     if name == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
-                "--monitor-interval=0.5", *extra, "-m", *script]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={world_size}",
+            "--monitor-interval=0.5",
+            *extra,
+            "-m",
+            *script,
+        ]
     if name == "deepspeed":
         visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         if visible:  # the GPUs this job was given (DeepSpeed's --num_gpus would renumber from 0)
@@ -149,8 +159,17 @@ def launcher_command(world_size: int, script: list[str], env: dict | None = None
             where = [f"--include=localhost:{','.join(visible[:world_size])}"]
         else:
             where = ["--num_nodes=1", f"--num_gpus={world_size}"]
-        return [sys.executable, "-m", "deepspeed.launcher.runner", *where, f"--master_port={free_port()}",
-                "--no_local_rank", *extra, "--module", *script]
+        return [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            *where,
+            f"--master_port={free_port()}",
+            "--no_local_rank",
+            *extra,
+            "--module",
+            *script,
+        ]
     raise AssertionError(name)
 
 
@@ -174,8 +193,9 @@ def ranks_here(world_size: int, nodes: int, env: dict | None = None) -> int:
     return world_size // nodes if nodes > 1 and multi.slurm_has_nodes(nodes, env) else world_size
 
 
-def agent_commands(world_size: int, nodes: int, threads: int, script: list[str],
-                   env: dict | None = None) -> list[list[str]]:
+def agent_commands(
+    world_size: int, nodes: int, threads: int, script: list[str], env: dict | None = None
+) -> list[list[str]]:
     """The commands this process starts for a run of ``world_size`` ranks over ``nodes`` nodes, ``threads``
     cores on each machine. One node: one launcher command (launcher_command); several:
     pipelines.run.launch.nodes (srun in a SLURM job of enough nodes, else one torchrun per node here)."""
@@ -185,8 +205,10 @@ def agent_commands(world_size: int, nodes: int, threads: int, script: list[str],
     if nodes == 1:
         return [launcher_command(world_size, script, env)]
     if launcher_name(env) != "torchrun":
-        raise ValueError(f"{LAUNCHER_ENV}=deepspeed starts ranks on one node only; a run over {nodes} nodes "
-                         f"starts its ranks with torchrun (valid here: {LAUNCHER_ENV}=torchrun)")
+        raise ValueError(
+            f"{LAUNCHER_ENV}=deepspeed starts ranks on one node only; a run over {nodes} nodes "
+            f"starts its ranks with torchrun (valid here: {LAUNCHER_ENV}=torchrun)"
+        )
     extra = shlex.split(env.get(LAUNCHER_ARGS_ENV, ""))
     return multi.agent_commands(world_size, nodes, threads, free_port(), script, extra, env)[0]
 
@@ -203,8 +225,9 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int, nodes: int | N
     try:
         launcher_name(os.environ)  # a bad choice is refused before anything else
         per_rank = max(1, threads // ranks_here(world_size, nodes))
-        cmds = agent_commands(world_size, nodes, threads,
-                              ["pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)])
+        cmds = agent_commands(
+            world_size, nodes, threads, ["pipelines.train", *argv, "--threads", str(per_rank), "--out", str(out)]
+        )
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -221,17 +244,21 @@ def launch(argv: list[str], rc: dict, out: Path, world_size: int, nodes: int | N
     t0 = time.perf_counter()
     where = f" over {nodes} nodes" if nodes > 1 else ""
     for cmd in cmds:
-        print(f"launching {world_size} ranks{where} x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr,
-              flush=True)
+        print(
+            f"launching {world_size} ranks{where} x {per_rank} thread(s): {' '.join(cmd)}", file=sys.stderr, flush=True
+        )
     # Each agent in its own process group: DeepSpeed's single-node runner does not pass signals on to the
     # ranks' launcher, so a stop is sent to the whole group (torchrun's ranks get it from torchrun as well).
     # Each also dies with this process, however it ends (lifetime), and its ranks with it.
     # The agents share the run folder's lock with us (pipelines.run.dirlock): it stays held while they live.
     from pipelines.run.dirlock import held_fds
 
-    procs = [subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=held_fds(),
-                              preexec_fn=lifetime.agent_preexec(os.getpid()))
-             for cmd in cmds]
+    procs = [
+        subprocess.Popen(
+            cmd, env=env, start_new_session=True, pass_fds=held_fds(), preexec_fn=lifetime.agent_preexec(os.getpid())
+        )
+        for cmd in cmds
+    ]
     stopped: list[int] = []
 
     def signal_all(signum):
@@ -279,8 +306,10 @@ def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: 
     from common.atomic import write_json
     from pipelines.run.events import PARTIAL, SUMMARY, RunWriter
 
-    errors = {int(p.stem[4:]): p.read_text(encoding="utf-8").strip()
-              for p in sorted(Path(out).glob(ERROR_FILE.format(rank="*")))}
+    errors = {
+        int(p.stem[4:]): p.read_text(encoding="utf-8").strip()
+        for p in sorted(Path(out).glob(ERROR_FILE.format(rank="*")))
+    }
     rank_notes = "; ".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
     if code and not rank_notes:  # a rank killed by a signal leaves no error file
         rank_notes = f"the launcher exited with code {code} (a rank died; see the run's log)"
@@ -297,8 +326,7 @@ def finish_after_ranks(rc: dict, out: Path, code: int, world_size: int, wall_s: 
     summary = {k: rc[k] for k in ("profile", "model", "method", "seed")}
     if rc.get("variant"):  # as the loop reports a variant: under its own name
         summary.update(method=rc["variant"], base_method=rc["method"], method_options=rc["method_options"])
-    summary.update(status="failed", reason=reason, run_dir=str(out), world_size=world_size, wall_time_s=wall_s,
-                   steps=0)
+    summary.update(status="failed", reason=reason, run_dir=str(out), world_size=world_size, wall_time_s=wall_s, steps=0)
     writer.event("run_stop", status="failed", reason=reason, steps=0)
     writer.finish(summary)
     from pipelines.run import dist_checkpoint
