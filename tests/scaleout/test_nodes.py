@@ -264,11 +264,13 @@ def wait_until_gone(out: Path, within_s: float) -> list:
 def rerun_resumes_to(cmd, out: Path, ref: Path) -> None:
     r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming after step" in r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "ok" and s["steps"] == STEPS and s["world_size"] == 2, s
     steps_k, evals_k, events = trajectory(out)
     steps_r, evals_r, _ = trajectory(ref)
-    assert steps_k == steps_r and evals_k == evals_r  # bit for bit
+    assert steps_k == steps_r and evals_k == evals_r  # losses, grad norms and batches, bit for bit
+    assert [e[0] for e in steps_k] == list(range(STEPS))  # no step lost or logged twice
     kinds = [e["event"] for e in events]
     assert kinds.count("run_start") == 1 and kinds.count("resume") == 1 and kinds.count("run_stop") == 1
     assert not (out / "checkpoints").exists()
