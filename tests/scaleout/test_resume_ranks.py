@@ -5,54 +5,10 @@ and the CPU kernels are deterministic for a fixed thread count, and the checkpoi
 reads (fp32 master partitions, the client AdamW's m, v and step, RNG states of each rank)."""
 
 import json
-import os
-import sys
 from pathlib import Path
 
-import pytest
-
 from pipelines.run.events import read_events
-from tests.conftest import ROOT, write_small_config
-
-STEPS, EVERY = 6, 2
-
-
-@pytest.fixture(scope="module")
-def configfile(tmp_path_factory) -> Path:
-    return write_small_config(
-        tmp_path_factory.mktemp("resume_ranks"),
-        steps=STEPS,
-        eval_every=4,
-        eval_tokens=256,
-        warmup_steps=2,
-        timing_warmup_steps=1,
-        checkpoint_every=EVERY,
-        telemetry_every=5,
-    )
-
-
-def command(configfile, method, out):
-    return [
-        sys.executable,
-        "-m",
-        "pipelines.train",
-        "--configfile",
-        str(configfile),
-        "--model",
-        "tiny",
-        "--method",
-        method,
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        "--threads",
-        "2",
-    ]
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+from tests.conftest import ROOT
 
 
 def committed_step(out: Path) -> int:
