@@ -62,7 +62,7 @@ def rank_info() -> tuple[int, int]:
 def rank_started() -> None:
     """First thing in a rank this launcher started: die with the agent that started it (lifetime)."""
     if LAUNCHED in os.environ and "RANK" in os.environ:
-        from pipelines.run.launch import lifetime
+        import pipelines.run.launch.lifetime as lifetime
 
         lifetime.rank_started()
 
@@ -187,7 +187,7 @@ def run_nodes(rc: dict) -> int:
 
 def ranks_here(world_size: int, nodes: int, env: dict | None = None) -> int:
     """Ranks that share this machine's cores: all of them, or one node's share where SLURM starts the nodes."""
-    from pipelines.run.launch import nodes as multi
+    import pipelines.run.launch.nodes as multi
 
     env = os.environ if env is None else env
     return world_size // nodes if nodes > 1 and multi.slurm_has_nodes(nodes, env) else world_size
@@ -199,7 +199,7 @@ def agent_commands(
     """The commands this process starts for a run of ``world_size`` ranks over ``nodes`` nodes, ``threads``
     cores on each machine. One node: one launcher command (launcher_command); several:
     pipelines.run.launch.nodes (srun in a SLURM job of enough nodes, else one torchrun per node here)."""
-    from pipelines.run.launch import nodes as multi
+    import pipelines.run.launch.nodes as multi
 
     env = os.environ if env is None else env
     if nodes == 1:
@@ -216,8 +216,8 @@ def agent_commands(
 def launch(argv: list[str], rc: dict, out: Path, world_size: int, nodes: int | None = None) -> int:
     """Run ``pipelines.train`` with ``argv`` as ``world_size`` ranks over ``nodes`` nodes (default: the method's
     ``nodes`` option); returns the exit code for main."""
+    import pipelines.run.launch.lifetime as lifetime
     from pipelines.run.data import Corpus, CorpusError, check_corpus, prepare
-    from pipelines.run.launch import lifetime
 
     out = Path(out)
     nodes = run_nodes(rc) if nodes is None else nodes
