@@ -366,14 +366,21 @@ def _sensitivity(runs: pd.DataFrame, n_grid: int) -> tuple[float, float, int]:
     return float(np.mean(per_seed)), sd, len(per_seed)
 
 
-def _reference_bounds(cells: pd.DataFrame, grid: list[float]) -> tuple[bool, str]:
+def _reference_bounds(cells: pd.DataFrame, grid: list[float], n_ref_seeds: int) -> tuple[bool, str]:
     """Whether bf16-amp diverges on every seed at the top of the grid and on none at its bottom, and the
-    sentence that says so."""
+    sentence that says so. Every one of its ``n_ref_seeds`` seeds (those it ran at any grid lr) must have run at
+    both ends: a run not on disk (yet) is not a seed that did not diverge."""
     ref = cells[cells["method"] == REFERENCE]
     top, bottom = ref[ref["lr"] == grid[-1]], ref[ref["lr"] == grid[0]]
     if top.empty or bottom.empty:
         return False, f"{REFERENCE} did not run at both ends of the grid ({grid[0]:g}, {grid[-1]:g}): not bounded"
     t, b = top.iloc[0], bottom.iloc[0]
+    if min(int(t["n_runs"]), int(b["n_runs"])) < n_ref_seeds:
+        return False, (
+            f"{REFERENCE} ran on {int(t['n_runs'])} of its {n_ref_seeds} seeds at the top of the grid (lr "
+            f"{grid[-1]:g}) and on {int(b['n_runs'])} at its bottom (lr {grid[0]:g}): not bounded until every "
+            f"seed ran at both ends"
+        )
     at_top = int(t["n_diverged"]) == int(t["n_runs"])
     at_bottom = int(b["n_diverged"]) > 0
     if at_top and not at_bottom:
@@ -398,7 +405,7 @@ def _frontier_one(runs: pd.DataFrame, an: Analysis, source: str) -> tuple[pd.Dat
     n = len(grid)
     cells = _cells_one(runs, grid, an)
     seeds = _seeds_one(runs, grid)
-    bounded, note = _reference_bounds(cells, grid)
+    bounded, note = _reference_bounds(cells, grid, runs.loc[runs["method"] == REFERENCE, "seed"].nunique())
     definition = definition_of(runs)
     rows = []
     for method, g in runs.groupby("method", sort=False):
