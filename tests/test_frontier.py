@@ -423,3 +423,37 @@ def test_heatmap_marks_diverged_cells_and_frames_the_divergence_lr(bounded, tmp_
     assert len(hatched) == int((cells["n_diverged"] + cells["n_failed"] > 0).sum()) == 6
     assert [t.get_text() for t in ax.get_yticklabels()][0] == "bf16-amp"
     assert "stability" in fig_lr_frontier(FigureData(pd.DataFrame()))  # no frontier: the sentence, no figure
+
+
+def test_a_run_missing_or_failed_below_the_divergence_makes_the_seed_incomplete_not_higher():
+    table = {
+        "bf16-amp": [(5.0, 5.1), (4.0, 4.0), (4.5, 4.6), (DIV, DIV)],
+        # never diverges, but seed 1's top run is not on disk (yet): it may diverge there
+        "fp8-own-tensorwise": [(5.2, 5.3), (4.0, 4.0), (4.1, 4.2), (4.8, "missing")],
+        # seed 0 diverges at the top, but its run one step below failed for another reason
+        "fp8-e2e": [(5.0, 5.1), (4.1, 4.1), (FAIL, 4.3), (DIV, DIV)],
+        "fp8-optim": [(5.0, 5.1), (4.1, 4.1), (4.3, 4.3), (DIV, DIV)],  # complete: same as bf16-amp
+    }
+    summary = summary_of(table)
+    summary = summary[summary["status"] != "missing"]
+    fr, _, seeds = frontier(summary, Analysis(margin_pct=0.5), with_seeds=True)
+    fr, sd = fr.set_index("method"), seeds.set_index(["method", "seed"])
+    assert (
+        not sd.loc[("fp8-own-tensorwise", 1), "complete"] and sd.loc[("fp8-own-tensorwise", 1), "not_ok_below"] == "1"
+    )
+    assert (
+        sd.loc[("fp8-own-tensorwise", 0), "complete"] and sd.loc[("fp8-own-tensorwise", 0), "vs_reference"] == "higher"
+    )
+    assert sd.loc[("fp8-own-tensorwise", 1), "vs_reference"] == "incomplete"
+    assert np.isnan(sd.loc[("fp8-own-tensorwise", 1), "paired_grid_steps"])
+    assert fr.loc["fp8-own-tensorwise", "divergence_vs_reference"] == "incomplete"
+    assert fr.loc["fp8-own-tensorwise", "divergence_paired_grid_steps"] == "seed 0: >= +1; seed 1: incomplete"
+    assert sd.loc[("fp8-e2e", 0), "not_ok_below"] == "0.1" and sd.loc[("fp8-e2e", 1), "complete"]
+    assert fr.loc["fp8-e2e", "divergence_vs_reference"] == "incomplete"
+    assert fr.loc["fp8-optim", "divergence_vs_reference"] == "same"
+    # bf16-amp's own gap makes every recipe's comparison at that seed incomplete
+    summary = summary_of(table)
+    summary = summary[(summary["status"] != "missing") & ~((summary["method"] == "bf16-amp") & (summary["lr"] == 0.1))]
+    fr, _, seeds = frontier(summary, Analysis(margin_pct=0.5), with_seeds=True)
+    assert (seeds["vs_reference"] == "incomplete").all()
+    assert set(fr.set_index("method").drop("bf16-amp")["divergence_vs_reference"]) == {"incomplete"}

@@ -17,7 +17,9 @@ weights and batches, so a seed's luck cancels.
   when every seed diverges at least one grid step below bf16-amp's divergence lr at the same seed,
   ``higher`` when every seed diverges at least one step above it (a seed that never diverges on the grid
   counts above its top), ``same`` when every seed diverges at bf16-amp's, ``mixed`` otherwise, ``n/a``
-  where no seed can be compared (bf16-amp did not diverge there and neither did the recipe).
+  where no seed can be compared (bf16-amp did not diverge there and neither did the recipe). A seed with a
+  run missing or failed below its divergence lr (or anywhere on the grid when it never diverged) is not
+  ``complete``: that run might have diverged, so the comparison says ``incomplete``, never ``higher``.
 - **Max within-margin lr** (per recipe): the largest grid lr at which every one of the recipe's seeds finishes
   ``ok`` with a final val loss within ``analysis.margin_pct`` (relative %) of best_s, the lowest final val
   loss any frontier recipe reached at any grid lr at the same seed s. None when no grid lr qualifies. It
@@ -130,6 +132,8 @@ SEED_COLUMNS = [
     "vs_reference",
     "n_lrs",
     "n_failed",
+    "complete",
+    "not_ok_below",
 ]
 
 
@@ -146,8 +150,9 @@ DIVERGENCE_RULE = (
     f"over its seeds. Against {REFERENCE}, paired by seed in grid steps: lower when every seed diverges "
     f"at least one grid step below {REFERENCE}'s divergence lr at the same seed, higher when every "
     f"seed at least one step above (a seed that does not diverge on the grid counts above its top), "
-    f"same when every seed at {REFERENCE}'s, mixed when seeds disagree, n/a where a seed cannot be compared "
-    f"(neither diverged on the grid there)"
+    f"same when every seed at {REFERENCE}'s, mixed when seeds disagree, incomplete where a run below a "
+    f"seed's divergence lr (its own or {REFERENCE}'s) is missing or failed, n/a where a seed cannot be "
+    f"compared (neither diverged on the grid there)"
 )
 
 SENSITIVITY_RULE = (
@@ -295,13 +300,18 @@ def _cells_one(runs: pd.DataFrame, grid: list[float], an: Analysis) -> pd.DataFr
 
 def _seeds_one(runs: pd.DataFrame, grid: list[float]) -> pd.DataFrame:
     """Per recipe and seed: the smallest grid lr that diverged (index len(grid) where none did: above the
-    grid), and the comparison with bf16-amp's at the same seed in grid steps."""
+    grid), and the comparison with bf16-amp's at the same seed in grid steps. A seed is ``complete`` when every
+    grid lr below that one ran and ended ok: a run missing or failed there might have diverged, so its
+    divergence lr is then only an upper bound and its comparison ``incomplete``."""
     n = len(grid)
     rows = []
     for (method, seed), g in runs.groupby(["method", "seed"], sort=False):
         g = g.sort_values("lr")
         div = g[g["status"] == "diverged"]
         first = div.iloc[0] if len(div) else None
+        below = grid[: grid.index(float(first["lr"]))] if first is not None else grid
+        ok_lrs = set(g.loc[g["status"] == "ok", "lr"].astype(float))
+        missing = [lr for lr in below if lr not in ok_lrs]
         rows.append(
             {
                 "profile": g["profile"].iloc[0],
@@ -316,13 +326,20 @@ def _seeds_one(runs: pd.DataFrame, grid: list[float]) -> pd.DataFrame:
                 "reason": str(first["reason"]) if first is not None and isinstance(first["reason"], str) else "",
                 "n_lrs": int(g["lr"].nunique()),
                 "n_failed": int((~g["status"].isin(["ok", "diverged"])).sum()),
+                "complete": not missing,
+                "not_ok_below": " / ".join(f"{lr:g}" for lr in missing),
             }
         )
     seeds = pd.DataFrame(rows)
     ref = seeds[seeds["method"] == REFERENCE].set_index("seed")
     ref_idx, ref_on = ref["divergence_index"].to_dict(), ref["diverged_on_grid"].to_dict()
+    ref_complete = ref["complete"].to_dict()
     paired, words = [], []
     for r in seeds.itertuples():
+        if not r.complete or not ref_complete.get(r.seed, True):
+            paired.append(np.nan)  # a run below the first divergence is missing or failed, here or in bf16-amp
+            words.append("incomplete")
+            continue
         if r.seed not in ref_idx or (not ref_on[r.seed] and not r.diverged_on_grid):
             paired.append(np.nan)  # nothing to compare: bf16-amp did not run there, or neither diverged
             words.append("n/a")
@@ -337,11 +354,14 @@ def _seeds_one(runs: pd.DataFrame, grid: list[float]) -> pd.DataFrame:
 
 def _vs_reference(words: list[str]) -> str:
     """One recipe's comparison over its seeds (``DIVERGENCE_RULE``): lower / same / higher where every seed
-    says so, mixed where the seeds that can be compared disagree, n/a where one cannot be compared (neither
-    it nor bf16-amp diverged on the grid at that seed) and the others agree."""
-    known = set(w for w in words if w != "n/a")
+    says so, mixed where the seeds that can be compared disagree, incomplete where they agree but some seed's
+    grid has a missing or failed run below its divergence (its own or bf16-amp's), n/a where one cannot be
+    compared (neither it nor bf16-amp diverged on the grid at that seed) and the others agree."""
+    known = set(w for w in words if w not in ("n/a", "incomplete"))
     if len(known) > 1:
         return "mixed"
+    if "incomplete" in words:
+        return "incomplete"  # a seed's missing or failed run below its divergence could change the word
     if not known or len(known) == 1 and "n/a" in words:
         return "n/a"
     return known.pop()
@@ -438,8 +458,13 @@ def _frontier_one(runs: pd.DataFrame, an: Analysis, source: str) -> tuple[pd.Dat
                 if method == REFERENCE
                 else "; ".join(
                     f"seed {r.seed}: "
-                    + steps_text(
-                        r.paired_grid_steps, censored=not (r.diverged_on_grid and r.reference_divergence_index < n)
+                    + (
+                        steps_text(
+                            r.paired_grid_steps,
+                            censored=not (r.diverged_on_grid and r.reference_divergence_index < n),
+                        )
+                        if r.vs_reference != "incomplete"
+                        else "incomplete"
                     )
                     for r in sd_rows.itertuples()
                 ),
