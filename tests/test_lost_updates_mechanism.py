@@ -157,6 +157,7 @@ def test_stall_grows_as_the_lr_decays_and_the_gap_tracks_it(results):
     gc = t_interval([1.0, 1.0, rho2])
     assert naive["n_evals"] == 10 and naive["gap_corrs_rho"] == f"+1.00 / +1.00 / {rho2:+.2f}"
     assert naive["gap_corr_mean_rho"] == pytest.approx(gc.mean) and naive["gap_corr_ci_lo_rho"] == pytest.approx(gc.lo)
+    assert gc.hi > 1 and naive["gap_corr_ci_hi_rho"] == 1.0  # a correlation's interval ends where rho can
     assert naive["gap_tracks"] == "tracks"
     # predicted vs measured: measured is 0.01 above on every probe; fp8-naive's scale is said to move codes
     assert naive["pred_vs_measured_abs_diff_frac"] == pytest.approx(0.01)

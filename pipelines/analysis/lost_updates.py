@@ -18,9 +18,9 @@ recipe), headers only where no run was probed. Per recipe:
   mean over seeds (negative: the lower the lr, the more updates are lost).
 - **gap tracks lost share**: per seed, the Spearman correlation over the evaluations after the warmup between
   the paired loss gap against bf16-amp and the predicted lost share at the nearest probe; its mean and interval
-  over seeds: ``tracks`` where the interval lies above 0, ``moves against it`` where below, ``not shown``
-  otherwise. Both follow the lr schedule, so a correlation says they move together, not that one causes the
-  other.
+  over seeds (bounds held to [-1, 1]): ``tracks`` where the interval lies above 0, ``moves against it`` where
+  below, ``not shown`` otherwise. Both follow the lr schedule, so a correlation says they move together, not
+  that one causes the other.
 - **bias**: per seed the mean ``lost_bias`` over the probes after step 0, its interval over seeds: ``positive``,
   ``negative`` or ``zero within the interval``. On a stochastic-rounding variant (``<base>-sr`` beside
   ``<base>``): ``SR removes the bias`` only where the base's interval lies above 0 and the variant's contains 0.
@@ -34,6 +34,7 @@ printed in the ``rule`` column.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,13 @@ def _decide(values, an: Analysis, above: str, below: str, within: str) -> tuple[
     return (above if ci.lo > 0 else below if ci.hi < 0 else within), ci
 
 
+def _decide_corr(values, an: Analysis, above: str, below: str, within: str) -> tuple[str, object]:
+    """``_decide`` for correlations: the t interval of the mean rho, its bounds held to [-1, 1], the range a
+    correlation can take (with few seeds near 1 the plain bound passes it). The word is ``_decide``'s."""
+    word, ci = _decide(values, an, above, below, within)
+    return word, replace(ci, lo=max(-1.0, ci.lo), hi=min(1.0, ci.hi)) if np.isfinite(ci.lo) else ci
+
+
 def _join(values, digits: int = 3) -> str:
     return " / ".join("–" if not np.isfinite(v) else f"{v:+.{digits}f}" for v in values)
 
@@ -272,7 +280,7 @@ def lost_updates(runs: pd.DataFrame, default_steps: int, an: Analysis) -> pd.Dat
         ok = per[per["status"] == "ok"]
         stall, pc = _decide(ok["pred_change"], an, "grows as the lr decays", "shrinks as the lr decays", "holds")
         stall_m, mc = _decide(ok["measured_change"], an, "grows as the lr decays", "shrinks as the lr decays", "holds")
-        tracks, gc = _decide(per["gap_corr"], an, "tracks", "moves against it", "not shown")
+        tracks, gc = _decide_corr(per["gap_corr"], an, "tracks", "moves against it", "not shown")
         if not np.isfinite(per["gap_corr"]).any():
             tracks = (
                 f"n/a (no {REFERENCE} evaluations at the same seed)"
