@@ -84,6 +84,12 @@ def build_trainee(method_name: str, seed: int = 0, vocab: int = 512, **options):
     return method.build(build_model(cfg, seed), HParams(lr=1e-3), ctx)
 
 
+def train_argv(configfile, method: str, out, *extra, seed: int = 0, model: str = "tiny") -> list[str]:
+    """The training command's arguments after ``python``: one run of ``method`` into ``out``."""
+    return ["-m", "pipelines.train", "--configfile", str(configfile), "--model", model, "--method", method,
+            "--seed", str(seed), "--out", str(out), *map(str, extra)]  # fmt: skip
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run ``python -m ...`` with the repository importable, return the CompletedProcess."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.run.events import read_events
-from tests.conftest import ROOT, write_small_config
+from tests.conftest import ROOT, train_argv, write_small_config
 
 STEPS = 8
 KILL_AFTER_CHECKPOINT_AT = 4  # checkpoints every 2 steps: kill once the one after step 4 exists (of 8)
@@ -32,22 +32,7 @@ def configfile(tmp_path_factory) -> Path:
 
 
 def command(configfile, method, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "pipelines.train",
-        "--configfile",
-        str(configfile),
-        "--model",
-        "tiny",
-        "--method",
-        method,
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return [sys.executable, *train_argv(configfile, method, out, *extra)]
 
 
 def env():

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipelines.run.events import read_events
-from tests.conftest import run_cli, write_small_config
+from tests.conftest import run_cli, train_argv, write_small_config
 
 
 @pytest.fixture(scope="module")
@@ -19,22 +19,7 @@ def configfile(tmp_path_factory) -> Path:
 
 
 def train(configfile, out, method="fp32", seed=0, *extra):
-    r = run_cli(
-        "-m",
-        "pipelines.train",
-        "--configfile",
-        str(configfile),
-        "--model",
-        "tiny",
-        "--method",
-        method,
-        "--seed",
-        str(seed),
-        "--out",
-        str(out),
-        *extra,
-    )
-    return r
+    return run_cli(*train_argv(configfile, method, out, *extra, seed=seed))
 
 
 def refused(capsys, *argv):

@@ -18,7 +18,7 @@ import pytest
 
 from methods.registry import get_method
 from pipelines.run import launch
-from tests.conftest import ROOT
+from tests.conftest import ROOT, train_argv
 from tests.scaleout.test_resume_ranks import committed_step, logged_steps, trajectory
 
 SCRIPT = ["pipelines.train", "--method", "ddp-bf16"]
@@ -35,23 +35,7 @@ def env(**extra):
 
 
 def command(configfile, method, out, nodes=1, steps=None):
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.train",
-        "--configfile",
-        str(configfile),
-        "--model",
-        "tiny",
-        "--method",
-        method,
-        "--seed",
-        "0",
-        "--out",
-        str(out),
-        "--threads",
-        "2",
-    ]
+    cmd = [sys.executable, *train_argv(configfile, method, out, "--threads", 2)]
     if nodes > 1:
         cmd += ["--method-option", f"nodes={nodes}"]
     return cmd + (["--steps", str(steps)] if steps else [])
