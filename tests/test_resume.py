@@ -120,3 +120,15 @@ def test_checkpoint_of_another_config_is_ignored(configfile, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "different config; starting over" in r.stderr
     assert [e["step"] for e in read_events(out / "metrics.jsonl") if e["event"] == "train_step"] == list(range(STEPS))
+
+
+def test_a_display_setting_keeps_the_checkpoint_and_a_computing_one_does_not(tmp_path):
+    from pipelines.run import checkpoint
+
+    rc = {"train": {"steps": 6, "log_every": 10, "lr": 1e-3}, "method": {"name": "fp32"}}
+    checkpoint.save(tmp_path, rc, step=2, trainee_state={"w": torch.ones(2)}, loop_state={}, metrics_offset=0)
+    shown_more = {**rc, "train": {**rc["train"], "log_every": 1}}
+    ck, note = checkpoint.load(tmp_path, shown_more)
+    assert ck is not None and ck["step"] == 2 and note == "resuming after step 2"
+    ck, note = checkpoint.load(tmp_path, {**rc, "train": {**rc["train"], "lr": 2e-3}})
+    assert ck is None and "different config" in note

@@ -7,9 +7,10 @@ and the byte length of the event log at that moment. Batches need no state: step
 function of (data seed, i).
 
 It is written to a temporary file and renamed, so a kill during the write leaves the previous one.
-Resuming requires the same resolved config (a fingerprint of it is stored); a checkpoint of another
-config is ignored and the run starts over. Multi-rank runs, whose state is partitioned over ranks, use
-``pipelines.run.dist_checkpoint`` instead (same fingerprint, one committed checkpoint for all ranks).
+Resuming requires the same resolved config (a fingerprint of it is stored, without the settings that only
+change what the run prints); a checkpoint of another config is ignored and the run starts over. Multi-rank
+runs, whose state is partitioned over ranks, use ``pipelines.run.dist_checkpoint`` instead (same fingerprint,
+one committed checkpoint for all ranks).
 """
 
 from __future__ import annotations
@@ -27,7 +28,21 @@ from common.atomic import atomic_path
 NAME = "checkpoint.pt"
 
 
+#: settings of the resolved config that change only what the run prints, never what it computes: a killed run
+#: resumed with another value keeps its checkpoint
+DISPLAY_ONLY = {"train": ("log_every",)}
+
+
 def fingerprint(rc: dict) -> str:
+    """The resolved config's hash, without the display-only settings."""
+    rc = {
+        k: (
+            {kk: vv for kk, vv in v.items() if kk not in DISPLAY_ONLY[k]}
+            if k in DISPLAY_ONLY and isinstance(v, dict)
+            else v
+        )
+        for k, v in rc.items()
+    }
     return hashlib.sha256(json.dumps(rc, sort_keys=True, default=str).encode()).hexdigest()
 
 
