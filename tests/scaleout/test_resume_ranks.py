@@ -1,6 +1,6 @@
 """Multi-rank resume: DDP and FSDP2 runs resume from a committed checkpoint (pipelines.run.dist_checkpoint) and
 log the same losses, bit for bit, as an uninterrupted run; the helpers here are shared with
-tests/scaleout/test_nodes.py, whose SIGKILLed ZeRO-2 runs (one node and two) resume the same way. gloo's sums
+tests/scaleout/test_nodes.py, whose SIGKILLed 2-node ZeRO-2 run resumes the same way. gloo's sums
 and the CPU kernels are deterministic for a fixed thread count, and the checkpoint holds every state a step
 reads (fp32 master partitions, the client AdamW's m, v and step, RNG states of each rank)."""
 
