@@ -37,7 +37,7 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores 1 report
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The workflow on a real SLURM started on this machine (pipelines/cluster/slurm-local.sh: two fake nodes, accounting
 # for sacct): the `cluster` profile through pipelines/profiles/slurm, checked with sacct, and its two-rank run

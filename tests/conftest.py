@@ -98,22 +98,25 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
-# The test files that take longest on 2 cores (measured with --durations, slowest first). `make test` hands
-# whole files to its workers in collection order as each worker frees up; starting with the long ones keeps
-# one worker from being left with a long file at the end while the other idles. Order only: every test runs.
+# The test files that take longest on 2 cores (measured per file, slowest first). `make test` hands whole files
+# to its workers in this order as each worker frees up (`--no-loadscope-reorder`: xdist would otherwise order
+# them by their number of tests, and a long file of few tests would start last); starting with the long ones
+# keeps one worker from being left with a long file at the end while the other idles. Order only: every test
+# runs.
 LONG_FILES = (
     "tests/test_workflow.py",
-    "tests/test_devices.py",
-    "tests/test_compile.py",
-    "tests/test_resume.py",
-    "tests/test_memory_trace.py",
-    "tests/test_front_door.py",
-    "tests/scaleout/test_resume_ranks.py",
-    "tests/test_faults.py",
-    "tests/test_train.py",
+    "tests/scaleout/test_nodes.py",
     "tests/scaleout/test_data_parallel.py",
     "tests/engines/test_zero.py",
+    "tests/test_devices.py",
+    "tests/test_resume.py",
+    "tests/test_faults.py",
     "tests/test_seed_plan.py",
+    "tests/test_memory_trace.py",
+    "tests/test_train.py",
+    "tests/test_front_door.py",
+    "tests/test_compile.py",
+    "tests/scaleout/test_resume_ranks.py",
 )
 
 
