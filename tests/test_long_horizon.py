@@ -150,7 +150,8 @@ def test_subsection_prints_the_csv(results, tmp_path):
     assert text.startswith("### Long horizon")
     naive = table[table["method"] == "fp8-naive"].iloc[0]
     assert (
-        f"- fp8-naive: gap {fmt(naive.gap_default_mean_pct, 2)}% at step 100 -> {fmt(naive.gap_end_mean_pct, 2)}% "
+        f"- fp8-naive: gap {fmt(naive.gap_default_mean_pct, 2)}% [{fmt(naive.gap_default_ci_lo_pct, 2)}, "
+        f"{fmt(naive.gap_default_ci_hi_pct, 2)}] at step 100 -> {fmt(naive.gap_end_mean_pct, 2)}% "
         f"[{fmt(naive.gap_end_ci_lo_pct, 2)}, {fmt(naive.gap_end_ci_hi_pct, 2)}] at step 1000 (worse); change "
         f"{fmt(naive.change_mean_pct, 2)} [{fmt(naive.change_ci_lo_pct, 2)}, {fmt(naive.change_ci_hi_pct, 2)}]: "
         f"grows; share of FP8 weight codes unchanged by a step 0.900 at the default horizon, 0.970 at the "
@@ -162,7 +163,33 @@ def test_subsection_prints_the_csv(results, tmp_path):
         "+0.10 / -0.05 / +0.08), beside the margin 0.50%."
     ) in text
     assert f"{STEPS // DEFAULT:g}x the default profile's {DEFAULT}" in text
+    assert f"Rules: verdict at the end: {table.iloc[0].verdict_rule}; {table.iloc[0].trend_rule}." in text
     assert "<!-- source: results/long_horizon_runs.csv -->" in text
+
+
+def test_a_gap_that_turns_sign_between_the_horizons_is_said(tmp_path):
+    """A recipe ahead of bf16-amp at the default horizon (interval below 0) and behind at the end (above 0) is
+    named as such; one whose early interval contains 0 is not, and neither is one ahead at both horizons."""
+    turning = ((-1.8, 2.8), (-0.9, 4.0), (-1.0, 5.6))  # fp8-naive's shape over the long horizon
+    early_noise = ((0.4, 2.8), (-0.4, 4.0), (-0.3, 5.6))
+    ahead = ((-1.8, -1.0), (-0.9, -0.8), (-1.0, -1.2))
+    for s in SEEDS:
+        write_run(tmp_path, "bf16-amp", s)
+        write_run(tmp_path, "fp32", s, with_gaps(s, 0.02, NULL_END[s]))
+        write_run(tmp_path, "fp8-naive", s, with_gaps(s, *turning[s]))
+        write_run(tmp_path, "fp8-e2e", s, with_gaps(s, *early_noise[s]))
+        write_run(tmp_path, "fp8-optim", s, with_gaps(s, *ahead[s]))
+    write_outputs(tmp_path, AN, DEFAULT)
+    t = pd.read_csv(tmp_path / "long_horizon.csv").set_index("method")
+    assert t.loc["fp8-naive", "gap_default_ci_hi_pct"] < 0 < t.loc["fp8-naive", "gap_end_ci_lo_pct"]
+    lines = {
+        ln.split(":")[0][2:]: ln
+        for ln in long_horizon_subsection(tmp_path, tmp_path, tmp_path).splitlines()
+        if ln.startswith("- ")
+    }
+    turn = "ahead of bf16-amp at step 100, behind it at the end: the gap turns as the lr decays."
+    assert lines["fp8-naive"].endswith(turn)
+    assert "turns" not in lines["fp8-e2e"] and "turns" not in lines["fp8-optim"]
 
 
 def test_subsection_without_runs_names_the_profile(tmp_path):

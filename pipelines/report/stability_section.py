@@ -220,11 +220,26 @@ def long_horizon_reading(r) -> str:
         else ""
     )
     return (
-        f"{r['method']}: gap {fmt(r['gap_default_mean_pct'], 2)}% at step {int(r['horizon_step'])} -> "
+        f"{r['method']}: gap {fmt(r['gap_default_mean_pct'], 2)}% [{fmt(r['gap_default_ci_lo_pct'], 2)}, "
+        f"{fmt(r['gap_default_ci_hi_pct'], 2)}] at step {int(r['horizon_step'])} -> "
         f"{fmt(r['gap_end_mean_pct'], 2)}% [{fmt(r['gap_end_ci_lo_pct'], 2)}, {fmt(r['gap_end_ci_hi_pct'], 2)}] at "
         f"step {int(r['steps'])} ({r['verdict_end']}); change {fmt(r['change_mean_pct'], 2)} "
-        f"[{fmt(r['change_ci_lo_pct'], 2)}, {fmt(r['change_ci_hi_pct'], 2)}]: {r['trend']}{stall}."
+        f"[{fmt(r['change_ci_lo_pct'], 2)}, {fmt(r['change_ci_hi_pct'], 2)}]: {r['trend']}{stall}{_sign_turn(r)}."
     )
+
+
+def _sign_turn(r) -> str:
+    """Where both intervals clear zero on opposite sides: the recipe led bf16-amp early and trails it at the end
+    (or the reverse), which a verdict read at one horizon alone would not show."""
+    lo0, hi0, lo1, hi1 = (
+        r[k] for k in ("gap_default_ci_lo_pct", "gap_default_ci_hi_pct", "gap_end_ci_lo_pct", "gap_end_ci_hi_pct")
+    )
+    at = f"at step {int(r['horizon_step'])}"
+    if hi0 < 0 < lo1:
+        return f"; ahead of {REFERENCE} {at}, behind it at the end: the gap turns as the lr decays"
+    if lo0 > 0 > hi1:
+        return f"; behind {REFERENCE} {at}, ahead of it at the end: the gap turns as the lr decays"
+    return ""
 
 
 LOST_VIEW = [
@@ -356,7 +371,10 @@ def long_horizon_subsection(results_dir: Path, fig_dir: Path, report_dir: Path) 
         f"Each recipe trained {steps} steps, {steps / default:g}x the default profile's {default} (same batch "
         f"and sequence length, so {steps / default:g}x the tokens; the cosine schedule decays over the longer run), "
         f"paired by seed with `{REFERENCE}`. The gap is read at the evaluation nearest the default horizon (step "
-        f"{int(first['horizon_step'])}) and at the end. Rules: verdict at the end: {first['verdict_rule']}; "
+        f"{int(first['horizon_step'])}) and at the end. At step {int(first['horizon_step'])} these runs' lr is "
+        "still near its peak, while the default profile's has decayed to its end: the gap there is not the "
+        "default profile's result, and a recipe can lead while the lr is high and trail once it decays. "
+        f"Rules: verdict at the end: {first['verdict_rule']}; "
         f"{first['trend_rule']}. `unchanged_early` / `unchanged_late`: the share of FP8 weight codes a step left "
         f"as they were (fp8-naive's telemetry), mean over seeds, at the default horizon and at the end "
         f"(`results/{LONG_CSV}`).",
